@@ -1,0 +1,89 @@
+"""Per-channel intensity normalisation of ``[C, H, W]`` images to ``[0, 1]``.
+
+Methods:
+
+- ``"percentile"`` (default): clip each channel to its ``[low, high]`` percentiles (1 % and 99.8 % by
+  default) then rescale to ``[0, 1]``. Robust to hot pixels and to the very different bit depths and
+  exposure of microscopy channels.
+- ``"minmax"``: rescale each channel's min..max to ``[0, 1]``.
+- ``"none"``: values unchanged (cast to float32).
+
+A constant channel (high == low) becomes all zeros instead of NaN: an empty channel is information
+("nothing stained"), not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["METHODS", "Normalizer", "normalize_channels", "get_normalizer"]
+
+METHODS = ("percentile", "minmax", "none")
+
+
+def normalize_channels(
+    image: np.ndarray | Tensor, method: str = "percentile", low: float = 1.0, high: float = 99.8
+) -> np.ndarray | Tensor:
+    """Normalise each channel of a ``[C, H, W]`` image independently.
+
+    Args:
+        image: ``[C, H, W]`` numpy array or tensor (any real dtype).
+        method: one of :data:`METHODS`.
+        low, high: percentiles (0..100) for ``"percentile"``.
+
+    Returns:
+        ``[C, H, W]`` float32 of the same kind (numpy in, numpy out; tensor in, tensor out).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown normalisation {method!r}; choose one of {METHODS}")
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    is_np = isinstance(image, np.ndarray)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32)) if is_np else image.float()
+    if x.ndim != 3:
+        raise ValueError(f"expected [C, H, W], got shape {tuple(x.shape)}")
+    if method != "none":
+        flat = x.reshape(x.shape[0], -1)
+        if method == "percentile":
+            q = torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype, device=flat.device)
+            lo_hi = torch.quantile(flat, q, dim=1)  # [2, C]
+            lo, hi = lo_hi[0], lo_hi[1]
+        else:
+            lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        span = hi - lo
+        ok = span > 0
+        # Constant channels divide by 1 and then are zeroed, so no 0/0 NaN can appear.
+        scale = torch.where(ok, span, torch.ones_like(span))
+        x = ((x - lo[:, None, None]) / scale[:, None, None]).clamp_(0.0, 1.0)
+        x = torch.where(ok[:, None, None], x, torch.zeros_like(x))
+    x = x.contiguous()
+    return x.numpy() if is_np else x
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Picklable callable form of :func:`normalize_channels` (safe for DataLoader workers)."""
+
+    method: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown normalisation {self.method!r}; choose one of {METHODS}")
+
+    def __call__(self, image: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        return normalize_channels(image, self.method, self.low, self.high)
+
+
+def get_normalizer(spec: str | Normalizer | None) -> Normalizer:
+    """``None`` means ``"none"``; a string is a method name with default percentiles."""
+    if spec is None:
+        return Normalizer("none")
+    if isinstance(spec, Normalizer):
+        return spec
+    return Normalizer(str(spec))

@@ -1,0 +1,233 @@
+"""Image readers: every supported file becomes a ``[C, H, W]`` float32 numpy array.
+
+Supported formats (chosen from the file name):
+
+- ``.tif`` / ``.tiff`` / ``.ome.tif(f)``: tifffile; single page, multi-page, OME-TIFF.
+- ``.png`` / ``.jpg`` / ``.jpeg``: Pillow (8 and 16 bit, grey, RGB, RGBA), imageio as a fallback.
+- ``.zarr`` / ``.ome.zarr`` (a folder): an OME-Zarr (OME-NGFF 0.4 on zarr v2, 0.5 on zarr v3) image;
+  the first resolution level (``multiscales[0].datasets[0]``) is read. A plain zarr array is read as is.
+- ``.npy``: numpy arrays.
+
+Channel-axis rule (documented contract):
+
+1. If the file states its axes (OME-TIFF / ImageJ metadata, tifffile's ``series.axes``; OME-Zarr
+   ``multiscales.axes``), the ``C`` axis (TIFF ``S`` samples, i.e. RGB, count as channels too) is the
+   channel axis; singleton ``T``/``Z`` axes are dropped. A ``Z`` or ``T`` axis longer than 1 is an error:
+   z-slices and time points are not channels, split them into separate images.
+2. Otherwise a 2-D array is one channel ``[1, H, W]``; a 3-D array's channel axis is the SMALLER of its
+   first and last axis (ties go to the first), so ``[5, 512, 512]`` is CHW and ``[512, 512, 3]`` is HWC.
+   Leading singleton axes are squeezed first; 4-D+ arrays without axis metadata are rejected.
+
+Values are converted to float32 without rescaling (normalisation is :mod:`chada.data.normalize`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "ImageReadError",
+    "read_image",
+    "read_channels",
+    "to_chw",
+    "is_supported",
+]
+
+SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr", ".npy")
+
+
+class ImageReadError(ValueError):
+    """A file exists but cannot be read as a ``[C, H, W]`` image."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower().rstrip("/")
+    for suf in SUPPORTED_SUFFIXES:
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def is_supported(path: str | Path) -> bool:
+    return _suffix(Path(path)) in SUPPORTED_SUFFIXES
+
+
+def to_chw(array: np.ndarray, axes: str | None = None) -> np.ndarray:
+    """Bring an array to ``[C, H, W]`` following the module's channel-axis rule.
+
+    Args:
+        array: 2-D or more array.
+        axes: optional axis letters (e.g. ``"CYX"``, ``"YXS"``, ``"TCZYX"``), one per dimension.
+    """
+    if axes is not None:
+        axes = axes.upper()
+        if len(axes) != array.ndim:
+            raise ImageReadError(f"axes {axes!r} do not match array shape {array.shape}")
+        # RGB samples are channels; when both C and S exist they are flattened together.
+        keep: list[int] = []
+        chan: list[int] = []
+        for i, ax in enumerate(axes):
+            if ax in ("C", "S"):
+                chan.append(i)
+            elif ax in ("Y", "X"):
+                keep.append(i)
+            elif array.shape[i] != 1:
+                raise ImageReadError(
+                    f"axis {ax!r} has length {array.shape[i]} (shape {array.shape}, axes {axes}); "
+                    "z-slices / time points are not channels: split them into separate images"
+                )
+        if len(keep) != 2:
+            raise ImageReadError(f"need exactly Y and X axes, got axes {axes!r}")
+        drop = [i for i in range(array.ndim) if i not in keep and i not in chan]
+        arr = array.squeeze(axis=tuple(drop)) if drop else array
+        new_axes = [a for i, a in enumerate(axes) if i not in drop]
+        order = [i for i, a in enumerate(new_axes) if a in ("C", "S")] + [
+            new_axes.index("Y"),
+            new_axes.index("X"),
+        ]
+        arr = np.transpose(arr, order)
+        return arr.reshape(-1, arr.shape[-2], arr.shape[-1])
+
+    arr = array
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise ImageReadError(
+            f"array of shape {array.shape} has no axis metadata; only 2-D and 3-D arrays can be interpreted"
+        )
+    if arr.shape[-1] < arr.shape[0]:
+        return np.moveaxis(arr, -1, 0)
+    return arr
+
+
+def _as_float32(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr = series.asarray()
+        axes = series.axes
+    # tifffile names unknown axes 'Q' (and 'I' for a page sequence): those carry no meaning, so fall
+    # back to the shape rule; multi-page plain TIFF comes back as 'IYX' / 'QYX' = one page per channel.
+    if any(a in axes for a in "QI"):
+        if len(axes) == 3 and axes[1:] == "YX":
+            return arr
+        return to_chw(arr)
+    return to_chw(arr, axes)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+    except Exception:  # noqa: BLE001 - some 16-bit PNG variants Pillow refuses; imageio handles them
+        import imageio.v3 as iio
+
+        arr = np.asarray(iio.imread(path))
+    if arr.ndim == 3:
+        # PNG/JPEG samples are always last; the shape rule is only for arrays without a format.
+        return np.moveaxis(arr, -1, 0)
+    return to_chw(arr)
+
+
+def _ome_zarr_attrs(attrs: dict) -> dict | None:
+    if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 (zarr v3)
+        attrs = attrs["ome"]
+    ms = attrs.get("multiscales")
+    if isinstance(ms, list) and ms:
+        return ms[0]
+    return None
+
+
+def _read_zarr(path: Path) -> np.ndarray:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return to_chw(np.asarray(node[...]))
+    ms = _ome_zarr_attrs(dict(node.attrs))
+    if ms is None:
+        # A plain group: accept the conventional first level "0".
+        if "0" in node:
+            return to_chw(np.asarray(node["0"][...]))
+        raise ImageReadError(f"{path}: zarr group without OME 'multiscales' metadata nor a '0' array")
+    level = ms["datasets"][0]["path"]
+    arr = np.asarray(node[level][...])
+    axes_meta = ms.get("axes")
+    axes = None
+    if axes_meta:
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
+        axes = "".join(n[0].upper() for n in names)
+    return to_chw(arr, axes)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image file as ``[C, H, W]`` float32.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageReadError: unsupported format, corrupt file, or an axis layout that is not an image.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image file not found: {p}")
+    suf = _suffix(p)
+    try:
+        if suf in (".tif", ".tiff"):
+            arr = _read_tiff(p)
+        elif suf in (".png", ".jpg", ".jpeg"):
+            arr = _read_pil(p)
+        elif suf == ".zarr":
+            arr = _read_zarr(p)
+        elif suf == ".npy":
+            arr = to_chw(np.load(p, allow_pickle=False))
+        else:
+            raise ImageReadError(f"{p}: unsupported image format {suf!r}; supported: {SUPPORTED_SUFFIXES}")
+    except ImageReadError as exc:
+        if str(p) in str(exc):
+            raise
+        raise ImageReadError(f"{p}: {exc}") from exc
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ImageReadError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return _as_float32(arr)
+
+
+def read_channels(paths: Sequence[str | Path]) -> np.ndarray:
+    """Read one file per channel and stack them as ``[C, H, W]`` float32.
+
+    Each file must hold one channel; a grey image saved as RGB with three identical planes is collapsed
+    to one channel (a common export artefact). Files with several distinct channels are rejected, as
+    that would silently change the channel count the manifest declares.
+    """
+    planes: list[np.ndarray] = []
+    for path in paths:
+        arr = read_image(path)
+        if arr.shape[0] in (3, 4) and np.array_equal(arr[0], arr[1]) and np.array_equal(arr[0], arr[2]):
+            arr = arr[:1]
+        if arr.shape[0] != 1:
+            raise ImageReadError(f"{path}: a per-channel file must hold one channel, got {arr.shape[0]}")
+        planes.append(arr)
+    if not planes:
+        raise ImageReadError("no channel files given")
+    sizes = {p.shape[1:] for p in planes}
+    if len(sizes) > 1:
+        detail = ", ".join(f"{Path(f).name}={p.shape[1]}x{p.shape[2]}" for f, p in zip(paths, planes))
+        raise ImageReadError(f"channels of one image differ in H/W: {detail}")
+    return np.concatenate(planes, axis=0)

@@ -1,0 +1,92 @@
+"""The embeddings file: features of every image plus the manifest's metadata, in one ``.npz``.
+
+Layout of ``EMB.npz``::
+
+    feat_<name>   float32 [N, D_name]   one array per feature kind, e.g. feat_cls, feat_all
+    meta_json     str                   pandas DataFrame (orient="split"), one row per image, same order:
+                                        image_id, dataset, label, split, channel_names, ... (manifest columns)
+    info_json     str                   dict: model name/path, pool kinds, created time, anything else
+
+Row i of every ``feat_*`` array is row i of ``meta``. Written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from chada.models.hub import atomic_write_bytes
+
+__all__ = ["EmbeddingSet", "save_embeddings", "load_embeddings"]
+
+
+@dataclass
+class EmbeddingSet:
+    """Features ``{kind: [N, D]}`` with per-row metadata ``meta`` (N rows) and free-form ``info``."""
+
+    features: dict[str, np.ndarray]
+    meta: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.meta)
+        for k, v in self.features.items():
+            if v.ndim != 2 or v.shape[0] != n:
+                raise ValueError(f"feature {k!r} has shape {v.shape}; expected [{n}, D] to match the metadata rows")
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def get(self, kind: str = "cls") -> np.ndarray:
+        try:
+            return self.features[kind]
+        except KeyError:
+            raise KeyError(f"no feature {kind!r} in this file; available: {sorted(self.features)}") from None
+
+    def subset(self, rows: np.ndarray) -> EmbeddingSet:
+        rows = np.asarray(rows)
+        return EmbeddingSet(
+            {k: v[rows] for k, v in self.features.items()}, self.meta.iloc[rows].reset_index(drop=True), dict(self.info)
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_embeddings(self, path)
+
+
+def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    meta = emb.meta.copy()
+    for col in meta.columns:  # lists (channel names) survive JSON as lists
+        if meta[col].dtype == object:
+            meta[col] = meta[col].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+    buf = io.BytesIO()
+    arrays = {f"feat_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in emb.features.items()}
+    np.savez(
+        buf,
+        meta_json=np.array(meta.to_json(orient="split", index=False)),
+        info_json=np.array(json.dumps(emb.info, default=str)),
+        **arrays,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            feats = {k[len("feat_") :]: z[k] for k in z.files if k.startswith("feat_")}
+            meta = pd.read_json(io.StringIO(str(z["meta_json"])), orient="split")
+            info = json.loads(str(z["info_json"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not a chada embeddings file: {exc}") from None
+    return EmbeddingSet(feats, meta, info)

@@ -1,0 +1,173 @@
+"""The batched input form of ChAda-ViT: every channel of every image stacked on one axis.
+
+A batch of B images with C_1..C_B channels (same H, W) is held as::
+
+    pixels       [sum C_i, H, W]   float32, channels of image 0, then image 1, ...
+    counts       [B]               long, C_i per image
+    channel_ids  [sum C_i]         long, the channel-embedding slot (0..C_max-1) of each channel
+
+``channel_ids`` defaults to ``0..C_i-1`` for every image (the paper's "slot = position" rule). A
+canonical channel order (names -> slots) fills it with other values, e.g. ``[0, 2]`` for an image
+that has the 1st and 3rd stain of the canonical list.
+
+This is the layout the data loader's collate function produces and the model consumes: no padding
+is materialised in memory; the padded view is built inside the model only when the paper-faithful
+``"padded"`` attention is selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["ChannelBatch", "as_channel_batch"]
+
+
+@dataclass
+class ChannelBatch:
+    """All channels of a batch of multiplexed images, stacked.
+
+    Attributes:
+        pixels: ``[sum C_i, H, W]`` float tensor.
+        counts: ``[B]`` long tensor, number of channels of each image (all >= 1).
+        channel_ids: optional ``[sum C_i]`` long tensor of channel-embedding slots; ``None`` means
+            ``0..C_i-1`` for each image.
+    """
+
+    pixels: Tensor
+    counts: Tensor
+    channel_ids: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pixels, Tensor):
+            raise TypeError(f"ChannelBatch.pixels must be a torch.Tensor, got {type(self.pixels).__name__}")
+        if self.pixels.ndim != 3:
+            raise ValueError(
+                f"ChannelBatch.pixels must be [sum C_i, H, W] (3 dims), got shape {tuple(self.pixels.shape)}"
+            )
+        counts = torch.as_tensor(self.counts, dtype=torch.long)
+        if counts.ndim != 1 or counts.numel() == 0:
+            raise ValueError(f"ChannelBatch.counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}")
+        if bool((counts <= 0).any()):
+            bad = torch.nonzero(counts <= 0).flatten().tolist()
+            raise ValueError(f"every image needs at least one channel; images {bad} have C_i = 0")
+        if int(counts.sum()) != self.pixels.shape[0]:
+            raise ValueError(
+                f"counts sum to {int(counts.sum())} channels but pixels holds {self.pixels.shape[0]}"
+            )
+        self.counts = counts.to(self.pixels.device) if counts.device != self.pixels.device else counts
+        if self.channel_ids is not None:
+            ids = torch.as_tensor(self.channel_ids, dtype=torch.long, device=self.pixels.device)
+            if ids.shape != (self.pixels.shape[0],):
+                raise ValueError(
+                    f"channel_ids must have one entry per channel ({self.pixels.shape[0]}), got {tuple(ids.shape)}"
+                )
+            self.channel_ids = ids
+
+    # ------------------------------------------------------------------ views
+    @property
+    def batch_size(self) -> int:
+        return int(self.counts.numel())
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+    @property
+    def max_channels(self) -> int:
+        return int(self.counts.max())
+
+    def resolved_channel_ids(self) -> Tensor:
+        """``[sum C_i]`` slots, filling the default ``0..C_i-1`` when none were given."""
+        if self.channel_ids is not None:
+            return self.channel_ids
+        offsets = torch.cumsum(self.counts, 0) - self.counts
+        image_of = torch.repeat_interleave(torch.arange(self.batch_size, device=self.counts.device), self.counts)
+        return torch.arange(self.pixels.shape[0], device=self.counts.device) - offsets[image_of]
+
+    def split(self) -> list[Tensor]:
+        """The images as a list of ``[C_i, H, W]`` tensors (views, no copy)."""
+        return list(torch.split(self.pixels, self.counts.tolist(), dim=0))
+
+    def to(self, *args, **kwargs) -> ChannelBatch:
+        ids = self.channel_ids.to(self.pixels.to(*args, **kwargs).device) if self.channel_ids is not None else None
+        pixels = self.pixels.to(*args, **kwargs)
+        return ChannelBatch(pixels, self.counts.to(pixels.device), None if ids is None else ids.to(pixels.device))
+
+    def pin_memory(self) -> ChannelBatch:
+        ids = None if self.channel_ids is None else self.channel_ids.pin_memory()
+        return ChannelBatch(self.pixels.pin_memory(), self.counts.pin_memory(), ids)
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_images(
+        cls, images: Sequence[Tensor], channel_ids: Sequence[Sequence[int]] | None = None
+    ) -> ChannelBatch:
+        """Stack a list of ``[C_i, H, W]`` images (same H, W) into one batch.
+
+        Raises:
+            TypeError: an element is not a tensor.
+            ValueError: empty list, wrong ndim, C_i = 0, or H/W differing inside the batch.
+        """
+        if isinstance(images, Tensor):
+            raise TypeError("from_images takes a list of [C_i, H, W] tensors; use as_channel_batch for a 4-D tensor")
+        images = list(images)
+        if not images:
+            raise ValueError("empty batch: at least one image is needed")
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor):
+                raise TypeError(f"image {i} is a {type(img).__name__}, expected a torch.Tensor [C, H, W]")
+            if img.ndim != 3:
+                raise ValueError(f"image {i} has shape {tuple(img.shape)}; expected [C, H, W] (3 dims)")
+            if img.shape[0] == 0:
+                raise ValueError(f"image {i} has 0 channels; every image needs at least one")
+        sizes = {tuple(img.shape[1:]) for img in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images in one batch must share H and W, got sizes {sorted(sizes)}; resize them or batch them separately"
+            )
+        counts = torch.tensor([img.shape[0] for img in images], dtype=torch.long)
+        pixels = torch.cat([img if img.is_floating_point() else img.float() for img in images], dim=0)
+        ids = None
+        if channel_ids is not None:
+            if len(channel_ids) != len(images):
+                raise ValueError(f"channel_ids has {len(channel_ids)} entries for {len(images)} images")
+            for i, (img, cid) in enumerate(zip(images, channel_ids)):
+                if len(cid) != img.shape[0]:
+                    raise ValueError(f"image {i}: {len(cid)} channel ids for {img.shape[0]} channels")
+            ids = torch.tensor([c for cid in channel_ids for c in cid], dtype=torch.long)
+        return cls(pixels, counts.to(pixels.device), None if ids is None else ids.to(pixels.device))
+
+
+def as_channel_batch(images: ChannelBatch | Tensor | Sequence[Tensor]) -> ChannelBatch:
+    """Accept every documented input form and return a :class:`ChannelBatch`.
+
+    - a :class:`ChannelBatch` (returned as is);
+    - a list/tuple of ``[C_i, H, W]`` tensors (C_i may differ);
+    - a ``[B, C, H, W]`` tensor (all images with C channels) or a single ``[C, H, W]`` image.
+    """
+    if isinstance(images, ChannelBatch):
+        return images
+    if isinstance(images, Tensor):
+        if images.ndim == 4:
+            b, c, h, w = images.shape
+            if b == 0 or c == 0:
+                raise ValueError(f"empty input of shape {tuple(images.shape)}")
+            counts = torch.full((b,), c, dtype=torch.long, device=images.device)
+            return ChannelBatch(images.reshape(b * c, h, w), counts)
+        if images.ndim == 3:
+            return ChannelBatch.from_images([images])
+        raise ValueError(
+            f"expected [B, C, H, W], [C, H, W] or a list of [C_i, H, W] tensors, got a tensor of shape {tuple(images.shape)}"
+        )
+    if isinstance(images, (list, tuple)):
+        return ChannelBatch.from_images(images)
+    raise TypeError(
+        f"expected a ChannelBatch, a tensor or a list of [C_i, H, W] tensors, got {type(images).__name__}"
+    )

@@ -1,0 +1,402 @@
+"""ChAda-ViT: the Channel-Adaptive Vision Transformer (Bourriez et al., CVPR 2024).
+
+Token layout for one image with C channels, N = (H/p)*(W/p) patches per channel::
+
+    [CLS] [ch0: N patches] [ch1: N patches] ... [ch(C-1): N patches] [padding: (C_max-C)*N]
+     |        |
+     |        +-- shared Conv2d(1, D, p, p)(channel) + pos[1 + n] + chan[slot of ch0]
+     +-- cls_token + pos[0]
+
+The positional embedding of patch position n is the same in every channel; the channel embedding of
+a slot is the same for all N patches of that channel. Padding is removed from attention by a
+key-padding mask, so it cannot influence any real token.
+
+Two attention implementations, one set of weights (``attention=`` / :meth:`ChAdaViT.set_attention`):
+
+- ``"padded"``: the paper's layout above, every image padded to ``C_max * N + 1`` tokens with a
+  boolean key mask passed to ``scaled_dot_product_attention``. The reference path.
+- ``"packed"`` (default): images are grouped by channel count and each group runs through the whole
+  transformer at its true length ``C * N + 1`` with no mask; outputs are scattered back. No FLOP is
+  spent on padding. Why this and not a single packed sequence: measured on this project's CPU target
+  (torch 2.13, 2 threads; see ``shared/notes/dependencies.md`` and ``benchmarks/throughput.py``),
+  grouping ran 3x faster than padded+mask, while nested/jagged tensors were ~9x *slower* than padded
+  and FlexAttention has no CPU backward. Groups are exact (no cross-image attention to mask), need no
+  special kernel, and run every block as one dense batched matmul, which is what both CPU and GPU
+  do fastest. A batch has at most ``C_max`` groups, so the Python loop is short.
+
+Both paths give the same real-token values to float32 round-off (tested to 1e-5 at every layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.hub import PretrainedMixin
+from chada.models.layers import Block, OfficialBlock, PatchEmbed
+from chada.models.registry import register_arch, register_model
+
+__all__ = ["ChAdaViTConfig", "ChAdaViT", "ChAdaOutput", "ATTENTION_MODES"]
+
+ATTENTION_MODES = ("padded", "packed")
+
+
+@dataclass
+class ChAdaViTConfig:
+    """Architecture of a ChAda-ViT (defaults: the paper's Moyen size)."""
+
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # overrides mlp_ratio (the released weights use 2048)
+    patch_size: int = 16
+    img_size: int = 224  # training size: sets the stored positional grid (img_size / patch_size)^2
+    max_channels: int = 10  # C_max
+    qkv_bias: bool = True
+    block: str = "prenorm"  # "prenorm" (timm/DINO) or "official" (the authors' released post-norm block)
+    block_norm_eps: float = 1e-6
+    norm_eps: float = 1e-6
+    act: str = "gelu"
+    layer_scale: float | None = None
+    drop_path_rate: float = 0.0
+    attention: str = "packed"  # "packed" or "padded"
+    pos_interpolation: str = "bicubic"
+    channel_names: list[str] | None = field(default=None)  # canonical slot names, recorded at pretraining
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_hidden or int(self.embed_dim * self.mlp_ratio)
+
+    def tokens(self, channels: int) -> int:
+        """Sequence length at the training size for ``channels`` real channels (CLS included)."""
+        return 1 + channels * self.num_patches
+
+    def expected_num_params(self) -> int:
+        """Closed-form parameter count, checked against the built model in the tests."""
+        D, Hd, p = self.embed_dim, self.hidden_dim, self.patch_size
+        embed = D * p * p + D + D + (self.num_patches + 1) * D + self.max_channels * D
+        attn = D * 3 * D + (3 * D if self.qkv_bias else 0) + D * D + D
+        mlp = D * Hd + Hd + Hd * D + D
+        norms = 4 * D
+        ls = 2 * D if (self.layer_scale and self.block == "prenorm") else 0
+        return embed + self.depth * (attn + mlp + norms + ls) + 2 * D
+
+
+@dataclass
+class ChAdaOutput:
+    """What :meth:`ChAdaViT.forward_features` returns.
+
+    Attributes:
+        cls: ``[B, D]`` CLS embedding after the final norm.
+        patch_tokens: ``[B, C_max, N, D]`` patch tokens after the final norm; channel position j of
+            image b holds its j-th real channel; padded positions are zeros.
+        channel_mask: ``[B, C_max]`` bool, True for real channels.
+        channel_ids: ``[B, C_max]`` long, the embedding slot of each position (-1 on padding).
+        grid: ``(h, w)`` patch grid.
+        attention: ``[B, heads, C_max, h, w]`` last-layer attention of the CLS query over every patch
+            (sums to 1 over real patches + CLS itself; zeros on padding), when requested.
+        cls_self_attention: ``[B, heads]`` the CLS query's weight on itself, when requested.
+        hidden_states: per block, ``[B, 1 + C_max * N, D]`` tokens in the padded layout (zeros on
+            padding), when requested.
+    """
+
+    cls: Tensor
+    patch_tokens: Tensor
+    channel_mask: Tensor
+    channel_ids: Tensor
+    grid: tuple[int, int]
+    attention: Tensor | None = None
+    cls_self_attention: Tensor | None = None
+    hidden_states: list[Tensor] | None = None
+
+    def mean_patch_tokens(self) -> Tensor:
+        """``[B, D]`` mean over real patch tokens only."""
+        m = self.channel_mask[:, :, None, None].to(self.patch_tokens.dtype)
+        n_tokens = m.sum(dim=(1, 2, 3)) * self.patch_tokens.shape[2]
+        return (self.patch_tokens * m).sum(dim=(1, 2)) / n_tokens[:, None]
+
+
+@register_arch("chada_vit")
+class ChAdaViT(PretrainedMixin, nn.Module):
+    """Channel-Adaptive ViT. See the module docstring for the token layout.
+
+    ``model(images)`` takes a list of ``[C_i, H, W]`` tensors, a ``[B, C, H, W]`` tensor or a
+    :class:`ChannelBatch`, and returns the CLS embeddings ``[B, D]``.
+    """
+
+    config_class = ChAdaViTConfig
+
+    def __init__(self, config: ChAdaViTConfig | None = None) -> None:
+        super().__init__()
+        config = config or ChAdaViTConfig()
+        if config.img_size % config.patch_size:
+            raise ValueError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
+        if config.block not in ("prenorm", "official"):
+            raise ValueError(f"block must be 'prenorm' or 'official', got {config.block!r}")
+        if config.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {config.attention!r}")
+        if config.channel_names is not None and len(config.channel_names) > config.max_channels:
+            raise ValueError("more channel_names than max_channels")
+        self.config = config
+        D = config.embed_dim
+        self.embed_dim = self.num_features = D
+        self.patch_embed = PatchEmbed(config.patch_size, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, D))
+        self.channel_embed = nn.Parameter(torch.zeros(config.max_channels, D))
+        block_cls = Block if config.block == "prenorm" else OfficialBlock
+        dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            block_cls(
+                D,
+                config.num_heads,
+                config.hidden_dim,
+                qkv_bias=config.qkv_bias,
+                norm_eps=config.block_norm_eps,
+                act=config.act,
+                layer_scale=config.layer_scale,
+                drop_path=dpr[i],
+            )
+            for i in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(D, eps=config.norm_eps)
+        self.attention_mode = config.attention
+        self.init_weights()
+
+    # ----------------------------------------------------------------- setup
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.channel_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)  # as a linear layer, like MAE/DINOv2
+
+    def set_attention(self, mode: str) -> ChAdaViT:
+        """Switch between ``"padded"`` (paper reference) and ``"packed"`` (no padding FLOPs)."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        self.attention_mode = mode
+        self.config.attention = mode
+        return self
+
+    @property
+    def max_channels(self) -> int:
+        return self.config.max_channels
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "channel_embed"}
+
+    # ----------------------------------------------------------------- inputs
+    def _check(self, batch: ChannelBatch) -> None:
+        p = self.config.patch_size
+        H, W = batch.image_size
+        if H % p or W % p:
+            raise ValueError(
+                f"image size {H}x{W} is not divisible by the patch size {p}; crop or resize to a multiple of {p}"
+            )
+        if batch.max_channels > self.config.max_channels:
+            too_many = torch.nonzero(batch.counts > self.config.max_channels).flatten().tolist()
+            raise ValueError(
+                f"images {too_many} have more than C_max={self.config.max_channels} channels "
+                f"(largest: {batch.max_channels}); this model cannot take them"
+            )
+        if batch.channel_ids is not None:
+            ids = batch.channel_ids
+            if bool(((ids < 0) | (ids >= self.config.max_channels)).any()):
+                raise ValueError(f"channel_ids must lie in 0..{self.config.max_channels - 1}")
+        if not batch.pixels.is_floating_point():
+            raise TypeError(f"pixels must be floating point, got {batch.pixels.dtype}")
+        if not bool(torch.isfinite(batch.pixels).all()):
+            bad = torch.nonzero(~torch.isfinite(batch.pixels).flatten(1).all(1)).flatten()
+            image_of = torch.repeat_interleave(torch.arange(batch.batch_size, device=bad.device), batch.counts)
+            raise ValueError(f"NaN or inf pixels in images {sorted(set(image_of[bad].tolist()))}")
+
+    def interpolate_pos_embed(self, h: int, w: int) -> Tensor:
+        """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm)."""
+        pos = self.pos_embed[0]
+        g = self.config.grid_size
+        if (h, w) == (g, g):
+            return pos
+        cls_pos, grid = pos[:1], pos[1:]
+        grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(
+            grid.float(), size=(h, w), mode=self.config.pos_interpolation, align_corners=False, antialias=True
+        ).to(pos.dtype)
+        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
+
+    def embed(self, batch: ChannelBatch) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Patch + positional + channel embedding of every channel.
+
+        Returns:
+            ``tokens [sum C_i, N, D]``, ``cls [1, D]`` (CLS token + its position), ``grid (h, w)``.
+        """
+        p = self.config.patch_size
+        H, W = batch.image_size
+        h, w = H // p, W // p
+        pixels = batch.pixels.to(self.pos_embed.dtype)
+        tokens = self.patch_embed(pixels)
+        pos = self.interpolate_pos_embed(h, w)
+        chan = self.channel_embed[batch.resolved_channel_ids()]
+        tokens = tokens + pos[1:].unsqueeze(0) + chan.unsqueeze(1)
+        cls = self.cls_token[0] + pos[:1]
+        return tokens, cls, (h, w)
+
+    # ------------------------------------------------------------- transformer
+    def _run_blocks(
+        self, x: Tensor, key_mask: Tensor | None, want_attn: bool, want_hidden: bool
+    ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        hidden: list[Tensor] = []
+        attn = None
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            x, a = blk(x, key_mask, return_attention=want_attn and i == last)
+            if a is not None:
+                attn = a
+            if want_hidden:
+                hidden.append(x)
+        return x, attn, hidden
+
+    def forward_features(
+        self,
+        images: ChannelBatch | Tensor | list[Tensor],
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ) -> ChAdaOutput:
+        """Run the backbone.
+
+        Args:
+            images: list of ``[C_i, H, W]``, ``[B, C, H, W]`` or a :class:`ChannelBatch`.
+            return_attention: add the last layer's CLS attention ``[B, heads, C_max, h, w]``.
+            return_hidden_states: add every block's output in the padded layout (for tests/analysis).
+        """
+        batch = as_channel_batch(images)
+        self._check(batch)
+        tokens, cls, (h, w) = self.embed(batch)
+        B, Cmax, N, D = batch.batch_size, self.config.max_channels, h * w, self.embed_dim
+        dev = tokens.device
+        counts = batch.counts.to(dev)
+        image_of = torch.repeat_interleave(torch.arange(B, device=dev), counts)
+        slot_of = torch.arange(tokens.shape[0], device=dev) - (torch.cumsum(counts, 0) - counts)[image_of]
+        channel_mask = torch.arange(Cmax, device=dev)[None, :] < counts[:, None]
+        channel_ids = torch.full((B, Cmax), -1, dtype=torch.long, device=dev)
+        channel_ids[image_of, slot_of] = batch.resolved_channel_ids().to(dev)
+
+        grid_tokens = tokens.new_zeros(B, Cmax, N, D)
+        grid_tokens[image_of, slot_of] = tokens
+        heads = self.config.num_heads
+        if self.attention_mode == "padded":
+            x = torch.cat([cls.expand(B, 1, D), grid_tokens.reshape(B, Cmax * N, D)], dim=1)
+            key_mask = torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
+            x, attn, hidden = self._run_blocks(x, key_mask, return_attention, return_hidden_states)
+            out_tokens = x
+            cls_attn = None if attn is None else attn[:, :, 0, :]  # [B, heads, 1 + Cmax*N]
+        else:
+            out_tokens = tokens.new_zeros(B, 1 + Cmax * N, D)
+            cls_attn = tokens.new_zeros(B, heads, 1 + Cmax * N) if return_attention else None
+            hidden = [tokens.new_zeros(B, 1 + Cmax * N, D) for _ in self.blocks] if return_hidden_states else []
+            for c in torch.unique(counts).tolist():
+                idx = torch.nonzero(counts == c).flatten()
+                L = 1 + c * N
+                xg = torch.cat([cls.expand(len(idx), 1, D), grid_tokens[idx, :c].reshape(len(idx), c * N, D)], dim=1)
+                xg, attn_g, hid_g = self._run_blocks(xg, None, return_attention, return_hidden_states)
+                out_tokens[idx, :L] = xg
+                if cls_attn is not None and attn_g is not None:
+                    cls_attn[idx, :, :L] = attn_g[:, :, 0, :]
+                for full, part in zip(hidden, hid_g):
+                    full[idx, :L] = part
+        if hidden and self.attention_mode == "padded":
+            pad_rows = ~torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
+            hidden = [hs.masked_fill(pad_rows[..., None], 0.0) for hs in hidden]
+
+        out_tokens = self.norm(out_tokens)
+        patch = out_tokens[:, 1:].reshape(B, Cmax, N, D) * channel_mask[:, :, None, None].to(out_tokens.dtype)
+        attention = cls_self = None
+        if cls_attn is not None:
+            cls_self = cls_attn[:, :, 0]
+            attention = cls_attn[:, :, 1:].reshape(B, heads, Cmax, h, w)
+            attention = attention * channel_mask[:, None, :, None, None].to(attention.dtype)
+        return ChAdaOutput(
+            cls=out_tokens[:, 0],
+            patch_tokens=patch,
+            channel_mask=channel_mask,
+            channel_ids=channel_ids,
+            grid=(h, w),
+            attention=attention,
+            cls_self_attention=cls_self,
+            hidden_states=hidden or None,
+        )
+
+    def forward_head(self, features: ChAdaOutput, pool: str = "cls") -> Tensor:
+        """Image embedding from features: ``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean of
+        the real patch tokens concatenated, ``[B, 2D]`` (the paper's all-token evaluation)."""
+        if pool == "cls":
+            return features.cls
+        if pool == "all":
+            return torch.cat([features.cls, features.mean_patch_tokens()], dim=-1)
+        raise ValueError(f"pool must be 'cls' or 'all', got {pool!r}")
+
+    def forward(self, images: ChannelBatch | Tensor | list[Tensor], pool: str = "cls") -> Tensor:
+        """``[B, D]`` CLS embeddings (``[B, 2D]`` with ``pool="all"``)."""
+        return self.forward_head(self.forward_features(images), pool=pool)
+
+    def embedding_dim(self, pool: str = "cls", channels: int | None = None) -> int:
+        return self.embed_dim * (2 if pool == "all" else 1)
+
+
+register_model(
+    "chada_vit_test",
+    "chada_vit",
+    "tiny size for CPU tests and smoke runs",
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    patch_size=8,
+    img_size=32,
+)
+register_model(
+    "chada_vit_petit",
+    "chada_vit",
+    "smaller than the paper's model (our choice: the paper gives no numbers)",
+    embed_dim=128,
+    depth=6,
+    num_heads=4,
+)
+register_model("chada_vit_moyen", "chada_vit", "the paper's model: ViT-Tiny width over up to 10x196 tokens")
+register_model(
+    "chada_vit_grand",
+    "chada_vit",
+    "larger than the paper's model (ViT-Small width; our choice: the paper gives no numbers)",
+    embed_dim=384,
+    num_heads=6,
+)
+register_model(
+    "chada_vit_moyen_official",
+    "chada_vit",
+    "the authors' released architecture (post-norm TransformerEncoderLayer blocks, 2 heads, ReLU MLP 2048)",
+    num_heads=2,
+    mlp_hidden=2048,
+    block="official",
+    block_norm_eps=1e-5,
+    norm_eps=1e-6,
+)
