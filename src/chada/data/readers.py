@@ -115,7 +115,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+        all_series = tif.series
+        series = all_series[0]
+        # Pages written one by one (each with its own shape metadata) come back as several 2-D series:
+        # those are one page per channel, as in a plain multi-page TIFF.
+        if len(all_series) > 1 and all(s.ndim == 2 and s.shape == series.shape for s in all_series):
+            return np.stack([s.asarray() for s in all_series])
         arr = series.asarray()
         axes = series.axes
     # tifffile names unknown axes 'Q' (and 'I' for a page sequence): those carry no meaning, so fall
@@ -135,6 +140,8 @@ def _read_pil(path: Path) -> np.ndarray:
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             arr = np.asarray(im)
+    except Image.UnidentifiedImageError as exc:
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG ({exc})") from exc
     except Exception:  # noqa: BLE001 - some 16-bit PNG variants Pillow refuses; imageio handles them
         import imageio.v3 as iio
 

@@ -1,0 +1,211 @@
+"""``chada data ...``: manifest validation, summary, synthetic data, sharding.
+
+Structure: each sub-sub-command is one ``_add_NAME(sub)`` function that builds its parser and sets
+``func`` to a ``_run_NAME(args) -> int`` handler; :data:`SUBCOMMANDS` lists the adders in help order.
+To add a command (e.g. ``import``, ``build-corpus``) write one adder + handler and append the adder.
+Heavy libraries are imported inside handlers so ``chada --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["register", "SUBCOMMANDS", "summarize_manifest"]
+
+
+# ----------------------------------------------------------------------------------------- check
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate a manifest; report every bad row",
+        description="Validate a manifest (CSV/Parquet). Reports EVERY bad row and exits 1 if any.",
+    )
+    p.add_argument("manifest", help="manifest file (.csv/.tsv/.parquet)")
+    p.add_argument("--c-max", type=int, default=10, help="largest accepted channel count (default 10)")
+    p.add_argument("--root", default=None, help="folder for relative paths (default: manifest's folder)")
+    p.add_argument("--no-read", action="store_true", help="only check that files exist (fast)")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from chada.data.manifest import check_manifest, load_manifest
+
+    problems = check_manifest(args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read)
+    if not problems:
+        n = len(load_manifest(args.manifest))
+        print(f"{args.manifest}: OK ({n} images)")
+        return 0
+    rows = {p.row for p in problems if p.row is not None}
+    for p in problems:
+        print(str(p), file=sys.stderr)
+    print(f"{args.manifest}: {len(problems)} problem(s) in {len(rows)} row(s)", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------------------- summary
+def summarize_manifest(path: str | Path, root: str | Path | None = None) -> dict:
+    """Counts for a manifest: images per dataset/split, channel-count histogram, image sizes.
+
+    Reads every image once (shapes only are kept). Unreadable rows are counted under ``unreadable``.
+    """
+    from collections import Counter
+
+    from chada.data.manifest import load_manifest, read_row_image
+
+    df = load_manifest(path)
+    base = Path(root) if root is not None else Path(path).parent
+    per_dataset: Counter = Counter()
+    per_split: Counter = Counter()
+    channels: Counter = Counter()
+    sizes: Counter = Counter()
+    unreadable = 0
+    for row in df.to_dict("records"):
+        per_dataset[str(row.get("dataset"))] += 1
+        per_split[str(row.get("split", "train"))] += 1
+        try:
+            img = read_row_image(row, base)
+        except Exception:  # noqa: BLE001 - the summary reports what it can; `check` names the causes
+            unreadable += 1
+            continue
+        channels[int(img.shape[0])] += 1
+        sizes[(int(img.shape[1]), int(img.shape[2]))] += 1
+    return {
+        "n_images": len(df),
+        "per_dataset": dict(sorted(per_dataset.items())),
+        "per_split": dict(sorted(per_split.items())),
+        "channel_counts": dict(sorted(channels.items())),
+        "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+        "unreadable": unreadable,
+    }
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="images per dataset, channel-count histogram, image sizes")
+    p.add_argument("manifest")
+    p.add_argument("--root", default=None)
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="also write a PNG figure")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = summarize_manifest(args.manifest, args.root)
+    con = Console()
+    con.print(f"[bold]{args.manifest}[/bold]: {s['n_images']} images, {s['unreadable']} unreadable")
+    for title, key, col in (
+        ("Images per dataset", "per_dataset", "dataset"),
+        ("Images per split", "per_split", "split"),
+        ("Channel-count histogram", "channel_counts", "channels"),
+    ):
+        t = Table(title=title)
+        t.add_column(col)
+        t.add_column("images", justify="right")
+        for k, v in s[key].items():
+            t.add_row(str(k), str(v))
+        con.print(t)
+    t = Table(title="Image sizes (H x W)")
+    t.add_column("size")
+    t.add_column("images", justify="right")
+    for (h, w), v in s["sizes"].items():
+        t.add_row(f"{h} x {w}", str(v))
+    con.print(t)
+    if args.plot:
+        _plot_summary(s, Path(args.plot))
+        con.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _plot_summary(s: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ds = s["per_dataset"]
+    axes[0].barh(list(ds.keys()), list(ds.values()), color="tab:blue")
+    axes[0].set_title("images per dataset")
+    ch = s["channel_counts"]
+    axes[1].bar([str(k) for k in ch], list(ch.values()), color="tab:green")
+    axes[1].set_title("channel-count histogram")
+    axes[1].set_xlabel("channels")
+    sz = s["sizes"]
+    if sz:
+        hs = [k[0] for k in sz for _ in range(1)]
+        ws = [k[1] for k in sz]
+        axes[2].scatter(ws, hs, s=[20 + 200 * v / max(sz.values()) for v in sz.values()], alpha=0.7)
+    axes[2].set_title("image sizes (marker area ~ count)")
+    axes[2].set_xlabel("W")
+    axes[2].set_ylabel("H")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write synthetic heterogeneous multi-channel cell images + manifest")
+    p.add_argument("outdir")
+    p.add_argument("--n-per-assay", type=int, default=64)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--assays", nargs="+", default=None, help="subset of nuclei_1ch markers_2ch cellpaint_3ch coloc_5ch")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from chada.data.synth import generate
+
+    path = generate(args.outdir, n_per_assay=args.n_per_assay, size=args.size, seed=args.seed, assays=args.assays)
+    print(f"manifest written to {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- shard
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="convert a manifest into WebDataset tar shards")
+    p.add_argument("manifest")
+    p.add_argument("out")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--dtype", choices=("float16", "uint16"), default="float16")
+    p.add_argument("--normalize", choices=("percentile", "minmax", "none"), default="percentile")
+    p.add_argument("--size", type=int, default=None, help="resize every image to SIZE x SIZE")
+    p.add_argument("--split", default=None, help="only this split")
+    p.set_defaults(func=_run_shard)
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    import json
+
+    from chada.data.shards import write_shards
+
+    index = write_shards(
+        args.manifest, args.out, shard_size=args.shard_size, dtype=args.dtype,
+        normalize=args.normalize, size=args.size, split=args.split,
+    )  # fmt: skip
+    info = json.loads(index.read_text())
+    print(f"{info['n_samples']} samples in {len(info['shards'])} shard(s); index {index}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- registration
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_check,
+    _add_summary,
+    _add_synth,
+    _add_shard,
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data`` and its sub-commands to the top-level ``chada`` parser."""
+    p = subparsers.add_parser("data", help="datasets: check, summary, synth, shard", description=__doc__)
+    sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)

@@ -1,0 +1,279 @@
+"""Synthetic heterogeneous multi-channel cell images with known labels (for tests and CPU smoke runs).
+
+Each image shows one cell (centre jittered) of radius ``R``. Channels available to an assay:
+
+- ``DAPI``: textured elliptic nucleus of radius ~0.45 R;
+- ``Actin``: bright cortex ring at the cell boundary plus faint cytoplasm;
+- ``Mito``: many small blobs in the cytoplasm;
+- ``MarkerA`` / ``MarkerB``: a faint cytoplasm haze plus ``K`` Gaussian spots each.
+
+Default assays (name: channels; file layout written, to exercise every reader):
+
+- ``nuclei_1ch``: DAPI — one 16-bit PNG (``file``);
+- ``markers_2ch``: MarkerA, MarkerB — one 8-bit PNG per channel (``channel_files``);
+- ``cellpaint_3ch``: DAPI, Actin, Mito — one multi-page uint16 TIFF ``[C, H, W]`` (``file``);
+- ``coloc_5ch``: DAPI, Actin, Mito, MarkerA, MarkerB — one 16-bit TIFF per channel (``channel_files``).
+
+Labels (manifest columns):
+
+- ``label``: cell size class 0/1/2 (``label_name`` small/medium/large; ``cell_radius`` in pixels is a
+  regression ``target``). It is visible in any single channel (nucleus size, ring size, spot spread).
+- ``interchannel_label`` (assays with both markers): 1 = MarkerB spots co-localise with MarkerA spots,
+  0 = MarkerB spots sit elsewhere (anti-localised). Construction: draw ``2K`` well-separated positions,
+  randomly permute them; MarkerA gets the first ``K``; MarkerB gets the same ``K`` (class 1) or the
+  other ``K`` (class 0). After the random permutation both halves are identically distributed, and
+  spot counts, sizes, intensities, haze and noise are drawn independently of the class, so EACH
+  channel's distribution is exactly the same in both classes: only the relation between the two
+  channels carries the label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ASSAYS",
+    "SIZE_CLASSES",
+    "SynthInfo",
+    "render_cell",
+    "generate",
+]
+
+ASSAYS: dict[str, tuple[str, ...]] = {
+    "nuclei_1ch": ("DAPI",),
+    "markers_2ch": ("MarkerA", "MarkerB"),
+    "cellpaint_3ch": ("DAPI", "Actin", "Mito"),
+    "coloc_5ch": ("DAPI", "Actin", "Mito", "MarkerA", "MarkerB"),
+}
+SIZE_CLASSES = ("small", "medium", "large")
+# Cell radius ranges per size class, as fractions of the image side (64 px -> ~10-12, 14-17, 19-22).
+_RADIUS = ((0.16, 0.19), (0.22, 0.26), (0.30, 0.34))
+
+
+@dataclass
+class SynthInfo:
+    """Ground truth of one rendered cell."""
+
+    size_class: int
+    radius: float
+    coloc: int
+    n_spots: int
+
+
+def _gauss_blobs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, sig: np.ndarray, amp: np.ndarray) -> np.ndarray:
+    out = np.zeros(yy.shape, np.float32)
+    for (py, px), s, a in zip(pos, sig, amp):
+        out += a * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * s * s))
+    return out
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    n = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return n / (n.std() + 1e-6)
+
+
+def _separated_points(
+    rng: np.random.Generator, n: int, cy: float, cx: float, radius: float, min_sep: float
+) -> np.ndarray:
+    pts: list[tuple[float, float]] = []
+    tries = 0
+    while len(pts) < n:
+        tries += 1
+        r = radius * np.sqrt(rng.random())
+        t = 2 * np.pi * rng.random()
+        p = (cy + r * np.sin(t), cx + r * np.cos(t))
+        # The separation constraint is dropped only if the disk is too crowded; this happens for both
+        # classes alike, so it cannot leak the label.
+        if tries > 4000 or all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= min_sep**2 for q in pts):
+            pts.append(p)
+    arr = np.asarray(pts, np.float32)
+    return arr[rng.permutation(n)]  # exchangeable order: both halves identically distributed
+
+
+def render_cell(
+    channels: Sequence[str],
+    size: int = 64,
+    rng: np.random.Generator | None = None,
+    size_class: int | None = None,
+    coloc: int | None = None,
+) -> tuple[np.ndarray, SynthInfo]:
+    """Render one synthetic cell.
+
+    Args:
+        channels: channel names from ``DAPI, Actin, Mito, MarkerA, MarkerB`` (in output order).
+        size: image side in pixels.
+        rng: numpy Generator (a fresh unseeded one if None).
+        size_class: 0/1/2 (random if None).
+        coloc: 1 co-localised / 0 anti-localised markers (random if None).
+
+    Returns:
+        ``([C, size, size] float32 in [0, 1], SynthInfo)``.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    unknown = set(channels) - {"DAPI", "Actin", "Mito", "MarkerA", "MarkerB"}
+    if unknown:
+        raise ValueError(f"unknown synthetic channel(s) {sorted(unknown)}")
+    sc = int(rng.integers(0, 3)) if size_class is None else int(size_class)
+    cl = int(rng.integers(0, 2)) if coloc is None else int(coloc)
+    lo, hi = _RADIUS[sc]
+    radius = float(rng.uniform(lo, hi) * size)
+    cy, cx = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    cell = 1.0 / (1.0 + np.exp((dist - radius) / 0.8))  # soft cell mask
+    scale = size / 64.0
+
+    # Shared random draws happen in a fixed order regardless of which channels are requested, so the
+    # same seed gives the same cell in every assay.
+    n_r = radius * 0.45 * rng.uniform(0.9, 1.1)
+    ecc = rng.uniform(0.8, 1.0)
+    theta = rng.uniform(0, np.pi)
+    ry = (yy - cy) * np.cos(theta) - (xx - cx) * np.sin(theta)
+    rx = (yy - cy) * np.sin(theta) + (xx - cx) * np.cos(theta)
+    nuc_d = np.sqrt((ry / ecc) ** 2 + (rx * ecc) ** 2)
+    nucleus = 1.0 / (1.0 + np.exp((nuc_d - n_r) / 0.7))
+    tex = _smooth_noise(rng, (size, size), 1.5 * scale)
+    n_mito = int(rng.integers(15, 30))
+    ang = rng.uniform(0, 2 * np.pi, n_mito)
+    rad = rng.uniform(n_r * 1.1, radius * 0.9, n_mito)
+    mito_pos = np.stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)], 1)
+    mito_sig = rng.uniform(0.6, 1.2, n_mito) * scale
+    mito_amp = rng.uniform(0.4, 1.0, n_mito)
+
+    k = int(rng.integers(3, 7))
+    pts = _separated_points(rng, 2 * k, cy, cx, radius * 0.85, 2.5 * scale)
+    pos_a = pts[:k]
+    pos_b = (pts[:k] if cl == 1 else pts[k:]) + rng.normal(0, 0.4 * scale, (k, 2)).astype(np.float32)
+    sig_a, sig_b = rng.uniform(0.8, 1.6, k) * scale, rng.uniform(0.8, 1.6, k) * scale
+    amp_a, amp_b = rng.uniform(0.5, 1.0, k), rng.uniform(0.5, 1.0, k)
+
+    planes: list[np.ndarray] = []
+    for name in channels:
+        if name == "DAPI":
+            p = nucleus * (0.75 + 0.15 * tex)
+        elif name == "Actin":
+            ring = np.exp(-((dist - radius) ** 2) / (2 * (1.2 * scale) ** 2))
+            p = 0.8 * ring + 0.15 * cell
+        elif name == "Mito":
+            p = _gauss_blobs(yy, xx, mito_pos, mito_sig, mito_amp) * cell
+        elif name == "MarkerA":
+            p = 0.12 * cell + _gauss_blobs(yy, xx, pos_a, sig_a, amp_a)
+        else:
+            p = 0.12 * cell + _gauss_blobs(yy, xx, pos_b, sig_b, amp_b)
+        p = p + 0.03 + rng.normal(0, 0.02, (size, size))
+        planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
+    img = np.stack(planes, 0)
+    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k)
+
+
+def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
+    import tifffile
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "png8":
+        Image.fromarray(np.round(planes[0] * 255).astype(np.uint8)).save(path)
+    elif fmt == "png16":
+        Image.fromarray(np.round(planes[0] * 65535).astype(np.uint16)).save(path)
+    else:  # tiff, [C, H, W] or one plane
+        data = np.round(planes * 65535).astype(np.uint16)
+        if data.shape[0] == 1:
+            tifffile.imwrite(path, data[0], compression="zlib")
+        else:
+            # Explicit axes: 3-plane uint16 would otherwise be stored as RGB.
+            tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
+
+
+# assay -> (layout, format): how each assay is stored, chosen to cover the readers.
+_LAYOUT = {
+    "nuclei_1ch": ("file", "png16"),
+    "markers_2ch": ("channel_files", "png8"),
+    "cellpaint_3ch": ("file", "tiff"),
+    "coloc_5ch": ("channel_files", "tiff"),
+}
+
+
+def generate(
+    out_dir: str | Path,
+    n_per_assay: int = 64,
+    size: int = 64,
+    seed: int = 0,
+    assays: Sequence[str] | dict[str, Sequence[str]] | None = None,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    manifest_name: str = "manifest.csv",
+) -> Path:
+    """Write synthetic images + ``manifest.csv`` into ``out_dir``; return the manifest path.
+
+    Deterministic given ``seed``. Classes are balanced within each assay (size class cycles 0,1,2;
+    co-localisation alternates), then rows are shuffled into splits per assay.
+
+    Args:
+        assays: names from :data:`ASSAYS`, or a dict ``name -> channel names`` for custom assays
+            (custom assays with >1 channel are stored as per-channel TIFFs, 1 channel as 16-bit PNG).
+    """
+    import pandas as pd
+
+    from chada.data.manifest import write_manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if assays is None:
+        spec = dict(ASSAYS)
+    elif isinstance(assays, dict):
+        spec = {k: tuple(v) for k, v in assays.items()}
+    else:
+        missing = [a for a in assays if a not in ASSAYS]
+        if missing:
+            raise ValueError(f"unknown assay(s) {missing}; known: {sorted(ASSAYS)}")
+        spec = {a: ASSAYS[a] for a in assays}
+    rows: list[dict[str, Any]] = []
+    for a_idx, (assay, chans) in enumerate(spec.items()):
+        if not 1 <= len(chans) <= 10:
+            raise ValueError(f"assay {assay}: channel count must be 1..10, got {len(chans)}")
+        layout, fmt = _LAYOUT.get(assay, ("channel_files", "tiff") if len(chans) > 1 else ("file", "png16"))
+        split_rng = np.random.default_rng([seed, a_idx, 7])
+        order = split_rng.permutation(n_per_assay)
+        n_tr = int(round(split_fractions[0] * n_per_assay))
+        n_va = int(round(split_fractions[1] * n_per_assay))
+        split_of = np.empty(n_per_assay, dtype=object)
+        split_of[order[:n_tr]] = "train"
+        split_of[order[n_tr : n_tr + n_va]] = "val"
+        split_of[order[n_tr + n_va :]] = "test"
+        has_pair = "MarkerA" in chans and "MarkerB" in chans
+        for i in range(n_per_assay):
+            rng = np.random.default_rng([seed, a_idx, i])
+            img, info = render_cell(chans, size, rng, size_class=i % 3, coloc=(i // 3) % 2)
+            iid = f"{assay}_{i:05d}"
+            row: dict[str, Any] = {"image_id": iid, "dataset": assay, "file": "", "channel_files": ""}
+            if layout == "file":
+                ext = ".png" if fmt.startswith("png") else ".tif"
+                rel = f"{assay}/{iid}{ext}"
+                _write(out / rel, img, fmt)
+                row["file"] = rel
+            else:
+                ext = ".png" if fmt.startswith("png") else ".tif"
+                rels = [f"{assay}/{iid}_c{c}_{name}{ext}" for c, name in enumerate(chans)]
+                for c, rel in enumerate(rels):
+                    _write(out / rel, img[c : c + 1], fmt)
+                row["channel_files"] = ";".join(rels)
+            row.update(
+                channel_names=";".join(chans),
+                split=split_of[i],
+                label=info.size_class,
+                label_name=SIZE_CLASSES[info.size_class],
+                interchannel_label=info.coloc if has_pair else None,
+                target=round(info.radius, 4),
+                n_spots=info.n_spots if has_pair else None,
+            )
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["interchannel_label"] = df["interchannel_label"].astype("Int64")
+    df["n_spots"] = df["n_spots"].astype("Int64")
+    return write_manifest(df, out / manifest_name)
