@@ -1,5 +1,6 @@
 """Models: ChAda-ViT and the baselines, with a registry of named sizes."""
 
+from chada.models import baselines as _baselines  # noqa: F401  (registers the baseline architectures)
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.chada_vit import ChAdaOutput, ChAdaViT, ChAdaViTConfig
 from chada.models.hub import load_model, save_pretrained

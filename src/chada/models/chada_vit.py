@@ -65,7 +65,7 @@ class ChAdaViTConfig:
     layer_scale: float | None = None
     drop_path_rate: float = 0.0
     attention: str = "packed"  # "packed" or "padded"
-    pos_interpolation: str = "bicubic"
+    pos_interpolation: str = "bicubic"  # an F.interpolate mode, or "dino_bicubic" (DINO's +0.1 scale factor)
     channel_names: list[str] | None = field(default=None)  # canonical slot names, recorded at pretraining
 
     @property
@@ -233,16 +233,28 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             raise ValueError(f"NaN or inf pixels in images {sorted(set(image_of[bad].tolist()))}")
 
     def interpolate_pos_embed(self, h: int, w: int) -> Tensor:
-        """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm)."""
+        """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm).
+
+        ``pos_interpolation="dino_bicubic"`` reproduces DINO's / the authors' released code exactly:
+        ``scale_factor=((h + 0.1) / g, (w + 0.1) / g)``, no antialiasing. The kernel then samples with
+        the slightly-off scale ``g / (h + 0.1)``, so it differs from ``size=(h, w)``; the released
+        weights were evaluated that way.
+        """
         pos = self.pos_embed[0]
         g = self.config.grid_size
         if (h, w) == (g, g):
             return pos
         cls_pos, grid = pos[:1], pos[1:]
         grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(
-            grid.float(), size=(h, w), mode=self.config.pos_interpolation, align_corners=False, antialias=True
-        ).to(pos.dtype)
+        if self.config.pos_interpolation == "dino_bicubic":
+            grid = F.interpolate(grid.float(), scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic")
+            if tuple(grid.shape[-2:]) != (h, w):  # the +0.1 exists to make this floor land on (h, w)
+                raise ValueError(f"dino_bicubic interpolation gave grid {tuple(grid.shape[-2:])}, expected {(h, w)}")
+            grid = grid.to(pos.dtype)
+        else:
+            grid = F.interpolate(
+                grid.float(), size=(h, w), mode=self.config.pos_interpolation, align_corners=False, antialias=True
+            ).to(pos.dtype)
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
 
     def embed(self, batch: ChannelBatch) -> tuple[Tensor, Tensor, tuple[int, int]]:
@@ -302,42 +314,31 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         channel_ids = torch.full((B, Cmax), -1, dtype=torch.long, device=dev)
         channel_ids[image_of, slot_of] = batch.resolved_channel_ids().to(dev)
 
-        grid_tokens = tokens.new_zeros(B, Cmax, N, D)
-        grid_tokens[image_of, slot_of] = tokens
         heads = self.config.num_heads
-        if self.attention_mode == "padded":
+        if self.attention_mode == "packed":
+            cls_out, patch, cls_attn, hidden = self._forward_packed(
+                tokens, cls, counts, return_attention, return_hidden_states
+            )
+        else:
+            grid_tokens = tokens.new_zeros(B, Cmax, N, D)
+            grid_tokens[image_of, slot_of] = tokens
             x = torch.cat([cls.expand(B, 1, D), grid_tokens.reshape(B, Cmax * N, D)], dim=1)
             key_mask = torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
             x, attn, hidden = self._run_blocks(x, key_mask, return_attention, return_hidden_states)
-            out_tokens = x
             cls_attn = None if attn is None else attn[:, :, 0, :]  # [B, heads, 1 + Cmax*N]
-        else:
-            out_tokens = tokens.new_zeros(B, 1 + Cmax * N, D)
-            cls_attn = tokens.new_zeros(B, heads, 1 + Cmax * N) if return_attention else None
-            hidden = [tokens.new_zeros(B, 1 + Cmax * N, D) for _ in self.blocks] if return_hidden_states else []
-            for c in torch.unique(counts).tolist():
-                idx = torch.nonzero(counts == c).flatten()
-                L = 1 + c * N
-                xg = torch.cat([cls.expand(len(idx), 1, D), grid_tokens[idx, :c].reshape(len(idx), c * N, D)], dim=1)
-                xg, attn_g, hid_g = self._run_blocks(xg, None, return_attention, return_hidden_states)
-                out_tokens[idx, :L] = xg
-                if cls_attn is not None and attn_g is not None:
-                    cls_attn[idx, :, :L] = attn_g[:, :, 0, :]
-                for full, part in zip(hidden, hid_g):
-                    full[idx, :L] = part
-        if hidden and self.attention_mode == "padded":
-            pad_rows = ~torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
-            hidden = [hs.masked_fill(pad_rows[..., None], 0.0) for hs in hidden]
+            if hidden:
+                hidden = [hs.masked_fill(~key_mask[..., None], 0.0) for hs in hidden]
+            x = self.norm(x)
+            cls_out = x[:, 0]
+            patch = x[:, 1:].reshape(B, Cmax, N, D) * channel_mask[:, :, None, None].to(x.dtype)
 
-        out_tokens = self.norm(out_tokens)
-        patch = out_tokens[:, 1:].reshape(B, Cmax, N, D) * channel_mask[:, :, None, None].to(out_tokens.dtype)
         attention = cls_self = None
         if cls_attn is not None:
             cls_self = cls_attn[:, :, 0]
             attention = cls_attn[:, :, 1:].reshape(B, heads, Cmax, h, w)
             attention = attention * channel_mask[:, None, :, None, None].to(attention.dtype)
         return ChAdaOutput(
-            cls=out_tokens[:, 0],
+            cls=cls_out,
             patch_tokens=patch,
             channel_mask=channel_mask,
             channel_ids=channel_ids,
@@ -346,6 +347,67 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             cls_self_attention=cls_self,
             hidden_states=hidden or None,
         )
+
+    def _forward_packed(
+        self, tokens: Tensor, cls: Tensor, counts: Tensor, want_attn: bool, want_hidden: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+        """Pad-free transformer: every same-channel-count group runs unmasked at its true length.
+
+        Each group's sequence is gathered straight from the stacked channel tokens (no
+        ``[B, C_max, N, D]`` padded buffer is built), the final norm runs per group (it acts per
+        token, so this is exact), and only the normed outputs are written into the padded output
+        layout. A batch with a single channel count skips the gather and the scatter altogether.
+
+        Args:
+            tokens: ``[sum C_i, N, D]`` embedded channel tokens, images in batch order.
+            cls: ``[1, D]`` CLS token plus its position.
+            counts: ``[B]`` channels per image.
+        Returns:
+            ``cls [B, D]``, ``patch [B, C_max, N, D]`` (zeros on padding), the last layer's CLS
+            attention ``[B, heads, 1 + C_max*N]`` or None, and the per-block hidden states in the
+            padded layout (empty unless ``want_hidden``).
+        """
+        _, N, D = tokens.shape
+        B, Cmax, heads = counts.numel(), self.config.max_channels, self.config.num_heads
+        dev, full_len = tokens.device, 1 + self.config.max_channels * N
+        counts_list = counts.tolist()
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(counts_list):
+            groups.setdefault(c, []).append(i)
+        starts = [0]
+        for c in counts_list[:-1]:
+            starts.append(starts[-1] + c)
+        cls_attn = tokens.new_zeros(B, heads, full_len) if want_attn else None
+        hidden = [tokens.new_zeros(B, full_len, D) for _ in self.blocks] if want_hidden else []
+        single = len(groups) == 1
+        cls_out = patch = None
+        for c, members in sorted(groups.items()):
+            G, L = len(members), 1 + c * N
+            if single:  # the stacked tokens already are [B, c*N, D] in batch order
+                seq, idx = tokens.reshape(B, c * N, D), slice(None)
+            else:
+                rows = torch.tensor([starts[i] + j for i in members for j in range(c)], device=dev)
+                seq, idx = tokens.index_select(0, rows).reshape(G, c * N, D), torch.tensor(members, device=dev)
+            xg = torch.cat([cls.expand(G, 1, D), seq], dim=1)
+            xg, attn_g, hid_g = self._run_blocks(xg, None, want_attn, want_hidden)
+            if cls_attn is not None and attn_g is not None:
+                cls_attn[idx, :, :L] = attn_g[:, :, 0, :].to(cls_attn.dtype)
+            for full, part in zip(hidden, hid_g):
+                full[idx, :L] = part.to(full.dtype)
+            xg = self.norm(xg)
+            if single:
+                cls_out = xg[:, 0]
+                patch = xg[:, 1:].reshape(B, c, N, D)
+                if c < Cmax:
+                    patch = torch.cat([patch, patch.new_zeros(B, Cmax - c, N, D)], dim=1)
+                break
+            if patch is None:
+                cls_out = xg.new_empty(B, D)
+                patch = xg.new_zeros(B, Cmax, N, D)
+            cls_out[idx] = xg[:, 0]
+            patch[idx, :c] = xg[:, 1:].reshape(G, c, N, D)
+        assert cls_out is not None and patch is not None
+        return cls_out, patch, cls_attn, hidden
 
     def forward_head(self, features: ChAdaOutput, pool: str = "cls") -> Tensor:
         """Image embedding from features: ``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean of
@@ -399,4 +461,5 @@ register_model(
     block="official",
     block_norm_eps=1e-5,
     norm_eps=1e-6,
+    pos_interpolation="dino_bicubic",
 )

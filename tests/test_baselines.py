@@ -1,0 +1,188 @@
+"""Baseline encoders: shapes, channel handling, padding invariance, errors, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chada.models import ChannelBatch, create_model, list_models, load_model
+from chada.models.baselines import FixedChannelViT, InterChannelViT, OneChannelViT
+
+C_MAX = 10
+BASELINES = ["one_channel_vit_test", "inter_channel_vit_test", "fixed_channel_vit_test"]
+
+
+def _model(name: str, **kw):
+    torch.manual_seed(0)
+    return create_model(name, **kw).eval()
+
+
+def test_registered():
+    names = set(list_models())
+    for n in BASELINES + ["one_channel_vit_tiny", "inter_channel_vit_tiny", "fixed_channel_vit_tiny"]:
+        assert n in names
+
+
+def test_tiny_sizes_and_param_counts():
+    # the compared encoders are of the same order of size as chada_vit_moyen (5.43 M)
+    counts = {}
+    for n in ["one_channel_vit_tiny", "inter_channel_vit_tiny", "fixed_channel_vit_tiny", "chada_vit_moyen"]:
+        with torch.device("meta"):  # shapes only: skip allocating and initialising 5 M weights
+            m = create_model(n)
+        counts[n] = m.num_params()
+        assert m.embed_dim == 192
+        assert m.config.depth == 12
+    for n in BASELINES:
+        counts[n] = create_model(n).num_params()
+    print("\nparameter counts:", counts)
+    # one-channel ViT-Tiny = ChAda-ViT Moyen minus its channel embedding (10 x 192)
+    assert counts["chada_vit_moyen"] - counts["one_channel_vit_tiny"] == C_MAX * 192
+    # 3-channel patch embedding: 2 x 16 x 16 x 192 more weights than the 1-channel one
+    assert counts["fixed_channel_vit_tiny"] - counts["one_channel_vit_tiny"] == 2 * 16 * 16 * 192
+
+
+@pytest.mark.parametrize("C", range(1, C_MAX + 1))
+def test_one_channel_shapes(C):
+    m = _model("one_channel_vit_test")
+    with torch.no_grad():
+        f = m.forward_features(torch.rand(2, C, 32, 32))
+    assert m.forward_head(f, "cls").shape == (2, C * 32) == (2, m.embedding_dim("cls", C))
+    assert m.forward_head(f, "all").shape == (2, C * 64) == (2, m.embedding_dim("all", C))
+    assert m.forward_head(f, "mean").shape == (2, 32) == (2, m.embedding_dim("mean"))
+    assert m.forward_head(f, "mean_all").shape == (2, 64) == (2, m.embedding_dim("mean_all"))
+
+
+@pytest.mark.parametrize("C", range(1, C_MAX + 1))
+def test_inter_channel_shapes(C):
+    m = _model("inter_channel_vit_test")
+    with torch.no_grad():
+        f = m.forward_features(torch.rand(2, C, 32, 32))
+    assert m.forward_head(f, "cls").shape == (2, 32) == (2, m.embedding_dim("cls", C))
+    assert m.forward_head(f, "all").shape == (2, 64) == (2, m.embedding_dim("all"))
+
+
+def test_fixed_channel_shapes():
+    m = _model("fixed_channel_vit_test")
+    with torch.no_grad():
+        assert m(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+        assert m([torch.rand(3, 32, 32)] * 3, pool="all").shape == (3, 64) == (3, m.embedding_dim("all"))
+        assert m(torch.rand(2, 3, 48, 64)).shape == (2, 32)  # other sizes: interpolated positions
+
+
+def test_one_channel_concat_follows_channel_order():
+    m = _model("one_channel_vit_test")
+    img = torch.rand(3, 32, 32)
+    D = m.embed_dim
+    with torch.no_grad():
+        out = m([img])[0]
+        alone = [m([img[c : c + 1]])[0] for c in range(3)]
+        perm = m([img[[2, 0, 1]]])[0]
+    for c in range(3):  # block c of the concatenation is channel c encoded alone
+        torch.testing.assert_close(out[c * D : (c + 1) * D], alone[c], atol=1e-5, rtol=0)
+    torch.testing.assert_close(perm, torch.cat([alone[2], alone[0], alone[1]]), atol=1e-5, rtol=0)
+    # "all": per channel [CLS, mean patch], channel after channel
+    with torch.no_grad():
+        all_feat = m([img], pool="all")[0]
+        ch1 = m([img[1:2]], pool="all")[0]
+    torch.testing.assert_close(all_feat[2 * D : 4 * D], ch1, atol=1e-5, rtol=0)
+
+
+def test_one_channel_mean_pool_mixed_counts_and_error():
+    m = _model("one_channel_vit_test")
+    a, b = torch.rand(2, 32, 32), torch.rand(4, 32, 32)
+    with torch.no_grad():
+        mixed = m([a, b], pool="mean")
+        alone = m([b], pool="mean")
+        per_channel = torch.stack([m([b[c : c + 1]])[0] for c in range(4)]).mean(0)
+    torch.testing.assert_close(mixed[1], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone[0], per_channel, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pool='mean'"):
+        m([a, b], pool="cls")
+    with pytest.raises(ValueError, match="pool='mean_all'"):
+        m([a, b], pool="all")
+    with pytest.raises(ValueError, match="channels="):
+        m.embedding_dim("cls")
+
+
+@pytest.mark.parametrize("mode", ["packed", "padded"])
+def test_inter_channel_padding_invariance(mode):
+    m = _model("inter_channel_vit_test", attention=mode)
+    torch.manual_seed(1)
+    imgs = [torch.rand(c, 32, 32) for c in (1, 5, 3, 10, 3, 2)]
+    with torch.no_grad():
+        mixed = m(imgs, pool="all")
+        alone = torch.cat([m([x], pool="all") for x in imgs])
+    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=0)
+
+
+def test_inter_channel_packed_equals_padded():
+    m = _model("inter_channel_vit_test")
+    imgs = [torch.rand(c, 32, 32) for c in (4, 1, 7)]
+    with torch.no_grad():
+        packed = m(imgs, pool="all")
+        padded = m.set_attention("padded")(imgs, pool="all")
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+
+
+def test_inter_channel_uses_channel_ids_and_order():
+    m = _model("inter_channel_vit_test")
+    img = torch.rand(2, 32, 32)
+    with torch.no_grad():
+        base = m([img])
+        other_slots = m(ChannelBatch(img, torch.tensor([2]), torch.tensor([3, 7])))
+    assert not torch.allclose(base, other_slots)  # the channel embedding is used
+
+
+def test_fixed_channel_rejects_other_counts():
+    m = _model("fixed_channel_vit_test")
+    with pytest.raises(ValueError, match="exactly 3 channels"):
+        m(torch.rand(2, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"images \[1\]"):
+        m([torch.rand(3, 32, 32), torch.rand(2, 32, 32)])
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_bad_input_errors(name):
+    m = _model(name)
+    if name == "inter_channel_vit_test":  # no patches: any size works through the TokenLearner
+        assert m(torch.rand(1, 3, 30, 30)).shape == (1, 32)
+    else:
+        with pytest.raises(ValueError, match="divisible by the patch size"):
+            m(torch.rand(1, 3, 30, 30))
+    bad = torch.rand(1, 3, 32, 32)
+    bad[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        m(bad)
+    with pytest.raises(TypeError):
+        m(torch.randint(0, 5, (1, 3, 32, 32)))
+    with pytest.raises(TypeError):
+        m("not an image")
+    with pytest.raises(ValueError):
+        m(torch.rand(32, 32))
+    with pytest.raises(ValueError, match="pool"):
+        m(torch.rand(1, 3, 32, 32), pool="bogus")
+    if name != "fixed_channel_vit_test":
+        with pytest.raises(ValueError, match="C_max=10"):
+            m(torch.rand(1, 11, 32, 32))
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_save_load_round_trip(name, tmp_path):
+    m = _model(name)
+    x = torch.rand(2, 3, 32, 32)
+    m.save_pretrained(tmp_path / name)
+    m2 = load_model(tmp_path / name)
+    assert type(m2) is type(m)
+    assert m2.model_name == name
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, pool="all"), m2(x, pool="all"), atol=0, rtol=0)
+
+
+def test_classes_and_gradients():
+    for name, cls in zip(BASELINES, (OneChannelViT, InterChannelViT, FixedChannelViT)):
+        m = create_model(name)
+        assert isinstance(m, cls)
+        m.train()
+        key = "mean" if name.startswith("one") else "cls"
+        m(torch.rand(2, 3, 32, 32), pool=key).sum().backward()
+        assert all(p.grad is not None for p in m.parameters() if p.requires_grad), name

@@ -1,0 +1,199 @@
+"""`chada embed` / embed_manifest: features, metadata, pools, channel-count fallback, resume, hand-made hook."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+import chada.eval.embed as embed_mod
+from chada.cli import main
+from chada.data.dataset import ManifestDataset
+from chada.eval.embed import embed_images, embed_manifest
+from chada.eval.embeddings import load_embeddings
+from chada.models import create_model
+
+
+def _write_manifest(folder, specs, name="manifest.csv"):
+    """specs: list of (dataset, n_channels, size, n_images). One multi-channel TIFF per image."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for ds, c, size, n in specs:
+        for i in range(n):
+            iid = f"{ds}_{i:03d}"
+            tifffile.imwrite(folder / f"{iid}.tif", rng.integers(0, 4000, (c, size, size), dtype=np.uint16), photometric="minisblack")
+            rows.append(
+                {
+                    "image_id": iid,
+                    "dataset": ds,
+                    "file": f"{iid}.tif",
+                    "channel_names": ";".join(f"{ds}_ch{j}" for j in range(c)),
+                    "split": "train" if i % 3 else "test",
+                    "label": f"class{i % 2}",
+                    "plate": f"P{i % 2}",
+                }
+            )
+    path = folder / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    return _write_manifest(tmp_path, [("A", 3, 32, 5), ("B", 1, 32, 3), ("C", 5, 32, 4)])
+
+
+def test_cli_embed_chada(mixed, tmp_path, capsys):
+    out = tmp_path / "emb.npz"
+    rc = main(
+        ["embed", "--model", "chada_vit_test", "--manifest", str(mixed), "--out", str(out),
+         "--batch-size", "4", "--seed", "7", "--quiet"]
+    )
+    assert rc == 0
+    assert "12 images" in capsys.readouterr().out
+    emb = load_embeddings(out)
+    assert emb.features["cls"].shape == (12, 32)
+    assert emb.features["all"].shape == (12, 64)
+    assert emb.meta["image_id"].tolist() == pd.read_csv(mixed)["image_id"].tolist()
+    assert emb.meta["channel_names"].iloc[0] == ["A_ch0", "A_ch1", "A_ch2"]
+    assert emb.meta["n_channels"].tolist() == [3] * 5 + [1] * 3 + [5] * 4
+    assert emb.meta["plate"].iloc[1] == "P1"
+    assert emb.info["seed"] == 7 and emb.info["source"] == "random_init" and emb.info["untrained"] is True
+    assert emb.info["pools"] == ["cls", "all"] and emb.info["pool_fallback"] is None
+    assert not (tmp_path / "emb.npz.parts").exists()
+
+    # same features as running the model directly on the normalised images
+    torch.manual_seed(7)
+    model = create_model("chada_vit_test").eval()
+    ds = ManifestDataset(mixed)
+    direct = embed_images(model, [ds[i]["image"] for i in range(len(ds))], pools=("cls", "all"))
+    np.testing.assert_allclose(emb.features["cls"], direct["cls"], atol=1e-5)
+    np.testing.assert_allclose(emb.features["all"], direct["all"], atol=1e-5)
+    # "all" = CLS then the mean of the real patch tokens
+    np.testing.assert_array_equal(emb.features["all"][:, :32], emb.features["cls"])
+
+
+def test_saved_model_folder_and_seed_reproducible(mixed, tmp_path):
+    torch.manual_seed(3)
+    model = create_model("inter_channel_vit_test")
+    model.save_pretrained(tmp_path / "m")
+    a = embed_manifest(tmp_path / "m", mixed, tmp_path / "a.npz", batch_size=5, progress=False)
+    b = embed_manifest(model, mixed, tmp_path / "b.npz", batch_size=3, progress=False)
+    np.testing.assert_allclose(a.features["cls"], b.features["cls"], atol=1e-5)
+    assert a.info["source"] == "pretrained" and a.info["seed"] is None and a.info["arch"] == "inter_channel_vit"
+    r1 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r1.npz", seed=1, progress=False)
+    r2 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r2.npz", seed=1, progress=False)
+    r3 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r3.npz", seed=2, progress=False)
+    np.testing.assert_array_equal(r1.features["cls"], r2.features["cls"])
+    assert not np.allclose(r1.features["cls"], r3.features["cls"])
+
+
+def test_one_channel_concat_per_dataset_and_fallback(mixed, tmp_path, caplog):
+    # one dataset = one channel count: the paper's concatenation, C * D
+    one = embed_manifest("one_channel_vit_test", mixed, tmp_path / "c.npz", datasets=["C"], progress=False)
+    assert one.features["cls"].shape == (4, 5 * 32)
+    assert one.features["all"].shape == (4, 5 * 64)
+    assert one.info["pool_fallback"] is None
+    # mixed channel counts: mean over channels, logged and recorded
+    with caplog.at_level("WARNING"):
+        emb = embed_manifest("one_channel_vit_test", mixed, tmp_path / "m.npz", progress=False)
+    assert emb.features["cls"].shape == (12, 32) and emb.features["all"].shape == (12, 64)
+    assert emb.info["pool_fallback"] == {"cls": "mean", "all": "mean_all"}
+    assert "mean over channels" in caplog.text
+    # the fallback equals the mean of the concatenated blocks
+    blocks = one.features["cls"].reshape(4, 5, 32).mean(1)
+    np.testing.assert_allclose(emb.features["cls"][-4:], blocks, atol=1e-5)
+
+
+def test_native_sizes_grouped_and_image_size(tmp_path):
+    man = _write_manifest(tmp_path, [("A", 3, 32, 3), ("B", 3, 48, 3)])
+    emb = embed_manifest("chada_vit_test", man, tmp_path / "n.npz", batch_size=6, progress=False)
+    assert emb.features["cls"].shape == (6, 32)
+    model = create_model("fixed_channel_vit_test")
+    emb = embed_manifest(model, man, tmp_path / "f.npz", image_size=32, progress=False)
+    assert emb.features["all"].shape == (6, 64) and emb.info["image_size"] == 32
+
+
+def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
+    out = tmp_path / "r.npz"
+    full = embed_manifest("chada_vit_test", mixed, tmp_path / "full.npz", batch_size=2, progress=False)
+
+    real = embed_mod._embed_samples
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "_embed_samples", failing)
+    with pytest.raises(KeyboardInterrupt):
+        embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+    parts = sorted(p.name for p in (tmp_path / "r.npz.parts").glob("chunk_*.npz"))
+    assert parts == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz"]
+    assert not out.exists()
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "_embed_samples", counting)
+    calls["n"] = 0
+    emb = embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+    assert calls["n"] == 3  # 6 batches of 2 in all, 3 were done before the interruption
+    np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
+    assert emb.meta["image_id"].tolist() == full.meta["image_id"].tolist()
+    assert not (tmp_path / "r.npz.parts").exists()
+
+    # parts made with other settings (another seed) are discarded, not mixed in
+    monkeypatch.setattr(embed_mod, "_embed_samples", failing)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, seed=5, progress=False)
+    monkeypatch.setattr(embed_mod, "_embed_samples", counting)
+    calls["n"] = 0
+    emb = embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+    assert calls["n"] == 6
+    np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
+
+
+def test_handmade_hook(mixed, tmp_path, monkeypatch):
+    fake = types.ModuleType("chada.features")
+
+    def handmade_features(images):
+        assert all(isinstance(x, np.ndarray) and x.ndim == 3 for x in images)
+        return np.stack([[x.mean(), x.std(), x.shape[0]] for x in images])
+
+    fake.handmade_features = handmade_features
+    monkeypatch.setitem(sys.modules, "chada.features", fake)
+    emb = embed_manifest("handmade", mixed, tmp_path / "h.npz", progress=False)
+    assert emb.features["cls"].shape == (12, 3)
+    np.testing.assert_array_equal(emb.features["cls"], emb.features["all"])
+    assert emb.features["cls"][:, 2].tolist() == [3.0] * 5 + [1.0] * 3 + [5.0] * 4
+    assert emb.info["model"] == "handmade"
+
+    monkeypatch.setitem(sys.modules, "chada.features", types.ModuleType("chada.features"))
+    with pytest.raises(ValueError, match="handmade_features"):
+        embed_manifest("handmade", mixed, tmp_path / "h2.npz", progress=False)
+
+
+def test_errors(mixed, tmp_path, capsys):
+    rc = main(["embed", "--model", "no_such_model", "--manifest", str(mixed), "--out", str(tmp_path / "x.npz")])
+    assert rc == 2
+    assert "registered model name" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not supported"):
+        embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", pools=["mean"], progress=False)
+    with pytest.raises(ValueError, match=".npz"):
+        embed_manifest("chada_vit_test", mixed, tmp_path / "x.parquet", progress=False)
+    with pytest.raises(ValueError, match="exactly 3 channels"):
+        embed_manifest("fixed_channel_vit_test", mixed, tmp_path / "x.npz", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", datasets=["nope"], progress=False)
+    with pytest.raises(TypeError):
+        embed_images("chada_vit_test", [torch.rand(2, 32, 32)])
