@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "attention",
     "project",
     "convert",
+    "features",
     "benchmark",
 ]
 

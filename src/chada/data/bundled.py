@@ -3,7 +3,7 @@
 Assets (``chada/assets/``, sources and licences in ``assets/README.md`` and ``data/README.md``):
 
 - ``dsb2018_img2d.tif`` / ``dsb2018_mask2d.tif``: a 512x512 fluorescence nuclei image from the 2018
-  Data Science Bowl (BBBC038, CC0) with its 183-nucleus instance mask, as shipped in the stardist 0.9.2
+  Data Science Bowl (BBBC038, CC0) with its instance mask (125 nuclei, label ids up to 183), as shipped in the stardist 0.9.2
   wheel (BSD-3). Stored as zlib-compressed uint16 TIFF, pixel values unchanged.
 - ``skimage_ihc.png``: scikit-image's ``ihc.png`` (immunohistochemistry of colonic glands, FHL2 in DAB
   with haematoxylin counterstain; CMMI; "no known copyright restrictions"), byte-identical copy.
