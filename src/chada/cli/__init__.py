@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "project",
     "convert",
     "features",
+    "import_",
     "benchmark",
 ]
 

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from chada.data.importers.cli import add_build_corpus, add_import
+
 __all__ = ["register", "SUBCOMMANDS", "summarize_manifest"]
 
 
@@ -200,12 +202,14 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_summary,
     _add_synth,
     _add_shard,
+    add_import,
+    add_build_corpus,
 ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` and its sub-commands to the top-level ``chada`` parser."""
-    p = subparsers.add_parser("data", help="datasets: check, summary, synth, shard", description=__doc__)
+    p = subparsers.add_parser("data", help="datasets: check, summary, synth, shard, import, build-corpus", description=__doc__)
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)

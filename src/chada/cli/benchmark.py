@@ -1,0 +1,61 @@
+"""``chada benchmark chammi``: embed CHAMMI in its published layout and score it with the official protocol.
+
+::
+
+    chada benchmark chammi --model runs/chada/final --root CHAMMI/ --out results/chammi [--metric l2|cosine]
+
+Writes ``OUT/features/{Allen,HPA,CP}/<model>.npy`` (rows in ``enriched_meta.csv`` order, the layout
+``morphem.benchmark.run_benchmark`` reads) and ``OUT/results/<model>_1nn_<metric>_results.{csv,json,md}``.
+``--score-only`` scores existing feature files (e.g. ones made by another tool: ``--feature-file``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("benchmark", help="community benchmarks (CHAMMI)", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    c = sub.add_parser("chammi", help="CHAMMI (WTC-11, HPA, CP): 1-NN protocol of morphem", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    c.add_argument("--model", required=True, help="saved model folder or registered name (random init)")
+    c.add_argument("--root", required=True, help="CHAMMI root holding Allen/, HPA/, CP/")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="1-NN distance (default l2)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--image-size", type=int, default=224, help="resize every channel to this square size")
+    c.add_argument("--pool", default="cls", help="feature kind of the model head (default cls)")
+    c.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--datasets", nargs="+", default=["Allen", "HPA", "CP"], choices=["Allen", "HPA", "CP"])
+    c.add_argument("--seed", type=int, default=0, help="seed of the random weights of a registered name")
+    c.add_argument("--overwrite", action="store_true", help="re-embed even if feature files exist")
+    c.add_argument(
+        "--score-only", action="store_true", help="only score OUT/features/<dataset>/<feature file>"
+    )
+    c.add_argument("--feature-file", default=None, help="feature file name to score (default <model>.npy)")
+    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    c.set_defaults(func=run_chammi)
+
+
+def run_chammi(args: argparse.Namespace) -> int:
+    from chada.eval.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
+
+    name = model_label(args.model)
+    out = Path(args.out)
+    if not args.score_only:
+        embed_chammi(
+            args.model, args.root, out, name=name, image_size=args.image_size, batch_size=args.batch_size,
+            pool=args.pool, normalize=args.normalize, device=args.device, datasets=args.datasets,
+            overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
+        )  # fmt: skip
+    feature_file = args.feature_file or f"{name}.npy"
+    table, reports = score_features(args.root, out / "features", feature_file, args.metric, args.datasets)
+    paths = write_results(table, reports, out / "results", name, args.metric)
+    print(results_markdown(table, name))
+    print(f"results: {paths['csv']}, {paths['json']}, {paths['md']}")
+    return 0

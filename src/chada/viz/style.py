@@ -1,0 +1,144 @@
+"""Shared plotting helpers: headless backend, atomic PNG+SVG saving, colours, markers, legends.
+
+Every figure of :mod:`chada.viz` goes through :func:`save_figure`, which writes BOTH ``<stem>.png``
+and ``<stem>.svg`` (PNG to look at, SVG to edit for a paper), each via temp file + rename so a reader
+never sees half a picture.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chada.models.hub import atomic_write_bytes
+
+__all__ = [
+    "ATTENTION_CMAP",
+    "IMAGE_CMAP",
+    "MATRIX_CMAP",
+    "MARKERS",
+    "use_agg",
+    "figure_paths",
+    "save_figure",
+    "categorical_colors",
+    "legend_outside",
+    "add_colorbar",
+]
+
+ATTENTION_CMAP = "inferno"
+IMAGE_CMAP = "gray"
+MATRIX_CMAP = "viridis"
+# Filled markers only: hollow ones vanish at small sizes in dense scatter plots.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
+
+_PLOT_SUFFIXES = (".png", ".svg")
+
+
+def use_agg() -> None:
+    """Select the non-interactive Agg backend (no display on servers, no Tk import)."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg", force=True)
+
+
+def figure_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """``(png, svg)`` paths for ``out``: ``x.png``, ``x.svg`` or ``x`` all give ``x.png`` + ``x.svg``."""
+    p = Path(out)
+    if p.suffix.lower() in _PLOT_SUFFIXES:
+        p = p.with_suffix("")
+    elif p.suffix:
+        raise ValueError(f"plot output must end in .png or .svg (both are written), got {out}")
+    return p.with_name(p.name + ".png"), p.with_name(p.name + ".svg")
+
+
+def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 150, close: bool = True) -> list[Path]:
+    """Write ``fig`` as PNG and SVG next to each other, atomically; returns both paths.
+
+    The canvas is rendered to memory first, so a failure while drawing leaves no partial file.
+    """
+    import matplotlib.pyplot as plt
+
+    png, svg = figure_paths(out)
+    written = []
+    for path, fmt in ((png, "png"), (svg, "svg")):
+        buf = io.BytesIO()
+        # SVG text stays text (editable, searchable) instead of glyph outlines.
+        with plt.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", facecolor="white")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    if close:
+        plt.close(fig)
+    return written
+
+
+def categorical_colors(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinguishable colours: tab10 up to 10, tab20 up to 20, then evenly spaced on turbo."""
+    import matplotlib
+
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def legend_outside(
+    ax: Any,
+    title: str | None = None,
+    max_entries: int = 25,
+    fontsize: float = 8,
+    handles: Sequence[Any] | None = None,
+) -> None:
+    """Legend to the right of the axes (never over the data), cut to ``max_entries`` with a note.
+
+    Long legends inside the axes hide points; outside they only widen the figure, which
+    ``bbox_inches="tight"`` in :func:`save_figure` accounts for.
+    """
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    else:
+        handles, labels = list(handles), [h.get_label() for h in handles]
+    if not handles:
+        return
+    extra = len(handles) - max_entries
+    if extra > 0:
+        handles, labels = handles[:max_entries], labels[:max_entries]
+        title = f"{title or ''} (first {max_entries}; {extra} more)".strip()
+    ncol = 1 if len(handles) <= 18 else 2
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize=fontsize,
+        title_fontsize=fontsize + 1,
+        frameon=False,
+        ncol=ncol,
+        markerscale=1.5,
+    )
+
+
+def add_colorbar(
+    fig: Any, mappable: Any, axes: Any | Sequence[Any], label: str, location: str = "right"
+) -> Any:
+    """A colour bar attached to one or several axes, with a label (units or meaning of the colour)."""
+    cb = fig.colorbar(mappable, ax=axes, location=location, shrink=0.9, pad=0.02, fraction=0.05)
+    cb.set_label(label, fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    # Few, short tick labels: narrow horizontal bars otherwise print overlapping 5-digit numbers.
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    axis = cb.ax.xaxis if location in ("bottom", "top") else cb.ax.yaxis
+    axis.set_major_locator(MaxNLocator(nbins=3 if location in ("bottom", "top") else 5))
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    return cb
