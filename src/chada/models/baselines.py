@@ -171,16 +171,31 @@ class _StandardViT(PretrainedMixin, nn.Module):
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """``pixels [n, (c,) H, W]`` (whatever ``patch_embed`` takes) -> ``(cls [n, D], patch tokens
         [n, N, D], (h, w))`` after the final norm."""
+        cls, patch, grid, _ = self._encode_with_attention(pixels, return_attention=False)
+        return cls, patch, grid
+
+    def _encode_with_attention(
+        self, pixels: Tensor, return_attention: bool = True
+    ) -> tuple[Tensor, Tensor, tuple[int, int], Tensor | None]:
+        """:meth:`_encode` plus, when ``return_attention``, the last block's CLS query row
+        ``[n, heads, 1 + N]`` (softmax over the CLS key then the ``N`` patch keys; rows sum to 1).
+
+        Only the last block takes the explicit-softmax path; the others keep the fused SDPA kernel.
+        """
         p = self.config.patch_size
         h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
         tokens = self.patch_embed(pixels)  # [n, N, D]
         pos = self.interpolate_pos_embed(h, w)
         n, D = tokens.shape[0], self.embed_dim
         x = torch.cat([(self.cls_token[0] + pos[:1]).expand(n, 1, D), tokens + pos[1:].unsqueeze(0)], dim=1)
-        for blk in self.blocks:
-            x, _ = blk(x)
+        last = len(self.blocks) - 1
+        cls_attn = None
+        for i, blk in enumerate(self.blocks):
+            x, a = blk(x, return_attention=return_attention and i == last)
+            if a is not None:
+                cls_attn = a[:, :, 0, :]  # [n, heads, 1 + N]: the CLS query's row
         x = self.norm(x)
-        return x[:, 0], x[:, 1:], (h, w)
+        return x[:, 0], x[:, 1:], (h, w), cls_attn
 
 
 # ------------------------------------------------------------------------------ one-channel ViT
@@ -218,12 +233,22 @@ class OneChannelOutput:
         patch_tokens: ``[sum C_i, N, D]`` patch tokens of every channel.
         counts: ``[B]`` channels per image.
         grid: ``(h, w)`` patch grid.
+        attention: ``[B, heads, C_max, h, w]`` last-layer attention of each channel's CLS query over that
+            channel's patches, image ``b``'s channel ``c`` at ``[b, :, c]`` (zeros on padding positions
+            ``c >= C_b``), when requested. ``C_max`` is ``config.max_channels``, as for ChAda-ViT.
+        cls_self_attention: ``[B, heads, C_max]`` each channel's CLS query weight on itself (zeros on
+            padding), when requested. Every channel has its OWN CLS and softmax, so for each real
+            channel ``attention[b, k, c].sum() + cls_self_attention[b, k, c] == 1``: the attention sums to
+            ``C_b`` per image and head. This differs from ChAda-ViT, where ONE CLS spreads a total of 1
+            over all channels' patches plus itself (``cls_self_attention`` ``[B, heads]``).
     """
 
     cls: Tensor
     patch_tokens: Tensor
     counts: Tensor
     grid: tuple[int, int]
+    attention: Tensor | None = None
+    cls_self_attention: Tensor | None = None
 
     def per_channel(self, pool: str) -> Tensor:
         """``[sum C_i, D]`` (``"cls"``) or ``[sum C_i, 2D]`` (``"all"``: CLS, mean patch) per channel."""
@@ -242,6 +267,8 @@ class OneChannelViT(_StandardViT):
 
     config_class = OneChannelViTConfig
     pools = ("cls", "all", "mean", "mean_all")
+    #: read by :func:`chada.viz.attention.attention_maps`: one CLS softmax per channel
+    attention_kind = "per_channel"
     #: pools whose size depends on the channel count, and their fixed-size replacement
     variable_size_pools = {"cls": "mean", "all": "mean_all"}
 
@@ -256,17 +283,48 @@ class OneChannelViT(_StandardViT):
     def max_channels(self) -> int:
         return self.config.max_channels
 
-    def forward_features(self, images: ChannelBatch | Tensor | list[Tensor]) -> OneChannelOutput:
+    def forward_features(
+        self, images: ChannelBatch | Tensor | list[Tensor], return_attention: bool = False
+    ) -> OneChannelOutput:
         """Encode every channel of every image independently, in one ViT batch of ``sum C_i`` images.
 
         ``channel_ids`` of a ChannelBatch are ignored: this model has no channel embedding, a
         channel's identity is only its position in the concatenation.
+
+        Args:
+            images: list of ``[C_i, H, W]``, ``[B, C, H, W]`` or a :class:`ChannelBatch`.
+            return_attention: add the last layer's per-channel CLS attention ``attention``
+                ``[B, heads, C_max, h, w]`` and ``cls_self_attention`` ``[B, heads, C_max]`` (see
+                :class:`OneChannelOutput`: one softmax per channel, unlike ChAda-ViT's single one).
         """
         batch = as_channel_batch(images)
         _check_pixels(batch, self.config.max_channels, self.config.patch_size)
         # [sum C_i, H, W]: every channel is one single-channel image (PatchEmbed adds the channel axis)
-        cls, patch, grid = self._encode(batch.pixels.to(self.pos_embed.dtype))
-        return OneChannelOutput(cls=cls, patch_tokens=patch, counts=batch.counts.to(cls.device), grid=grid)
+        cls, patch, grid, cls_attn = self._encode_with_attention(
+            batch.pixels.to(self.pos_embed.dtype), return_attention=return_attention
+        )
+        counts = batch.counts.to(cls.device)
+        out = OneChannelOutput(cls=cls, patch_tokens=patch, counts=counts, grid=grid)
+        if cls_attn is not None:
+            out.attention, out.cls_self_attention = self._scatter_attention(cls_attn, counts, grid)
+        return out
+
+    def _scatter_attention(
+        self, cls_attn: Tensor, counts: Tensor, grid: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """``[sum C_i, heads, 1 + N]`` CLS rows -> (``[B, heads, C_max, h, w]``, ``[B, heads, C_max]``),
+        image ``b``'s channel ``c`` at position ``c``; padding positions stay zero."""
+        n, heads, _ = cls_attn.shape
+        h, w = grid
+        B, Cmax = counts.numel(), self.config.max_channels
+        image_of = torch.repeat_interleave(torch.arange(B, device=counts.device), counts)
+        slot_of = torch.arange(n, device=counts.device) - (torch.cumsum(counts, 0) - counts)[image_of]
+        attention = cls_attn.new_zeros(B, heads, Cmax, h, w)
+        # advanced indices split by a slice index as [n, heads, ...]: one row per channel
+        attention[image_of, :, slot_of] = cls_attn[:, :, 1:].reshape(n, heads, h, w)
+        cls_self = cls_attn.new_zeros(B, heads, Cmax)
+        cls_self[image_of, :, slot_of] = cls_attn[:, :, 0]
+        return attention, cls_self
 
     def forward_head(self, features: OneChannelOutput, pool: str = "cls") -> Tensor:
         """Image embeddings: see the module docstring's pool table."""
