@@ -287,7 +287,10 @@ def compute_model_attention(
     try:
         res.matrix = inter_channel_matrix(model, image, channel_ids)
     except AttentionUnavailable as exc:
-        res.matrix_note = f"{label}: no inter-channel matrix: {exc}"
+        if res.maps and res.maps.get("kind") == "per_channel":
+            res.matrix_note = f"{label}: channels are encoded alone, so there is no inter-channel attention"
+        else:
+            res.matrix_note = f"{label}: no inter-channel matrix: {exc}"
     return res
 
 
@@ -498,7 +501,7 @@ def plot_attention_grid(
 def channel_mass_table(results: Sequence[ModelAttention], channel_names: Sequence[str]) -> str:
     """Plain-text table of per-channel attention mass (head average) per model, for the CLI."""
     lines = []
-    width = max(len(n) for n in channel_names) if channel_names else 4
+    width = max([len(n) for n in channel_names] + [len("CLS self")])
     header = " " * width + "".join(f"  {r.label[:18]:>18}" for r in results if r.maps is not None)
     lines.append(header)
     for c, name in enumerate(channel_names):
