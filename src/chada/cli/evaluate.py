@@ -1,0 +1,99 @@
+"""``chada evaluate``: frozen-feature evaluation (linear probe, kNN, 1-NN, low-data, diagnostics).
+
+Two forms::
+
+    chada evaluate --config configs/eval/example.yaml [--out DIR]
+    chada evaluate --embeddings A.npz B.npz ... --label-column label [--kind classification] --out DIR
+
+The quick form evaluates one task (the label column) on every file; model names are the files' stems
+and families come from each file's info (or the name: ``*untrained*``/``*random*``, ``*handmade*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate frozen embeddings: linear probe, kNN, 1-NN, low-data regimes, diagnostics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="evaluation YAML (see configs/eval/example.yaml)")
+    p.add_argument("--embeddings", nargs="+", metavar="EMB", help="embedding files (quick form)")
+    p.add_argument("--label-column", default="label", help="label column of the quick form (default: label)")
+    p.add_argument("--kind", choices=["classification", "regression"], default="classification")
+    p.add_argument(
+        "--task-name", default=None, help="task name of the quick form (default: the label column)"
+    )
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument(
+        "--test-fraction", type=float, default=None,
+        help="seeded stratified test split instead of the split column (used anyway when it is missing)",
+    )  # fmt: skip
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
+    p.add_argument(
+        "--fractions", type=float, nargs="+", default=None, help="training fractions (default 0.01 0.1 1)"
+    )
+    p.add_argument("--feature-kinds", nargs="+", default=None, help="feature kinds (default cls all)")
+    p.add_argument(
+        "--shortcut-features", default=None, help="shortcut-feature EmbeddingSet for the diagnostics"
+    )
+    p.add_argument("--out", default=None, help="output folder (default: config's out_dir or ./eval_results)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def _quick_config(args: argparse.Namespace) -> dict:
+    models = {}
+    for path in args.embeddings:
+        name = Path(path).stem
+        if name in models:
+            raise ValueError(f"two embedding files share the name {name!r}; rename one or use --config")
+        models[name] = {"path": str(Path(path).resolve())}
+    task = {"name": args.task_name or args.label_column, "label_column": args.label_column, "kind": args.kind,
+            "train_split": args.train_split, "test_split": args.test_split}  # fmt: skip
+    if args.test_fraction is not None:
+        task["test_fraction"] = args.test_fraction
+    cfg: dict = {"models": models, "tasks": [task]}
+    if args.shortcut_features:
+        cfg["diagnostics"] = {"shortcut_features": str(Path(args.shortcut_features).resolve())}
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from chada.eval.protocol import run_evaluation
+
+    if bool(args.config) == bool(args.embeddings):
+        raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise FileNotFoundError(f"evaluation config {path} not found")
+        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg.setdefault("base_dir", str(path.resolve().parent))
+        if args.shortcut_features:
+            cfg.setdefault("diagnostics", {})["shortcut_features"] = str(
+                Path(args.shortcut_features).resolve()
+            )
+    else:
+        cfg = _quick_config(args)
+    if args.seeds is not None:
+        cfg["seeds"] = args.seeds
+    if args.fractions is not None:
+        cfg["fractions"] = args.fractions
+    if args.feature_kinds is not None:
+        cfg["feature_kinds"] = args.feature_kinds
+    out = args.out or cfg.get("out_dir") or "eval_results"
+    results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots)
+    elapsed = results.attrs.get("elapsed_s", float("nan"))
+    print(f"{len(results)} result rows in {elapsed:.1f} s; report in {Path(out).resolve()}")
+    return 0
