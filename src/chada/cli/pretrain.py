@@ -1,0 +1,54 @@
+"""``chada pretrain``: DINO self-supervised pretraining from a YAML config.
+
+    chada pretrain --config configs/quickstart.yaml data.manifest=data/synth/manifest.csv optim.epochs=10
+    chada pretrain --config configs/quickstart.yaml --resume            # continue after an interruption
+    torchrun --nproc_per_node=8 --no-python chada pretrain --config configs/idrcell100k_moyen.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "handler"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="DINO self-supervised pretraining (CPU, or multi-GPU under torchrun)",
+        description=(
+            "Pretrain a registered backbone with DINO. Settings come from --config (YAML) and then from "
+            "section.key=value overrides, e.g. optim.lr=1e-3 run.output_dir=runs/x model.name=chada_vit_petit."
+        ),
+    )
+    p.add_argument("--config", "-c", default=None, help="YAML config (default: built-in DINO defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=5")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    import yaml
+
+    from chada.ssl.config import config_to_dict, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from chada.ssl.distributed import cleanup
+    from chada.ssl.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+        out = trainer.fit()
+        if trainer.dist.is_main:
+            done = trainer.global_step >= trainer.total_steps
+            where = out / "teacher" if done else out / "checkpoint.pt"
+            state = "finished" if done else f"stopped at step {trainer.global_step}/{trainer.total_steps}"
+            print(f"pretraining {state}: {where}")
+    finally:
+        cleanup()
+    return 0

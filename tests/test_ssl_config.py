@@ -1,0 +1,89 @@
+"""Config: YAML loading, dotted overrides with type coercion, unknown keys, provided configs."""
+
+from pathlib import Path
+
+import pytest
+
+from chada.ssl.config import PretrainConfig, apply_overrides, config_from_dict, config_to_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_defaults_are_dino() -> None:
+    c = PretrainConfig()
+    assert c.head.out_dim == 65536 and c.head.bottleneck_dim == 256 and c.head.nlayers == 3
+    assert c.dino.student_temp == 0.1 and c.dino.center_momentum == 0.9
+    assert (c.dino.warmup_teacher_temp, c.dino.teacher_temp) == (0.04, 0.07)
+    assert (c.dino.momentum_teacher, c.dino.momentum_teacher_final) == (0.996, 1.0)
+    assert (c.optim.weight_decay, c.optim.weight_decay_end) == (0.04, 0.4)
+    assert c.augment.n_global == 2 and c.dino.freeze_last_layer_epochs == 1
+
+
+def test_overrides_coerce_types(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1.0e-4\nmodel:\n  name: chada_vit_test\n")
+    c = load_config(
+        f,
+        [
+            "optim.lr=1e-3",  # a string for YAML 1.1, a float for the field
+            "optim.epochs=5",
+            "augment.global_scale=[0.3, 1]",
+            "run.tensorboard=false",
+            "model.overrides.img_size=64",
+            "data.channel_vocab=auto",
+            "data.datasets=[a, b]",
+            "run.max_steps=null",
+        ],
+    )
+    assert c.optim.lr == 1e-3 and isinstance(c.optim.lr, float)
+    assert c.optim.epochs == 5
+    assert c.augment.global_scale == (0.3, 1.0)
+    assert c.run.tensorboard is False
+    assert c.model.name == "chada_vit_test" and c.model.overrides == {"img_size": 64}
+    assert c.data.channel_vocab == "auto" and c.data.datasets == ["a", "b"]
+    assert c.run.max_steps is None
+
+
+def test_unknown_keys_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="did you mean 'lr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, ["optimizer.lr=1"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        config_from_dict({"head": {"outdim": 3}})
+    with pytest.raises(TypeError):
+        load_config(None, ["optim.epochs=ten"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides(PretrainConfig(), ["optim.lr"])
+    f = tmp_path / "bad.yaml"
+    f.write_text("run:\n  seeds: 3\n")
+    with pytest.raises(ValueError, match="seeds"):
+        load_config(f)
+
+
+def test_round_trip() -> None:
+    c = load_config(None, ["optim.lr=0.01", "augment.local_scale=[0.1, 0.3]"])
+    again = config_from_dict(config_to_dict(c))
+    assert again == c
+
+
+def test_validate() -> None:
+    with pytest.raises(ValueError, match="data.manifest"):
+        PretrainConfig().validate()
+    c = load_config(None, ["data.manifest=x.csv", "run.precision=fp16"])
+    with pytest.raises(ValueError, match="precision"):
+        c.validate()
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "idrcell100k_moyen.yaml"])
+def test_provided_configs_load(name: str) -> None:
+    c = load_config(CONFIGS / name).validate()
+    from chada import list_models
+
+    assert c.model.name in list_models()
+
+
+def test_paper_recipe_values() -> None:
+    c = load_config(CONFIGS / "idrcell100k_moyen.yaml")
+    assert c.model.name == "chada_vit_moyen"
+    assert c.optim.epochs == 400 and c.optim.lr == 1e-4 and c.optim.batch_size_per_gpu == 256
