@@ -122,6 +122,8 @@ def concat_embeddings(
     metas = []
     for name, e in zip(names, sets):
         m = e.meta.reset_index(drop=True).copy()
+        # Manifests may carry their own columns with these names (e.g. the file a crop came from).
+        m = m.rename(columns={c: f"meta_{c}" for c in ("source", "source_row", "input_row") if c in m.columns})
         m.insert(0, "source_row", np.arange(len(m)))
         m.insert(0, "source", name)
         if "dataset" not in m.columns:

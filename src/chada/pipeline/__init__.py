@@ -1,0 +1,1 @@
+"""End-to-end jobs built from the package's parts (the quickstart and its report)."""

@@ -1,0 +1,48 @@
+"""The main job end to end: ``chada quickstart --fast`` in a temporary folder (about a minute)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from chada.cli import main
+from chada.pipeline.quickstart import ENCODERS, TASKS
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_files_exist_and_are_not_empty(quickstart_dir) -> None:
+    for name in ("report.md", "report.html", "figures/attention.png", "figures/projection.png",
+                 "evaluation/fig1_cls.png", "evaluation/fig4_cls.png", "evaluation/results_summary.csv"):  # fmt: skip
+        path = quickstart_dir / name
+        assert path.exists() and path.stat().st_size > 1000, name
+    html = (quickstart_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4  # pictures are embedded, the file stands alone
+
+
+def test_report_table_has_every_model_and_task(quickstart_dir) -> None:
+    md = (quickstart_dir / "report.md").read_text()
+    headline = md.split("## Headline")[1].split("\n## ")[0]
+    rows = [line for line in headline.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    models = {r.split("|")[1].strip() for r in rows}
+    expected = set(ENCODERS) | {f"{e}_untrained" for e in ENCODERS} | {"handmade"}
+    assert models == expected
+    summary = pd.read_csv(quickstart_dir / "evaluation" / "results_summary.csv")
+    assert set(summary.task) == set(TASKS)
+    assert set(summary.fraction) == {0.01, 0.1, 1.0}
+    assert summary["mean"].notna().all()
+
+
+def test_rerun_reuses_finished_stages(quickstart_dir, capsys) -> None:
+    stages = {p.stem: json.loads(p.read_text()) for p in (quickstart_dir / "stages").glob("*.json")}
+    assert {"data", "embed", "evaluate", "figures"} <= set(stages)
+    assert main(["quickstart", "--fast", "--out", str(quickstart_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done") == len(stages)
