@@ -112,7 +112,7 @@ def test_viz_reads_per_channel_maps(model, tmp_path):
     direct = model.forward_features([img], return_attention=True).attention[0, :, :3]
     torch.testing.assert_close(maps["patch_attention"], direct)
     # no joint sequence over channels, so no inter-channel matrix: a note, not an error
-    assert res.matrix is None and "no inter-channel matrix" in res.matrix_note
+    assert res.matrix is None and "no inter-channel attention" in res.matrix_note
     paths = plot_attention_grid(
         img, [res], ["DAPI", "Actin", "Tubulin"], tmp_path / "one.png", show_heads=False
     )

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = [
     "convert",
     "features",
     "import_",
+    "subsets",
     "benchmark",
 ]
 

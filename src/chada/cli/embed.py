@@ -47,12 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    from chada.data.channels import add_channel_args
+
+    add_channel_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    from collections import Counter
 
+    from chada.data.channels import describe_channels, parse_channel_order
     from chada.eval.embed import embed_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -72,9 +77,16 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         chunk_batches=args.chunk_batches,
         progress=not args.quiet,
+        channel_order=parse_channel_order(args.channel_order),
+        unknown_channels="error" if args.strict_channels else "warn",
+        channel_aliases=dict(args.channel_alias or []),
     )
     dims = ", ".join(f"{k} [{v.shape[0]}, {v.shape[1]}]" for k, v in emb.features.items())
     print(f"wrote {args.out}: {len(emb)} images; {dims}; {emb.info['seconds']:.1f} s")
+    used = Counter(describe_channels(n, s) for n, s in zip(emb.meta["channel_names"], emb.meta["channel_slots"]))
+    print("channels used (name@slot):")
+    for combo, n in used.most_common():
+        print(f"  {n:6d} image(s): {combo}")
     if emb.info.get("pool_fallback"):
         print(f"note: {emb.info['note']} {emb.info['pool_fallback']}")
     return 0

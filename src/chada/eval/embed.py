@@ -195,7 +195,11 @@ def _list_collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _embed_samples(
-    model: nn.Module | str, samples: list[dict[str, Any]], pool_map: dict[str, str], device: torch.device
+    model: nn.Module | str,
+    samples: list[dict[str, Any]],
+    pool_map: dict[str, str],
+    device: torch.device,
+    policy: Any = None,
 ) -> dict[str, np.ndarray]:
     """Embed samples of possibly different sizes: one forward per (H, W) group, rows kept in order."""
     from chada.data.dataset import collate_channels
@@ -206,7 +210,13 @@ def _embed_samples(
     actual = sorted(set(pool_map.values()))
     result: dict[str, np.ndarray] = {}
     for rows in groups.values():
-        batch = collate_channels([samples[i] for i in rows])["batch"]
+        group = [samples[i] for i in rows]
+        if policy is not None:  # slots from the channel names (chada.data.channels)
+            from chada.data.channels import collate_with_policy
+
+            batch = collate_with_policy(group, policy)["batch"]
+        else:
+            batch = collate_channels(group)["batch"]
         feats = embed_images(model, batch, actual, device=device)
         for p, f in feats.items():
             if p not in result:
@@ -258,6 +268,9 @@ def embed_manifest(
     chunk_batches: int = 20,
     root: str | os.PathLike | None = None,
     progress: bool = True,
+    channel_order: Sequence[str] | None = None,
+    unknown_channels: str = "warn",
+    channel_aliases: dict[str, str] | None = None,
 ) -> EmbeddingSet:
     """Embed every image of ``manifest`` with a frozen ``model`` and write ``out`` (``.npz``).
 
@@ -280,6 +293,10 @@ def embed_manifest(
         chunk_batches: batches per resumable chunk.
         root: folder relative image paths are resolved against (default: the manifest's folder).
         progress: show a tqdm bar.
+        channel_order: canonical channel order (name -> slot); default: the names the checkpoint
+            recorded, else slot = position (see :mod:`chada.data.channels`).
+        unknown_channels: ``"warn"`` (default), ``"error"`` (strict) or ``"append"`` for names outside it.
+        channel_aliases: ``{name in the manifest: canonical name}``.
 
     Returns:
         the :class:`EmbeddingSet` that was written: ``features[pool]`` ``[N, D_pool]``, ``meta`` (one
@@ -307,6 +324,11 @@ def embed_manifest(
     dev = torch.device(device)
     if module is not None:
         module = module.to(dev).eval()
+    from chada.data.channels import ChannelPolicy
+
+    policy = ChannelPolicy.from_model(
+        module, unknown=unknown_channels, aliases=channel_aliases, canonical=channel_order
+    )
 
     ds = ManifestDataset(manifest, root=root, split=split, datasets=datasets, size=image_size, normalize=normalize)
     n = len(ds)
@@ -325,6 +347,7 @@ def embed_manifest(
         "batch_size": batch_size,
         "chunk_batches": chunk_batches,
         "normalize": normalize,
+        "channel_policy": policy.to_dict(),
     }
     if module is not None and model_info.get("source") != "random_init":
         # a folder re-saved with new weights must not reuse old chunks
@@ -377,7 +400,7 @@ def embed_manifest(
         acc: dict[str, list[np.ndarray]] = {p: [] for p in pools}
         names: list[list[str]] = []
         for samples in loader:
-            feats = _embed_samples(module if module is not None else HANDMADE, samples, pool_map, dev)
+            feats = _embed_samples(module if module is not None else HANDMADE, samples, pool_map, dev, policy)
             for p in pools:
                 acc[p].append(feats[p])
             names.extend(list(s["channel_names"]) for s in samples)
@@ -407,6 +430,9 @@ def embed_manifest(
             meta[col] = meta[col].astype(object).where(meta[col].notna(), None)
     meta["channel_names"] = pd.Series(used_names, index=meta.index, dtype=object)
     meta["n_channels"] = [len(x) for x in used_names]
+    meta["channel_slots"] = pd.Series(
+        [policy.resolve(nm, str(i)) for nm, i in zip(used_names, meta["image_id"])], index=meta.index, dtype=object
+    )
     fallback = {p: a for p, a in pool_map.items() if a != p}
     info = dict(model_info)
     info.update(
@@ -423,6 +449,7 @@ def embed_manifest(
             "split": split,
             "n_images": n,
             "channel_counts": sorted(counts),
+            "channel_policy": policy.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - t0, 3),
             "torch": torch.__version__,

@@ -1,0 +1,108 @@
+"""``chada subsets``: channel-subset evaluation (a stain missing at test time, or absent throughout).
+
+Example::
+
+    chada subsets --manifest synth/manifest.csv --dataset coloc_5ch --label-column label \\
+        --models chada=runs/chada/teacher untrained=chada_vit_test one_channel=one_channel_vit_test \\
+                 handmade=handmade --image-size 32 --seeds 3 --out results/subsets
+
+Writes ``channel_subsets.csv`` / ``_summary.csv`` / ``.md`` / ``.json`` and ``channel_subsets.png``
++ ``.svg`` (score against k, one line per model, one panel per setting and metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    """``["name=spec", "spec"]`` -> ``{name: spec}`` (a bare spec is named after its last path part)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep:
+            name, spec = Path(item.rstrip("/")).name or item, item
+        name, spec = name.strip(), spec.strip()
+        if not name or not spec:
+            raise ValueError(f"--models takes NAME=MODEL entries, got {item!r}")
+        if name in out:
+            raise ValueError(f"model name {name!r} given twice in --models")
+        out[name] = spec
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from chada.data.channels import add_channel_args
+
+    p = subparsers.add_parser(
+        "subsets",
+        help="score models on every channel subset (probe trained on all channels / on the subset)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--manifest", required=True, help="manifest CSV/Parquet (images with the same channel names)")
+    p.add_argument("--label-column", default="label", help="classification label column (default: label)")
+    p.add_argument(
+        "--models", nargs="+", required=True, metavar="NAME=MODEL",
+        help="NAME=saved folder | registered name (untrained, one init per seed) | handmade",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
+    p.add_argument("--max-subsets", type=int, default=20, help="subsets per k before sampling (default 20)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset sample (default 0)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    p.add_argument("--pool", default="cls", choices=["cls", "all"], help="feature kind (default cls)")
+    p.add_argument("--train-split", nargs="+", default=["train"], help="split value(s) to fit on (default train)")
+    p.add_argument("--test-split", nargs="+", default=["test"], help="split value(s) to test on (default test)")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="seeded split when the split column is unusable")
+    p.add_argument("--metrics", nargs="+", default=["linear_probe", "knn"], choices=["linear_probe", "knn"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_channel_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from chada.data.channels import parse_channel_order
+    from chada.eval.channel_subsets import run_channel_subsets
+
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    models = parse_models(args.models)
+    results = run_channel_subsets(
+        models,
+        args.manifest,
+        label_column=args.label_column,
+        out_dir=args.out,
+        max_subsets=args.max_subsets,
+        seeds=args.seeds,
+        image_size=args.image_size,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        test_fraction=args.test_fraction,
+        datasets=args.dataset,
+        channel_order=parse_channel_order(args.channel_order),
+        unknown_channels="error" if args.strict_channels else "warn",
+        channel_aliases=dict(args.channel_alias or []),
+        pool=args.pool,
+        metrics=args.metrics,
+        subset_seed=args.subset_seed,
+        batch_size=args.batch_size,
+        normalize=args.normalize,
+        device=args.device,
+        plot=not args.no_plot,
+        progress=not args.quiet,
+    )
+    info = results.attrs["info"]
+    print(f"{len(results)} result rows; {info['n_images']} images, channels {', '.join(info['channels'])}; "
+          f"{info['seconds']['total']:.1f} s")  # fmt: skip
+    print((Path(args.out) / "channel_subsets.md").read_text())
+    return 0

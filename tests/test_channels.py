@@ -1,0 +1,162 @@
+"""The channel-name policy: canonical slots, unknown names, duplicates, checkpoint names, CLI options."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import pytest
+import torch
+
+from chada.data.channels import (
+    ChannelNameError,
+    ChannelPolicy,
+    UnknownChannelWarning,
+    add_channel_args,
+    collate_with_policy,
+    describe_channels,
+    model_channel_names,
+    parse_channel_order,
+    policy_from_args,
+)
+from chada.models.hub import load_model, save_pretrained
+from chada.models.registry import create_model
+
+CANON = ["DAPI", "Actin", "Mito", "MarkerA", "MarkerB"]
+
+
+def test_canonical_order_puts_each_name_in_its_slot_whatever_the_file_order():
+    pol = ChannelPolicy(CANON)
+    assert pol.resolve(["Mito", "dapi", "MarkerB"]) == [2, 0, 4]
+    assert pol.resolve(["MarkerB", "Mito", "DAPI"]) == [4, 2, 0]
+    assert pol.order(["Mito", "dapi", "MarkerB"]) == [1, 0, 2]  # positions sorted by slot
+
+
+def test_positional_without_canonical_and_case_sensitivity():
+    assert ChannelPolicy(None).resolve(["x", "y", "z"]) == [0, 1, 2]
+    strict_case = ChannelPolicy(CANON, unknown="error", case_insensitive=False)
+    with pytest.raises(ChannelNameError, match="dapi"):
+        strict_case.resolve(["dapi"], image="img7")
+
+
+def test_unknown_names_warn_and_take_spare_slots_after_the_known_ones():
+    pol = ChannelPolicy(["DAPI", "Actin"])
+    with pytest.warns(UnknownChannelWarning) as record:
+        slots = pol.resolve(["Tubulin", "DAPI", "ER"], image="img1")
+    assert ["Tubulin" in str(w.message) for w in record] == [True, False]
+    assert "'ER'" in str(record[1].message) and "'img1'" in str(record[0].message)
+    assert slots == [2, 0, 3]  # unknown channels take K, K+1, ... in image order
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownChannelWarning)
+        pol.resolve(["DAPI", "ER"])  # ER already warned about: no second warning
+    with pytest.warns(UnknownChannelWarning):
+        assert pol.resolve(["Golgi"]) == [2]  # per image: the spare slot starts again at K
+
+
+def test_strict_refuses_unknown_naming_image_and_channel():
+    pol = ChannelPolicy(CANON, unknown="error")
+    with pytest.raises(ChannelNameError, match=r"'img42'.*'Tubulin'"):
+        pol.resolve(["DAPI", "Tubulin"], image="img42")
+
+
+def test_append_grows_the_vocabulary_with_stable_slots():
+    pol = ChannelPolicy(["DAPI"], unknown="append")
+    assert pol.resolve(["ER", "DAPI"]) == [1, 0]
+    assert pol.resolve(["Golgi", "ER"]) == [2, 1]
+    assert pol.canonical == ["DAPI", "ER", "Golgi"]
+
+
+def test_duplicates_refused_with_or_without_canonical_and_through_aliases():
+    for pol in (ChannelPolicy(None), ChannelPolicy(CANON)):
+        with pytest.raises(ChannelNameError, match=r"'img3'.*appears twice"):
+            pol.resolve(["DAPI", "Actin", "dapi"], image="img3")
+    aliased = ChannelPolicy(CANON, aliases={"Hoechst": "DAPI"})
+    assert aliased.resolve(["hoechst", "Mito"]) == [0, 2]
+    with pytest.raises(ChannelNameError, match="twice"):
+        aliased.resolve(["Hoechst", "DAPI"])
+    with pytest.raises(ValueError, match="twice in the canonical"):
+        ChannelPolicy(["DAPI", "dapi"])
+
+
+def test_slot_past_the_model_is_an_error():
+    pol = ChannelPolicy(["a", "b"], max_slots=3)
+    with pytest.warns(UnknownChannelWarning), pytest.raises(ChannelNameError, match="only 3 channel slots"):
+        pol.resolve(["a", "x", "y"], image="im")
+
+
+def test_model_recorded_names_are_used_when_no_order_is_given(tmp_path):
+    model = create_model("chada_vit_test", channel_names=["Mito", "DAPI"])
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert model_channel_names(loaded) == ["Mito", "DAPI"]
+    pol = ChannelPolicy.from_model(loaded)
+    assert pol.canonical == ["Mito", "DAPI"] and pol.max_slots == 10
+    assert pol.resolve(["DAPI", "Mito"]) == [1, 0]
+    # the DINO exporter's extra["channel_vocab"] is read when the config has no names
+    bare = create_model("chada_vit_test")
+    save_pretrained(bare, tmp_path / "v", extra={"channel_vocab": ["Actin", "DAPI"]})
+    assert ChannelPolicy.from_model(load_model(tmp_path / "v")).resolve(["DAPI"]) == [1]
+    # a command-line order wins over the checkpoint
+    assert ChannelPolicy.from_model(loaded, canonical=["DAPI", "Mito"]).resolve(["DAPI"]) == [0]
+    assert ChannelPolicy.from_model(create_model("chada_vit_test")).positional
+
+
+@pytest.mark.parametrize("attention", ["packed", "padded"])
+def test_reordered_channels_give_the_same_embedding_with_a_canonical_order(attention):
+    torch.manual_seed(0)
+    model = create_model("chada_vit_test", attention=attention).eval()
+    pol = ChannelPolicy(CANON)
+    img = torch.rand(5, 32, 32)
+    other = torch.rand(3, 32, 32)
+    perm = [3, 0, 4, 2, 1]
+    names = list(CANON)
+    names_p = [names[i] for i in perm]
+    with torch.no_grad():
+        a = model(pol.batch([img, other], [names, ["DAPI", "Actin", "Mito"]]))
+        b = model(pol.batch([img[perm], other], [names_p, ["DAPI", "Actin", "Mito"]]))
+        shifted = model([img[perm], other])  # slot = position: another embedding
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (a[0] - shifted[0]).abs().max() > 1e-3
+
+
+def test_collate_with_policy_through_the_manifest_dataset(tmp_path):
+    from chada.data import synth
+    from chada.data.dataset import ManifestDataset
+    from chada.data.manifest import load_manifest, write_manifest
+
+    m = synth.generate(tmp_path / "s", n_per_assay=3, size=32, seed=0, assays=["coloc_5ch"])
+    df = load_manifest(m)
+    perm = [2, 4, 0, 1, 3]
+    files = [f.split(";") for f in df["channel_files"]]
+    names = [n.split(";") for n in df["channel_names"]]
+    rev = df.copy()
+    rev["channel_files"] = [";".join(f[i] for i in perm) for f in files]
+    rev["channel_names"] = [";".join(n[i] for i in perm) for n in names]
+    write_manifest(rev, tmp_path / "s" / "reordered.csv")
+    pol = ChannelPolicy(CANON)
+    model = create_model("chada_vit_test").eval()
+    out = {}
+    for key, path in (("orig", m), ("perm", tmp_path / "s" / "reordered.csv")):
+        ds = ManifestDataset(path)
+        batch = collate_with_policy([ds[i] for i in range(len(ds))], pol)
+        assert batch["channel_slots"][0] == pol.resolve(batch["channel_names"][0])
+        with torch.no_grad():
+            out[key] = model(batch["batch"])
+    torch.testing.assert_close(out["orig"], out["perm"], atol=1e-5, rtol=0)
+    assert describe_channels(["DAPI", "Mito"], [0, 2]) == "DAPI@0;Mito@2"
+
+
+def test_cli_options_build_the_policy():
+    parser = argparse.ArgumentParser()
+    add_channel_args(parser)
+    model = create_model("chada_vit_test", channel_names=["Mito", "DAPI"])
+    args = parser.parse_args([])
+    assert policy_from_args(args, model).canonical == ["Mito", "DAPI"]
+    args = parser.parse_args(["--channel-order", "DAPI, Mito;Actin", "--strict-channels",
+                              "--channel-alias", "Hoechst=DAPI"])  # fmt: skip
+    pol = policy_from_args(args, model)
+    assert pol.canonical == ["DAPI", "Mito", "Actin"] and pol.unknown == "error"
+    assert pol.resolve(["Hoechst"]) == [0]
+    assert parse_channel_order("") is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--channel-alias", "nonsense"])
