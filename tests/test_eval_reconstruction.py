@@ -7,7 +7,10 @@ import torch
 from torch import nn
 
 from chada.eval.reconstruction import (
+    ChannelDecoder,
     build_decoder,
+    decoder_budget,
+    fit_decoder,
     reconstruction_metrics,
     run_channel_reconstruction,
     size_decoder,
@@ -92,3 +95,43 @@ def test_run_channel_reconstruction_with_chada_vit():
     )
     assert r["embed_dim"] == model.embed_dim and abs(r["decoder_params"] - 30_000) / 30_000 < 0.01
     assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # encoder untouched
+
+
+def test_small_images_keep_a_spatial_seed_grid():
+    # 224 px: the paper's layout (5 upsamplings from 7 x 7); 32 px: a 4 x 4 seed, not 1 x 1
+    assert (size_decoder(192).seed_size, size_decoder(192).n_upsample) == (7, 5)
+    spec = size_decoder(32, 32, target_params=106_122, base_channels=32)
+    assert (spec.seed_size, spec.n_upsample) == (4, 3)
+    assert min(spec.conv_channels[:-1]) >= 8
+    dec = ChannelDecoder(spec)
+    assert sum(p.numel() for p in dec.parameters()) == spec.num_params()
+    with torch.no_grad():
+        y = dec(torch.randn(5, 32))
+    assert y.shape == (5, 1, 32, 32)
+    assert float(y.std(dim=(0, 1)).min()) > 0  # output varies across inputs at every pixel
+
+
+def test_decoder_budget_scales_with_pixels():
+    assert decoder_budget(224) == (5_200_000, 256)
+    params, width = decoder_budget(32)
+    assert params == round(5_200_000 * 32 * 32 / 224**2) and width == 32
+    # rounding error <= (D + 1 + c0 * s0^2) / 2 parameters: < 1 % of 106 k for D up to ~1600
+    for dim in (32, 64, 960):  # (one-channel ViT: (C-1) * D)
+        n = size_decoder(dim, 32, params, width).num_params()
+        assert abs(n - params) / params < 0.01
+
+
+def test_fit_decoder_chance_is_train_mean():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 6, generator=g)
+    y = torch.rand(12, 8, 8, generator=g)
+    r = fit_decoder(z[:8], y[:8], z[8:], y[8:], epochs=1, batch_size=4, target_params=20_000, base_channels=16,
+                    keep=[0, 2])  # fmt: skip
+    lo, hi = r["target_range"]
+    yt = ((y[8:] - lo) / (hi - lo)).clamp(0, 1)
+    ytr = ((y[:8] - lo) / (hi - lo)).clamp(0, 1)
+    expected = reconstruction_metrics(torch.full_like(yt, float(ytr.mean())), yt)
+    assert r["chance"] == pytest.approx(expected)
+    assert r["examples"]["prediction"].shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="same number of rows"):
+        fit_decoder(z[:8], y[:7], z[8:], y[8:], epochs=1)

@@ -1,4 +1,5 @@
-"""``chada evaluate``: frozen-feature evaluation (linear probe, kNN, 1-NN, low-data, diagnostics).
+"""``chada evaluate``: frozen-feature evaluation (linear probe, kNN, 1-NN, low-data, diagnostics,
+channel reconstruction).
 
 Two forms::
 
@@ -7,6 +8,11 @@ Two forms::
 
 The quick form evaluates one task (the label column) on every file; model names are the files' stems
 and families come from each file's info (or the name: ``*untrained*``/``*random*``, ``*handmade*``).
+
+Channel reconstruction (the paper's BBBC021 protocol) runs from the config's ``reconstruction:``
+section (frozen encoders on a manifest; see configs/eval/bbbc021.yaml); it adds ``recon_mse``,
+``recon_mae`` and ``recon_r2`` rows to the same tables and writes ``reconstruction_<task>.png``.
+Its decoders run with ``torch_threads`` CPU threads (default 1: fastest on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shortcut-features", default=None, help="shortcut-feature EmbeddingSet for the diagnostics"
     )
+    p.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="torch CPU threads for the reconstruction decoders (default: config's torch_threads, else 1)",
+    )  # fmt: skip
+    p.add_argument("--no-reconstruction", action="store_true", help="skip the config's reconstruction tasks")
     p.add_argument("--out", default=None, help="output folder (default: config's out_dir or ./eval_results)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         cfg["fractions"] = args.fractions
     if args.feature_kinds is not None:
         cfg["feature_kinds"] = args.feature_kinds
+    if args.torch_threads is not None:
+        cfg["torch_threads"] = args.torch_threads
+    if args.no_reconstruction:
+        cfg.pop("reconstruction", None)
     out = args.out or cfg.get("out_dir") or "eval_results"
     results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots)
     elapsed = results.attrs.get("elapsed_s", float("nan"))

@@ -27,6 +27,13 @@ Config (dict or YAML path; relative paths resolve against the YAML's folder)::
         test_split: test
         embeddings: {chada: other.npz}   # optional per-task paths (default: the models' paths)
         models: [chada, handmade]        # optional subset
+    torch_threads: 1               # torch CPU threads of the reconstruction decoders (null: torch default)
+    reconstruction:                # channel reconstruction (BBBC021 protocol), see chada.eval.reconstruction
+      - name: actin
+        manifest: data/bbbc021/manifest.csv
+        target_channel: Actin
+        models: {chada: runs/chada/final, chada_untrained: {model: chada_vit_moyen, seed: 0}}
+        image_size: 224
     diagnostics:
       cka_pairs: [[chada, chada_random]] # default: learned vs same-arch untrained, learned vs handmade
       shortcut_features: emb/shortcut.npz
@@ -38,6 +45,11 @@ Families: ``learned`` / ``untrained`` / ``handmade`` from the config, else the e
 (``family``, ``untrained``/``random_init``/``pretrained`` flags, ``kind``), else the model name.
 Seeds drive the low-data subsets and the split when there is no split column; with a fixed split at
 100 % a probe is deterministic, so it is computed once and the same value is recorded for each seed.
+
+Reconstruction tasks (``reconstruction:``, parsed by :func:`chada.eval.reconstruction.parse_reconstruction_tasks`)
+run frozen encoders on a manifest and add rows of kind ``"reconstruction"`` (metrics ``recon_mse``,
+``recon_mae``, ``recon_r2``; fraction 1.0; chance = the metric of predicting the training mean, R2 ~ 0)
+to the same results table; a config may hold only reconstruction tasks.
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ from chada.eval.embeddings import EmbeddingSet, load_embeddings
 from chada.eval.knn import knn_accuracy, knn_r2
 from chada.eval.lowdata import stratified_fraction_indices, stratified_split
 from chada.eval.probes import linear_probe_classification, ridge_probe_regression
+from chada.eval.reconstruction import parse_reconstruction_tasks, run_reconstruction_task
 
 __all__ = [
     "FAMILIES",
@@ -96,6 +109,10 @@ DEFAULTS: dict[str, Any] = {
     "probe": {"C": 1.0, "max_iter": 300},
     "knn": {"k": 20, "temperature": 0.07},
     "blas_threads": 1,
+    # Reconstruction decoders are many tiny conv/linear steps: intra-op threading only adds sync overhead.
+    # On the loaded 2-core machine (load ~7) a 32-px decoder fit (10 epochs x 72 images) took 1.5-4.9 s
+    # with 1 torch thread and 36-38 s with 2.
+    "torch_threads": 1,
 }
 
 
@@ -183,9 +200,16 @@ def normalize_config(
             m.get("untrained_of"),
         )
 
-    raw_tasks = config.get("tasks")
-    if not raw_tasks:
-        raise ValueError("the config names no tasks")
+    settings["reconstruction"] = parse_reconstruction_tasks(
+        config.get("reconstruction"),
+        base,
+        seeds=_seeds(settings["seeds"]),
+        test_fraction=float(settings["test_fraction"]),
+        num_threads=None if settings["torch_threads"] is None else int(settings["torch_threads"]),
+    )
+    raw_tasks = config.get("tasks") or []
+    if not raw_tasks and not settings["reconstruction"]:
+        raise ValueError("the config names no tasks (neither tasks: nor reconstruction:)")
     tasks = []
     for i, t in enumerate(raw_tasks):
         if "label_column" not in t and "label" not in t:
@@ -500,7 +524,8 @@ def compute_diagnostics(
         rows.append(dict(measure=measure, model=model, family=family, other=other, task=task, feature=feature,
                          fraction=fraction, metric=metric, value=float(value)))  # fmt: skip
 
-    # 1. baseline score ratios, from the mean over seeds
+    # 1. baseline score ratios, from the mean over seeds (higher-is-better metrics only)
+    results = results[~results.metric.isin(["recon_mse", "recon_mae"])]
     if len(results):
         mean = results.groupby(
             ["task", "model", "family", "arch", "feature", "fraction", "metric"], as_index=False
@@ -644,9 +669,12 @@ def run_evaluation(
 ) -> pd.DataFrame:
     """Run the whole protocol; return long-format results (columns ``RESULT_COLUMNS``).
 
-    With ``write`` the report (Markdown/JSON/CSV tables, diagnostics, Fig.1/Fig.4-style plots) goes to
-    ``out_dir`` (default: the config's ``out_dir``, else ``./eval_results``). The diagnostics table is
-    attached as ``results.attrs["diagnostics"]``.
+    With ``write`` the report (Markdown/JSON/CSV tables, diagnostics, Fig.1/Fig.4-style plots, and the
+    reconstruction example figures) goes to ``out_dir`` (default: the config's ``out_dir``, else
+    ``./eval_results``). The diagnostics table is attached as ``results.attrs["diagnostics"]``; for
+    reconstruction tasks ``results.attrs["reconstruction_info"]`` (per model: embedding size, decoder
+    parameters, ...) and ``results.attrs["reconstruction_examples"]``
+    (:class:`chada.eval.reconstruction.ReconstructionExamples`, one per task).
     """
     from threadpoolctl import threadpool_limits
 
@@ -661,12 +689,16 @@ def run_evaluation(
     if print_table:
         report.print_tables(results, results.attrs["diagnostics"])
     if write:
+        extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
+        if results.attrs.get("reconstruction_info"):
+            extra["reconstruction"] = results.attrs["reconstruction_info"]
         report.write_report(
             results,
             results.attrs["diagnostics"],
             out,
-            extra={"elapsed_s": results.attrs["elapsed_s"]},
+            extra=extra,
             plots=plots,
+            reconstruction_examples=results.attrs.get("reconstruction_examples"),
         )
     return results
 
@@ -688,8 +720,18 @@ def _run(
             spec = models.get(name, ModelSpec(name, task.embeddings[name]))
             rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache))
             bar.advance(job)
+    recon_info: list[dict[str, Any]] = []
+    recon_examples = []
+    for rtask in settings.get("reconstruction") or []:
+        outcome = run_reconstruction_task(rtask, progress=progress)
+        rows.extend(outcome.rows)
+        recon_info.extend(outcome.info)
+        recon_examples.append(outcome.examples)
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     diagnostics = compute_diagnostics(results, settings, models, tasks, loader)
     results.attrs["diagnostics"] = diagnostics
     results.attrs["elapsed_s"] = time.perf_counter() - t0
+    if recon_info:
+        results.attrs["reconstruction_info"] = recon_info
+        results.attrs["reconstruction_examples"] = recon_examples
     return results

@@ -9,9 +9,11 @@ Files written by :func:`write_report` into ``out_dir``::
     diagnostics.csv         long-format diagnostics (ratios, CKA, participation ratio, shortcuts)
     fig1_<feature>.png/.svg     paper Fig. 1 style: bars per task and model at 100 % of the data
     fig4_<feature>.png/.svg     paper Fig. 4 style: linear-probe score vs training-data fraction
+    reconstruction_<task>.png   paper Fig. 16 style: input channels, true target, prediction per model
 
-The headline metric of a task is its linear probe (``linear_top1`` or ``linear_r2``); R2 is drawn as
-0-100 beside accuracies in % as in the paper's Fig. 1.
+The headline metric of a task is its linear probe (``linear_top1`` or ``linear_r2``), or ``recon_r2``
+for a channel-reconstruction task; R2 is drawn as 0-100 beside accuracies in % as in the paper's
+Fig. 1. Reconstruction tasks have one data fraction and are left out of the Fig. 4 plot.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "diagnostics_markdown",
     "plot_bars",
     "plot_lowdata",
+    "plot_reconstruction_examples",
     "print_tables",
     "summarize",
     "summary_markdown",
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 GROUP = ["task", "kind", "model", "family", "feature", "fraction", "metric"]
+HEADLINE = ("linear_top1", "linear_r2", "recon_r2")
 FAMILY_ORDER = {"learned": 0, "untrained": 1, "handmade": 2}
 
 
@@ -101,10 +105,14 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     for task in dict.fromkeys(summary.task):
         s = summary[summary.task == task]
         n = int(s["n"].max()) if len(s) else 0
-        chance = s[s.fraction == s.fraction.max()]["chance"].mean()
-        parts.append(
-            f"### {task} ({s.kind.iloc[0]}; mean ± std over {n} seeds; chance {chance * _scale(s.metric.iloc[0]):.3g})\n"
-        )
+        if s.kind.iloc[0] == "reconstruction":
+            # metrics of one task have different chance levels: report the R2 one (train-mean predictor)
+            chance = s[s.metric == "recon_r2"]["chance"].mean()
+            label = "chance (train-mean prediction) R2"
+        else:
+            chance = s[s.fraction == s.fraction.max()]["chance"].mean() * _scale(s.metric.iloc[0])
+            label = "chance"
+        parts.append(f"### {task} ({s.kind.iloc[0]}; mean ± std over {n} seeds; {label} {chance:.3g})\n")
         parts.append(_md_table(_wide(summary, task)))
     return "\n".join(parts)
 
@@ -118,6 +126,7 @@ def _diag_views(diagnostics: pd.DataFrame) -> dict[str, pd.DataFrame]:
     sc = d[d.measure.isin(["ratio", "chance_normalised"])]
     if len(sc):
         sc = sc[(sc.fraction == sc.fraction.max()) & sc.metric.str.startswith("linear")]
+    if len(sc):  # (a reconstruction-only run has ratios, but none of a linear probe)
         piv = sc.pivot_table(
             index=["task", "feature", "model", "other", "family"], columns="measure", values="value"
         )
@@ -161,7 +170,12 @@ def print_tables(results: pd.DataFrame, diagnostics: pd.DataFrame | None = None,
     for task in dict.fromkeys(summary.task):
         wide = _wide(summary, task)
         n = int(summary[summary.task == task]["n"].max())
-        table = Table(title=f"{task} (mean ± std over {n} seeds; accuracy in %)", show_lines=False)
+        unit = (
+            "target scaled to [0, 1]"
+            if (summary[summary.task == task].kind == "reconstruction").all()
+            else "accuracy in %"
+        )
+        table = Table(title=f"{task} (mean ± std over {n} seeds; {unit})", show_lines=False)
         for c in wide.columns:
             table.add_column(
                 c, justify="left" if c in ("model", "family", "feature") else "right", no_wrap=True
@@ -194,7 +208,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 
 
 def _headline(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[summary.metric.isin(["linear_top1", "linear_r2"])]
+    return summary[summary.metric.isin(HEADLINE)]
 
 
 def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -229,7 +243,7 @@ def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
                    edgecolor="black", linewidth=0.5, capsize=2)  # fmt: skip
         ax.set_xticks(np.arange(len(tasks)))
         ax.set_xticklabels(tasks, rotation=20, ha="right")
-        ax.set_ylabel("linear probe: top-1 accuracy (%) / R² x 100")
+        ax.set_ylabel("linear probe: top-1 accuracy (%) / R² x 100\n(reconstruction: decoder R² x 100)")
         ax.set_title(f"Frozen features ({feat})")
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
@@ -247,6 +261,7 @@ def plot_lowdata(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path
 
     out_dir = Path(out_dir)
     s = _headline(summary)
+    s = s[s.kind != "reconstruction"]
     paths: list[Path] = []
     for feat in dict.fromkeys(s.feature):
         sf = s[s.feature == feat]
@@ -272,6 +287,62 @@ def plot_lowdata(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path
     return paths
 
 
+def plot_reconstruction_examples(examples: Any, out_dir: str | os.PathLike) -> Path | None:
+    """Fig. 16 style: one row per test image; columns = input channels, true target, each model's
+    prediction (first seed; the column title gives the model's mean test R2 over seeds).
+
+    ``examples`` is a :class:`chada.eval.reconstruction.ReconstructionExamples`; writes
+    ``reconstruction_<task>.png`` and returns its path (None when there is nothing to draw).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if examples.targets is None or not len(examples.inputs):
+        return None
+    k = len(examples.inputs)
+    n_in = max(len(x) for x in examples.inputs)
+    models = list(examples.predictions)
+    ncols = n_in + 1 + len(models)
+    fig, axes = plt.subplots(k, ncols, figsize=(1.6 * ncols, 1.6 * k + 0.4), squeeze=False)
+    for i in range(k):
+        cells: list[tuple[np.ndarray | None, str, bool]] = []
+        for c in range(n_in):
+            has = c < len(examples.inputs[i])
+            cells.append(
+                (examples.inputs[i][c] if has else None, examples.input_names[i][c] if has else "", False)
+            )
+        cells.append((examples.targets[i], f"true {examples.target_name}", True))
+        for m in models:
+            cells.append(
+                (examples.predictions[m][i], f"{m}\nR² {examples.r2.get(m, float('nan')):.2f}", True)
+            )
+        for j, (img, title, unit) in enumerate(cells):
+            ax = axes[i][j]
+            ax.axis("off")
+            if img is None:
+                continue
+            ax.imshow(img, cmap="gray", vmin=0 if unit else None, vmax=1 if unit else None)
+            if i == 0:
+                ax.set_title(title if j > n_in or unit else f"input: {title}", fontsize=7)
+        axes[i][0].text(
+            -0.05, 0.5, examples.image_ids[i], transform=axes[i][0].transAxes, rotation=90,
+            ha="right", va="center", fontsize=5,
+        )  # fmt: skip
+    fig.suptitle(f"Channel reconstruction: {examples.task} (test images; targets in [0, 1])", fontsize=9)
+    fig.tight_layout()
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in examples.task)
+    path = Path(out_dir) / f"reconstruction_{safe}.png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 # ----------------------------------------------------------------------------- files
 def _json_safe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def conv(v):
@@ -290,8 +361,14 @@ def write_report(
     out_dir: str | os.PathLike,
     extra: dict[str, Any] | None = None,
     plots: bool = True,
+    reconstruction_examples: list[Any] | None = None,
 ) -> dict[str, Path]:
-    """Write every table and figure listed in the module docstring; returns ``{name: path}``."""
+    """Write every table and figure listed in the module docstring; returns ``{name: path}``.
+
+    ``extra["reconstruction"]`` (per-model decoder facts) is also written to ``results.md``;
+    ``reconstruction_examples`` (:class:`chada.eval.reconstruction.ReconstructionExamples`) are drawn
+    when ``plots``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     diagnostics = diagnostics if diagnostics is not None else pd.DataFrame()
@@ -313,6 +390,15 @@ def write_report(
     }
     put("results.json", json.dumps(payload, indent=1, default=str))
     md = ["# Frozen-feature evaluation\n", summary_markdown(summary)]
+    recon = (extra or {}).get("reconstruction")
+    if recon:
+        cols = ["task", "model", "family", "target", "image_size", "embed_dim", "decoder_params", "epochs",
+                "n_images"]  # fmt: skip
+        table = pd.DataFrame(recon)
+        md += [
+            "\n## Reconstruction decoders (same size for every encoder of a task)\n",
+            _md_table(table[[c for c in cols if c in table.columns]]),
+        ]
     dmd = diagnostics_markdown(diagnostics)
     if dmd:
         md += ["\n## Diagnostics\n", dmd]
@@ -320,4 +406,9 @@ def write_report(
     if plots and len(summary):
         for p in plot_bars(summary, out) + plot_lowdata(summary, out):
             files[p.name] = p
+    if plots:
+        for ex in reconstruction_examples or []:
+            p = plot_reconstruction_examples(ex, out)
+            if p is not None:
+                files[p.name] = p
     return files
