@@ -209,7 +209,9 @@ def stage_embed(s: QuickstartSettings, manifests: dict[str, str], teachers: dict
     return {"files": files}
 
 
-def evaluation_config(s: QuickstartSettings, files: dict[str, dict[str, str]]) -> dict[str, Any]:
+def evaluation_config(
+    s: QuickstartSettings, files: dict[str, dict[str, str]], teachers: dict[str, str], manifests: dict[str, str]
+) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for enc in ENCODERS:
         models[enc] = {"path": files["synth_all"][enc], "family": "learned", "arch": enc}
@@ -238,15 +240,32 @@ def evaluation_config(s: QuickstartSettings, files: dict[str, dict[str, str]]) -
         "models": models,
         "tasks": tasks,
         "diagnostics": {"shortcut_features": files["synth_all"]["shortcut"]},
+        # The paper's BBBC021 task on the synthetic 3-channel assay: Actin from DAPI + Mito, decoder
+        # from the frozen CLS embedding, the same decoder size for every encoder.
+        "reconstruction": [
+            {
+                "name": "synth_actin_reconstruction",
+                "manifest": manifests["synth_all"],
+                "datasets": ["cellpaint_3ch"],
+                "target_channel": "Actin",
+                "image_size": s.embed_size,
+                "epochs": 3 if s.fast else 15,
+                "seeds": s.seeds,
+                "models": {enc: teachers[enc] for enc in ENCODERS}
+                | {f"{enc}_untrained": {"model": name, "seed": 0} for enc, name in ENCODERS.items()},
+            }
+        ],
     }
 
 
-def stage_evaluate(s: QuickstartSettings, files: dict[str, dict[str, str]]) -> dict[str, Any]:
+def stage_evaluate(
+    s: QuickstartSettings, files: dict[str, dict[str, str]], teachers: dict[str, str], manifests: dict[str, str]
+) -> dict[str, Any]:
     import yaml
 
     from chada.eval.protocol import run_evaluation
 
-    cfg = evaluation_config(s, files)
+    cfg = evaluation_config(s, files, teachers, manifests)
     out = s.out / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "eval_config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
@@ -316,7 +335,7 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
         r = stages.run(f"pretrain_{enc}", lambda enc=enc, name=name: stage_pretrain(s, manifests, enc, name))
         teachers[enc] = r["teacher"]
     emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers))
-    ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"]))
+    ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests))
     figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"]))
     timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
     timings["total (this run)"] = time.perf_counter() - t_all
