@@ -16,8 +16,11 @@ Two attention implementations, one set of weights (``attention=`` / :meth:`ChAda
 - ``"padded"``: the paper's layout above, every image padded to ``C_max * N + 1`` tokens with a
   boolean key mask passed to ``scaled_dot_product_attention``. The reference path.
 - ``"packed"`` (default): images are grouped by channel count and each group runs through the whole
-  transformer at its true length ``C * N + 1`` with no mask; outputs are scattered back. No FLOP is
-  spent on padding. Why this and not a single packed sequence: measured on this project's CPU target
+  transformer at its true length ``C * N + 1`` with no mask. Each group's sequence is gathered
+  straight from the stacked ``[sum C_i, N, D]`` channel tokens (no ``[B, C_max, N, D]`` padded
+  buffer), the final norm runs per group, and only the normed outputs are written into the padded
+  output layout; a batch with one channel count needs no gather or scatter. No FLOP is spent on
+  padding. Why this and not a single packed sequence: measured on this project's CPU target
   (torch 2.13, 2 threads; see ``shared/notes/dependencies.md`` and ``benchmarks/throughput.py``),
   grouping ran 3x faster than padded+mask, while nested/jagged tensors were ~9x *slower* than padded
   and FlexAttention has no CPU backward. Groups are exact (no cross-image attention to mask), need no
