@@ -28,6 +28,7 @@ __all__ = [
     "DinoConfig",
     "OptimConfig",
     "AugmentConfig",
+    "ChannelSamplingConfig",
     "DataConfig",
     "RunConfig",
     "PretrainConfig",
@@ -106,6 +107,16 @@ class AugmentConfig:
 
 
 @dataclass
+class ChannelSamplingConfig:
+    """Channel sampling per training step (:mod:`chada.ssl.channel_sampling`); DINO default: none."""
+
+    scheme: str = "none"  # "none" | "discard_one" (authors' random discarder) | "hierarchical" (k ~ U{1..C})
+    per: str = "sample"  # "sample": each image its own k | "batch": one k per batch, capped by each image's C
+    shuffle: bool = False  # random channel order (ids follow names with data.channel_vocab, else positions)
+    discard_p: float = 0.5  # probability of dropping one channel with scheme discard_one
+
+
+@dataclass
 class DataConfig:
     """Where the images come from: a manifest (map-style) or WebDataset shards (streaming)."""
 
@@ -122,6 +133,7 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     cache: bool = False  # decode + normalise every image once into RAM before training (small corpora)
+    channel_sampling: ChannelSamplingConfig = field(default_factory=ChannelSamplingConfig)
 
 
 @dataclass
@@ -172,6 +184,14 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if self.augment.n_global < 1 or self.augment.n_global + self.augment.n_local < 2:
             raise ValueError("DINO needs n_global >= 1 and at least 2 views in total")
+        cs = self.data.channel_sampling
+        if cs.scheme not in ("none", "discard_one", "hierarchical") or cs.per not in ("sample", "batch"):
+            raise ValueError(
+                "data.channel_sampling.scheme must be none, discard_one or hierarchical and .per sample or batch; "
+                f"got {cs.scheme!r}, {cs.per!r}"
+            )
+        if not 0.0 <= cs.discard_p <= 1.0:
+            raise ValueError(f"data.channel_sampling.discard_p must be in [0, 1], got {cs.discard_p}")
         if self.data.cache and self.data.shards is not None:
             raise ValueError("data.cache works with data.manifest only (shards are streamed)")
         if self.run.save_every_steps < 1 or self.run.log_every_steps < 1:

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from chada.models.hub import atomic_write_bytes, save_pretrained
 from chada.models.registry import create_model, get_arch, model_spec
+from chada.ssl.channel_sampling import ChannelSampler, ChannelSamplingCollate
 from chada.ssl.config import PretrainConfig, config_from_dict, config_to_dict, load_config, save_config
 from chada.ssl.dino import DINOHead, DINOLoss, MultiCropWrapper, backbone_dim, collapse_kind
 from chada.ssl.distributed import DistInfo, init_distributed
@@ -333,7 +334,11 @@ class Trainer:
                 raise ValueError("data.channel_vocab='auto' needs a manifest; list the names for shards")
             vocab = list(self.channel_counts)
         self.channel_vocab: list[str] | None = list(vocab) if vocab is not None else None
-        self.collate = make_collate(multicrop=True, channel_vocab=self.channel_vocab)
+        self.collate: Any = make_collate(multicrop=True, channel_vocab=self.channel_vocab)
+        cs = cfg.data.channel_sampling
+        sampler = ChannelSampler(cs.scheme, cs.per, cs.shuffle, cs.discard_p, seed=cfg.run.seed)
+        if sampler.active:  # subsets every view of an image alike, before the channel ids are looked up
+            self.collate = ChannelSamplingCollate(self.collate, sampler)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
 
     def _loader(self, epoch: int, start_step: int) -> Iterator[dict[str, Any]]:
@@ -341,6 +346,8 @@ class Trainer:
         bs = cfg.optim.batch_size_per_gpu
         pin = cfg.data.pin_memory and self.device.type == "cuda"
         gen = torch.Generator().manual_seed(cfg.run.seed + epoch)  # keeps the global RNG untouched
+        if isinstance(self.collate, ChannelSamplingCollate):
+            self.collate.set_epoch(epoch)
         if self.sampler is not None:
             assert isinstance(self.dataset, EpochSeededDataset)
             self.dataset.set_epoch(epoch)
