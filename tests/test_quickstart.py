@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from chada.cli import main
-from chada.pipeline.quickstart import ENCODERS, TASKS
+from chada.pipeline.quickstart import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def test_report_table_has_every_model_and_task(quickstart_dir) -> None:
     expected = set(ENCODERS) | {f"{e}_untrained" for e in ENCODERS} | {"handmade"}
     assert models == expected
     summary = pd.read_csv(quickstart_dir / "evaluation" / "results_summary.csv")
-    assert set(summary.task) == set(TASKS)
+    assert set(summary.task) == set(TASKS) | {RECONSTRUCTION_TASK}
+    assert (summary[summary.task == RECONSTRUCTION_TASK].metric == "recon_r2").any()
     assert set(summary.fraction) == {0.01, 0.1, 1.0}
     assert summary["mean"].notna().all()
 

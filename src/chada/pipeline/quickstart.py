@@ -31,7 +31,9 @@ import pandas as pd
 
 from chada.models.hub import atomic_write_bytes
 
-__all__ = ["QuickstartSettings", "run_quickstart", "ENCODERS", "TASKS"]
+__all__ = ["QuickstartSettings", "run_quickstart", "ENCODERS", "TASKS", "RECONSTRUCTION_TASK"]
+
+RECONSTRUCTION_TASK = "synth_actin_reconstruction"
 
 # name -> (registered architecture size, DINO pool)
 ENCODERS: dict[str, str] = {
@@ -244,7 +246,7 @@ def evaluation_config(
         # from the frozen CLS embedding, the same decoder size for every encoder.
         "reconstruction": [
             {
-                "name": "synth_actin_reconstruction",
+                "name": RECONSTRUCTION_TASK,
                 "manifest": manifests["synth_all"],
                 "datasets": ["cellpaint_3ch"],
                 "target_channel": "Actin",
