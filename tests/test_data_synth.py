@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from chada.data.manifest import check_manifest, load_manifest
@@ -77,3 +78,30 @@ def test_generate_deterministic_and_valid(tmp_path):
     m3 = generate(tmp_path / "c", n_per_assay=9, size=32, seed=4)
     r3 = load_manifest(m3).iloc[0]
     assert not np.array_equal(read_image(tmp_path / "a" / d1.iloc[0]["file"]), read_image(tmp_path / "c" / r3["file"]))
+
+
+def test_domain_pattern_keeps_marginals(monkeypatch):
+    """The coarse "domain" marker pattern: per-channel statistics stay near chance, the relation solves it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from chada.data import synth
+
+    monkeypatch.setattr(synth, "MARKER_PATTERN", "domain")
+    x_pc, x_cross, y_ic, _ = _features(n=160, seed=1)
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    # 160 samples: chance band roughly +-0.08.
+    assert cross_val_score(lr, x_pc, y_ic, cv=5).mean() < 0.63
+    assert cross_val_score(lr, x_cross, y_ic, cv=5).mean() > 0.95
+    img, info = render_cell(("MarkerA", "MarkerB"), 32, np.random.default_rng(0), coloc=1)
+    assert img.shape == (2, 32, 32) and info.n_spots == 1
+
+
+def test_unknown_marker_pattern(monkeypatch):
+    from chada.data import synth
+
+    monkeypatch.setattr(synth, "MARKER_PATTERN", "rings")
+    with pytest.raises(ValueError, match="MARKER_PATTERN"):
+        render_cell(("MarkerA",), 32, np.random.default_rng(0))

@@ -5,7 +5,8 @@ Each image shows one cell (centre jittered) of radius ``R``. Channels available 
 - ``DAPI``: textured elliptic nucleus of radius ~0.45 R;
 - ``Actin``: bright cortex ring at the cell boundary plus faint cytoplasm;
 - ``Mito``: many small blobs in the cytoplasm;
-- ``MarkerA`` / ``MarkerB``: a faint cytoplasm haze plus ``K`` Gaussian spots each.
+- ``MarkerA`` / ``MarkerB``: a faint cytoplasm haze plus ``K`` Gaussian spots each (or, with
+  ``MARKER_PATTERN = "domain"``, one angular sector of the cell each).
 
 Default assays (name: channels; file layout written, to exercise every reader):
 
@@ -53,6 +54,18 @@ ASSAYS: dict[str, tuple[str, ...]] = {
 SIZE_CLASSES = ("small", "medium", "large")
 # Cell radius ranges per size class, as fractions of the image side (64 px -> ~10-12, 14-17, 19-22).
 _RADIUS = ((0.16, 0.19), (0.22, 0.26), (0.30, 0.34))
+# How MarkerA/MarkerB are drawn (module settings, read at render time):
+# - "spots" (default): K Gaussian spots per marker; SPOTS = K range, SPOT_SIGMA = sigma range and
+#   SPOT_SEPARATION = minimum distance between the 2K candidate positions (pixels at 64 px, scaled with
+#   the image side), SPOT_AMPLITUDE = peak range. The defaults reproduce the original corpus bit for bit.
+# - "domain": each marker fills one angular sector of the cell body (angular sigma DOMAIN_WIDTH radians);
+#   MarkerB's sector is MarkerA's (class 1) or the opposite one (class 0): the coarsest co-localisation.
+MARKER_PATTERN = "spots"
+SPOTS = (3, 6)
+SPOT_SIGMA = (0.8, 1.6)
+SPOT_SEPARATION = 2.5
+SPOT_AMPLITUDE = (0.5, 1.0)
+DOMAIN_WIDTH = (0.45, 0.65)
 
 
 @dataclass
@@ -147,12 +160,27 @@ def render_cell(
     mito_sig = rng.uniform(0.6, 1.2, n_mito) * scale
     mito_amp = rng.uniform(0.4, 1.0, n_mito)
 
-    k = int(rng.integers(3, 7))
-    pts = _separated_points(rng, 2 * k, cy, cx, radius * 0.85, 2.5 * scale)
+    if MARKER_PATTERN not in ("spots", "domain"):
+        raise ValueError(f"MARKER_PATTERN must be 'spots' or 'domain', got {MARKER_PATTERN!r}")
+    k = int(rng.integers(SPOTS[0], SPOTS[1] + 1))
+    pts = _separated_points(rng, 2 * k, cy, cx, radius * 0.85, SPOT_SEPARATION * scale)
     pos_a = pts[:k]
     pos_b = (pts[:k] if cl == 1 else pts[k:]) + rng.normal(0, 0.4 * scale, (k, 2)).astype(np.float32)
-    sig_a, sig_b = rng.uniform(0.8, 1.6, k) * scale, rng.uniform(0.8, 1.6, k) * scale
-    amp_a, amp_b = rng.uniform(0.5, 1.0, k), rng.uniform(0.5, 1.0, k)
+    sig_a, sig_b = rng.uniform(*SPOT_SIGMA, k) * scale, rng.uniform(*SPOT_SIGMA, k) * scale
+    amp_a, amp_b = rng.uniform(*SPOT_AMPLITUDE, k), rng.uniform(*SPOT_AMPLITUDE, k)
+
+    if MARKER_PATTERN == "domain":
+        # The sector angle is uniform and MarkerB's is MarkerA's or the opposite one, so each channel alone
+        # is identically distributed in both classes. Drawn only here: the "spots" corpus is unchanged.
+        ang_a = rng.uniform(0, 2 * np.pi)
+        ang_b = ang_a + (0.0 if cl == 1 else np.pi) + rng.normal(0, 0.15)
+        wid_a, wid_b = rng.uniform(*DOMAIN_WIDTH, 2)
+        phi = np.arctan2(yy - cy, xx - cx)
+        body = cell * (dist > 0.25 * radius)
+
+    def _domain(angle: float, width: float, amp: float) -> np.ndarray:
+        d = np.angle(np.exp(1j * (phi - angle)))  # wrapped angular distance in (-pi, pi]
+        return (amp * np.exp(-(d**2) / (2 * width**2)) * body).astype(np.float32)
 
     planes: list[np.ndarray] = []
     for name in channels:
@@ -163,14 +191,16 @@ def render_cell(
             p = 0.8 * ring + 0.15 * cell
         elif name == "Mito":
             p = _gauss_blobs(yy, xx, mito_pos, mito_sig, mito_amp) * cell
-        elif name == "MarkerA":
-            p = 0.12 * cell + _gauss_blobs(yy, xx, pos_a, sig_a, amp_a)
-        else:
-            p = 0.12 * cell + _gauss_blobs(yy, xx, pos_b, sig_b, amp_b)
+        elif name in ("MarkerA", "MarkerB"):
+            a = name == "MarkerA"
+            if MARKER_PATTERN == "domain":
+                p = 0.12 * cell + _domain(ang_a if a else ang_b, wid_a if a else wid_b, amp_a[0] if a else amp_b[0])
+            else:
+                p = 0.12 * cell + _gauss_blobs(yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b)))
         p = p + 0.03 + rng.normal(0, 0.02, (size, size))
         planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
     img = np.stack(planes, 0)
-    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k)
+    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if MARKER_PATTERN == "spots" else 1)
 
 
 def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
