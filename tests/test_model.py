@@ -234,3 +234,10 @@ def test_gradients_flow_to_every_parameter() -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None, name
     assert model.channel_embed.grad.abs().sum(1).gt(0).all()  # slots 0..9 all used by the 10-channel image
+
+
+def test_pos_embed_init_std_is_configurable() -> None:
+    default = chada.create_model("chada_vit_test", img_size=64)
+    wide = chada.create_model("chada_vit_test", img_size=64, pos_embed_std=0.5)
+    assert 0.01 < default.pos_embed.std().item() < 0.03
+    assert 0.3 < wide.pos_embed.std().item() < 0.7
