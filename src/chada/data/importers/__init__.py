@@ -173,6 +173,37 @@ class FileLocator:
         hits = self._index.get(Path(name).name, [])
         return hits[0] if len(hits) == 1 else None
 
+    def find_channels(
+        self, record: dict[str, Any], channels: Sequence[str], file_column: str, folder_column: str, missing: list[str]
+    ) -> list[Path] | None:
+        """One file per channel of a CellProfiler-style image table row, or ``None`` if any is missing.
+
+        ``file_column`` / ``folder_column`` are format strings with ``{ch}`` (e.g. ``"Image_FileName_{ch}"``);
+        the paths that were not found are appended to ``missing``.
+        """
+        files = []
+        for ch in channels:
+            name, folder = str(record[file_column.format(ch=ch)]), str(record[folder_column.format(ch=ch)])
+            path = self.find(name, folder)
+            if path is None:
+                missing.append(f"{folder}/{name}")
+            files.append(path)
+        return None if any(f is None for f in files) else files
+
+
+def iter_split_csv_rows(source: Path) -> Iterable[tuple[str, Path, int, list[str]]]:
+    """``(split, file, line number, row)`` of the authors' ``train/val/test.csv`` split files that exist."""
+    import csv
+
+    for split in ("train", "val", "test"):
+        f = source / f"{split}.csv"
+        if not f.exists():
+            continue
+        with f.open(newline="") as fh:
+            for lineno, row in enumerate(csv.reader(fh), start=1):
+                if row:
+                    yield split, f, lineno, row
+
 
 def slug(text: Any) -> str:
     """A file-name-safe version of ``text``."""

@@ -90,14 +90,8 @@ def import_bbbc021(
     locate = FileLocator(source)
     rows, missing = [], []
     for i, r in enumerate(df.to_dict("records")):
-        files = []
-        for ch in CHANNELS:
-            name, folder = str(r[f"Image_FileName_{ch}"]), str(r[f"Image_PathName_{ch}"])
-            p = locate.find(name, folder)
-            if p is None:
-                missing.append(f"{folder}/{name}")
-            files.append(p)
-        if any(f is None for f in files):
+        files = locate.find_channels(r, CHANNELS, "Image_FileName_{ch}", "Image_PathName_{ch}", missing)
+        if files is None:
             continue
         plate = r.get("Image_Metadata_Plate_DAPI", "")
         well = r.get("Image_Metadata_Well_DAPI", "")

@@ -10,12 +10,17 @@ them a seeded stratified 70/15/15 split is made. Channel names are the ImageStre
 from __future__ import annotations
 
 import ast
-import csv
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from chada.data.importers import ImportLayoutError, finish_manifest, missing_files_error, seeded_split
+from chada.data.importers import (
+    ImportLayoutError,
+    finish_manifest,
+    iter_split_csv_rows,
+    missing_files_error,
+    seeded_split,
+)
 
 __all__ = ["import_bbbc048", "LAYOUT", "STAGES", "CHANNELS"]
 
@@ -30,21 +35,14 @@ _NAME = re.compile(r"^(?P<id>.+)_(?P<ch>Ch\d+)(?P<ext>(\.ome)?\.(jpe?g|tiff?|png
 
 def _split_files(source: Path) -> list[tuple[str, list[str], str]]:
     items = []
-    for split in ("train", "val", "test"):
-        f = source / f"{split}.csv"
-        if not f.exists():
-            continue
-        with f.open(newline="") as fh:
-            for lineno, row in enumerate(csv.reader(fh), start=1):
-                if not row:
-                    continue
-                try:
-                    paths = ast.literal_eval(row[2])
-                except (IndexError, ValueError, SyntaxError) as exc:
-                    raise ImportLayoutError(
-                        f"BBBC048: {f} line {lineno}: expected 'id,label,\"[list of channel files]\"', got {row}"
-                    ) from exc
-                items.append((row[0].strip(), [str(p) for p in paths], split))
+    for split, f, lineno, row in iter_split_csv_rows(source):
+        try:
+            paths = ast.literal_eval(row[2])
+        except (IndexError, ValueError, SyntaxError) as exc:
+            raise ImportLayoutError(
+                f"BBBC048: {f} line {lineno}: expected 'id,label,\"[list of channel files]\"', got {row}"
+            ) from exc
+        items.append((row[0].strip(), [str(p) for p in paths], split))
     return items
 
 

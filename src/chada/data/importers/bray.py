@@ -73,14 +73,8 @@ def import_bray(
     locate = FileLocator(source)
     rows, missing = [], []
     for i, r in enumerate(df.to_dict("records")):
-        files = []
-        for ch in CHANNELS:
-            name, folder = str(r[f"Image_FileName_Orig{ch}"]), str(r[f"Image_PathName_Orig{ch}"])
-            p = locate.find(name, folder)
-            if p is None:
-                missing.append(f"{folder}/{name}")
-            files.append(p)
-        if any(f is None for f in files):
+        files = locate.find_channels(r, CHANNELS, "Image_FileName_Orig{ch}", "Image_PathName_Orig{ch}", missing)
+        if files is None:
             continue
         row = {
             "image_id": f"bray_{i:07d}_{Path(str(r['Image_FileName_OrigHoechst'])).stem}",

@@ -9,13 +9,13 @@ protein), RFP (the cytosolic marker).
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 from chada.data.importers import (
     ImportLayoutError,
     finish_manifest,
+    iter_split_csv_rows,
     missing_files_error,
     seeded_split,
 )
@@ -31,19 +31,10 @@ _NAME = re.compile(r"^(?P<cls>.+)_(?P<id>[^_]+)_(?P<ch>gfp|rfp)\.tiff?$", re.IGN
 
 def _from_split_files(source: Path) -> list[tuple[str, str, str]]:
     items = []
-    for split in ("train", "val", "test"):
-        f = source / f"{split}.csv"
-        if not f.exists():
-            continue
-        with f.open(newline="") as fh:
-            for lineno, row in enumerate(csv.reader(fh), start=1):
-                if not row:
-                    continue
-                if len(row) < 2:
-                    raise ImportLayoutError(
-                        f"CYCLoPs: {f} line {lineno}: expected 'CLASS,id,channels', got {row}"
-                    )
-                items.append((row[0].strip(), row[1].strip(), split))
+    for split, f, lineno, row in iter_split_csv_rows(source):
+        if len(row) < 2:
+            raise ImportLayoutError(f"CYCLoPs: {f} line {lineno}: expected 'CLASS,id,channels', got {row}")
+        items.append((row[0].strip(), row[1].strip(), split))
     return items
 
 
