@@ -200,8 +200,8 @@ class _StandardViT(PretrainedMixin, nn.Module):
 
 # ------------------------------------------------------------------------------ one-channel ViT
 @dataclass
-class OneChannelViTConfig:
-    """Single-channel ViT applied to every channel alone (defaults: ViT-Tiny/16 at 224, as the paper)."""
+class StandardViTConfig:
+    """Fields shared by the patch-based baselines (defaults: ViT-Tiny/16 at 224, as the paper)."""
 
     embed_dim: int = 192
     depth: int = 12
@@ -210,7 +210,6 @@ class OneChannelViTConfig:
     mlp_hidden: int | None = None
     patch_size: int = 16
     img_size: int = 224
-    max_channels: int = 10  # largest channel count accepted (sets the largest concat size C_max * D)
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     act: str = "gelu"
@@ -218,6 +217,13 @@ class OneChannelViTConfig:
     drop_path_rate: float = 0.0
     pos_interpolation: str = "bicubic"
     channel_names: list[str] | None = field(default=None)
+
+
+@dataclass
+class OneChannelViTConfig(StandardViTConfig):
+    """Single-channel ViT applied to every channel alone."""
+
+    max_channels: int = 10  # largest channel count accepted (sets the largest concat size C_max * D)
 
     def tokens(self, channels: int) -> int:
         """Length of each sequence at the training size: ``1 + N`` (C such sequences per image)."""
@@ -546,24 +552,10 @@ class InterChannelViT(PretrainedMixin, nn.Module):
 
 # ---------------------------------------------------------------------------- fixed-channel ViT
 @dataclass
-class FixedChannelViTConfig:
-    """A standard ViT for images with exactly ``in_channels`` channels (defaults: ViT-Tiny/16, 3 ch)."""
+class FixedChannelViTConfig(StandardViTConfig):
+    """A standard ViT for images with exactly ``in_channels`` channels (default 3)."""
 
     in_channels: int = 3
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    mlp_hidden: int | None = None
-    patch_size: int = 16
-    img_size: int = 224
-    qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    act: str = "gelu"
-    layer_scale: float | None = None
-    drop_path_rate: float = 0.0
-    pos_interpolation: str = "bicubic"
-    channel_names: list[str] | None = field(default=None)
 
 
 class _MultiChannelPatchEmbed(nn.Module):
