@@ -142,7 +142,7 @@ def stage_data(s: QuickstartSettings) -> dict[str, Any]:
     syn, real = _absolute_manifest(synth_m), _absolute_manifest(real_m)
     groups = {
         "synth_all": syn,
-        "synth_markers": syn[syn["interchannel_label"].notna() & (syn["interchannel_label"].astype(str) != "")],
+        "synth_markers": syn[_has_interchannel_label(syn)],
         "real_nuclei": real[real["channel_names"].str.count(";") == 0],
         "real_ihc": real[real["channel_names"].str.count(";") > 0],
     }
@@ -188,13 +188,19 @@ def stage_pretrain(s: QuickstartSettings, manifests: dict[str, str], encoder: st
     return {"teacher": str(teacher), "epochs": epochs, "output": str(folder)}
 
 
+def _has_interchannel_label(meta: pd.DataFrame) -> Any:
+    col = meta["interchannel_label"]
+    return col.notna() & (col.astype(str) != "")
+
+
 def stage_embed(s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str]) -> dict[str, Any]:
     from chada.eval.embed import embed_manifest
+    from chada.eval.embeddings import load_embeddings
     from chada.features.extract import features_for_manifest
 
     emb_dir = s.out / "embeddings"
     files: dict[str, dict[str, str]] = {}
-    for group in ("synth_all", "synth_markers", "real_nuclei", "real_ihc"):
+    for group in ("synth_all", "real_nuclei", "real_ihc"):
         files[group] = {}
         m = manifests[group]
         for enc, teacher in teachers.items():
@@ -208,6 +214,14 @@ def stage_embed(s: QuickstartSettings, manifests: dict[str, str], teachers: dict
             if not out.exists():
                 features_for_manifest(m, kind, out, image_size=s.synth_size, progress=False)
             files[group][kind] = str(out)
+    # The marker assays are rows of synth_all: take their rows instead of embedding the images again.
+    files["synth_markers"] = {}
+    for tag, path in files["synth_all"].items():
+        out = emb_dir / "synth_markers" / f"{tag}.npz"
+        if not out.exists():
+            emb = load_embeddings(path)
+            emb.subset(_has_interchannel_label(emb.meta).to_numpy().nonzero()[0]).save(out)
+        files["synth_markers"][tag] = str(out)
     return {"files": files}
 
 
