@@ -132,7 +132,10 @@ class ManifestDataset(Dataset):
     def read(self, index: int) -> tuple[Tensor, list[str]]:
         """Raw-read + normalise + resize one image: ``([C, H, W] float32, channel names)``."""
         row = self._rows[index]
-        arr = read_row_image(row, self.root)
+        try:
+            arr = read_row_image(row, self.root)
+        except (OSError, ValueError) as exc:  # name the image: a reader only knows the file
+            raise type(exc)(f"image {row.get('image_id')}: {exc} (run `chada data check` on the manifest)") from exc
         names = row_channel_names(row)
         if len(names) != arr.shape[0]:
             raise ValueError(
