@@ -10,8 +10,10 @@ Without ``--eval-manifest`` a fresh synthetic evaluation set is generated (marke
 ``--eval-n`` images per assay, seed ``--eval-seed``, ``--marker-pattern``; a seed other than the pretraining data's gives
 images the teacher never saw).
 
-Usage::
+Usage (the README's Appendix A numbers; ``--make-corpus`` builds the quickstart's own corpus)::
 
+    python benchmarks/knn_interchannel.py --make-corpus /tmp/knn/corpus --work /tmp/knn --eval-n 1200 \\
+        run.output_dir=/tmp/knn/run run.seed=0 data.num_workers=0 run.progress=false run.tensorboard=false
     python benchmarks/knn_interchannel.py --config configs/quickstart.yaml \\
         --work /tmp/knn data.manifest=/tmp/corpus.csv data.size=64 run.output_dir=/tmp/knn/run
     python benchmarks/knn_interchannel.py --config configs/quickstart.yaml --teacher /tmp/knn/run/teacher \\
@@ -79,14 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value, as for `chada pretrain`")
     p.add_argument("--teacher", help="an exported teacher folder: skip pretraining")
+    p.add_argument(
+        "--make-corpus", metavar="DIR",
+        help="build the quickstart's pretraining corpus (its data stage, --marker-pattern) in DIR and use it "
+        "as data.manifest",
+    )  # fmt: skip
     p.add_argument("--work", required=True, help="folder for the evaluation set and embeddings")
     p.add_argument("--eval-manifest", help="default: generate a synthetic markers set under WORK (reused if there)")
     p.add_argument("--eval-n", type=int, default=600, help="images per assay of the generated set")
     p.add_argument("--eval-seed", type=int, default=1)
     p.add_argument("--eval-synth-size", type=int, default=64)
     p.add_argument(
-        "--marker-pattern", choices=("spots", "domain"), default="spots",
-        help="synth.MARKER_PATTERN of the generated set (match the pretraining corpus)",
+        "--marker-pattern", choices=("spots", "domain"), default="domain",
+        help="marker pattern of the generated set (match the pretraining corpus)",
     )  # fmt: skip
     p.add_argument("--embed-size", type=int, default=32)
     p.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="put after the overrides")
@@ -102,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    if a.make_corpus:
+        from chada.pipeline.quickstart import QuickstartSettings, stage_data
+
+        corpus = Path(a.make_corpus) / "data" / "pretrain_corpus.csv"
+        if not corpus.exists():
+            stage_data(QuickstartSettings.make(a.make_corpus, marker_pattern=a.marker_pattern))
+        a.overrides = [*a.overrides, f"data.manifest={corpus}", "data.split=train", "data.size=64"]
     cfg = load_config(a.config, a.overrides)
 
     if a.eval_manifest:
@@ -111,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if not manifest.exists():
             from chada.data import synth
 
-            synth.MARKER_PATTERN = a.marker_pattern
             synth.generate(
                 manifest.parent, n_per_assay=a.eval_n, size=a.eval_synth_size, seed=a.eval_seed,
-                assays=["markers_2ch", "coloc_5ch"],
+                assays=["markers_2ch", "coloc_5ch"], marker_pattern=a.marker_pattern,
             )  # fmt: skip
 
     if a.teacher is not None and not (Path(a.teacher) / "config.json").exists():

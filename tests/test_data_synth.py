@@ -105,3 +105,21 @@ def test_unknown_marker_pattern(monkeypatch):
     monkeypatch.setattr(synth, "MARKER_PATTERN", "rings")
     with pytest.raises(ValueError, match="MARKER_PATTERN"):
         render_cell(("MarkerA",), 32, np.random.default_rng(0))
+
+
+def test_generate_marker_pattern_argument(tmp_path):
+    """``marker_pattern=`` picks the design per call (no module state) and is recorded per marker row."""
+    from chada.data import synth
+
+    dom = load_manifest(generate(tmp_path / "d", n_per_assay=6, size=32, seed=0, marker_pattern="domain"))
+    spo = load_manifest(generate(tmp_path / "s", n_per_assay=6, size=32, seed=0, marker_pattern="spots"))
+    assert synth.MARKER_PATTERN == "spots"
+    pair = dom["dataset"].isin(["markers_2ch", "coloc_5ch"])
+    assert set(dom.loc[pair, "marker_pattern"]) == {"domain"} and dom.loc[~pair, "marker_pattern"].isna().all()
+    assert set(spo.loc[spo["dataset"] == "markers_2ch", "marker_pattern"]) == {"spots"}
+    r = dom[dom["dataset"] == "markers_2ch"].iloc[0]
+    a = np.concatenate([read_image(tmp_path / "d" / f) for f in r["channel_files"].split(";")])
+    b = np.concatenate([read_image(tmp_path / "s" / f) for f in r["channel_files"].split(";")])
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="marker_pattern"):
+        generate(tmp_path / "x", n_per_assay=3, size=32, marker_pattern="rings")

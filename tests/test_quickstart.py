@@ -47,3 +47,33 @@ def test_rerun_reuses_finished_stages(quickstart_dir, capsys) -> None:
     assert main(["quickstart", "--fast", "--out", str(quickstart_dir)]) == 0
     out = capsys.readouterr().out
     assert out.count("already done") == len(stages)
+
+
+def test_encoders_pretrain_with_one_recipe_and_untrained_copies_are_their_init(quickstart_dir) -> None:
+    import chada
+    from chada.ssl.config import load_config
+
+    for enc, name in ENCODERS.items():
+        run = quickstart_dir / "pretrain" / enc
+        cfg = load_config(run / "config.yaml")
+        assert cfg.model.name == name and cfg.optim.epochs == 1
+        # pos_embed_std goes to every architecture that has a positional embedding, and only to those.
+        assert cfg.model.overrides.get("pos_embed_std") == (None if enc == "inter_channel_vit" else 0.2)
+        stage = json.loads((quickstart_dir / "stages" / f"pretrain_{enc}.json").read_text())
+        assert stage["untrained"] == str(run / "init")
+        init, teacher = chada.load_model(run / "init"), chada.load_model(run / "teacher")
+        assert type(init) is type(teacher)
+        assert any(not a.equal(b) for a, b in zip(init.state_dict().values(), teacher.state_dict().values()))
+
+
+def test_interchannel_task_is_scored_on_held_out_marker_images(quickstart_dir) -> None:
+    import yaml
+
+    cfg = yaml.safe_load((quickstart_dir / "evaluation" / "eval_config.yaml").read_text())
+    task = next(t for t in cfg["tasks"] if t["name"] == "synth_interchannel")
+    assert all("synth_markers_eval" in p for p in task["embeddings"].values())
+    held_out = pd.read_csv(quickstart_dir / "data" / "synth_markers_eval.csv")
+    corpus = pd.read_csv(quickstart_dir / "data" / "pretrain_corpus.csv")
+    assert set(held_out["marker_pattern"]) == {"domain"}
+    assert not set(held_out["file"].dropna()) & set(corpus["file"].dropna())
+    assert not set(held_out["channel_files"].dropna()) & set(corpus["channel_files"].dropna())

@@ -68,6 +68,17 @@ def test_tiny_run_logs_checkpoints_and_exports(manifest: Path, tmp_path: Path) -
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), student.state_dict().values()))
     with pytest.raises(ValueError, match="--resume"):
         Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "run")))
+    # init/ holds the weights the run started from: the "same architecture, untrained" baseline.
+    from chada.ssl.trainer import build_backbone
+
+    init = chada.load_model(out / "init")
+    assert json.loads((out / "init" / "config.json").read_text())["extra"]["weights"] == "init"
+    cfg = load_config(None, tiny_overrides(manifest, tmp_path / "run"))
+    torch.manual_seed(cfg.run.seed)
+    fresh = build_backbone(cfg, ["DAPI", "MarkerA", "MarkerB", "Actin", "Mito"])
+    for (k, a), b in zip(init.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), model.state_dict().values()))
 
 
 def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:

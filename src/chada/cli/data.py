@@ -158,13 +158,20 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assays", nargs="+", default=None, help="subset of nuclei_1ch markers_2ch cellpaint_3ch coloc_5ch")
+    p.add_argument(
+        "--marker-pattern", choices=("spots", "domain"), default=None,
+        help="how MarkerA/MarkerB are drawn: K spots each, or one sector of the cell each (default: spots)",
+    )  # fmt: skip
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from chada.data.synth import generate
 
-    path = generate(args.outdir, n_per_assay=args.n_per_assay, size=args.size, seed=args.seed, assays=args.assays)
+    path = generate(
+        args.outdir, n_per_assay=args.n_per_assay, size=args.size, seed=args.seed, assays=args.assays,
+        marker_pattern=args.marker_pattern,
+    )  # fmt: skip
     print(f"manifest written to {path}")
     return 0
 

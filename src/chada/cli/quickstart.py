@@ -15,11 +15,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finished stages.",
     )
     p.add_argument("--out", default="chada_quickstart", help="output folder (default: ./chada_quickstart)")
-    p.add_argument("--fast", action="store_true", help="a ~2-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)")
+    p.add_argument("--fast", action="store_true", help="a ~1-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)")
     p.add_argument("--epochs", type=int, help="DINO epochs for every encoder")
     p.add_argument("--n-per-assay", type=int, help="synthetic images per assay")
     p.add_argument("--seeds", type=int, help="evaluation seeds")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores; 1 per parallel pretraining)")
+    p.add_argument("--jobs", type=int, help="encoders pretrained at once, in separate processes (default: all 3 on a multi-core machine)")
+    p.add_argument(
+        "--marker-pattern", choices=("domain", "spots"),
+        help="synthetic MarkerA/MarkerB design (default: domain; spots is finer and not learned at this budget)",
+    )  # fmt: skip
     p.add_argument("--no-umap", action="store_true", help="PCA only in the joint projection")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = QuickstartSettings.make(
         args.out, fast=args.fast, epochs=args.epochs, n_per_assay=args.n_per_assay, seeds=args.seeds,
-        threads=args.threads, umap=False if args.no_umap else None,
+        threads=args.threads, umap=False if args.no_umap else None, jobs=args.jobs, marker_pattern=args.marker_pattern,
     )  # fmt: skip
     report = run_quickstart(settings)
     print(f"\nreport: {report}\n        {report.with_suffix('.html')}")

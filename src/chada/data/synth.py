@@ -5,8 +5,9 @@ Each image shows one cell (centre jittered) of radius ``R``. Channels available 
 - ``DAPI``: textured elliptic nucleus of radius ~0.45 R;
 - ``Actin``: bright cortex ring at the cell boundary plus faint cytoplasm;
 - ``Mito``: many small blobs in the cytoplasm;
-- ``MarkerA`` / ``MarkerB``: a faint cytoplasm haze plus ``K`` Gaussian spots each (or, with
-  ``MARKER_PATTERN = "domain"``, one angular sector of the cell each).
+- ``MarkerA`` / ``MarkerB``: a faint cytoplasm haze plus ``K`` Gaussian spots each (``marker_pattern=
+  "spots"``, the module default), or one angular sector of the cell each (``"domain"``: what the
+  quickstart uses, because a tiny model learns that relation in a CPU budget and not the spots one).
 
 Default assays (name: channels; file layout written, to exercise every reader):
 
@@ -19,8 +20,10 @@ Labels (manifest columns):
 
 - ``label``: cell size class 0/1/2 (``label_name`` small/medium/large; ``cell_radius`` in pixels is a
   regression ``target``). It is visible in any single channel (nucleus size, ring size, spot spread).
-- ``interchannel_label`` (assays with both markers): 1 = MarkerB spots co-localise with MarkerA spots,
-  0 = MarkerB spots sit elsewhere (anti-localised). Construction: draw ``2K`` well-separated positions,
+- ``interchannel_label`` (assays with both markers): 1 = MarkerB co-localises with MarkerA, 0 = it
+  sits elsewhere. "domain": MarkerB's sector is MarkerA's or the opposite one (co- vs anti-polarised
+  markers); the sector angle is uniform, so each channel alone is identically distributed in both
+  classes. "spots" construction: draw ``2K`` well-separated positions,
   randomly permute them; MarkerA gets the first ``K``; MarkerB gets the same ``K`` (class 1) or the
   other ``K`` (class 0). After the random permutation both halves are identically distributed, and
   spot counts, sizes, intensities, haze and noise are drawn independently of the class, so EACH
@@ -40,6 +43,7 @@ import numpy as np
 __all__ = [
     "ASSAYS",
     "SIZE_CLASSES",
+    "MARKER_PATTERNS",
     "SynthInfo",
     "render_cell",
     "generate",
@@ -61,6 +65,7 @@ _RADIUS = ((0.16, 0.19), (0.22, 0.26), (0.30, 0.34))
 # - "domain": each marker fills one angular sector of the cell body (angular sigma DOMAIN_WIDTH radians);
 #   MarkerB's sector is MarkerA's (class 1) or the opposite one (class 0): the coarsest co-localisation.
 MARKER_PATTERN = "spots"
+MARKER_PATTERNS = ("spots", "domain")
 SPOTS = (3, 6)
 SPOT_SIGMA = (0.8, 1.6)
 SPOT_SEPARATION = 2.5
@@ -116,6 +121,7 @@ def render_cell(
     rng: np.random.Generator | None = None,
     size_class: int | None = None,
     coloc: int | None = None,
+    marker_pattern: str | None = None,
 ) -> tuple[np.ndarray, SynthInfo]:
     """Render one synthetic cell.
 
@@ -125,6 +131,7 @@ def render_cell(
         rng: numpy Generator (a fresh unseeded one if None).
         size_class: 0/1/2 (random if None).
         coloc: 1 co-localised / 0 anti-localised markers (random if None).
+        marker_pattern: ``"spots"`` or ``"domain"`` (None: the module's ``MARKER_PATTERN``).
 
     Returns:
         ``([C, size, size] float32 in [0, 1], SynthInfo)``.
@@ -160,8 +167,9 @@ def render_cell(
     mito_sig = rng.uniform(0.6, 1.2, n_mito) * scale
     mito_amp = rng.uniform(0.4, 1.0, n_mito)
 
-    if MARKER_PATTERN not in ("spots", "domain"):
-        raise ValueError(f"MARKER_PATTERN must be 'spots' or 'domain', got {MARKER_PATTERN!r}")
+    pattern = MARKER_PATTERN if marker_pattern is None else marker_pattern
+    if pattern not in MARKER_PATTERNS:
+        raise ValueError(f"marker pattern (MARKER_PATTERN) must be one of {MARKER_PATTERNS}, got {pattern!r}")
     k = int(rng.integers(SPOTS[0], SPOTS[1] + 1))
     pts = _separated_points(rng, 2 * k, cy, cx, radius * 0.85, SPOT_SEPARATION * scale)
     pos_a = pts[:k]
@@ -169,7 +177,7 @@ def render_cell(
     sig_a, sig_b = rng.uniform(*SPOT_SIGMA, k) * scale, rng.uniform(*SPOT_SIGMA, k) * scale
     amp_a, amp_b = rng.uniform(*SPOT_AMPLITUDE, k), rng.uniform(*SPOT_AMPLITUDE, k)
 
-    if MARKER_PATTERN == "domain":
+    if pattern == "domain":
         # The sector angle is uniform and MarkerB's is MarkerA's or the opposite one, so each channel alone
         # is identically distributed in both classes. Drawn only here: the "spots" corpus is unchanged.
         ang_a = rng.uniform(0, 2 * np.pi)
@@ -193,14 +201,14 @@ def render_cell(
             p = _gauss_blobs(yy, xx, mito_pos, mito_sig, mito_amp) * cell
         elif name in ("MarkerA", "MarkerB"):
             a = name == "MarkerA"
-            if MARKER_PATTERN == "domain":
+            if pattern == "domain":
                 p = 0.12 * cell + _domain(ang_a if a else ang_b, wid_a if a else wid_b, amp_a[0] if a else amp_b[0])
             else:
                 p = 0.12 * cell + _gauss_blobs(yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b)))
         p = p + 0.03 + rng.normal(0, 0.02, (size, size))
         planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
     img = np.stack(planes, 0)
-    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if MARKER_PATTERN == "spots" else 1)
+    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1)
 
 
 def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
@@ -238,6 +246,7 @@ def generate(
     assays: Sequence[str] | dict[str, Sequence[str]] | None = None,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     manifest_name: str = "manifest.csv",
+    marker_pattern: str | None = None,
 ) -> Path:
     """Write synthetic images + ``manifest.csv`` into ``out_dir``; return the manifest path.
 
@@ -247,11 +256,16 @@ def generate(
     Args:
         assays: names from :data:`ASSAYS`, or a dict ``name -> channel names`` for custom assays
             (custom assays with >1 channel are stored as per-channel TIFFs, 1 channel as 16-bit PNG).
+        marker_pattern: ``"spots"`` or ``"domain"`` for MarkerA/MarkerB (None: the module's
+            ``MARKER_PATTERN``); recorded in the manifest's ``marker_pattern`` column.
     """
     import pandas as pd
 
     from chada.data.manifest import write_manifest
 
+    pattern = MARKER_PATTERN if marker_pattern is None else marker_pattern
+    if pattern not in MARKER_PATTERNS:
+        raise ValueError(f"marker_pattern must be one of {MARKER_PATTERNS}, got {pattern!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if assays is None:
@@ -279,7 +293,7 @@ def generate(
         has_pair = "MarkerA" in chans and "MarkerB" in chans
         for i in range(n_per_assay):
             rng = np.random.default_rng([seed, a_idx, i])
-            img, info = render_cell(chans, size, rng, size_class=i % 3, coloc=(i // 3) % 2)
+            img, info = render_cell(chans, size, rng, size_class=i % 3, coloc=(i // 3) % 2, marker_pattern=pattern)
             iid = f"{assay}_{i:05d}"
             row: dict[str, Any] = {"image_id": iid, "dataset": assay, "file": "", "channel_files": ""}
             if layout == "file":
@@ -301,6 +315,7 @@ def generate(
                 interchannel_label=info.coloc if has_pair else None,
                 target=round(info.radius, 4),
                 n_spots=info.n_spots if has_pair else None,
+                marker_pattern=pattern if has_pair else None,
             )
             rows.append(row)
     df = pd.DataFrame(rows)

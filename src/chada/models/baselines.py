@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.hub import PretrainedMixin
-from chada.models.layers import Block, PatchEmbed
+from chada.models.layers import Block, PatchEmbed, init_pos_embed
 from chada.models.registry import register_arch, register_model
 
 __all__ = [
@@ -155,7 +155,7 @@ class _StandardViT(PretrainedMixin, nn.Module):
         self.norm = nn.LayerNorm(D, eps=c.norm_eps)
 
     def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        init_pos_embed(self.pos_embed, self.config.pos_embed_std)
         nn.init.normal_(self.cls_token, std=1e-6)
         _init_vit_weights(self)
         w = self.patch_embed.proj.weight
@@ -216,6 +216,7 @@ class StandardViTConfig:
     layer_scale: float | None = None
     drop_path_rate: float = 0.0
     pos_interpolation: str = "bicubic"
+    pos_embed_std: float = 0.02  # patch slots only, as ChAda-ViT's (the CLS slot keeps 0.02)
     channel_names: list[str] | None = field(default=None)
 
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.hub import PretrainedMixin
-from chada.models.layers import Block, OfficialBlock, PatchEmbed
+from chada.models.layers import Block, OfficialBlock, PatchEmbed, init_pos_embed
 from chada.models.registry import register_arch, register_model
 
 __all__ = ["ChAdaViTConfig", "ChAdaViT", "ChAdaOutput", "ATTENTION_MODES"]
@@ -69,9 +69,9 @@ class ChAdaViTConfig:
     drop_path_rate: float = 0.0
     attention: str = "packed"  # "packed" or "padded"
     pos_interpolation: str = "bicubic"  # an F.interpolate mode, or "dino_bicubic" (DINO's +0.1 scale factor)
-    # Init std of the learned positional embedding (timm/DINO: 0.02). Tokens of different channels at one
-    # position find each other only through it, so small models learn inter-channel relations faster from
-    # a larger value (measured in the quickstart; see README).
+    # Init std of the learned positional embedding's patch slots (timm/DINO: 0.02; the CLS slot keeps 0.02).
+    # Tokens of different channels at one position find each other only through it, so small models learn
+    # inter-channel relations faster from a larger value (the quickstart uses 0.2; see README Appendix A).
     pos_embed_std: float = 0.02
     channel_names: list[str] | None = field(default=None)  # canonical slot names, recorded at pretraining
 
@@ -185,8 +185,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
 
     # ----------------------------------------------------------------- setup
     def init_weights(self) -> None:
-        std = self.config.pos_embed_std
-        nn.init.trunc_normal_(self.pos_embed, std=std)
+        init_pos_embed(self.pos_embed, self.config.pos_embed_std)
         nn.init.trunc_normal_(self.channel_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():

@@ -9,7 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "OfficialBlock", "LayerScale"]
+__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "OfficialBlock", "LayerScale", "init_pos_embed"]
+
+
+def init_pos_embed(pos_embed: Tensor, patch_std: float = 0.02, cls_std: float = 0.02) -> None:
+    """Truncated-normal init of a ``[1, 1 + N, D]`` positional embedding whose slot 0 is the CLS token's.
+
+    Patch slots take ``patch_std``; the CLS slot keeps ``cls_std`` (DINO's 0.02) whatever ``patch_std``
+    is: a large CLS slot is a constant that swamps what the CLS token gathers by attention, so every
+    image embeds alike and DINO collapses to a uniform teacher. Two calls draw the same random stream
+    as one call on the whole tensor, so the default init is unchanged by the split.
+    """
+    with torch.no_grad():
+        nn.init.trunc_normal_(pos_embed[:, :1], std=cls_std)
+        nn.init.trunc_normal_(pos_embed[:, 1:], std=patch_std)
 
 
 class PatchEmbed(nn.Module):

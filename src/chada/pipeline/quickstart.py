@@ -45,8 +45,9 @@ ENCODERS: dict[str, str] = {
 # task name -> (embedding group, label column, kind, what it tests)
 TASKS: dict[str, tuple[str, str, str, str]] = {
     "synth_interchannel": (
-        "synth_markers", "interchannel_label", "classification",
-        "synthetic: MarkerB spots co-localised with MarkerA or not; invisible to any single channel",
+        "synth_markers_eval", "interchannel_label", "classification",
+        "synthetic (held-out seed): MarkerB on the same side of the cell as MarkerA or the opposite one; "
+        "invisible to any single channel",
     ),
     "synth_size": ("synth_all", "label", "classification", "synthetic: cell size class (visible in any channel)"),
     "synth_radius": ("synth_all", "target", "regression", "synthetic: cell radius in pixels (regression)"),
@@ -68,7 +69,10 @@ class QuickstartSettings:
     n_per_assay: int = 160
     synth_size: int = 64
     embed_size: int = 32
-    epochs: int = 30
+    epochs: int = 180
+    marker_pattern: str = "domain"  # see chada.data.synth: the inter-channel label a tiny model can learn
+    eval_n_per_assay: int = 600  # held-out marker images (another seed) for the inter-channel task
+    jobs: int | None = None  # encoders pretrained at once, 1 thread each (default: all 3 if >1 core)
     baseline_epochs: int | None = None  # same budget as ChAda-ViT unless set
     seeds: int = 5
     threads: int | None = None
@@ -79,7 +83,7 @@ class QuickstartSettings:
     @classmethod
     def make(cls, out: str | os.PathLike, fast: bool = False, **kw: Any) -> QuickstartSettings:
         if fast:
-            base = dict(n_per_assay=24, synth_size=32, epochs=1, seeds=2, umap=False)
+            base = dict(n_per_assay=24, synth_size=32, epochs=1, seeds=2, umap=False, eval_n_per_assay=24)
         else:
             base = {}
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -106,7 +110,7 @@ class Stages:
         self.log(f"[{name}] running")
         t0 = time.perf_counter()
         result = fn() or {}
-        result["seconds"] = time.perf_counter() - t0
+        result.setdefault("seconds", time.perf_counter() - t0)  # a stage run elsewhere reports its own
         atomic_write_bytes(self.dir / f"{name}.json", json.dumps(result, indent=2, default=str).encode())
         self.log(f"[{name}] done in {result['seconds']:.0f} s")
         return result
@@ -137,12 +141,21 @@ def stage_data(s: QuickstartSettings) -> dict[str, Any]:
     from chada.data import bundled, synth
 
     data = s.out / "data"
-    synth_m = synth.generate(data / "synth", n_per_assay=s.n_per_assay, size=s.synth_size, seed=0)
+    synth_m = synth.generate(
+        data / "synth", n_per_assay=s.n_per_assay, size=s.synth_size, seed=0, marker_pattern=s.marker_pattern
+    )
+    # The inter-channel task is scored on marker images from another seed: never seen in pretraining,
+    # and enough of them that the kNN comparison is not lost in sampling noise.
+    eval_m = synth.generate(
+        data / "synth_eval", n_per_assay=s.eval_n_per_assay, size=s.synth_size, seed=1,
+        assays=["markers_2ch", "coloc_5ch"], marker_pattern=s.marker_pattern,
+    )  # fmt: skip
     real_m = bundled.prepare(data / "real")
     syn, real = _absolute_manifest(synth_m), _absolute_manifest(real_m)
     groups = {
         "synth_all": syn,
         "synth_markers": syn[_has_interchannel_label(syn)],
+        "synth_markers_eval": _absolute_manifest(eval_m),
         "real_nuclei": real[real["channel_names"].str.count(";") == 0],
         "real_ihc": real[real["channel_names"].str.count(";") > 0],
     }
@@ -160,13 +173,34 @@ def _pretrain_config() -> Path:
     return Path(str(files("chada") / "configs" / "quickstart.yaml"))
 
 
-def stage_pretrain(s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str) -> dict[str, Any]:
+def _model_overrides(model_name: str) -> list[str]:
+    """The config's ``model.overrides`` that ``model_name`` has: the Inter-Channel ViT has no positional
+    embedding, so the shared recipe's ``pos_embed_std`` does not apply to it."""
+    import dataclasses
+
+    from chada.models.registry import get_arch, model_spec
+    from chada.ssl.config import load_config
+
+    fields = {f.name for f in dataclasses.fields(get_arch(model_spec(model_name)[0]).config_class)}
+    keep = {k: v for k, v in load_config(_pretrain_config()).model.overrides.items() if k in fields}
+    return [f"model.overrides={json.dumps(keep)}"]
+
+
+def stage_pretrain(
+    s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str, quiet: bool = False
+) -> dict[str, Any]:
+    """DINO for one encoder; ``quiet`` (parallel runs) turns off its progress bar and TensorBoard."""
+    import torch
+
     from chada.ssl import pretrain
 
+    if s.threads or quiet:
+        torch.set_num_threads(s.threads or 1)
     out = s.out / "pretrain" / encoder
     epochs = s.epochs if encoder == "chada_vit" or s.baseline_epochs is None else s.baseline_epochs
     overrides = [
         f"model.name={model_name}",
+        *_model_overrides(model_name),
         f"data.manifest={manifests['pretrain_corpus']}",
         "data.split=train",
         f"data.size={s.synth_size}",
@@ -175,17 +209,100 @@ def stage_pretrain(s: QuickstartSettings, manifests: dict[str, str], encoder: st
         "run.device=cpu",
         "data.num_workers=0",
     ]
-    if s.threads:
-        overrides.append(f"run.threads={s.threads}")
+    if s.threads or quiet:
+        overrides.append(f"run.threads={s.threads or 1}")
     if s.steps_cap:
         overrides.append(f"run.max_steps={s.steps_cap}")
-    if s.fast:
+    if s.fast or quiet:
         overrides += ["run.tensorboard=false", "run.progress=false"]
+    t0 = time.perf_counter()
     folder = pretrain(_pretrain_config(), overrides=overrides, resume=(out / "checkpoint.pt").exists())
-    teacher = Path(folder) / "teacher"
-    if not (teacher / "config.json").exists():
-        raise RuntimeError(f"pretraining of {encoder} finished without exporting {teacher}")
-    return {"teacher": str(teacher), "epochs": epochs, "output": str(folder)}
+    teacher, init = Path(folder) / "teacher", Path(folder) / "init"
+    for f in (teacher, init):
+        if not (f / "config.json").exists():
+            raise RuntimeError(f"pretraining of {encoder} finished without exporting {f}")
+    return {
+        "teacher": str(teacher), "untrained": str(init), "epochs": epochs, "output": str(folder),
+        "seconds": time.perf_counter() - t0, "parallel": quiet,
+    }  # fmt: skip
+
+
+def _pretrain_all(s: QuickstartSettings, stages: Stages, manifests: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Pretrain every encoder; with ``jobs > 1`` they run at once in spawned processes, 1 thread each,
+    so that on 2 cores both cores stay busy until the last run ends."""
+    import multiprocessing as mp
+
+    # Three 1-thread runs on 2 cores finish sooner than two at a time: no core idles at the end.
+    jobs = s.jobs if s.jobs is not None else (len(ENCODERS) if (os.cpu_count() or 1) > 1 else 1)
+    pending = [enc for enc in ENCODERS if stages.done(f"pretrain_{enc}") is None]
+    if jobs <= 1 or len(pending) <= 1:
+        return {
+            enc: stages.run(f"pretrain_{enc}", lambda enc=enc, name=name: stage_pretrain(s, manifests, enc, name))
+            for enc, name in ENCODERS.items()
+        }  # fmt: skip
+    n = min(jobs, len(pending))
+    stages.log(f"[pretrain] {', '.join(pending)}: {n} at once; logs in {s.out / 'pretrain'}/<encoder>/log.csv")
+    pool = mp.get_context("spawn").Pool(n, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
+        jobs_ = {enc: pool.apply_async(stage_pretrain, (s, manifests, enc, ENCODERS[enc], True)) for enc in pending}
+        _watch_pretraining(s, jobs_)
+        # Stages.run records each result; a failed run raises here with its own traceback.
+        results = {enc: stages.run(f"pretrain_{enc}", lambda enc=enc: jobs_[enc].get()) for enc in ENCODERS}
+        pool.close()
+        return results
+    finally:
+        # On an error or Ctrl-C, stop the other runs now (their checkpoints let a re-run resume them).
+        pool.terminate()
+        pool.join()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: exit when the quickstart process dies (e.g. killed), instead of training
+    on as an orphan."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any]) -> None:
+    """One progress bar per encoder (epochs done, read from each run's ``log.csv``) until all finish or
+    one fails."""
+    from tqdm.auto import tqdm
+
+    total = {enc: s.epochs if enc == "chada_vit" or s.baseline_epochs is None else s.baseline_epochs for enc in jobs}
+    bars = {
+        enc: tqdm(total=total[enc], desc=f"dino {enc}", unit="epoch", position=i, leave=True, disable=s.fast,
+                  dynamic_ncols=True, bar_format="{desc:<26}{percentage:3.0f}%|{bar}| {n:.1f}/{total} epochs [{elapsed}]")
+        for i, enc in enumerate(jobs)
+    }  # fmt: skip
+    try:
+        while True:
+            for enc, bar in bars.items():
+                bar.n = total[enc] if jobs[enc].ready() else _last_epoch(s.out / "pretrain" / enc / "log.csv")
+                bar.refresh()
+            finished = [j for j in jobs.values() if j.ready()]
+            if len(finished) == len(jobs) or any(not j.successful() for j in finished):
+                return
+            time.sleep(2.0)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _last_epoch(log_csv: Path) -> float:
+    """The epoch column of the last row of a DINO ``log.csv`` (0 before the first row)."""
+    try:
+        with open(log_csv, "rb") as f:
+            f.seek(max(0, log_csv.stat().st_size - 4096))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1].split(",")
+        return float(last[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _has_interchannel_label(meta: pd.DataFrame) -> Any:
@@ -193,40 +310,38 @@ def _has_interchannel_label(meta: pd.DataFrame) -> Any:
     return col.notna() & (col.astype(str) != "")
 
 
-def stage_embed(s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str]) -> dict[str, Any]:
+def stage_embed(
+    s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str], untrained: dict[str, str]
+) -> dict[str, Any]:
     from chada.eval.embed import embed_manifest
-    from chada.eval.embeddings import load_embeddings
     from chada.features.extract import features_for_manifest
 
     emb_dir = s.out / "embeddings"
     files: dict[str, dict[str, str]] = {}
-    for group in ("synth_all", "real_nuclei", "real_ihc"):
+    for group in ("synth_all", "synth_markers_eval", "real_nuclei", "real_ihc"):
         files[group] = {}
         m = manifests[group]
         for enc, teacher in teachers.items():
-            for tag, model, seed in ((enc, teacher, 0), (f"{enc}_untrained", ENCODERS[enc], 0)):
+            # The untrained copy is the pretraining run's own step-0 export: same architecture, init, seed.
+            for tag, model in ((enc, teacher), (f"{enc}_untrained", untrained[enc])):
                 out = emb_dir / group / f"{tag}.npz"
                 if not out.exists():
-                    embed_manifest(model, m, out, image_size=s.embed_size, seed=seed, batch_size=64, progress=not s.fast)
+                    embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast)
                 files[group][tag] = str(out)
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
                 features_for_manifest(m, kind, out, image_size=s.synth_size, progress=False)
             files[group][kind] = str(out)
-    # The marker assays are rows of synth_all: take their rows instead of embedding the images again.
-    files["synth_markers"] = {}
-    for tag, path in files["synth_all"].items():
-        out = emb_dir / "synth_markers" / f"{tag}.npz"
-        if not out.exists():
-            emb = load_embeddings(path)
-            emb.subset(_has_interchannel_label(emb.meta).to_numpy().nonzero()[0]).save(out)
-        files["synth_markers"][tag] = str(out)
     return {"files": files}
 
 
 def evaluation_config(
-    s: QuickstartSettings, files: dict[str, dict[str, str]], teachers: dict[str, str], manifests: dict[str, str]
+    s: QuickstartSettings,
+    files: dict[str, dict[str, str]],
+    teachers: dict[str, str],
+    manifests: dict[str, str],
+    untrained: dict[str, str],
 ) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for enc in ENCODERS:
@@ -268,20 +383,24 @@ def evaluation_config(
                 "epochs": 3 if s.fast else 15,
                 "seeds": s.seeds,
                 "models": {enc: teachers[enc] for enc in ENCODERS}
-                | {f"{enc}_untrained": {"model": name, "seed": 0} for enc, name in ENCODERS.items()},
+                | {f"{enc}_untrained": untrained[enc] for enc in ENCODERS},
             }
         ],
     }
 
 
 def stage_evaluate(
-    s: QuickstartSettings, files: dict[str, dict[str, str]], teachers: dict[str, str], manifests: dict[str, str]
+    s: QuickstartSettings,
+    files: dict[str, dict[str, str]],
+    teachers: dict[str, str],
+    manifests: dict[str, str],
+    untrained: dict[str, str],
 ) -> dict[str, Any]:
     import yaml
 
     from chada.eval.protocol import run_evaluation
 
-    cfg = evaluation_config(s, files, teachers, manifests)
+    cfg = evaluation_config(s, files, teachers, manifests, untrained)
     out = s.out / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "eval_config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
@@ -346,12 +465,11 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     t_all = time.perf_counter()
     data = stages.run("data", lambda: stage_data(s))
     manifests = data["manifests"]
-    teachers = {}
-    for enc, name in ENCODERS.items():
-        r = stages.run(f"pretrain_{enc}", lambda enc=enc, name=name: stage_pretrain(s, manifests, enc, name))
-        teachers[enc] = r["teacher"]
-    emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers))
-    ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests))
+    runs = _pretrain_all(s, stages, manifests)
+    teachers = {enc: r["teacher"] for enc, r in runs.items()}
+    untrained = {enc: r["untrained"] for enc, r in runs.items()}
+    emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers, untrained))
+    ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained))
     figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"]))
     timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
     timings["total (this run)"] = time.perf_counter() - t_all

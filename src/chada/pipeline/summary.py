@@ -77,10 +77,11 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
                     f"- Data: {data['images']['synth_all']} synthetic images (assays with 1, 2, 3 and 5 channels, "
                     f"{s.synth_size} px), {data['images']['real_nuclei']} real DSB2018 nucleus crops (1 channel), "
                     f"{data['images']['real_ihc']} real IHC tiles (3 channels); DINO corpus: "
-                    f"{data['images']['pretrain_corpus']} training images of all of them",
+                    f"{data['images']['pretrain_corpus']} training images of all of them; the inter-channel task "
+                    f"is scored on {data['images'].get('synth_markers_eval', 0)} held-out marker images (another seed)",
                     f"- Encoders ({', '.join(f'`{v}`' for v in ENCODERS.values())}): DINO with one recipe and budget "
                     f"({s.epochs} epochs, `chada/configs/quickstart.yaml`), embeddings at {s.embed_size} px; "
-                    "untrained copies (seed 0); hand-made features (`chada features --kind handmade`)",
+                    "untrained copies (each run's step-0 weights, `init/`); hand-made features (`chada features --kind handmade`)",
                     f"- Evaluation: linear probe, weighted kNN (k=20, T=0.07), 1-NN; 1/10/100 % of the training "
                     f"labels; {s.seeds} seeds; mean ± std",
                 ]
@@ -103,7 +104,7 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         Section(
             "Attention maps",
             f"Last-layer CLS attention on the synthetic 5-channel test image `{figs.get('image_id')}` "
-            "(MarkerB co-localised with MarkerA), ChAda-ViT against the One-Channel ViT.",
+            "(MarkerB on the same side of the cell as MarkerA), ChAda-ViT against the One-Channel ViT.",
             [("attention", Path(figs["attention"]))],
         ),
         Section(

@@ -153,6 +153,7 @@ class RunConfig:
     progress: bool = True
     find_unused_parameters: bool = False
     export_student: bool = True
+    export_init: bool = True  # also write OUT/init/: the backbone at step 0 (the untrained baseline)
 
 
 @dataclass

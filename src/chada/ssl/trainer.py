@@ -535,6 +535,9 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
+            if cfg.run.export_init and self.global_step == 0:
+                # The untrained baseline with exactly this run's architecture, init and seed.
+                self.export(which=("init",))
             self._open_logs()
         stop_at = self.total_steps if cfg.run.max_steps is None else min(cfg.run.max_steps, self.total_steps)
         global_batch = cfg.optim.batch_size_per_gpu * self.dist.world_size
@@ -549,7 +552,10 @@ class Trainer:
         self.teacher.train(self.cfg.head.use_bn)
         t_start = time.perf_counter()
         t_last, n_since = time.perf_counter(), 0
-        warned_epoch = -1
+        # A near-uniform teacher is normal while the LR and teacher temperature warm up (the CSV's
+        # collapse column records it anyway), so the warning waits for the end of warm-up, then repeats
+        # at most every 10 epochs while the collapse lasts.
+        warn_from = max(cfg.optim.warmup_epochs, cfg.dino.warmup_teacher_temp_epochs, cfg.dino.freeze_last_layer_epochs)
         try:
             while self.global_step < stop_at:
                 for batch in self._loader(self.epoch, self.step_in_epoch):
@@ -581,8 +587,8 @@ class Trainer:
                                 collapse=kind or "", elapsed_s=round(now - t_start, 2),
                             )  # fmt: skip
                             self._log(row)
-                            if kind and warned_epoch != self.epoch:
-                                warned_epoch = self.epoch
+                            if kind and self.epoch >= warn_from:
+                                warn_from = self.epoch + 10
                                 msg = (
                                     f"step {self.global_step}: the teacher looks collapsed ({kind}): entropy "
                                     f"{res['teacher_entropy']:.3f} / {res['max_entropy']:.3f} nats, batch entropy "
@@ -610,8 +616,14 @@ class Trainer:
             dist.barrier()
         return self.out_dir
 
-    def export(self) -> Path:
-        """Write ``teacher/`` (and ``student/``) with ``save_pretrained``; returns the teacher folder."""
+    def export(self, which: tuple[str, ...] | None = None) -> Path:
+        """Write ``teacher/`` (and ``student/``) with ``save_pretrained``; returns the first folder written.
+
+        ``which=("init",)`` writes ``init/``: the teacher backbone as it is now, called at step 0 so it
+        holds the weights the run started from (the "same architecture, untrained" baseline).
+        """
+        if which is None:
+            which = ("teacher", "student") if self.cfg.run.export_student else ("teacher",)
         extra = {
             "ssl": "dino",
             "channel_names_seen": list(self.channel_counts),
@@ -622,10 +634,14 @@ class Trainer:
             "epochs": self.cfg.optim.epochs,
             "pretrain_config": config_to_dict(self.cfg),
         }
-        path = save_pretrained(self.teacher.backbone, self.out_dir / "teacher", extra={**extra, "weights": "teacher"})
-        if self.cfg.run.export_student:
-            save_pretrained(self.student.backbone, self.out_dir / "student", extra={**extra, "weights": "student"})
-        return path
+        paths = [
+            save_pretrained(
+                (self.student if name == "student" else self.teacher).backbone, self.out_dir / name,
+                extra={**extra, "weights": name},
+            )
+            for name in which
+        ]  # fmt: skip
+        return paths[0]
 
 
 def _as_config(config: PretrainConfig | dict[str, Any] | str | Path, overrides: list[str] | None) -> PretrainConfig:
