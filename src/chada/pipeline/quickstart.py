@@ -189,13 +189,10 @@ def _model_overrides(model_name: str) -> list[str]:
 def stage_pretrain(
     s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str, quiet: bool = False
 ) -> dict[str, Any]:
-    """DINO for one encoder; ``quiet`` (parallel runs) turns off its progress bar and TensorBoard."""
-    import torch
-
+    """DINO for one encoder; ``quiet`` (parallel runs: 1 thread each) turns off its progress bar and
+    TensorBoard."""
     from chada.ssl import pretrain
 
-    if s.threads or quiet:
-        torch.set_num_threads(s.threads or 1)
     out = s.out / "pretrain" / encoder
     epochs = s.epochs if encoder == "chada_vit" or s.baseline_epochs is None else s.baseline_epochs
     overrides = [
