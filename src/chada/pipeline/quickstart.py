@@ -80,6 +80,10 @@ class QuickstartSettings:
     steps_cap: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def epochs_of(self, encoder: str) -> int:
+        """DINO epochs of one encoder: ``epochs``, or ``baseline_epochs`` for the baselines when set."""
+        return self.epochs if encoder == "chada_vit" or self.baseline_epochs is None else self.baseline_epochs
+
     @classmethod
     def make(cls, out: str | os.PathLike, fast: bool = False, **kw: Any) -> QuickstartSettings:
         if fast:
@@ -194,7 +198,7 @@ def stage_pretrain(
     from chada.ssl import pretrain
 
     out = s.out / "pretrain" / encoder
-    epochs = s.epochs if encoder == "chada_vit" or s.baseline_epochs is None else s.baseline_epochs
+    epochs = s.epochs_of(encoder)
     overrides = [
         f"model.name={model_name}",
         *_model_overrides(model_name),
@@ -271,7 +275,7 @@ def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any]) -> None:
     one fails."""
     from tqdm.auto import tqdm
 
-    total = {enc: s.epochs if enc == "chada_vit" or s.baseline_epochs is None else s.baseline_epochs for enc in jobs}
+    total = {enc: s.epochs_of(enc) for enc in jobs}
     bars = {
         enc: tqdm(total=total[enc], desc=f"dino {enc}", unit="epoch", position=i, leave=True, disable=s.fast,
                   dynamic_ncols=True, bar_format="{desc:<26}{percentage:3.0f}%|{bar}| {n:.1f}/{total} epochs [{elapsed}]")
