@@ -91,12 +91,16 @@ def type_name(exc: BaseException) -> str:
     return f"{module.split('.')[0]}.{cls.__qualname__}"
 
 
-def short_message(text: str, limit: int = 300) -> str:
-    """``text`` with unprintable characters replaced and cut to ``limit`` characters.
+def short_message(text: str, limit: int = 300, one_line: bool = False) -> str:
+    """``text`` stripped, unprintable characters replaced, cut to ``limit`` characters.
 
     Decoders put raw bytes of a corrupt file into their messages; this keeps a report readable.
+    ``one_line``: also fold line breaks into spaces (for a library's message quoted inside ours).
     """
-    clean = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in str(text))
+    text = str(text).strip()
+    if one_line:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    clean = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in text)
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
@@ -116,16 +120,44 @@ def _unwrap_worker(text: str) -> str:
     return text
 
 
-def describe(exc: BaseException) -> str:
-    """The message to show for ``exc``: unwrapped from a worker, YAML marks folded into one line."""
+def describe(exc: BaseException, source: str | None = None) -> str:
+    """The message to show for ``exc``: unwrapped from a worker, YAML marks folded into one line.
+
+    ``source``: the file a YAML error came from (a parser fed with text does not know it).
+    """
     text = str(exc)
     if not text and exc.args:
         text = repr(exc.args[0])
     text = _unwrap_worker(text)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and text.startswith("[Errno"):
+        # "[Errno 21] Is a directory: 'x'" -> "x: is a directory, expected a file"
+        text = f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
+        if exc.filename2 is not None:
+            text += f" (and {exc.filename2})"
+        if isinstance(exc, IsADirectoryError):
+            text += ", expected a file"
+        elif isinstance(exc, NotADirectoryError):
+            text += ", expected a folder"
     yaml_errors = _yaml_error()
     if yaml_errors and isinstance(exc, yaml_errors):
-        text = "invalid YAML: " + " ".join(part.strip() for part in text.splitlines() if part.strip())
+        text = _describe_yaml(exc, source)
     return short_message(text.strip() or type(exc).__name__, limit=600)
+
+
+def _describe_yaml(exc: BaseException, source: str | None) -> str:
+    """``invalid YAML in cfg.yaml, line 3, column 9: expected ',' or ']', but got ':' (...)``."""
+    where = f" in {source}" if source else ""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"invalid YAML{where}: " + " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    text = f"invalid YAML{where}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context:
+        at = f" at line {context_mark.line + 1}" if context_mark is not None else ""
+        text += f" ({context}{at})"
+    return text
 
 
 def exit_code(exc: BaseException) -> int:
@@ -135,11 +167,14 @@ def exit_code(exc: BaseException) -> int:
     return 2 if isinstance(exc, INPUT_ERRORS) else 1
 
 
-def report(exc: BaseException, command: str, stream: TextIO | None = None) -> int:
-    """Print the one- or two-line report of ``exc`` for ``chada COMMAND`` and return the exit code."""
+def report(exc: BaseException, command: str, stream: TextIO | None = None, source: str | None = None) -> int:
+    """Print the one- or two-line report of ``exc`` for ``chada COMMAND`` and return the exit code.
+
+    ``source``: the config file of the command, named in a YAML error.
+    """
     stream = stream if stream is not None else sys.stderr
     code = exit_code(exc)
-    msg = describe(exc)
+    msg = describe(exc, source)
     if code == 2:
         print(f"chada {command}: error: {msg}", file=stream)
     elif isinstance(exc, _KNOWN_FAILURES):

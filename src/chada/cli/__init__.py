@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - the CLI's one error policy (chada.errors)
             if debug:
                 raise
-            return report(exc, command)
+            config = getattr(args, "config", None)
+            return report(exc, command, source=config if isinstance(config, str) else None)
     return int(rc or 0)
 
 

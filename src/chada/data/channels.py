@@ -13,8 +13,8 @@ Rules (exactly what :meth:`ChannelPolicy.resolve` does):
    :class:`ChannelNameError` (it names the image and the channel): two channels cannot share a slot.
    So is an image without channels or with an empty name. :func:`validate_channel_names` is this
    rule alone; ``chada data check`` uses it, so it refuses what ``chada embed`` refuses.
-3. ``canonical=None``: slot = position (``0..C-1``), the paper's rule; rule 2 applies, and more
-   channels than ``max_slots`` is an error naming the image. ``unknown="error"``
+3. ``canonical=None``: slot = position (``0..C-1``), the paper's rule; only rule 2 applies (too
+   many channels is left to the model's own check). ``unknown="error"``
    (``--strict-channels``) needs a canonical order: without one every name is "unknown", so
    :meth:`ChannelPolicy.resolve` refuses to run and says to give one with ``--channel-order A,B,C``.
 4. ``canonical=[n_0, n_1, ...]``: a known name ``n_j`` goes to slot ``j`` whatever its position in
@@ -29,7 +29,8 @@ Rules (exactly what :meth:`ChannelPolicy.resolve` does):
    - ``"append"``: the name joins the canonical list for good (silently) and keeps that slot for
      every later image: stable slots for a vocabulary discovered while reading, in first-seen order.
 
-6. A slot ``>= max_slots`` (the model's ``max_channels``, when known) is an error naming the image.
+6. With a canonical order, a slot ``>= max_slots`` (the model's ``max_channels``, when known) is an
+   error naming the image.
 
 :meth:`ChannelPolicy.from_model` reads the canonical order a checkpoint recorded: ``config.channel_names``
 (set by DINO pretraining with a channel vocabulary), else ``pretrained_extra["channel_vocab"]``; a
@@ -255,11 +256,6 @@ class ChannelPolicy:
                     "recorded none; give one with --channel-order A,B,C (e.g. --channel-order "
                     f"{','.join(str(n).strip() for n in names)}), or drop --strict-channels"
                 )
-            if self.max_slots is not None and len(names) > self.max_slots:
-                raise ChannelNameError(
-                    f"{where} has {len(names)} channels but the model has only {self.max_slots} channel "
-                    f"slots (C_max={self.max_slots}); drop channels or use a model with more slots"
-                )
             slots = list(range(len(names)))
         else:
             slots = []
@@ -289,6 +285,8 @@ class ChannelPolicy:
                     )
                 slots.append(spare)
                 spare += 1
+        # positional slots past the model are "too many channels": the model's own check says it best
+        # (a fixed-channel model needs exactly max_slots channels, which is not this rule)
         if self.canonical is not None and self.max_slots is not None and max(slots) >= self.max_slots:
             raise ChannelNameError(
                 f"{where}: channels {list(names)} need slot {max(slots)} but the model has only "

@@ -143,7 +143,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise ParserError, EmptyDataError,
         # UnicodeDecodeError, ArrowInvalid, OSError...: all mean "this file is not a readable table"
         kind = "Parquet" if suf in (".parquet", ".pq") else "CSV/TSV"
-        why = short_message(f"{type_name(exc)}: {exc}", limit=200)
+        why = short_message(f"{type_name(exc)}: {exc}", limit=200, one_line=True)
         raise ManifestError(f"{p}: not a readable {kind} manifest ({why})") from exc
     return df.reset_index(drop=True)
 
@@ -328,7 +328,8 @@ def check_manifest(
             add("bad_split", f"split {row['split']!r} is not one of {SPLITS}")
         names = row_channel_names(row)
         if not names:
-            add("missing_value", "channel_names is empty")
+            if "channel_names" in df.columns:  # a missing column is reported once, above
+                add("missing_value", "channel_names is empty")
         else:
             try:
                 validate_channel_names(names, iid)
@@ -367,10 +368,11 @@ def check_manifest(
             add("channel_name_count", f"{len(names)} channel_names {names} for {c} channels")
         detail = nonfinite_summary(img, names if len(names) == c else None, paths) if img.size else ""
         if detail:
+            src = f" in {paths[0]}" if len(paths) == 1 else ""
             if nan_policy == "error":
-                add("nan_pixels", f"non-finite pixels: {detail} (fix the file, or read with nan_policy='replace')")
+                add("nan_pixels", f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')")
             else:
-                add("nan_pixels", f"non-finite pixels, replaced when read: {detail}", severity="warning")
+                add("nan_pixels", f"non-finite pixels{src}, replaced when read: {detail}", severity="warning")
     problems.sort(key=lambda p: (p.row or 0, p.kind))
     return problems
 

@@ -241,7 +241,12 @@ def to_chw(array: np.ndarray, axes: str | None = None) -> np.ndarray:
     return arr
 
 
-def _as_float32(arr: np.ndarray) -> np.ndarray:
+def _as_float32(arr: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize > 4 and arr.size:
+        # a finite float64 beyond float32's range would turn into inf in the cast
+        big = np.abs(np.where(np.isfinite(arr), arr, 0)).max()
+        if big > np.finfo(np.float32).max:
+            raise ImageReadError(f"{path}: pixel values up to {big:.3g} do not fit float32; rescale the image")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -367,11 +372,11 @@ def read_image(path: str | Path, nan_policy: str = "error", nan_fill: float | No
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes decoders raise anything: zlib.error,
         # struct.error, IndexError, tifffile.TiffFileError, PIL errors, zarr errors, MemoryError for a
         # garbage size field...; each is this file's fault, and the message must name the file.
-        why = short_message(f"{type_name(exc)}: {exc}", limit=200)
+        why = short_message(f"{type_name(exc)}: {exc}", limit=200, one_line=True)
         raise ImageReadError(f"{p}: cannot read image, the file is corrupt, truncated or not a {suf} image ({why})") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    return check_finite_pixels(_as_float32(arr), files=[p], nan_policy=nan_policy, nan_fill=nan_fill)
+    return check_finite_pixels(_as_float32(arr, p), files=[p], nan_policy=nan_policy, nan_fill=nan_fill)
 
 
 def read_channels(
