@@ -62,15 +62,23 @@ def image_dir(tmp_path_factory) -> Path:
     return d
 
 
-rows_strategy = st.lists(
-    st.tuples(
-        st.sampled_from(["a", "b", "c", "d", "e", "f"]),  # small id pool: duplicates happen
-        st.sampled_from(sorted(FILES)),
-        st.lists(st.sampled_from(NAMES), min_size=0, max_size=4),
-    ),
-    min_size=0,
-    max_size=6,
-)
+DISTINCT = ["DAPI", "Actin", "Mito", "ER", "Golgi", "RNA", "AGP", "Tubulin", "Nucleoli", "Membrane", "Lyso"]
+
+
+@st.composite
+def _row(draw) -> tuple[str, str, list[str]]:
+    """One row; most of them valid so that both outcomes of every check get exercised."""
+    iid = draw(st.sampled_from(["a", "b", "c", "d", "e", "f"]))  # small id pool: duplicates happen
+    file = draw(st.sampled_from(["c1.tif", "c2.tif", "c3.tif"] * 3 + sorted(FILES)))
+    spec = FILES[file]
+    if spec is not None and draw(st.integers(0, 3)) > 0:  # the right number of distinct names
+        names = draw(st.lists(st.sampled_from(DISTINCT), min_size=spec[0], max_size=spec[0], unique=True))
+    else:  # anything: blanks, case-folded duplicates, wrong counts
+        names = draw(st.lists(st.sampled_from(NAMES), min_size=0, max_size=4))
+    return iid, file, names
+
+
+rows_strategy = st.lists(_row(), min_size=0, max_size=5)
 
 
 def _write(image_dir: Path, rows: list[tuple[str, str, list[str]]], name: str = "m.csv") -> Path:
@@ -130,7 +138,7 @@ def test_check_finds_exactly_the_problems_of_a_random_manifest(image_dir, rows):
     assert "Traceback" not in text
 
 
-@fuzz(12)
+@fuzz(20)
 @given(rows=rows_strategy.map(lambda rs: list({r[0]: r for r in rs}.values())))  # unique ids
 def test_embed_refuses_exactly_what_check_refuses(image_dir, tmp_path_factory, rows):
     path = _write(image_dir, rows, "e.csv")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from chada.data.channels import validate_channel_names
 from chada.data.manifest import (
     STANDARD_COLUMNS,
     load_manifest,
@@ -160,6 +161,8 @@ class ManifestDataset(Dataset):
         # errors name the image id and the file, also when raised in a DataLoader worker
         arr = read_row_image(row, self.root, nan_policy=self.nan_policy, nan_fill=self.nan_fill)
         names = row_channel_names(row)
+        # the rule `chada embed` and `chada data check` apply: every command refuses the same rows
+        validate_channel_names(names, None if row.get("image_id") is None else str(row.get("image_id")))
         if len(names) != arr.shape[0]:
             raise InputError(
                 f"image {row.get('image_id')!r}: {len(names)} channel_names for {arr.shape[0]} channels "
