@@ -260,6 +260,8 @@ def argv_for(command: str, path: Path, out: Path) -> list[str]:
         return ["pretrain", *_tiny_pretrain(path, out / "run"), "data.num_workers=1"]
     if command == "pretrain-config":
         return ["pretrain", "--config", str(path), "--print-config"]
+    if command == "evaluate-config":
+        return ["evaluate", "--config", str(path), "--out", str(out / "eval"), "--quiet"]
     raise ValueError(command)
 
 
@@ -325,9 +327,10 @@ CASES: list[Case] = [
     Case("manifest-missing-column", _manifest_no_column, READERS, needles=("channel_names",)),
     Case("duplicate-image-ids", _dup_ids, ("check",), needles=("good0", "row 1", "row 4")),
     # --- configs
-    Case("yaml-syntax", _yaml("optim:\n  lr: [1, 2\n  epochs: 3\n"), ("pretrain-config",), needles=("config.yaml", "YAML")),
+    Case("yaml-syntax", _yaml("optim:\n  lr: [1, 2\n  epochs: 3\n"), ("pretrain-config", "evaluate-config"),
+         needles=("config.yaml", "YAML", "line 3")),
     Case("yaml-not-a-mapping", _yaml("- just\n- a list\n"), ("pretrain-config",), needles=("config",)),
-    Case("config-is-directory", _config_dir, ("pretrain-config",), needles=("config.yaml",)),
+    Case("config-is-directory", _config_dir, ("pretrain-config", "evaluate-config"), needles=("config.yaml",)),
 ]  # fmt: skip
 
 RUNS = [pytest.param(case, cmd, id=f"{case.name}-{cmd}") for case in CASES for cmd in case.commands]
