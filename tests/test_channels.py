@@ -160,3 +160,28 @@ def test_cli_options_build_the_policy():
     assert parse_channel_order("") is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--channel-alias", "nonsense"])
+
+
+def test_strict_channels_without_any_order_is_an_error_that_says_how_to_give_one():
+    pol = ChannelPolicy(None, unknown="error")
+    with pytest.raises(ChannelNameError, match=r"--channel-order DAPI,Actin"):
+        pol.resolve(["DAPI", "Actin"], image="i1")
+    bare = create_model("chada_vit_test")  # records no channel order
+    args = argparse.Namespace(channel_order=None, strict_channels=True, channel_alias=None)
+    with pytest.raises(ChannelNameError, match="--channel-order"):
+        policy_from_args(args, bare).resolve(["FooStain"])
+    args.channel_order = "DAPI,FooStain"
+    assert policy_from_args(args, bare).resolve(["FooStain"]) == [1]
+
+
+def test_validate_channel_names_is_the_rule_resolve_applies():
+    from chada.data.channels import validate_channel_names
+
+    validate_channel_names(["DAPI", "Actin"], "ok")
+    with pytest.raises(ChannelNameError, match=r"'r2'.*'dapi' appears twice \(positions 0 and 2\)"):
+        validate_channel_names(["DAPI", "Actin", "dapi"], "r2")
+    validate_channel_names(["DAPI", "dapi"], case_insensitive=False)
+    with pytest.raises(ChannelNameError, match="empty name"):
+        validate_channel_names(["DAPI", " "])
+    with pytest.raises(ChannelNameError, match="no channels"):
+        validate_channel_names([], "e")

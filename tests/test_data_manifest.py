@@ -78,7 +78,7 @@ def test_cli_check_nonzero_and_names_rows(tmp_path, capsys):
     path = _broken_manifest(tmp_path)
     rc = main(["data", "check", str(path)])
     err = capsys.readouterr().err
-    assert rc != 0
+    assert rc == 2
     for r in (1, 3, 4, 5, 6, 7, 8, 9, 10):
         assert f"row {r} " in err, r
     assert "row 2 " not in err and "row 11 " not in err
@@ -107,3 +107,44 @@ def test_load_manifest_keeps_string_ids(tmp_path):
         tmp_path / "m.csv", index=False
     )
     assert load_manifest(tmp_path / "m.csv")["image_id"].iloc[0] == "007"
+
+
+def test_load_manifest_refuses_unusable_files_naming_them(tmp_path):
+    import pytest
+
+    from chada.data.manifest import ManifestError, validate_columns
+
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ManifestError, match="dir.csv: is a directory"):
+        load_manifest(tmp_path / "dir.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ManifestError, match="empty.csv: not a readable CSV"):
+        load_manifest(tmp_path / "empty.csv")
+    (tmp_path / "m.xlsx").write_text("x")
+    with pytest.raises(ManifestError, match="must be .csv"):
+        load_manifest(tmp_path / "m.xlsx")
+    (tmp_path / "h.csv").write_text("image_id,dataset,file,channel_names\n")
+    with pytest.raises(ManifestError, match="0 images"):
+        validate_columns(load_manifest(tmp_path / "h.csv"), tmp_path / "h.csv")
+    validate_columns(load_manifest(tmp_path / "h.csv"), allow_empty=True)
+    with pytest.raises(ManifestError, match="channel_names"):
+        validate_columns(pd.DataFrame({"image_id": ["a"], "dataset": ["d"], "file": ["f"]}))
+    assert [p.kind for p in check_manifest(tmp_path / "h.csv")] == ["empty"]
+
+
+def test_duplicate_channel_names_and_nan_policy_in_check(tmp_path):
+    good = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "g.tif", good)
+    nan = good.copy()
+    nan[0, 1, 1] = np.nan
+    tifffile.imwrite(tmp_path / "n.tif", nan)
+    rows = [
+        dict(image_id="a", dataset="s", file="g.tif", channel_names="DAPI;Dapi"),
+        dict(image_id="b", dataset="s", file="n.tif", channel_names="DAPI;Actin"),
+    ]
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+    problems = check_manifest(path)
+    assert [(p.row, p.kind, p.severity) for p in problems] == [(1, "channel_names", "error"), (2, "nan_pixels", "error")]
+    assert "'Dapi' appears twice" in problems[0].message and "channel 0 'DAPI': 1 NaN" in problems[1].message
+    relaxed = check_manifest(path, nan_policy="replace")
+    assert [(p.row, p.severity) for p in relaxed] == [(1, "error"), (2, "warning")]

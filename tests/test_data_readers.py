@@ -142,3 +142,82 @@ def test_normalize_methods_and_constant_channel():
     np.testing.assert_array_equal(n, x)
     with pytest.raises(ValueError):
         normalize_channels(x, "zscore")
+
+
+# ------------------------------------------------------------------------------ NaN / inf policy
+def test_nan_pixels_are_an_error_naming_image_channel_and_file(tmp_path):
+    from chada.data.readers import NonFinitePixelError, check_finite_pixels
+
+    a = _chw(3).astype(np.float32)
+    a[1, 2, 3] = np.nan
+    a[2, 0, 0] = np.inf
+    a[2, 0, 1] = -np.inf
+    tifffile.imwrite(tmp_path / "n.tif", a, photometric="minisblack", metadata={"axes": "CYX"})
+    with pytest.raises(NonFinitePixelError, match="n.tif"):
+        read_image(tmp_path / "n.tif")
+    with pytest.raises(NonFinitePixelError) as info:
+        check_finite_pixels(a, image_id="img9", channel_names=["DAPI", "Actin", "Mito"], files=["x.tif"])
+    msg = str(info.value)
+    assert "'img9'" in msg and "x.tif" in msg
+    assert "channel 1 'Actin': 1 NaN pixel(s)" in msg and "channel 2 'Mito': 2 inf pixel(s)" in msg
+    assert "channel 0" not in msg
+    # per-channel files: each channel names its own file
+    for k in range(3):
+        tifffile.imwrite(tmp_path / f"c{k}.tif", a[k])
+    with pytest.raises(NonFinitePixelError, match=r"channel 1: 1 NaN pixel\(s\) in \S*c1.tif"):
+        read_channels([tmp_path / f"c{k}.tif" for k in range(3)])
+    assert np.isnan(read_image(tmp_path / "n.tif", nan_policy="keep")[1, 2, 3])
+
+
+def test_nan_replace_uses_the_finite_median_or_nan_fill_and_warns_per_image():
+    from chada.data.readers import NonFinitePixelWarning, check_finite_pixels
+
+    a = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    a[0, 0, 0] = np.nan
+    a[1, 1, 1] = np.inf
+    with pytest.warns(NonFinitePixelWarning, match=r"'im3'.*channel 0 'A' with 8.*channel 1 'B' with 24"):
+        out = check_finite_pixels(a, image_id="im3", channel_names=["A", "B"], nan_policy="replace")
+    assert out[0, 0, 0] == np.median(a[0][np.isfinite(a[0])]) == 8.0
+    assert out[1, 1, 1] == np.median(a[1][np.isfinite(a[1])]) == 24.0
+    assert np.isnan(a[0, 0, 0])  # the input is not modified
+    with pytest.warns(NonFinitePixelWarning, match="nan_fill"):
+        out = check_finite_pixels(a, nan_policy="replace", nan_fill=-1.0)
+    assert out[0, 0, 0] == -1.0 and out[1, 1, 1] == -1.0
+    all_nan = np.full((1, 2, 2), np.nan, np.float32)
+    with pytest.warns(NonFinitePixelWarning):
+        assert (check_finite_pixels(all_nan, nan_policy="replace") == 0).all()  # no finite pixel: 0
+    clean = np.ones((1, 2, 2), np.float32)
+    assert check_finite_pixels(clean) is clean  # nothing to do, no copy
+    with pytest.raises(ValueError, match="nan_policy"):
+        check_finite_pixels(clean, nan_policy="ignore")
+
+
+def test_one_nan_no_longer_zeroes_the_channel():
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 10, (2, 32, 32)).astype(np.float32)
+    x[0, 5, 5] = np.nan
+    x[1, 6, 6] = np.inf
+    for method in ("percentile", "minmax"):
+        out = normalize_channels(x, method)
+        assert np.isnan(out[0, 5, 5]) and np.isnan(out).sum() == 1
+        assert out[1, 6, 6] == 1.0
+        for c in range(2):
+            finite = np.isfinite(x[c])
+            assert out[c][finite].max() == pytest.approx(1.0) and out[c][finite].mean() > 0.2
+
+
+def test_float64_values_beyond_float32_are_an_error(tmp_path):
+    np.save(tmp_path / "big.npy", np.array([[1.0, 1e300]]))
+    with pytest.raises(ImageReadError, match="do not fit float32"):
+        read_image(tmp_path / "big.npy")
+
+
+def test_directory_and_corrupt_files_name_the_file(tmp_path):
+    (tmp_path / "d.tif").mkdir()
+    with pytest.raises(ImageReadError, match=r"d.tif: is a directory"):
+        read_image(tmp_path / "d.tif")
+    (tmp_path / "t.tif").write_bytes(b"II*\x00" + bytes(range(256)))
+    with pytest.raises(ImageReadError, match=r"t.tif: cannot read image"):
+        read_image(tmp_path / "t.tif")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_image(tmp_path / "nope.png")

@@ -23,28 +23,44 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
         help="validate a manifest; report every bad row",
-        description="Validate a manifest (CSV/Parquet). Reports EVERY bad row and exits 1 if any.",
+        description=(
+            "Validate a manifest (CSV/Parquet). Reports EVERY bad row (missing, unreadable or empty file, "
+            "channel count 0 or > C_max, channel_names count or duplicates, H/W mismatch, duplicate "
+            "image ids, NaN/inf pixels per image) and exits 2 if any; 0 images is an error too."
+        ),
     )
     p.add_argument("manifest", help="manifest file (.csv/.tsv/.parquet)")
     p.add_argument("--c-max", type=int, default=10, help="largest accepted channel count (default 10)")
     p.add_argument("--root", default=None, help="folder for relative paths (default: manifest's folder)")
     p.add_argument("--no-read", action="store_true", help="only check that files exist (fast)")
+    p.add_argument(
+        "--nan-policy",
+        choices=("error", "replace"),
+        default="error",
+        help="NaN/inf pixels: error (default) or replace (reported as warnings: the readers' "
+        "nan_policy='replace' fills them with the channel's finite median)",
+    )
     p.set_defaults(func=_run_check)
 
 
 def _run_check(args: argparse.Namespace) -> int:
     from chada.data.manifest import check_manifest, load_manifest
 
-    problems = check_manifest(args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read)
-    if not problems:
-        n = len(load_manifest(args.manifest))
-        print(f"{args.manifest}: OK ({n} images)")
-        return 0
-    rows = {p.row for p in problems if p.row is not None}
+    problems = check_manifest(
+        args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read, nan_policy=args.nan_policy
+    )
+    errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         print(str(p), file=sys.stderr)
-    print(f"{args.manifest}: {len(problems)} problem(s) in {len(rows)} row(s)", file=sys.stderr)
-    return 1
+    if not errors:
+        n = len(load_manifest(args.manifest))
+        notes = f", {len(problems)} warning(s)" if problems else ""
+        print(f"{args.manifest}: OK ({n} images{notes})")
+        return 0
+    rows = {p.row for p in errors if p.row is not None}
+    where = f" in {len(rows)} row(s)" if rows else ""
+    print(f"chada data check: {args.manifest}: {len(errors)} problem(s){where}", file=sys.stderr)
+    return 2
 
 
 # --------------------------------------------------------------------------------------- summary

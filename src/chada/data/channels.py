@@ -11,7 +11,12 @@ Rules (exactly what :meth:`ChannelPolicy.resolve` does):
    (``{"Hoechst": "DAPI"}``) rename a channel before the look-up.
 2. A name occurring twice in one image (after aliasing and case folding) is refused with
    :class:`ChannelNameError` (it names the image and the channel): two channels cannot share a slot.
-3. ``canonical=None``: slot = position (``0..C-1``), the paper's rule; only rule 2 applies.
+   So is an image without channels or with an empty name. :func:`validate_channel_names` is this
+   rule alone; ``chada data check`` uses it, so it refuses what ``chada embed`` refuses.
+3. ``canonical=None``: slot = position (``0..C-1``), the paper's rule; only rule 2 applies (too
+   many channels is left to the model's own check). ``unknown="error"``
+   (``--strict-channels``) needs a canonical order: without one every name is "unknown", so
+   :meth:`ChannelPolicy.resolve` refuses to run and says to give one with ``--channel-order A,B,C``.
 4. ``canonical=[n_0, n_1, ...]``: a known name ``n_j`` goes to slot ``j`` whatever its position in
    the image, so ``[Actin, DAPI]`` and ``[DAPI, Actin]`` give the same slots per stain.
 5. Unknown names (not in ``canonical``) follow ``unknown``:
@@ -25,7 +30,7 @@ Rules (exactly what :meth:`ChannelPolicy.resolve` does):
      every later image: stable slots for a vocabulary discovered while reading, in first-seen order.
 
 6. With a canonical order, a slot ``>= max_slots`` (the model's ``max_channels``, when known) is an
-   error naming the image. (Positionally, too many channels is left to the model's own check.)
+   error naming the image.
 
 :meth:`ChannelPolicy.from_model` reads the canonical order a checkpoint recorded: ``config.channel_names``
 (set by DINO pretraining with a channel vocabulary), else ``pretrained_extra["channel_vocab"]``; a
@@ -44,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chada.errors import InputError
 from chada.models.batch import ChannelBatch
 
 __all__ = [
@@ -57,17 +63,55 @@ __all__ = [
     "model_channel_names",
     "parse_channel_order",
     "policy_from_args",
+    "validate_channel_names",
 ]
 
 UNKNOWN_POLICIES = ("warn", "error", "append")
 
 
-class ChannelNameError(ValueError):
+class ChannelNameError(InputError):
     """A channel name an image cannot use: duplicated, unknown under the strict policy, or no slot left."""
 
 
 class UnknownChannelWarning(UserWarning):
     """A channel name outside the canonical order was given a spare slot."""
+
+
+def validate_channel_names(
+    names: Sequence[str],
+    image: str | None = None,
+    case_insensitive: bool = True,
+    keys: Sequence[str] | None = None,
+) -> None:
+    """Rule 2 for one image: at least one channel, no empty name, no name twice.
+
+    Args:
+        names: the image's channel names as written (named in the error).
+        image: the image's id, named in the error.
+        case_insensitive: ``"DAPI"`` and ``"dapi"`` are the same channel.
+        keys: the names as compared (after aliasing and case folding); default: ``names`` stripped
+            (and lower-cased when ``case_insensitive``).
+
+    Raises:
+        ChannelNameError: naming the image, the channel and its two positions.
+    """
+    if isinstance(names, str):
+        raise TypeError("names must be a list of channel names, not one string")
+    where = f"image {image!r}" if image is not None else "image"
+    if len(names) == 0:
+        raise ChannelNameError(f"{where} has no channels")
+    if keys is None:
+        keys = [str(n).strip().lower() if case_insensitive else str(n).strip() for n in names]
+    seen: dict[str, int] = {}
+    for pos, (key, name) in enumerate(zip(keys, names)):
+        if not key:
+            raise ChannelNameError(f"{where}: channel {pos} has an empty name")
+        if key in seen:
+            raise ChannelNameError(
+                f"{where}: channel {name!r} appears twice (positions {seen[key]} and {pos}); "
+                "every channel of an image needs its own name"
+            )
+        seen[key] = pos
 
 
 def parse_channel_order(text: str | Sequence[str] | None) -> list[str] | None:
@@ -202,21 +246,16 @@ class ChannelPolicy:
         if isinstance(names, str):
             raise TypeError("names must be a list of channel names, not one string")
         where = f"image {image!r}" if image is not None else "image"
-        if len(names) == 0:
-            raise ChannelNameError(f"{where} has no channels")
         mapped = [self.canonical_name(n) for n in names]
         keys = [self._key(n) for n in mapped]
-        seen: dict[str, int] = {}
-        for pos, (key, name) in enumerate(zip(keys, names)):
-            if not key:
-                raise ChannelNameError(f"{where}: channel {pos} has an empty name")
-            if key in seen:
-                raise ChannelNameError(
-                    f"{where}: channel {name!r} appears twice (positions {seen[key]} and {pos}); "
-                    "every channel of an image needs its own name"
-                )
-            seen[key] = pos
+        validate_channel_names(names, image, keys=keys)
         if self.canonical is None:
+            if self.unknown == "error":
+                raise ChannelNameError(
+                    "--strict-channels needs a canonical channel order, but none was given and the model "
+                    "recorded none; give one with --channel-order A,B,C (e.g. --channel-order "
+                    f"{','.join(str(n).strip() for n in names)}), or drop --strict-channels"
+                )
             slots = list(range(len(names)))
         else:
             slots = []
@@ -247,6 +286,7 @@ class ChannelPolicy:
                 slots.append(spare)
                 spare += 1
         # positional slots past the model are "too many channels": the model's own check says it best
+        # (a fixed-channel model needs exactly max_slots channels, which is not this rule)
         if self.canonical is not None and self.max_slots is not None and max(slots) >= self.max_slots:
             raise ChannelNameError(
                 f"{where}: channels {list(names)} need slot {max(slots)} but the model has only "

@@ -31,8 +31,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chada.data.manifest import STANDARD_COLUMNS, load_manifest, read_row_image, row_channel_names
+from chada.data.channels import validate_channel_names
+from chada.data.manifest import (
+    STANDARD_COLUMNS,
+    load_manifest,
+    read_row_image,
+    row_channel_names,
+    validate_columns,
+)
 from chada.data.normalize import Normalizer, get_normalizer
+from chada.errors import InputError
 from chada.models.batch import ChannelBatch
 
 __all__ = [
@@ -83,6 +91,14 @@ class ManifestDataset(Dataset):
         size: optional fixed output size (int or (H, W)) applied before ``transform``.
         normalize: ``"percentile"`` (default), ``"minmax"``, ``"none"``/``None`` or a :class:`Normalizer`.
         label_column: column used as ``label`` (e.g. ``"target"`` for regression).
+        nan_policy: NaN/inf pixels: ``"error"`` (default; names the image, channel and file) or
+            ``"replace"`` (with ``nan_fill``, else the channel's finite median; one warning per
+            touched image). See :func:`chada.data.readers.check_finite_pixels`.
+        nan_fill: the replacement value for ``nan_policy="replace"`` (None = the channel's median).
+
+    Raises:
+        FileNotFoundError / chada.data.manifest.ManifestError: the manifest is missing, unreadable,
+            lacks a required column, or (a file) has no rows.
     """
 
     def __init__(
@@ -95,12 +111,20 @@ class ManifestDataset(Dataset):
         size: int | tuple[int, int] | None = None,
         normalize: str | Normalizer | None = "percentile",
         label_column: str = "label",
+        nan_policy: str = "error",
+        nan_fill: float | None = None,
     ) -> None:
+        from chada.data.readers import NAN_POLICIES
+
+        if nan_policy not in NAN_POLICIES[:2]:
+            raise ValueError(f"nan_policy must be 'error' or 'replace', got {nan_policy!r}")
         if isinstance(manifest, pd.DataFrame):
             df = manifest.reset_index(drop=True)
+            validate_columns(df, "manifest DataFrame", allow_empty=True)
             self.root = Path(root) if root is not None else Path.cwd()
         else:
             df = load_manifest(manifest)
+            validate_columns(df, manifest)
             self.root = Path(root) if root is not None else Path(manifest).parent
         if split is not None:
             splits = [split] if isinstance(split, str) else list(split)
@@ -114,6 +138,8 @@ class ManifestDataset(Dataset):
         self.size = size
         self.normalizer = get_normalizer(normalize)
         self.label_column = label_column
+        self.nan_policy = nan_policy
+        self.nan_fill = nan_fill
         skip = set(STANDARD_COLUMNS) | {label_column}
         self.meta_columns = [c for c in self.frame.columns if c not in skip]
 
@@ -132,14 +158,14 @@ class ManifestDataset(Dataset):
     def read(self, index: int) -> tuple[Tensor, list[str]]:
         """Raw-read + normalise + resize one image: ``([C, H, W] float32, channel names)``."""
         row = self._rows[index]
-        try:
-            arr = read_row_image(row, self.root)
-        except (OSError, ValueError) as exc:  # name the image: a reader only knows the file
-            raise type(exc)(f"image {row.get('image_id')}: {exc} (run `chada data check` on the manifest)") from exc
+        # errors name the image id and the file, also when raised in a DataLoader worker
+        arr = read_row_image(row, self.root, nan_policy=self.nan_policy, nan_fill=self.nan_fill)
         names = row_channel_names(row)
+        # the rule `chada embed` and `chada data check` apply: every command refuses the same rows
+        validate_channel_names(names, None if row.get("image_id") is None else str(row.get("image_id")))
         if len(names) != arr.shape[0]:
-            raise ValueError(
-                f"image {row.get('image_id')}: {len(names)} channel_names for {arr.shape[0]} channels "
+            raise InputError(
+                f"image {row.get('image_id')!r}: {len(names)} channel_names for {arr.shape[0]} channels "
                 "(run `chada data check` on the manifest)"
             )
         img = torch.from_numpy(self.normalizer(arr))

@@ -17,6 +17,12 @@ Schema (column: meaning):
 
 Row numbers reported by :func:`check_manifest` count data rows from 1 (row 1 = first row after the
 CSV header), so in a CSV file row ``r`` is on line ``r + 1``.
+
+Bad manifests: a missing path raises ``FileNotFoundError``; a directory, an unknown suffix, a file
+that does not parse as CSV/TSV/Parquet (binary garbage, bad quoting, empty file, corrupt Parquet)
+raise :class:`ManifestError` naming the file; :func:`validate_columns` refuses missing required
+columns and a manifest without rows. :func:`read_row_image` names the row's image id in every read
+error.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chada.errors import InputError, short_message, type_name
+
 __all__ = [
     "REQUIRED_COLUMNS",
+    "ManifestError",
     "STANDARD_COLUMNS",
     "SPLITS",
     "Problem",
@@ -43,12 +52,18 @@ __all__ = [
     "read_row_image",
     "check_manifest",
     "format_problems",
+    "validate_columns",
 ]
 
 REQUIRED_COLUMNS = ("image_id", "dataset", "channel_names")
 STANDARD_COLUMNS = ("image_id", "dataset", "channel_files", "file", "channel_names", "split", "label")
 SPLITS = ("train", "val", "test")
 SEP = ";"
+READ_HINT = "run `chada data check` on the manifest to list every bad row"
+
+
+class ManifestError(InputError):
+    """A manifest that cannot be used as a whole: unreadable, missing columns, no rows."""
 
 
 @dataclass(frozen=True)
@@ -60,17 +75,21 @@ class Problem:
         image_id: the row's ``image_id`` (``None`` when missing or manifest-wide).
         kind: short machine-readable category, e.g. ``"missing_file"``.
         message: human-readable explanation.
+        severity: ``"error"`` (the row cannot be used) or ``"warning"`` (it can, with a change the
+            message names, e.g. NaN pixels replaced under ``nan_policy="replace"``).
     """
 
     row: int | None
     image_id: str | None
     kind: str
     message: str
+    severity: str = "error"
 
     def __str__(self) -> str:
         where = "manifest" if self.row is None else f"row {self.row}"
         ident = f" ({self.image_id})" if self.image_id else ""
-        return f"{where}{ident}: [{self.kind}] {self.message}"
+        tag = self.kind if self.severity == "error" else f"{self.kind}, {self.severity}"
+        return f"{where}{ident}: [{tag}] {self.message}"
 
 
 def _is_missing(value: Any) -> bool:
@@ -97,22 +116,54 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest (``.csv``, ``.tsv``, ``.parquet``/``.pq``) as a DataFrame of its raw columns.
 
     ``image_id``/``dataset``/path/name columns are read as strings so ids such as ``"007"`` survive.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ManifestError: a directory, an unknown suffix, or a file that does not parse.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"manifest not found: {p}")
+    if p.is_dir():
+        raise ManifestError(f"{p}: is a directory; a manifest is a .csv, .tsv or .parquet file")
     suf = p.suffix.lower()
     str_cols = {c: "string" for c in ("image_id", "dataset", "channel_files", "file", "channel_names", "split")}
-    if suf in (".parquet", ".pq"):
-        df = pd.read_parquet(p)
-        for c in str_cols:
-            if c in df.columns:
-                df[c] = df[c].astype("string")
-    elif suf in (".csv", ".tsv", ".txt"):
-        df = pd.read_csv(p, sep="\t" if suf == ".tsv" else ",", dtype=str_cols, keep_default_na=True)
-    else:
-        raise ValueError(f"{p}: manifest must be .csv, .tsv or .parquet, got {suf!r}")
+    if suf not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise ManifestError(f"{p}: manifest must be .csv, .tsv or .parquet, got {suf!r}")
+    try:
+        if suf in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+            for c in str_cols:
+                if c in df.columns:
+                    df[c] = df[c].astype("string")
+        else:
+            df = pd.read_csv(p, sep="\t" if suf == ".tsv" else ",", dtype=str_cols, keep_default_na=True)
+    except PermissionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise ParserError, EmptyDataError,
+        # UnicodeDecodeError, ArrowInvalid, OSError...: all mean "this file is not a readable table"
+        kind = "Parquet" if suf in (".parquet", ".pq") else "CSV/TSV"
+        why = short_message(f"{type_name(exc)}: {exc}", limit=200, one_line=True)
+        raise ManifestError(f"{p}: not a readable {kind} manifest ({why})") from exc
     return df.reset_index(drop=True)
+
+
+def validate_columns(df: pd.DataFrame, path: str | Path | None = None, allow_empty: bool = False) -> None:
+    """Refuse a manifest without its required columns or (unless ``allow_empty``) without rows.
+
+    Raises:
+        ManifestError: naming the manifest and the missing columns, or saying it has 0 images.
+    """
+    name = str(path) if path is not None else "manifest"
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if "channel_files" not in df.columns and "file" not in df.columns:
+        missing.append("channel_files or file")
+    if missing:
+        raise ManifestError(
+            f"{name}: required column(s) missing: {', '.join(missing)} (columns found: {list(df.columns)})"
+        )
+    if len(df) == 0 and not allow_empty:
+        raise ManifestError(f"{name}: 0 images (the manifest has a header but no rows)")
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
@@ -154,23 +205,68 @@ def row_channel_names(row: pd.Series | dict) -> list[str]:
     return split_list(row.get("channel_names"))
 
 
-def read_row_image(row: pd.Series | dict, root: str | Path) -> np.ndarray:
-    """Read a manifest row's pixels as ``[C, H, W]`` float32 (no normalisation)."""
+def _read_row_raw(row: pd.Series | dict, root: str | Path) -> tuple[np.ndarray, list[Path]]:
+    """A row's pixels with NaN/inf kept, and its files (errors name the file, not the image)."""
     from chada.data.readers import read_channels, read_image
 
     kind, paths = row_paths(row, root)
-    return read_channels(paths) if kind == "channel_files" else read_image(paths[0])
+    arr = read_channels(paths, nan_policy="keep") if kind == "channel_files" else read_image(paths[0], nan_policy="keep")
+    return arr, paths
+
+
+def read_row_image(
+    row: pd.Series | dict, root: str | Path, nan_policy: str = "error", nan_fill: float | None = None
+) -> np.ndarray:
+    """Read a manifest row's pixels as ``[C, H, W]`` float32 (no normalisation).
+
+    Every error names the row's ``image_id`` and the file. ``nan_policy`` / ``nan_fill``: the NaN/inf
+    rule of :func:`chada.data.readers.check_finite_pixels` (default: an error naming the image, the
+    channel index and name, and the file).
+
+    Raises:
+        FileNotFoundError: a file of the row does not exist.
+        chada.data.readers.ImageReadError: unreadable file, empty image, or NaN/inf pixels.
+        InputError: the row fills neither or both of ``channel_files`` / ``file``.
+    """
+    from chada.data.readers import ImageReadError, check_finite_pixels
+
+    iid = row.get("image_id")
+    who = f"image {None if _is_missing(iid) else str(iid)!r}"
+    try:
+        arr, paths = _read_row_raw(row, root)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{who}: {exc}; {READ_HINT}") from exc
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{who}: {exc}; {READ_HINT}") from exc
+    except ValueError as exc:  # row_paths: no file / both file columns
+        raise InputError(f"{who}: {exc}; {READ_HINT}") from exc
+    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ImageReadError(f"{who}: the image is empty (shape {tuple(arr.shape)}) in {paths[0]}; {READ_HINT}")
+    return check_finite_pixels(
+        arr,
+        image_id=None if _is_missing(iid) else str(iid),
+        channel_names=row_channel_names(row),
+        files=paths,
+        nan_policy=nan_policy,
+        nan_fill=nan_fill,
+    )
 
 
 def check_manifest(
-    path: str | Path, c_max: int = 10, root: str | Path | None = None, read_pixels: bool = True
+    path: str | Path,
+    c_max: int = 10,
+    root: str | Path | None = None,
+    read_pixels: bool = True,
+    nan_policy: str = "error",
 ) -> list[Problem]:
     """Validate a manifest and return EVERY problem found (empty list = valid).
 
-    Checks per row: required fields present, exactly one of ``channel_files``/``file``, files exist,
-    image readable, channel count in ``1..c_max``, ``channel_names`` count equals channel count, all
-    channels share H/W, no NaN (or inf) pixels, ``split`` value valid; and across rows: duplicate
-    ``image_id`` (every duplicate row is named).
+    Checks: the file parses, required columns exist, at least one row; per row: required fields
+    present, exactly one of ``channel_files``/``file``, files exist, image readable and not empty,
+    channel count in ``1..c_max``, ``channel_names`` count equals channel count, channel names valid
+    (the same rule :mod:`chada.data.channels` applies in ``embed``: none empty, none twice, case
+    folded), all channels share H/W, no NaN (or inf) pixels, ``split`` value valid; and across rows:
+    duplicate ``image_id`` (the first row names the later ones, each later one names the first).
 
     Args:
         path: manifest file.
@@ -178,9 +274,17 @@ def check_manifest(
         root: folder relative paths are resolved against (default: the manifest's folder).
         read_pixels: read every image (needed for NaN / H/W / count checks); ``False`` only checks
             that the files exist, for a quick pass over a very large manifest.
-    """
-    from chada.data.readers import ImageReadError
+        nan_policy: ``"error"`` (default): NaN/inf pixels are a problem; ``"replace"``: they are
+            reported with ``severity="warning"`` (the reader would replace them), not as errors.
 
+    Returns:
+        the problems, by row; ``severity == "error"`` ones make the manifest unusable.
+    """
+    from chada.data.channels import ChannelNameError, validate_channel_names
+    from chada.data.readers import NAN_POLICIES, ImageReadError, nonfinite_summary
+
+    if nan_policy not in ("error", "replace"):
+        raise ValueError(f"check_manifest: nan_policy must be 'error' or 'replace' (of {NAN_POLICIES})")
     mpath = Path(path)
     try:
         df = load_manifest(mpath)
@@ -195,21 +299,26 @@ def check_manifest(
         problems.append(Problem(None, None, "missing_column", f"required column(s) absent: {missing_cols}"))
         if "image_id" not in df.columns:
             return problems
+    if len(df) == 0:
+        problems.append(Problem(None, None, "empty", "0 images: the manifest has a header but no rows"))
+        return problems
 
     ids = df["image_id"]
-    dup_mask = ids.notna() & ids.duplicated(keep=False)
-    for i in np.flatnonzero(dup_mask.to_numpy()):
-        first = int(np.flatnonzero((ids == ids.iloc[i]).to_numpy())[0]) + 1
-        problems.append(
-            Problem(int(i) + 1, str(ids.iloc[i]), "duplicate_id", f"image_id {ids.iloc[i]!r} also on row {first}")
-        )
+    dup_mask = (ids.notna() & ids.duplicated(keep=False)).to_numpy()
+    for i in np.flatnonzero(dup_mask):
+        rows = [int(j) + 1 for j in np.flatnonzero((ids == ids.iloc[i]).fillna(False).to_numpy())]
+        if rows[0] == i + 1:
+            msg = f"image_id {ids.iloc[i]!r} is used again on row(s) {', '.join(map(str, rows[1:]))}"
+        else:
+            msg = f"image_id {ids.iloc[i]!r} is already used on row {rows[0]}"
+        problems.append(Problem(int(i) + 1, str(ids.iloc[i]), "duplicate_id", msg))
 
     for i, row in enumerate(df.to_dict("records")):
         rnum = i + 1
         iid = None if _is_missing(row.get("image_id")) else str(row["image_id"])
 
-        def add(kind: str, msg: str, _r: int = rnum, _id: str | None = iid) -> None:
-            problems.append(Problem(_r, _id, kind, msg))
+        def add(kind: str, msg: str, _r: int = rnum, _id: str | None = iid, severity: str = "error") -> None:
+            problems.append(Problem(_r, _id, kind, msg, severity))
 
         if iid is None:
             add("missing_value", "image_id is empty")
@@ -219,7 +328,15 @@ def check_manifest(
             add("bad_split", f"split {row['split']!r} is not one of {SPLITS}")
         names = row_channel_names(row)
         if not names:
-            add("missing_value", "channel_names is empty")
+            if "channel_names" in df.columns:  # a missing column is reported once, above
+                add("missing_value", "channel_names is empty")
+        else:
+            try:
+                validate_channel_names(names, iid)
+            except ChannelNameError as exc:
+                msg = str(exc)
+                prefix = f"image {iid!r}: "
+                add("channel_names", msg[len(prefix):] if msg.startswith(prefix) else msg)
         try:
             kind, paths = row_paths(row, base)
         except ValueError as exc:
@@ -234,7 +351,7 @@ def check_manifest(
                 add("channel_name_count", f"{len(names)} channel_names for {len(paths)} channel files")
             continue
         try:
-            img = read_row_image(row, base)
+            img, _ = _read_row_raw(row, base)
         except ImageReadError as exc:
             msg = str(exc)
             add("inconsistent_size" if "differ in H/W" in msg else "unreadable", msg)
@@ -249,9 +366,13 @@ def check_manifest(
             add("channel_count", f"{c} channels > C_max={c_max}")
         if names and len(names) != c:
             add("channel_name_count", f"{len(names)} channel_names {names} for {c} channels")
-        if img.size and not np.isfinite(img).all():
-            bad = [k for k in range(c) if not np.isfinite(img[k]).all()]
-            add("nan_pixels", f"non-finite (NaN/inf) pixels in channel(s) {bad}")
+        detail = nonfinite_summary(img, names if len(names) == c else None, paths) if img.size else ""
+        if detail:
+            src = f" in {paths[0]}" if len(paths) == 1 else ""
+            if nan_policy == "error":
+                add("nan_pixels", f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')")
+            else:
+                add("nan_pixels", f"non-finite pixels{src}, replaced when read: {detail}", severity="warning")
     problems.sort(key=lambda p: (p.row or 0, p.kind))
     return problems
 

@@ -10,6 +10,11 @@ Methods:
 
 A constant channel (high == low) becomes all zeros instead of NaN: an empty channel is information
 ("nothing stained"), not an error.
+
+Non-finite pixels (defence in depth: the readers refuse them by default, see
+:func:`chada.data.readers.check_finite_pixels`): the percentiles / min / max are taken over the
+channel's finite pixels only, so one NaN no longer zeroes a whole channel; after scaling ``+inf``
+becomes 1, ``-inf`` 0, and ``NaN`` stays ``NaN`` at its own pixels (no value is made up).
 """
 
 from __future__ import annotations
@@ -47,19 +52,31 @@ def normalize_channels(
     if x.ndim != 3:
         raise ValueError(f"expected [C, H, W], got shape {tuple(x.shape)}")
     if method != "none":
+        raw = x  # not modified below: every step makes a new tensor
         flat = x.reshape(x.shape[0], -1)
+        finite = bool(torch.isfinite(flat).all())
+        if not finite:  # statistics over finite pixels only: NaN marks what to skip
+            flat = torch.where(torch.isfinite(flat), flat, torch.full_like(flat, float("nan")))
         if method == "percentile":
             q = torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype, device=flat.device)
-            lo_hi = torch.quantile(flat, q, dim=1)  # [2, C]
+            lo_hi = (torch.quantile if finite else torch.nanquantile)(flat, q, dim=1)  # [2, C]
             lo, hi = lo_hi[0], lo_hi[1]
-        else:
+        elif finite:
             lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        else:
+            inf = torch.tensor(float("inf"), dtype=flat.dtype, device=flat.device)
+            seen = ~torch.isnan(flat)
+            lo = torch.where(seen, flat, inf).min(dim=1).values
+            hi = torch.where(seen, flat, -inf).max(dim=1).values
         span = hi - lo
-        ok = span > 0
+        ok = span > 0  # False for a constant channel and for one without finite pixels (NaN / -inf span)
         # Constant channels divide by 1 and then are zeroed, so no 0/0 NaN can appear.
         scale = torch.where(ok, span, torch.ones_like(span))
+        lo = torch.where(ok, lo, torch.zeros_like(lo))
         x = ((x - lo[:, None, None]) / scale[:, None, None]).clamp_(0.0, 1.0)
         x = torch.where(ok[:, None, None], x, torch.zeros_like(x))
+        if not finite:  # NaN in, NaN out, at those pixels only
+            x = torch.where(torch.isnan(raw), torch.full_like(x, float("nan")), x)
     x = x.contiguous()
     return x.numpy() if is_np else x
 

@@ -6,6 +6,7 @@ Supported formats (chosen from the file name):
 - ``.png`` / ``.jpg`` / ``.jpeg``: Pillow (8 and 16 bit, grey, RGB, RGBA), imageio as a fallback.
 - ``.zarr`` / ``.ome.zarr`` (a folder): an OME-Zarr (OME-NGFF 0.4 on zarr v2, 0.5 on zarr v3) image;
   the first resolution level (``multiscales[0].datasets[0]``) is read. A plain zarr array is read as is.
+  A missing chunk is an error (zarr would silently fill it with the fill value).
 - ``.npy``: numpy arrays.
 
 Channel-axis rule (documented contract):
@@ -19,19 +20,40 @@ Channel-axis rule (documented contract):
    Leading singleton axes are squeezed first; 4-D+ arrays without axis metadata are rejected.
 
 Values are converted to float32 without rescaling (normalisation is :mod:`chada.data.normalize`).
+
+Bad files (one rule for every format): a missing path raises ``FileNotFoundError``; a directory
+where a file is expected, an unsupported suffix, or a file the decoder cannot read (corrupt,
+truncated or garbage TIFF/PNG/JPEG/Zarr/.npy: ``zlib.error``, ``struct.error``, ``IndexError``,
+tifffile/Pillow/zarr errors, ...) raises :class:`ImageReadError` naming the file and the decoder's
+complaint. Both are :class:`chada.errors.InputError`-like (exit code 2 on the command line).
+
+NaN / inf pixels (:func:`check_finite_pixels`, applied by every reader): ``nan_policy="error"``
+(default) raises :class:`NonFinitePixelError` naming the image id (when known), every affected
+channel (index and name) with its NaN/inf counts, and the file. ``nan_policy="replace"`` replaces
+them, per channel, with ``nan_fill`` or, when ``nan_fill`` is None (default), the median of the
+channel's finite pixels (0 for a channel with none), and emits one :class:`NonFinitePixelWarning`
+per touched image naming it. ``nan_policy="keep"`` returns them untouched (for callers that check
+themselves, e.g. ``chada data check``).
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from chada.errors import InputError, short_message, type_name
+
 __all__ = [
+    "NAN_POLICIES",
     "SUPPORTED_SUFFIXES",
     "ImageReadError",
+    "NonFinitePixelError",
+    "NonFinitePixelWarning",
+    "check_finite_pixels",
+    "nonfinite_summary",
     "read_image",
     "read_channels",
     "to_chw",
@@ -39,10 +61,122 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr", ".npy")
+NAN_POLICIES = ("error", "replace", "keep")
 
 
-class ImageReadError(ValueError):
-    """A file exists but cannot be read as a ``[C, H, W]`` image."""
+class ImageReadError(InputError):
+    """A file exists but cannot be read as a ``[C, H, W]`` image (also a ``ValueError``)."""
+
+
+class NonFinitePixelError(ImageReadError):
+    """An image has NaN or inf pixels and ``nan_policy="error"``."""
+
+
+class NonFinitePixelWarning(UserWarning):
+    """NaN/inf pixels of an image were replaced (``nan_policy="replace"``)."""
+
+
+def _check_nan_policy(nan_policy: str) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"unknown nan_policy {nan_policy!r}; choose one of {NAN_POLICIES}")
+
+
+def _channel_label(k: int, names: Sequence[str]) -> str:
+    return f"channel {k} {names[k]!r}" if k < len(names) else f"channel {k}"
+
+
+def _nonfinite_detail(
+    image: np.ndarray, channel_names: Sequence[str] | None, files: Sequence[str | Path] | None
+) -> tuple[str, list[int]]:
+    """``("channel 1 'Actin': 3 NaN, 1 inf pixel(s); ...", [1, ...])`` for the non-finite channels."""
+    names = list(channel_names) if channel_names is not None else []
+    file_list = [str(f) for f in files] if files is not None else []
+    parts: list[str] = []
+    bad: list[int] = []
+    for k in range(image.shape[0]):
+        n_nan = int(np.isnan(image[k]).sum())
+        n_inf = int(np.isinf(image[k]).sum())
+        if not (n_nan or n_inf):
+            continue
+        bad.append(k)
+        counts = ", ".join(x for x in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if x)
+        # per-channel files: name the channel's own file
+        where = f" in {file_list[k]}" if len(file_list) == image.shape[0] and len(file_list) > 1 else ""
+        parts.append(f"{_channel_label(k, names)}: {counts} pixel(s){where}")
+    return "; ".join(parts), bad
+
+
+def nonfinite_summary(
+    image: np.ndarray,
+    channel_names: Sequence[str] | None = None,
+    files: Sequence[str | Path] | None = None,
+) -> str:
+    """Which channels of a ``[C, H, W]`` image hold NaN/inf pixels and how many ("" when none)."""
+    if not np.issubdtype(image.dtype, np.floating) or np.isfinite(image).all():
+        return ""
+    return _nonfinite_detail(image, channel_names, files)[0]
+
+
+def check_finite_pixels(
+    image: np.ndarray,
+    *,
+    image_id: str | None = None,
+    channel_names: Sequence[str] | None = None,
+    files: Sequence[str | Path] | None = None,
+    nan_policy: str = "error",
+    nan_fill: float | None = None,
+) -> np.ndarray:
+    """Apply the NaN/inf rule (module docstring) to a raw ``[C, H, W]`` image.
+
+    Args:
+        image: ``[C, H, W]`` array, before normalisation.
+        image_id: the image's id, named in the error / warning.
+        channel_names: names of the C channels, named next to their indices.
+        files: the image's file (one) or its per-channel files (C), named in the error.
+        nan_policy: ``"error"``, ``"replace"`` or ``"keep"``.
+        nan_fill: replacement value; None = the channel's finite median (0 if it has none).
+
+    Returns:
+        ``image`` itself when every pixel is finite (or ``nan_policy="keep"``), else a copy with the
+        non-finite pixels replaced.
+
+    Raises:
+        NonFinitePixelError: non-finite pixels under ``nan_policy="error"``.
+    """
+    _check_nan_policy(nan_policy)
+    if nan_policy == "keep" or not np.issubdtype(image.dtype, np.floating) or np.isfinite(image).all():
+        return image
+    if nan_fill is not None and not np.isfinite(nan_fill):
+        raise ValueError(f"nan_fill must be a finite number, got {nan_fill}")
+    detail, bad = _nonfinite_detail(image, channel_names, files)
+    names = list(channel_names) if channel_names is not None else []
+    file_list = [str(f) for f in files] if files is not None else []
+    who = f"image {image_id!r}" if image_id is not None else "image"
+    src = f" ({file_list[0]})" if len(file_list) == 1 else ""
+    if nan_policy == "error":
+        raise NonFinitePixelError(
+            f"{who}{src} has non-finite pixels: {detail}. Fix the file, or let chada replace them "
+            "(nan_policy='replace': the channel's finite median, or nan_fill)"
+        )
+    out = np.array(image, copy=True)
+    done = []
+    for k in bad:
+        plane = out[k]
+        mask = ~np.isfinite(plane)
+        if nan_fill is not None:
+            value = float(nan_fill)
+        else:
+            finite = plane[~mask]
+            value = float(np.median(finite)) if finite.size else 0.0
+        plane[mask] = value
+        done.append(f"{_channel_label(k, names)} with {value:g}")
+    how = "nan_fill" if nan_fill is not None else "the channel's finite median"
+    warnings.warn(
+        f"{who}{src}: replaced non-finite pixels ({detail}): {', '.join(done)} ({how})",
+        NonFinitePixelWarning,
+        stacklevel=2,
+    )
+    return out
 
 
 def _suffix(path: Path) -> str:
@@ -107,7 +241,12 @@ def to_chw(array: np.ndarray, axes: str | None = None) -> np.ndarray:
     return arr
 
 
-def _as_float32(arr: np.ndarray) -> np.ndarray:
+def _as_float32(arr: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize > 4 and arr.size:
+        # a finite float64 beyond float32's range would turn into inf in the cast
+        big = np.abs(np.where(np.isfinite(arr), arr, 0)).max()
+        if big > np.finfo(np.float32).max:
+            raise ImageReadError(f"{path}: pixel values up to {big:.3g} do not fit float32; rescale the image")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -161,20 +300,32 @@ def _ome_zarr_attrs(attrs: dict) -> dict | None:
     return None
 
 
+def _zarr_pixels(path: Path, array, name: str) -> np.ndarray:  # noqa: ANN001 - a zarr.Array
+    # zarr fills an absent chunk with the fill value: for an image that means an interrupted copy
+    # read as silent zeros, so a missing chunk is an error.
+    n, have = int(array.nchunks), int(array.nchunks_initialized)
+    if have < n:
+        raise ImageReadError(
+            f"{path}: {n - have} of {n} chunks of array {name!r} are missing (an incomplete copy?); "
+            f"zarr would fill them with {array.fill_value}"
+        )
+    return np.asarray(array[...])
+
+
 def _read_zarr(path: Path) -> np.ndarray:
     import zarr
 
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return to_chw(np.asarray(node[...]))
+        return to_chw(_zarr_pixels(path, node, "/"))
     ms = _ome_zarr_attrs(dict(node.attrs))
     if ms is None:
         # A plain group: accept the conventional first level "0".
         if "0" in node:
-            return to_chw(np.asarray(node["0"][...]))
+            return to_chw(_zarr_pixels(path, node["0"], "0"))
         raise ImageReadError(f"{path}: zarr group without OME 'multiscales' metadata nor a '0' array")
     level = ms["datasets"][0]["path"]
-    arr = np.asarray(node[level][...])
+    arr = _zarr_pixels(path, node[level], str(level))
     axes_meta = ms.get("axes")
     axes = None
     if axes_meta:
@@ -183,17 +334,26 @@ def _read_zarr(path: Path) -> np.ndarray:
     return to_chw(arr, axes)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, nan_policy: str = "error", nan_fill: float | None = None) -> np.ndarray:
     """Read one image file as ``[C, H, W]`` float32.
+
+    Args:
+        path: the image file (or OME-Zarr folder).
+        nan_policy, nan_fill: the NaN/inf rule of :func:`check_finite_pixels`.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ImageReadError: unsupported format, corrupt file, or an axis layout that is not an image.
+        ImageReadError: a directory where a file is expected, an unsupported format, a corrupt or
+            truncated file, or an axis layout that is not an image.
+        NonFinitePixelError: NaN/inf pixels under ``nan_policy="error"``.
     """
+    _check_nan_policy(nan_policy)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image file not found: {p}")
     suf = _suffix(p)
+    if p.is_dir() and suf != ".zarr":
+        raise ImageReadError(f"{p}: is a directory, expected an image file (only .zarr images are folders)")
     try:
         if suf in (".tif", ".tiff"):
             arr = _read_tiff(p)
@@ -209,24 +369,31 @@ def read_image(path: str | Path) -> np.ndarray:
         if str(p) in str(exc):
             raise
         raise ImageReadError(f"{p}: {exc}") from exc
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ImageReadError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file makes decoders raise anything: zlib.error,
+        # struct.error, IndexError, tifffile.TiffFileError, PIL errors, zarr errors, MemoryError for a
+        # garbage size field...; each is this file's fault, and the message must name the file.
+        why = short_message(f"{type_name(exc)}: {exc}", limit=200, one_line=True)
+        raise ImageReadError(f"{p}: cannot read image, the file is corrupt, truncated or not a {suf} image ({why})") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    return _as_float32(arr)
+    return check_finite_pixels(_as_float32(arr, p), files=[p], nan_policy=nan_policy, nan_fill=nan_fill)
 
 
-def read_channels(paths: Sequence[str | Path]) -> np.ndarray:
+def read_channels(
+    paths: Sequence[str | Path], nan_policy: str = "error", nan_fill: float | None = None
+) -> np.ndarray:
     """Read one file per channel and stack them as ``[C, H, W]`` float32.
 
     Each file must hold one channel; a grey image saved as RGB with three identical planes is collapsed
     to one channel (a common export artefact). Files with several distinct channels are rejected, as
-    that would silently change the channel count the manifest declares.
+    that would silently change the channel count the manifest declares. ``nan_policy`` / ``nan_fill``:
+    as in :func:`check_finite_pixels` (an error names the channel's own file).
     """
+    _check_nan_policy(nan_policy)
     planes: list[np.ndarray] = []
     for path in paths:
-        arr = read_image(path)
-        if arr.shape[0] in (3, 4) and np.array_equal(arr[0], arr[1]) and np.array_equal(arr[0], arr[2]):
+        arr = read_image(path, nan_policy="keep")
+        if arr.shape[0] in (3, 4) and np.array_equal(arr[0], arr[1], equal_nan=True) and np.array_equal(arr[0], arr[2], equal_nan=True):
             arr = arr[:1]
         if arr.shape[0] != 1:
             raise ImageReadError(f"{path}: a per-channel file must hold one channel, got {arr.shape[0]}")
@@ -237,4 +404,6 @@ def read_channels(paths: Sequence[str | Path]) -> np.ndarray:
     if len(sizes) > 1:
         detail = ", ".join(f"{Path(f).name}={p.shape[1]}x{p.shape[2]}" for f, p in zip(paths, planes))
         raise ImageReadError(f"channels of one image differ in H/W: {detail}")
-    return np.concatenate(planes, axis=0)
+    return check_finite_pixels(
+        np.concatenate(planes, axis=0), files=list(paths), nan_policy=nan_policy, nan_fill=nan_fill
+    )
