@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_stats(stats))
     paths = plot_projection(coords, stats, args.out, color_by=stats["color_by"], marker_by=args.marker_by)
     csv = write_coords_csv(coords, png.with_suffix(".csv"))
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     stats_path = png.with_name(png.stem + "_stats.json")
     atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, default=str) + "\n").encode())

@@ -244,7 +244,7 @@ def write_results(
     table: pd.DataFrame, reports: dict[str, Any], out_dir: str | os.PathLike, model: str, metric: str
 ) -> dict[str, Path]:
     """Write ``<model>_1nn_<metric>_results.{csv,json,md}`` into ``out_dir`` (atomic writes)."""
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +300,7 @@ def embed_chammi(
     from chada.data.importers.chammi import N_CHANNELS, chammi_image_path, load_meta, read_chammi_image
     from chada.data.normalize import normalize_channels
     from chada.eval.embed import embed_images, resolve_model
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     module, info = resolve_model(model, seed=seed) if not isinstance(model, torch.nn.Module) else (model, {})
     name = name or model_label(model if not isinstance(model, torch.nn.Module) else type(model).__name__)

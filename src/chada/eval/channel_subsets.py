@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from chada.data.channels import ChannelPolicy
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = [
     "SETTINGS",

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from chada.eval.embeddings import EmbeddingSet, save_embeddings
+from chada.io import atomic_write_bytes
 from chada.models.batch import ChannelBatch
-from chada.models.hub import atomic_write_bytes
 
 __all__ = ["embed_manifest", "embed_images", "resolve_model", "handmade_function", "HANDMADE"]
 

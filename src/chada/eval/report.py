@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = [
     "diagnostics_markdown",

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = ["QuickstartSettings", "run_quickstart", "ENCODERS", "TASKS", "RECONSTRUCTION_TASK"]
 

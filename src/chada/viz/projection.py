@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from chada.eval.embeddings import EmbeddingSet, load_embeddings
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = [
     "METHODS",
