@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         compute_model_attention,
         fit_image_size,
         matrix_table,
-        plot_attention_grid,
     )
+    from chada.viz.attention_figure import plot_attention_grid
     from chada.viz.style import figure_paths
 
     figure_paths(args.out)  # reject a bad suffix before any work

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_chammi(args: argparse.Namespace) -> int:
-    from chada.eval.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
+    from chada.tasks.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
 
     name = model_label(args.model)
     out = Path(args.out)

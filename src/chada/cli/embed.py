@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from chada.data.channels import describe_channels, parse_channel_order
-    from chada.eval.embed import embed_manifest
+    from chada.encode.embed import embed_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     emb = embed_manifest(

@@ -81,7 +81,7 @@ def _quick_config(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from chada.eval.protocol import run_evaluation
+    from chada.tasks.evaluation import run_evaluation
 
     if bool(args.config) == bool(args.embeddings):
         raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from chada.features.extract import features_for_manifest
+    from chada.encode.handmade import features_for_manifest
 
     emb = features_for_manifest(
         args.manifest,

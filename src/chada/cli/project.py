@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from chada.viz.projection import format_stats, plot_projection, project, write_coords_csv
+    from chada.viz.projection import format_stats, project, write_coords_csv
+    from chada.viz.projection_figure import plot_projection
     from chada.viz.style import figure_paths
 
     png, _ = figure_paths(args.out)  # reject a bad suffix before any work

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from chada.data.channels import parse_channel_order
-    from chada.eval.channel_subsets import run_channel_subsets
+    from chada.tasks.channel_subsets import run_channel_subsets
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
