@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from chada.cli.options import add_debug
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="plot embeddings of different models together (same size only)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug(p)
     p.set_defaults(func=run)
 
 
