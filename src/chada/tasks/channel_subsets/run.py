@@ -135,12 +135,7 @@ def run_channel_subsets(
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    if not models:
-        raise ValueError("models is empty: give at least one {name: model}")
-    bad = [m for m in metrics if m not in METRICS] + [s for s in settings if s not in SETTINGS]
-    if bad or not metrics or not settings:
-        raise ValueError(f"metrics must be among {METRICS} and settings among {SETTINGS}; got {list(metrics)}, "
-                         f"{list(settings)}")  # fmt: skip
+    _check(models, metrics, settings)
     seed_list = _seed_list(seeds)
     probe_kw = {"C": 1.0, "max_iter": 300, "max_dim": 256} | dict(probe or {})
     knn_kw = {"k": 20, "temperature": 0.07} | dict(knn or {})
@@ -180,28 +175,48 @@ def run_channel_subsets(
     results = pd.DataFrame(rows)
     summary = summarize_subsets(results)
     results.attrs["summary"] = summary
-    info = {
-        "channels": data.channels,
-        "n_images": len(data),
-        "n_train": {str(s): len(v[0]) for s, v in splits.items()},
-        "n_test": {str(s): len(v[1]) for s, v in splits.items()},
-        "split": "split column" if run.fixed_split else f"seeded stratified split (test_fraction={test_fraction})",
-        "subsets": {str(k): ["+".join(data.channels[j] for j in s) for s in v] for k, v in per_k.items()},
-        "subsets_total": {str(k): math.comb(C, k) for k in per_k},
-        "max_subsets": max_subsets,
-        "subset_seed": subset_seed,
-        "seeds": seed_list,
-        "models": meta_models,
-        "probe": probe_kw,
-        "knn": knn_kw,
-        "image_size": image_size,
-        "label_column": label_column,
-        "seconds": {"read": round(t_read, 3), **timings, "total": round(time.time() - t0, 3)},
-    }
+    info = _info(data, run, per_k, meta_models, timings, t_read, t0, test_fraction=test_fraction,
+                 max_subsets=max_subsets, subset_seed=subset_seed, image_size=image_size,
+                 label_column=label_column)  # fmt: skip
     results.attrs["info"] = info
     if out_dir is not None:
         _write_outputs(Path(out_dir), results, summary, info, data, label_column, plot, t0)
     return results
+
+
+def _check(models: Mapping[str, Any], metrics: Sequence[str], settings: Sequence[str]) -> None:
+    if not models:
+        raise ValueError("models is empty: give at least one {name: model}")
+    bad = [m for m in metrics if m not in METRICS] + [s for s in settings if s not in SETTINGS]
+    if bad or not metrics or not settings:
+        raise ValueError(f"metrics must be among {METRICS} and settings among {SETTINGS}; got {list(metrics)}, "
+                         f"{list(settings)}")  # fmt: skip
+
+
+def _info(
+    data: SubsetData, run: _Run, per_k: dict[int, list[tuple[int, ...]]], meta_models: dict[str, Any],
+    timings: dict[str, float], t_read: float, t0: float, **settings: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """What ``channel_subsets.json`` records: data, splits, subsets, models, settings, timings."""
+    return {
+        "channels": data.channels,
+        "n_images": len(data),
+        "n_train": {str(s): len(v[0]) for s, v in run.splits.items()},
+        "n_test": {str(s): len(v[1]) for s, v in run.splits.items()},
+        "split": "split column" if run.fixed_split
+        else f"seeded stratified split (test_fraction={settings['test_fraction']})",
+        "subsets": {str(k): ["+".join(data.channels[j] for j in s) for s in v] for k, v in per_k.items()},
+        "subsets_total": {str(k): math.comb(data.n_channels, k) for k in per_k},
+        "max_subsets": settings["max_subsets"],
+        "subset_seed": settings["subset_seed"],
+        "seeds": run.seeds,
+        "models": meta_models,
+        "probe": run.probe,
+        "knn": run.knn,
+        "image_size": settings["image_size"],
+        "label_column": settings["label_column"],
+        "seconds": {"read": round(t_read, 3), **timings, "total": round(time.time() - t0, 3)},
+    }
 
 
 @dataclass
