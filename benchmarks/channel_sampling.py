@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from chada.data import synth
-    from chada.eval.channel_subsets import run_channel_subsets
+    from chada.tasks.channel_subsets import run_channel_subsets
 
     out = Path(args.out)
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]

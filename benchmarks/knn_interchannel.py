@@ -35,7 +35,7 @@ import pandas as pd
 
 def _embed(model, manifest: Path, out: Path, size: int, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """CLS features ``[N, D]`` and the meta DataFrame of one split."""
-    from chada.eval.embed import embed_manifest
+    from chada.encode.embed import embed_manifest
 
     es = embed_manifest(model, manifest, out, image_size=size, pools=("cls",), split=split, progress=False, resume=False)
     return np.asarray(es.features["cls"], dtype=np.float32), es.meta

@@ -11,7 +11,8 @@ import torch
 import chada
 from chada.cli import main
 from chada.models import ChannelBatch
-from chada.viz.attention import compute_model_attention, plot_attention_grid
+from chada.viz.attention import compute_model_attention
+from chada.viz.attention_figure import plot_attention_grid
 
 HEADS, GRID = 2, (4, 4)  # one_channel_vit_test: 2 heads, patch 8 on 32 x 32 images
 

@@ -12,7 +12,7 @@ from PIL import Image
 from chada.data.importers import ImportLayoutError, import_dataset
 from chada.data.importers.chammi import read_chammi_image
 from chada.data.manifest import check_manifest, load_manifest, read_row_image
-from chada.eval.chammi import ANCHORS, chammi_score, evaluate_dataset, nn1_predict, score_features
+from chada.tasks.chammi import ANCHORS, chammi_score, evaluate_dataset, nn1_predict, score_features
 
 N_CH = {"Allen": 3, "HPA": 4, "CP": 5}
 TASKS = {"Allen": ["Task_one", "Task_two"], "HPA": ["Task_one", "Task_two", "Task_three"],

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from chada.cli import main
-from chada.eval.embeddings import EmbeddingSet, load_embeddings
-from chada.eval.protocol import infer_family, normalize_config, run_evaluation
+from chada.encode.store import EmbeddingSet, load_embeddings
+from chada.eval.config import infer_family
+from chada.tasks.evaluation import normalize_config, run_evaluation
 
 N, K = 160, 4
 
@@ -62,7 +63,7 @@ def test_family_inference():
     assert infer_family("hand", {"kind": "handmade"}) == "handmade"
     assert infer_family("chada", {}, explicit="handmade") == "handmade"
     assert infer_family("chada_vit") == "learned"
-    # what `chada embed` writes (chada.eval.embed)
+    # what `chada embed` writes (chada.encode.embed)
     assert infer_family("m", {"source": "random_init", "seed": 0}) == "untrained"
     assert infer_family("m", {"source": "handmade", "arch": "handmade"}) == "handmade"
     assert infer_family("m", {"source": "pretrained"}) == "learned"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from chada.cli import main
-from chada.pipeline.quickstart import ENCODERS, RECONSTRUCTION_TASK, TASKS
+from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from chada.viz.attention import (
     fit_image_size,
     inter_channel_matrix,
     last_layer_attention,
-    plot_attention_grid,
 )
+from chada.viz.attention_figure import plot_attention_grid
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 import chada
 from chada.cli import main
-from chada.eval.embeddings import EmbeddingSet, save_embeddings
+from chada.encode.store import EmbeddingSet, save_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chada.eval.embeddings import EmbeddingSet, save_embeddings
+from chada.encode.store import EmbeddingSet, save_embeddings
 from chada.viz.projection import (
     _best_threshold_balanced_accuracy,
     concat_embeddings,
-    plot_projection,
     project,
     separability_1d,
     write_coords_csv,
 )
+from chada.viz.projection_figure import plot_projection
 
 
 def _set(rng, n, dataset, shift=0.0, dim=12, model="chada_vit_test", labels=("taxol", "DMSO", "noco")):

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chada.eval.embeddings import EmbeddingSet
-from chada.viz.projection import plot_projection, project
+from chada.encode.store import EmbeddingSet
+from chada.viz.projection import project
+from chada.viz.projection_figure import plot_projection
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from chada.cli import options as o
+
     p = subparsers.add_parser(
         "attention",
         help="plot a model's last-layer CLS attention per channel of one image (+ inter-channel matrix)",
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "side by side. Writes OUT as .png and .svg."
         ),
     )
-    p.add_argument("--model", required=True, help="saved model folder or registered model name")
+    o.add_model(p, seed=False)
     src = p.add_argument_group("image (either FILES or --manifest + --image-id)")
     src.add_argument(
         "--image",
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="one file per channel, or one multi-channel file",
     )
-    src.add_argument("--manifest", default=None, help="manifest CSV/Parquet to take the image from")
+    o.add_manifest(src, required=False, help="manifest CSV/Parquet to take the image from")
     src.add_argument("--image-id", default=None, help="image_id of the manifest row")
     p.add_argument(
         "--channel-names",
@@ -49,20 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--labels", nargs="+", default=None, metavar="NAME", help="display names of --model (and --compare)"
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
+    o.add_image_size(
+        p,
         metavar="S",
         help="resize to S x S (a multiple of the patch size); default: native size, shrunk to "
         "a multiple of the patch size if needed",
     )
-    p.add_argument(
-        "--normalize",
-        default="percentile",
-        choices=["percentile", "minmax", "none"],
-        help="per-channel intensity normalisation (as in training)",
-    )
+    o.add_normalize(p)
     p.add_argument(
         "--channel-ids",
         nargs="+",
@@ -75,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-heads", action="store_true", help="draw only the head average")
     p.add_argument("--title", default=None)
     p.add_argument("--out", required=True, help="output picture (.png; the .svg is written next to it)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    o.add_debug(p)
     p.set_defaults(func=run)
 
 
@@ -120,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         compute_model_attention,
         fit_image_size,
         matrix_table,
-        plot_attention_grid,
     )
+    from chada.viz.attention_figure import plot_attention_grid
     from chada.viz.style import figure_paths
 
     figure_paths(args.out)  # reject a bad suffix before any work

@@ -16,34 +16,36 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from chada.cli import options as o
+
     p = subparsers.add_parser("benchmark", help="community benchmarks (CHAMMI)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     c = sub.add_parser("chammi", help="CHAMMI (WTC-11, HPA, CP): 1-NN protocol of morphem", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    c.add_argument("--model", required=True, help="saved model folder or registered name (random init)")
+    o.add_model(c)
     c.add_argument("--root", required=True, help="CHAMMI root holding Allen/, HPA/, CP/")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="1-NN distance (default l2)")
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--image-size", type=int, default=224, help="resize every channel to this square size")
+    o.add_batch_size(c, default=32)
+    o.add_image_size(c, default=224)
     c.add_argument("--pool", default="cls", help="feature kind of the model head (default cls)")
-    c.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
-    c.add_argument("--device", default="cpu")
+    o.add_normalize(c)
+    o.add_device(c)
     c.add_argument("--datasets", nargs="+", default=["Allen", "HPA", "CP"], choices=["Allen", "HPA", "CP"])
-    c.add_argument("--seed", type=int, default=0, help="seed of the random weights of a registered name")
+    o.add_seed(c)
     c.add_argument("--overwrite", action="store_true", help="re-embed even if feature files exist")
     c.add_argument(
         "--score-only", action="store_true", help="only score OUT/features/<dataset>/<feature file>"
     )
     c.add_argument("--feature-file", default=None, help="feature file name to score (default <model>.npy)")
-    c.add_argument("--quiet", action="store_true")
-    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    o.add_quiet(c)
+    o.add_debug(c)
     c.set_defaults(func=run_chammi)
 
 
 def run_chammi(args: argparse.Namespace) -> int:
-    from chada.eval.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
+    from chada.tasks.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
 
     name = model_label(args.model)
     out = Path(args.out)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from chada.cli.options import add_debug
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -58,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="overwrite OUT_DIR if it already holds a model")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug(p)
     p.set_defaults(func=run)
 
 

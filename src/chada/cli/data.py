@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from chada.cli.options import add_normalize
 from chada.data.importers.cli import add_build_corpus, add_import
 
 __all__ = ["register", "SUBCOMMANDS", "summarize_manifest"]
@@ -199,7 +200,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--dtype", choices=("float16", "uint16"), default="float16")
-    p.add_argument("--normalize", choices=("percentile", "minmax", "none"), default="percentile")
+    add_normalize(p)
     p.add_argument("--size", type=int, default=None, help="resize every image to SIZE x SIZE")
     p.add_argument("--split", default=None, help="only this split")
     p.set_defaults(func=_run_shard)

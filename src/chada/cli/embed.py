@@ -24,32 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the untrained baselines; see `chada info`) or 'handmade'. Resumable: re-run the same command."
         ),
     )
-    p.add_argument("--model", required=True, help="saved model folder, registered name, or 'handmade'")
-    p.add_argument("--manifest", required=True, help="manifest CSV/Parquet")
+    from chada.cli import options as o
+
+    o.add_model(p, handmade=True)
+    o.add_manifest(p)
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--image-size", type=int, default=None, help="resize images to this square size (default: native size)"
-    )
+    o.add_batch_size(p, default=32)
+    o.add_image_size(p)
     p.add_argument(
         "--pool",
         nargs="+",
         default=["cls", "all"],
         help="feature kinds: cls, all (CLS + mean patch token); one_channel_vit also mean, mean_all",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights of a registered model name")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dataset", nargs="+", default=None, help="embed only these datasets of the manifest")
+    o.add_seed(p)
+    o.add_workers(p)
+    o.add_device(p)
+    o.add_dataset_filter(p)
     p.add_argument("--split", nargs="+", default=None, help="embed only these splits (train/val/test)")
-    p.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
+    o.add_normalize(p)
     p.add_argument("--chunk-batches", type=int, default=20, help="batches per resumable chunk")
     p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    from chada.data.channels import add_channel_args
-
-    add_channel_args(p)
+    o.add_quiet(p)
+    o.add_debug(p)
+    o.add_channel_args(p)
     p.set_defaults(func=run)
 
 
@@ -57,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from collections import Counter
 
-    from chada.data.channels import describe_channels, parse_channel_order
-    from chada.eval.embed import embed_manifest
+    from chada.cli.options import channel_kwargs
+    from chada.data.channels import describe_channels
+    from chada.encode.embed import embed_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     emb = embed_manifest(
@@ -77,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         chunk_batches=args.chunk_batches,
         progress=not args.quiet,
-        channel_order=parse_channel_order(args.channel_order),
-        unknown_channels="error" if args.strict_channels else "warn",
-        channel_aliases=dict(args.channel_alias or []),
+        **channel_kwargs(args),
     )
     dims = ", ".join(f"{k} [{v.shape[0]}, {v.shape[1]}]" for k, v in emb.features.items())
     print(f"wrote {args.out}: {len(emb)} images; {dims}; {emb.info['seconds']:.1f} s")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chada.cli.options import add_debug, add_quiet
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -56,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reconstruction", action="store_true", help="skip the config's reconstruction tasks")
     p.add_argument("--out", default=None, help="output folder (default: config's out_dir or ./eval_results)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_quiet(p)
+    add_debug(p)
     p.set_defaults(func=run)
 
 
@@ -81,7 +83,7 @@ def _quick_config(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from chada.eval.protocol import run_evaluation
+    from chada.tasks.evaluation import run_evaluation
 
     if bool(args.config) == bool(args.embeddings):
         raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")

@@ -29,12 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "H&E stain separation + nuclei layout (RGB histology)."
         ),
     )
-    p.add_argument("--manifest", required=True, help="manifest CSV/Parquet")
+    from chada.cli import options as o
+
+    o.add_manifest(p)
     p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument(
-        "--image-size", type=int, default=None, help="resize images to this square size (default: native)"
-    )
+    o.add_image_size(p)
     p.add_argument(
         "--layout",
         default="pooled",
@@ -42,14 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pooled: mean/std/max over channels (any channel count); per_channel: one block per channel "
         "(handmade and cellprofiler; fixed channel set only)",
     )
-    p.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    o.add_normalize(p)
+    o.add_quiet(p)
+    o.add_debug(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from chada.features.extract import features_for_manifest
+    from chada.encode.handmade import features_for_manifest
 
     emb = features_for_manifest(
         args.manifest,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from chada.cli.options import add_debug
+
 __all__ = ["register", "handler"]
 
 
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=5")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug(p)
     p.set_defaults(func=handler)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from chada.cli.options import add_debug
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -52,14 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="plot embeddings of different models together (same size only)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from chada.viz.projection import format_stats, plot_projection, project, write_coords_csv
+    from chada.viz.projection import format_stats, project, write_coords_csv
+    from chada.viz.projection_figure import plot_projection
     from chada.viz.style import figure_paths
 
     png, _ = figure_paths(args.out)  # reject a bad suffix before any work
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_stats(stats))
     paths = plot_projection(coords, stats, args.out, color_by=stats["color_by"], marker_by=args.marker_by)
     csv = write_coords_csv(coords, png.with_suffix(".csv"))
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     stats_path = png.with_name(png.stem + "_stats.json")
     atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, default=str) + "\n").encode())

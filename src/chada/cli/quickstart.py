@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from chada.cli.options import add_debug
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic MarkerA/MarkerB design (default: domain; spots is finer and not learned at this budget)",
     )  # fmt: skip
     p.add_argument("--no-umap", action="store_true", help="PCA only in the joint projection")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug(p)
     p.set_defaults(func=run)
 
 

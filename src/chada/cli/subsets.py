@@ -33,7 +33,7 @@ def parse_models(items: list[str]) -> dict[str, str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from chada.data.channels import add_channel_args
+    from chada.cli import options as o
 
     p = subparsers.add_parser(
         "subsets",
@@ -41,38 +41,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--manifest", required=True, help="manifest CSV/Parquet (images with the same channel names)")
+    o.add_manifest(p, help="manifest CSV/Parquet (images with the same channel names)")
     p.add_argument("--label-column", default="label", help="classification label column (default: label)")
     p.add_argument(
         "--models", nargs="+", required=True, metavar="NAME=MODEL",
         help="NAME=saved folder | registered name (untrained, one init per seed) | handmade",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
+    o.add_dataset_filter(p)
     p.add_argument("--max-subsets", type=int, default=20, help="subsets per k before sampling (default 20)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset sample (default 0)")
-    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    o.add_image_size(p)
     p.add_argument("--pool", default="cls", choices=["cls", "all"], help="feature kind (default cls)")
     p.add_argument("--train-split", nargs="+", default=["train"], help="split value(s) to fit on (default train)")
     p.add_argument("--test-split", nargs="+", default=["test"], help="split value(s) to test on (default test)")
     p.add_argument("--test-fraction", type=float, default=0.3, help="seeded split when the split column is unusable")
     p.add_argument("--metrics", nargs="+", default=["linear_probe", "knn"], choices=["linear_probe", "knn"])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
-    p.add_argument("--device", default="cpu")
+    o.add_batch_size(p, default=128)
+    o.add_normalize(p)
+    o.add_device(p)
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    add_channel_args(p)
+    o.add_quiet(p)
+    o.add_debug(p)
+    o.add_channel_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from chada.data.channels import parse_channel_order
-    from chada.eval.channel_subsets import run_channel_subsets
+    from chada.cli.options import channel_kwargs
+    from chada.tasks.channel_subsets import run_channel_subsets
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
@@ -89,9 +89,7 @@ def run(args: argparse.Namespace) -> int:
         test_split=args.test_split,
         test_fraction=args.test_fraction,
         datasets=args.dataset,
-        channel_order=parse_channel_order(args.channel_order),
-        unknown_channels="error" if args.strict_channels else "warn",
-        channel_aliases=dict(args.channel_alias or []),
+        **channel_kwargs(args),
         pool=args.pool,
         metrics=args.metrics,
         subset_seed=args.subset_seed,

@@ -153,7 +153,7 @@ def build_corpus(
     from chada.data.manifest import write_manifest
     from chada.data.normalize import normalize_channels
     from chada.data.readers import read_channels, read_image
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")

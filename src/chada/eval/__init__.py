@@ -1,0 +1,11 @@
+"""Protocols that see only feature files (:mod:`chada.encode.store`): no model runs here.
+
+- :mod:`~chada.eval.probes`, :mod:`~chada.eval.knn`, :mod:`~chada.eval.lowdata`: linear probes,
+  weighted kNN, stratified low-data subsets;
+- :mod:`~chada.eval.diagnostics`: CKA, participation ratio, baseline ratios, shortcut analyses;
+- :mod:`~chada.eval.config`, :mod:`~chada.eval.protocol`, :mod:`~chada.eval.diagnostics_table`: the
+  evaluation config, every task x model x regime x seed, every diagnostic of every model;
+- :mod:`~chada.eval.report`, :mod:`~chada.eval.figures`: the tables and Fig. 1 / Fig. 4 figures.
+
+Evaluations that run an encoder or train something of their own live in :mod:`chada.tasks`.
+"""

@@ -9,11 +9,9 @@ Files written by :func:`write_report` into ``out_dir``::
     diagnostics.csv         long-format diagnostics (ratios, CKA, participation ratio, shortcuts)
     fig1_<feature>.png/.svg     paper Fig. 1 style: bars per task and model at 100 % of the data
     fig4_<feature>.png/.svg     paper Fig. 4 style: linear-probe score vs training-data fraction
-    reconstruction_<task>.png   paper Fig. 16 style: input channels, true target, prediction per model
 
-The headline metric of a task is its linear probe (``linear_top1`` or ``linear_r2``), or ``recon_r2``
-for a channel-reconstruction task; R2 is drawn as 0-100 beside accuracies in % as in the paper's
-Fig. 1. Reconstruction tasks have one data fraction and are left out of the Fig. 4 plot.
+(:mod:`chada.eval.figures` draws the figures. A run with channel-reconstruction tasks also gets
+``reconstruction_<task>.png``, paper Fig. 16 style, from :mod:`chada.tasks.reconstruction.figure`.)
 """
 
 from __future__ import annotations
@@ -27,13 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chada.models.hub import atomic_write_bytes
+from chada.eval.figures import FAMILY_ORDER, plot_bars, plot_lowdata
+from chada.io import atomic_write_bytes
 
 __all__ = [
     "diagnostics_markdown",
-    "plot_bars",
-    "plot_lowdata",
-    "plot_reconstruction_examples",
     "print_tables",
     "summarize",
     "summary_markdown",
@@ -41,8 +37,6 @@ __all__ = [
 ]
 
 GROUP = ["task", "kind", "model", "family", "feature", "fraction", "metric"]
-HEADLINE = ("linear_top1", "linear_r2", "recon_r2")
-FAMILY_ORDER = {"learned": 0, "untrained": 1, "handmade": 2}
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -193,156 +187,6 @@ def print_tables(results: pd.DataFrame, diagnostics: pd.DataFrame | None = None,
             console.print(table)
 
 
-# ----------------------------------------------------------------------------- figures
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    import io
-
-    paths = []
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-        p = out_dir / f"{stem}.{ext}"
-        atomic_write_bytes(p, buf.getvalue())
-        paths.append(p)
-    return paths
-
-
-def _headline(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[summary.metric.isin(HEADLINE)]
-
-
-def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Fig. 1 style: per feature kind, grouped bars (tasks x models) of the linear probe at the largest
-    fraction; error bars = std over seeds; baselines hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    s = _headline(summary)
-    paths: list[Path] = []
-    for feat in dict.fromkeys(s.feature):
-        sf = s[s.feature == feat]
-        sf = sf[sf.fraction == sf.groupby("task").fraction.transform("max")]
-        tasks = list(dict.fromkeys(sf.task))
-        mods = sf[["model", "family"]].drop_duplicates()
-        mods = mods.assign(_o=mods.family.map(FAMILY_ORDER).fillna(9)).sort_values(["_o", "model"])
-        width = 0.8 / max(len(mods), 1)
-        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 0.3 * len(mods)), 4))
-        cmap = plt.get_cmap("tab10")
-        for j, (_, m) in enumerate(mods.iterrows()):
-            vals, errs = [], []
-            for t in tasks:
-                r = sf[(sf.task == t) & (sf.model == m.model)]
-                vals.append(r["mean"].iloc[0] * 100 if len(r) else np.nan)
-                errs.append(r["std"].iloc[0] * 100 if len(r) else 0)
-            x = np.arange(len(tasks)) + (j - (len(mods) - 1) / 2) * width
-            hatch = {"untrained": "//", "handmade": ".."}.get(m.family)
-            ax.bar(x, vals, width, yerr=errs, label=f"{m.model} ({m.family})", color=cmap(j % 10), hatch=hatch,
-                   edgecolor="black", linewidth=0.5, capsize=2)  # fmt: skip
-        ax.set_xticks(np.arange(len(tasks)))
-        ax.set_xticklabels(tasks, rotation=20, ha="right")
-        ax.set_ylabel("linear probe: top-1 accuracy (%) / R² x 100\n(reconstruction: decoder R² x 100)")
-        ax.set_title(f"Frozen features ({feat})")
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        paths += _save(fig, out_dir, f"fig1_{feat}")
-        plt.close(fig)
-    return paths
-
-
-def plot_lowdata(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Fig. 4 style: linear-probe score vs fraction of the training split, one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    s = _headline(summary)
-    s = s[s.kind != "reconstruction"]
-    paths: list[Path] = []
-    for feat in dict.fromkeys(s.feature):
-        sf = s[s.feature == feat]
-        tasks = list(dict.fromkeys(sf.task))
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
-        for ax, t in zip(axes[0], tasks):
-            st = sf[sf.task == t]
-            for j, (model, g) in enumerate(st.groupby("model", sort=False)):
-                g = g.sort_values("fraction")
-                fam = g.family.iloc[0]
-                ls = {"learned": "-", "untrained": "--", "handmade": ":"}.get(fam, "-")
-                ax.errorbar(g.fraction * 100, g["mean"] * 100, yerr=g["std"] * 100, marker="o", ls=ls, capsize=2,
-                            label=f"{model} ({fam})", color=plt.get_cmap("tab10")(j % 10))  # fmt: skip
-            ax.set_xscale("log")
-            ax.set_xlabel("training data (%)")
-            ax.set_ylabel("accuracy (%)" if st.kind.iloc[0] == "classification" else "R² x 100")
-            ax.set_title(t)
-        axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        fig.suptitle(f"Low-data regimes ({feat})")
-        fig.tight_layout()
-        paths += _save(fig, out_dir, f"fig4_{feat}")
-        plt.close(fig)
-    return paths
-
-
-def plot_reconstruction_examples(examples: Any, out_dir: str | os.PathLike) -> Path | None:
-    """Fig. 16 style: one row per test image; columns = input channels, true target, each model's
-    prediction (first seed; the column title gives the model's mean test R2 over seeds).
-
-    ``examples`` is a :class:`chada.eval.reconstruction.ReconstructionExamples`; writes
-    ``reconstruction_<task>.png`` and returns its path (None when there is nothing to draw).
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if examples.targets is None or not len(examples.inputs):
-        return None
-    k = len(examples.inputs)
-    n_in = max(len(x) for x in examples.inputs)
-    models = list(examples.predictions)
-    ncols = n_in + 1 + len(models)
-    fig, axes = plt.subplots(k, ncols, figsize=(1.6 * ncols, 1.6 * k + 0.4), squeeze=False)
-    for i in range(k):
-        cells: list[tuple[np.ndarray | None, str, bool]] = []
-        for c in range(n_in):
-            has = c < len(examples.inputs[i])
-            cells.append(
-                (examples.inputs[i][c] if has else None, examples.input_names[i][c] if has else "", False)
-            )
-        cells.append((examples.targets[i], f"true {examples.target_name}", True))
-        for m in models:
-            cells.append(
-                (examples.predictions[m][i], f"{m}\nR² {examples.r2.get(m, float('nan')):.2f}", True)
-            )
-        for j, (img, title, unit) in enumerate(cells):
-            ax = axes[i][j]
-            ax.axis("off")
-            if img is None:
-                continue
-            ax.imshow(img, cmap="gray", vmin=0 if unit else None, vmax=1 if unit else None)
-            if i == 0:
-                ax.set_title(title if j > n_in or unit else f"input: {title}", fontsize=7)
-        axes[i][0].text(
-            -0.05, 0.5, examples.image_ids[i], transform=axes[i][0].transAxes, rotation=90,
-            ha="right", va="center", fontsize=5,
-        )  # fmt: skip
-    fig.suptitle(f"Channel reconstruction: {examples.task} (test images; targets in [0, 1])", fontsize=9)
-    fig.tight_layout()
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in examples.task)
-    path = Path(out_dir) / f"reconstruction_{safe}.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 # ----------------------------------------------------------------------------- files
 def _json_safe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def conv(v):
@@ -361,13 +205,10 @@ def write_report(
     out_dir: str | os.PathLike,
     extra: dict[str, Any] | None = None,
     plots: bool = True,
-    reconstruction_examples: list[Any] | None = None,
 ) -> dict[str, Path]:
-    """Write every table and figure listed in the module docstring; returns ``{name: path}``.
+    """Write every table and the Fig. 1 / Fig. 4 figures; returns ``{name: path}``.
 
-    ``extra["reconstruction"]`` (per-model decoder facts) is also written to ``results.md``;
-    ``reconstruction_examples`` (:class:`chada.eval.reconstruction.ReconstructionExamples`) are drawn
-    when ``plots``.
+    ``extra["reconstruction"]`` (per-model decoder facts) is also written to ``results.md``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -406,9 +247,4 @@ def write_report(
     if plots and len(summary):
         for p in plot_bars(summary, out) + plot_lowdata(summary, out):
             files[p.name] = p
-    if plots:
-        for ex in reconstruction_examples or []:
-            p = plot_reconstruction_examples(ex, out)
-            if p is not None:
-                files[p.name] = p
     return files

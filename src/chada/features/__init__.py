@@ -6,7 +6,10 @@
   features, channel-pooled (fixed length for any channel count) or per-channel;
 - :func:`cellprofiler_features`: CellProfiler-like per-cell features aggregated per image;
 - :func:`tissue_features`: stain separation + nuclei graph statistics for RGB histology;
-- :mod:`chada.features.extract`: run any of them over a manifest into an embeddings file.
+- :func:`chada.features.extract.extract_features`: any of them by name.
+
+Pure functions of numpy images; running them over a manifest into a feature file is
+:mod:`chada.encode.handmade` (``chada features``).
 """
 
 from chada.features.cellprofiler import cellprofiler_features

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = ["Section", "machine_description", "write_report"]
 

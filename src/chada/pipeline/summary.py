@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from chada.pipeline.report import Section, machine_description, write_report
+from chada.pipeline.settings import ENCODERS, TASKS
 
 __all__ = ["build_report", "headline_table"]
 
@@ -64,8 +65,6 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
     results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
     results_md = results_md.replace("\n## ", "\n### ")
     machine = machine_description()
-    from chada.pipeline.quickstart import ENCODERS, TASKS
-
     sections = [
         Section(
             "What ran",

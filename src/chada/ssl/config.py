@@ -370,7 +370,7 @@ def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     atomic_write_bytes(path, text.encode())

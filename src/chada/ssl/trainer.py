@@ -40,7 +40,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from chada.models.hub import atomic_write_bytes, save_pretrained
+from chada.io import atomic_write_bytes
+from chada.models.hub import save_pretrained
 from chada.models.registry import create_model, get_arch, model_spec
 from chada.ssl.channel_sampling import ChannelSampler, ChannelSamplingCollate
 from chada.ssl.config import PretrainConfig, config_from_dict, config_to_dict, load_config, save_config

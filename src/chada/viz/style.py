@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_bytes
 
 __all__ = [
     "ATTENTION_CMAP",

@@ -1,4 +1,7 @@
-"""The embeddings file: features of every image plus the manifest's metadata, in one ``.npz``.
+"""The feature file: features of every image plus the manifest's metadata, in one ``.npz``.
+
+This is the contract between :mod:`chada.encode` (which writes it, for models and hand-made features
+alike) and :mod:`chada.eval` / :mod:`chada.viz` (which read only this file, never a model).
 
 Layout of ``EMB.npz``::
 
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chada.models.hub import atomic_write_bytes
+from chada.io import atomic_write_npz
 
 __all__ = ["EmbeddingSet", "save_embeddings", "load_embeddings"]
 
@@ -66,15 +69,13 @@ def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
     for col in meta.columns:  # lists (channel names) survive JSON as lists
         if meta[col].dtype == object:
             meta[col] = meta[col].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
-    buf = io.BytesIO()
     arrays = {f"feat_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in emb.features.items()}
-    np.savez(
-        buf,
+    atomic_write_npz(
+        path,
         meta_json=np.array(meta.to_json(orient="split", index=False)),
         info_json=np.array(json.dumps(emb.info, default=str)),
         **arrays,
     )
-    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from chada.eval.channel_subsets import (
+from chada.tasks.channel_subsets import (
     embed_subsets,
     enumerate_subsets,
     load_subset_data,

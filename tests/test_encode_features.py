@@ -7,8 +7,9 @@ import argparse
 import numpy as np
 import pytest
 
-from chada.eval.embeddings import load_embeddings
-from chada.features.extract import KINDS, extract_features, features_for_manifest
+from chada.encode.handmade import features_for_manifest
+from chada.encode.store import load_embeddings
+from chada.features.extract import KINDS, extract_features
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from chada.eval.reconstruction import (
+from chada.tasks.reconstruction import (
     ChannelDecoder,
     build_decoder,
     decoder_budget,

@@ -11,11 +11,12 @@ import pytest
 import tifffile
 import torch
 
-import chada.eval.embed as embed_mod
+import chada.encode.embed as embed_mod
 from chada.cli import main
 from chada.data.dataset import ManifestDataset
-from chada.eval.embed import embed_images, embed_manifest
-from chada.eval.embeddings import load_embeddings
+from chada.encode.embed import embed_manifest
+from chada.encode.encoders import embed_images
+from chada.encode.store import load_embeddings
 from chada.models import create_model
 
 

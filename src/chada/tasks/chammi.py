@@ -244,7 +244,7 @@ def write_results(
     table: pd.DataFrame, reports: dict[str, Any], out_dir: str | os.PathLike, model: str, metric: str
 ) -> dict[str, Path]:
     """Write ``<model>_1nn_<metric>_results.{csv,json,md}`` into ``out_dir`` (atomic writes)."""
-    from chada.models.hub import atomic_write_bytes
+    from chada.io import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def embed_chammi(
     Rows follow ``enriched_meta.csv``. Each side-by-side image is split into ``[C, H, W]``, normalised
     per channel, resized to ``image_size`` and fed with its true channel count (batches mix nothing:
     one sub-dataset at a time). A feature file whose row count already matches is kept unless
-    ``overwrite``. Uses :func:`chada.eval.embed.embed_images`.
+    ``overwrite``. Uses :func:`chada.encode.encoders.embed_images`.
     """
     import torch
     from tqdm.auto import tqdm
@@ -299,8 +299,8 @@ def embed_chammi(
     from chada.data.dataset import resize_image
     from chada.data.importers.chammi import N_CHANNELS, chammi_image_path, load_meta, read_chammi_image
     from chada.data.normalize import normalize_channels
-    from chada.eval.embed import embed_images, resolve_model
-    from chada.models.hub import atomic_write_bytes
+    from chada.encode.encoders import embed_images, resolve_model
+    from chada.io import atomic_write_npy
 
     module, info = resolve_model(model, seed=seed) if not isinstance(model, torch.nn.Module) else (model, {})
     name = name or model_label(model if not isinstance(model, torch.nn.Module) else type(model).__name__)
@@ -330,11 +330,6 @@ def embed_chammi(
             if len(batch) == batch_size or i == len(rows) - 1:
                 feats.append(embed_images(encoder, batch, [pool], device=device)[pool])
                 batch = []
-        arr = np.concatenate(feats).astype(np.float32)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        atomic_write_bytes(dest, buf.getvalue())
+        atomic_write_npy(dest, np.concatenate(feats).astype(np.float32))
         written[ds] = dest
     return written

@@ -17,8 +17,9 @@ import yaml
 from torch import nn
 
 from chada.cli import main
-from chada.eval.protocol import normalize_config, run_evaluation
-from chada.eval.reconstruction import _target_index, decoder_budget, parse_reconstruction_tasks
+from chada.tasks.evaluation import normalize_config, run_evaluation
+from chada.tasks.reconstruction import decoder_budget, parse_reconstruction_tasks
+from chada.tasks.reconstruction.task import _target_index
 
 SIZE = 32
 

@@ -1,0 +1,132 @@
+"""The options several sub-commands share, defined once: same flag, same default, same help everywhere.
+
+Each ``add_*`` function adds one option (or one small group) to a sub-command's parser::
+
+    p = subparsers.add_parser("embed", ...)
+    add_model(p, handmade=True)
+    add_manifest(p)
+    add_image_size(p)
+    add_channel_args(p)
+    add_device(p)
+    add_batch_size(p, default=32)
+    add_quiet(p)
+    add_debug(p)
+
+and the handler reads them back with the matching helpers (:func:`channel_kwargs`). A new shared
+option (``--precision``, say) is one more ``add_precision(p)`` here, called from each sub-command that
+runs a model, plus one ``precision_kwargs(args)`` reader if its value needs turning into arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = [
+    "NORMALIZE_CHOICES",
+    "add_batch_size",
+    "add_channel_args",
+    "add_dataset_filter",
+    "add_debug",
+    "add_device",
+    "add_image_size",
+    "add_manifest",
+    "add_model",
+    "add_normalize",
+    "add_quiet",
+    "add_seed",
+    "add_workers",
+    "channel_kwargs",
+]
+
+NORMALIZE_CHOICES = ("percentile", "minmax", "none")
+
+_Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def add_model(p: _Parser, *, handmade: bool = False, seed: bool = True, required: bool = True) -> None:
+    """``--model``: a saved model folder or a registered name (random weights), or ``handmade``.
+
+    ``seed``: the sub-command also has :func:`add_seed`'s ``--seed``.
+    """
+    what = "saved model folder, registered name (random weights" + (" from --seed)" if seed else ")")
+    p.add_argument("--model", required=required, help=what + (", or 'handmade'" if handmade else ""))
+
+
+def add_seed(p: _Parser) -> None:
+    """``--seed`` of the random weights a registered model name is built with (the untrained baselines)."""
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights of a registered model name")
+
+
+def add_manifest(p: _Parser, *, required: bool = True, help: str | None = None) -> None:
+    """``--manifest``: the manifest CSV/Parquet (see ``chada data check``)."""
+    p.add_argument("--manifest", required=required, default=None, help=help or "manifest CSV/Parquet")
+
+
+def add_dataset_filter(p: _Parser) -> None:
+    """``--dataset``: keep only these datasets of the manifest."""
+    p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
+
+
+def add_image_size(p: _Parser, *, default: int | None = None, help: str | None = None, metavar: str | None = None) -> None:
+    """``--image-size``: resize every image to this square size (``None``: native size)."""
+    text = help or (
+        "resize images to this square size (default: native size)"
+        if default is None
+        else f"resize every image to this square size (default {default})"
+    )
+    p.add_argument("--image-size", type=int, default=default, metavar=metavar, help=text)
+
+
+def add_normalize(p: _Parser, *, help: str | None = None) -> None:
+    """``--normalize``: per-channel intensity normalisation, as in training."""
+    p.add_argument(
+        "--normalize",
+        default="percentile",
+        choices=list(NORMALIZE_CHOICES),
+        help=help or "per-channel intensity normalisation (default percentile, as in training)",
+    )
+
+
+def add_channel_args(p: argparse.ArgumentParser) -> None:
+    """``--channel-order``, ``--strict-channels``, ``--channel-alias`` (see :mod:`chada.data.channels`)."""
+    from chada.data.channels import add_channel_args as _add
+
+    _add(p)
+
+
+def channel_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed channel options as the ``channel_order`` / ``unknown_channels`` / ``channel_aliases``
+    keyword arguments of :func:`chada.encode.embed.embed_manifest` and its peers."""
+    from chada.data.channels import parse_channel_order
+
+    return {
+        "channel_order": parse_channel_order(args.channel_order),
+        "unknown_channels": "error" if args.strict_channels else "warn",
+        "channel_aliases": dict(args.channel_alias or []),
+    }
+
+
+def add_device(p: _Parser) -> None:
+    """``--device``: where the model runs."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+
+
+def add_batch_size(p: _Parser, *, default: int = 32) -> None:
+    """``--batch-size``: images per forward pass."""
+    p.add_argument("--batch-size", type=int, default=default, help=f"images per forward pass (default {default})")
+
+
+def add_workers(p: _Parser) -> None:
+    """``--workers``: DataLoader processes reading images."""
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images (default 0)")
+
+
+def add_quiet(p: _Parser) -> None:
+    """``--quiet``: no progress bars."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_debug(p: _Parser) -> None:
+    """``--debug``: show the full traceback of an error."""
+    p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -1,0 +1,306 @@
+"""Frozen-encoder embeddings of every image of a manifest, written to one ``.npz`` (resumable).
+
+::
+
+    emb = embed_manifest("runs/chada/final", "data/manifest.csv", "emb/chada.npz")
+    emb.features["cls"]      # [N, D]   CLS embedding
+    emb.features["all"]      # [N, D2]  CLS concatenated with the mean of the real patch tokens
+    emb.meta                 # manifest rows (same order) + channel_names used + n_channels
+
+Models: a saved model folder, a registered name (random weights from ``seed``: the untrained
+baselines), an ``nn.Module``, ``"handmade"`` (hand-made features from
+``chada.features.handmade_features``, stored under every requested pool name), or any
+:class:`chada.encode.encoders.Encoder`.
+
+Channel-count-dependent embeddings (``one_channel_vit``'s ``"cls"``/``"all"`` concatenate one
+block per channel, ``C*D``): one array needs one size, so when the embedded rows do not all have the
+same channel count these pools fall back to their fixed-size form (``"mean"``/``"mean_all"``, the
+mean over channels) with a logged note and ``info["pool_fallback"]`` recording it. To get the paper's
+concatenated features on such a manifest, embed each dataset separately (``datasets=[name]``,
+``chada embed --dataset NAME``).
+
+Resuming: rows are cut into chunks of ``chunk_batches * batch_size``; every finished chunk is written
+atomically to ``<out>.parts/chunk_XXXXXX.npz`` next to a ``fingerprint.json`` of the run settings.
+A re-run with the same settings skips finished chunks; different settings discard the parts. The
+final file is assembled with :func:`chada.encode.store.save_embeddings` and the parts removed
+(:class:`chada.encode.chunks.ChunkStore`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from chada.encode.chunks import ChunkStore
+from chada.encode.encoders import DEFAULT_POOLS, Encoder, resolve_encoder
+from chada.encode.store import EmbeddingSet, save_embeddings
+
+__all__ = ["embed_manifest"]
+
+log = logging.getLogger(__name__)
+
+
+def _list_collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # batches are split by image size after loading (sizes are unknown before reading)
+    return samples
+
+
+def _embed_samples(
+    encoder: Encoder,
+    samples: list[dict[str, Any]],
+    pool_map: dict[str, str],
+    device: torch.device,
+    policy: Any = None,
+) -> dict[str, np.ndarray]:
+    """One loader batch through the encoder (a seam: tests interrupt a run here)."""
+    return encoder.encode_samples(samples, pool_map, device, policy)
+
+
+def embed_manifest(
+    model: nn.Module | str | os.PathLike | Encoder,
+    manifest: str | os.PathLike | pd.DataFrame,
+    out: str | os.PathLike,
+    batch_size: int = 32,
+    pools: Sequence[str] = DEFAULT_POOLS,
+    image_size: int | None = None,
+    num_workers: int = 0,
+    resume: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    datasets: Sequence[str] | None = None,
+    split: str | Sequence[str] | None = None,
+    normalize: str = "percentile",
+    chunk_batches: int = 20,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+    channel_order: Sequence[str] | None = None,
+    unknown_channels: str = "warn",
+    channel_aliases: dict[str, str] | None = None,
+) -> EmbeddingSet:
+    """Embed every image of ``manifest`` with a frozen ``model`` and write ``out`` (``.npz``).
+
+    Args:
+        model: saved model folder, registered model name (random init from ``seed``), ``nn.Module``,
+            ``"handmade"``, or an :class:`~chada.encode.encoders.Encoder`.
+        manifest: manifest path (CSV/Parquet) or DataFrame (see :mod:`chada.data.manifest`).
+        out: output ``.npz`` path (layout in :mod:`chada.encode.store`).
+        batch_size: images per forward pass.
+        pools: feature kinds to store, e.g. ``("cls", "all")``.
+        image_size: resize every image to this square size; ``None`` keeps native sizes (batches
+            are then split by size, and sizes must suit the model, e.g. multiples of the patch).
+        num_workers: DataLoader workers reading images.
+        resume: reuse finished chunks under ``<out>.parts/`` from an interrupted run with the same
+            settings; ``False`` starts over.
+        seed: torch seed for building a registered name with random weights (recorded in ``info``).
+        device: ``"cpu"``, ``"cuda"``, ...
+        datasets, split: embed only these datasets / splits of the manifest.
+        normalize: per-channel intensity normalisation (``"percentile"``, ``"minmax"``, ``"none"``).
+        chunk_batches: batches per resumable chunk.
+        root: folder relative image paths are resolved against (default: the manifest's folder).
+        progress: show a tqdm bar.
+        channel_order: canonical channel order (name -> slot); default: the names the checkpoint
+            recorded, else slot = position (see :mod:`chada.data.channels`).
+        unknown_channels: ``"warn"`` (default), ``"error"`` (strict) or ``"append"`` for names outside it.
+        channel_aliases: ``{name in the manifest: canonical name}``.
+
+    Returns:
+        the :class:`EmbeddingSet` that was written: ``features[pool]`` ``[N, D_pool]``, ``meta`` (one
+        row per image: manifest columns, ``channel_names`` as the list of channels fed to the model,
+        ``n_channels``), ``info`` (model, source, seed, pools and any fallback, image size, timings).
+    """
+    from chada.data.channels import ChannelPolicy
+    from chada.data.dataset import ManifestDataset
+    from chada.data.manifest import row_channel_names
+
+    pools, out = _check_args(out, pools, batch_size, chunk_batches, image_size)
+    t0 = time.time()
+    encoder = resolve_encoder(model, seed=seed)
+    dev = torch.device(device)
+    if encoder.module is not None:
+        encoder.module = encoder.module.to(dev).eval()
+    policy = ChannelPolicy.from_model(
+        encoder.module, unknown=unknown_channels, aliases=channel_aliases, canonical=channel_order
+    )
+    ds = ManifestDataset(manifest, root=root, split=split, datasets=datasets, size=image_size, normalize=normalize)
+    n = len(ds)
+    if n == 0:
+        raise ValueError("no image to embed: the manifest (after the dataset/split filters) is empty")
+    counts = {len(row_channel_names(r)) for r in ds._rows}
+    pool_map = encoder.pool_map(pools, counts)
+    settings = _run_settings(encoder, seed, manifest, ds, pool_map, image_size, batch_size, chunk_batches,
+                             normalize, policy)  # fmt: skip
+    store = ChunkStore(out, settings, resume=resume)
+    chunk_rows = batch_size * chunk_batches
+    chunks = [np.arange(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+    done = _encode_chunks(encoder, ds, chunks, store, pools, pool_map, dev, policy, batch_size, num_workers, progress)
+
+    features = _concat(done, len(chunks), pools)
+    used_names = [nm for k in range(len(chunks)) for nm in done[k]["__names__"]]
+    info = dict(encoder.info)
+    info.update(
+        {
+            "pools": pools,
+            "pool_fallback": {p: a for p, a in pool_map.items() if a != p} or None,
+            "feature_dims": {p: int(v.shape[1]) for p, v in features.items()},
+            "image_size": image_size,
+            "normalize": normalize,
+            "batch_size": batch_size,
+            "device": str(dev),
+            "manifest": settings["manifest"],
+            "datasets": list(datasets) if datasets is not None else None,
+            "split": split,
+            "n_images": n,
+            "channel_counts": sorted(counts),
+            "channel_policy": policy.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.time() - t0, 3),
+            "torch": torch.__version__,
+        }
+    )
+    _add_notes(info, encoder)
+    emb = EmbeddingSet(features, _meta(ds.frame, used_names, policy), info)
+    save_embeddings(emb, out)
+    store.remove()
+    return emb
+
+
+def _run_settings(
+    encoder: Encoder, seed: int, manifest: Any, ds: Any, pool_map: dict[str, str], image_size: int | None,
+    batch_size: int, chunk_batches: int, normalize: str, policy: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything that changes the output: finished chunks are reused only when all of it is the same."""
+    settings = {
+        "model": encoder.info.get("model"),
+        "seed": seed if encoder.info.get("source") == "random_init" else None,
+        "manifest": str(Path(manifest).resolve()) if not isinstance(manifest, pd.DataFrame) else "<DataFrame>",
+        "image_ids": hashlib.sha256("\n".join(map(str, ds.frame["image_id"])).encode()).hexdigest(),
+        "pools": pool_map,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "chunk_batches": chunk_batches,
+        "normalize": normalize,
+        "channel_policy": policy.to_dict(),
+    }
+    if encoder.module is not None and encoder.info.get("source") != "random_init":
+        # a folder re-saved with new weights must not reuse old chunks
+        with torch.no_grad():
+            settings["weights"] = float(sum(p.double().abs().sum().item() for p in encoder.module.parameters()))
+    return settings
+
+
+def _concat(done: dict[int, dict[str, Any]], n_chunks: int, pools: list[str]) -> dict[str, np.ndarray]:
+    features = {}
+    for p in pools:
+        arrays = [done[k][p] for k in range(n_chunks)]
+        widths = {a.shape[1] for a in arrays}
+        if len(widths) != 1:
+            raise ValueError(f"pool {p!r}: chunks have different feature sizes {sorted(widths)}; re-run with resume=False")
+        features[p] = np.concatenate(arrays).astype(np.float32, copy=False)
+    return features
+
+
+def _check_args(
+    out: str | os.PathLike, pools: Sequence[str], batch_size: int, chunk_batches: int, image_size: int | None
+) -> tuple[list[str], Path]:
+    if batch_size < 1 or chunk_batches < 1:
+        raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
+    pools = list(dict.fromkeys(pools))
+    if not pools:
+        raise ValueError("pools is empty: ask for at least one of 'cls', 'all'")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size}")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"output must be a .npz file, got {out}")
+    return pools, out
+
+
+def _encode_chunks(
+    encoder: Encoder,
+    ds: Any,
+    chunks: list[np.ndarray],
+    store: ChunkStore,
+    pools: list[str],
+    pool_map: dict[str, str],
+    dev: torch.device,
+    policy: Any,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> dict[int, dict[str, Any]]:
+    """Every chunk's ``{pool: [n, D], "__names__": [...]}``: finished ones from ``store``, the others
+    encoded now (each written to ``store`` as soon as it is complete)."""
+    from torch.utils.data import DataLoader, Subset
+    from tqdm.auto import tqdm
+
+    done: dict[int, dict[str, Any]] = {}
+    for k, rows in enumerate(chunks):
+        got = store.load(k, rows, pools)
+        if got is not None:
+            done[k] = got
+    todo = [k for k in range(len(chunks)) if k not in done]
+    if done:
+        log.info("resuming: %d of %d chunks already embedded in %s", len(done), len(chunks), store.dir)
+    if not todo:
+        return done
+    indices = np.concatenate([chunks[k] for k in todo]).tolist()
+    loader = DataLoader(
+        Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=_list_collate, pin_memory=dev.type == "cuda",
+    )  # fmt: skip
+    n_batches = (len(indices) + batch_size - 1) // batch_size
+    bar = tqdm(total=n_batches, desc=f"embed {encoder.info.get('model')}", unit="batch", disable=not progress)
+    todo_iter = iter(todo)
+    k = next(todo_iter)
+    acc: dict[str, list[np.ndarray]] = {p: [] for p in pools}
+    names: list[list[str]] = []
+    for samples in loader:
+        feats = _embed_samples(encoder, samples, pool_map, dev, policy)
+        for p in pools:
+            acc[p].append(feats[p])
+        names.extend(list(s["channel_names"]) for s in samples)
+        bar.update(1)
+        # chunk sizes are multiples of batch_size (but the last), so batches never straddle chunks
+        if len(names) == len(chunks[k]):
+            chunk_feats = {p: np.concatenate(v) for p, v in acc.items()}
+            store.save(k, chunks[k], chunk_feats, names)
+            done[k] = chunk_feats | {"__names__": names}
+            acc = {p: [] for p in pools}
+            names = []
+            k = next(todo_iter, -1)
+    bar.close()
+    return done
+
+
+def _meta(frame: pd.DataFrame, used_names: list[list[str]], policy: Any) -> pd.DataFrame:
+    """The manifest rows plus the channel names, count and slots each image was encoded with."""
+    meta = frame.copy()
+    for col in meta.columns:  # nullable pandas dtypes -> plain objects, so JSON keeps None
+        if isinstance(meta[col].dtype, pd.StringDtype):
+            meta[col] = meta[col].astype(object).where(meta[col].notna(), None)
+    meta["channel_names"] = pd.Series(used_names, index=meta.index, dtype=object)
+    meta["n_channels"] = [len(x) for x in used_names]
+    meta["channel_slots"] = pd.Series(
+        [policy.resolve(nm, str(i)) for nm, i in zip(used_names, meta["image_id"])], index=meta.index, dtype=object
+    )
+    return meta
+
+
+def _add_notes(info: dict[str, Any], encoder: Encoder) -> None:
+    if info["pool_fallback"]:
+        info["note"] = (
+            "images have different channel counts: concatenating pools were replaced by their "
+            "mean-over-channels form (pool_fallback); embed one dataset at a time for the concatenation"
+        )
+    if encoder.module is None:
+        info["note"] = "hand-made features: the same vector is stored under every requested pool name"

@@ -1,0 +1,264 @@
+"""The evaluation config: defaults, models, feature-file tasks, and each model's family.
+
+Config (dict or YAML path; relative paths resolve against the YAML's folder)::
+
+    seeds: 5                       # or a list of ints
+    fractions: [0.01, 0.1, 1.0]
+    feature_kinds: [cls, all]
+    test_fraction: 0.2             # seeded stratified split when the data has no train/test split
+    max_dim: 256                   # PCA before the linear probe when D > max_dim
+    blas_threads: 1                # BLAS/OpenMP threads during the run (null: library default)
+    probe: {C: 1.0, max_iter: 300} # C may be a list: chosen by 3-fold CV on the training rows
+    knn: {k: 20, temperature: 0.07}
+    models:                        # name -> path, or name -> {path, family, arch, untrained_of}
+      chada: {path: emb/chada.npz, family: learned, arch: chada_vit}
+      chada_random: {path: emb/chada_random.npz, family: untrained, arch: chada_vit}
+      handmade: {path: emb/handmade.npz, family: handmade}
+    tasks:
+      - name: cell_type
+        label_column: label
+        kind: classification       # or regression
+        train_split: train         # values of the meta "split" column
+        test_split: test
+        embeddings: {chada: other.npz}   # optional per-task paths (default: the models' paths)
+        models: [chada, handmade]        # optional subset
+    diagnostics:
+      cka_pairs: [[chada, chada_random]] # default: learned vs same-arch untrained, learned vs handmade
+      shortcut_features: emb/shortcut.npz
+      shortcut_targets: [cell_count, mean_intensity]  # default: detected by name
+      n_components: 10
+    out_dir: results/eval
+
+Sections that run models (``reconstruction:``, ``torch_threads:``) are read by
+:mod:`chada.tasks.evaluation`, which builds on the functions here.
+
+Families: ``learned`` / ``untrained`` / ``handmade`` from the config, else the embedding file's info
+(``family``, ``untrained``/``random_init``/``pretrained`` flags, ``kind``), else the model name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULTS",
+    "FAMILIES",
+    "ModelSpec",
+    "TaskSpec",
+    "arch_name",
+    "infer_family",
+    "load_config",
+    "normalize_config",
+    "parse_models",
+    "parse_settings",
+    "parse_tasks",
+    "seed_list",
+]
+
+FAMILIES = ("learned", "untrained", "handmade")
+
+DEFAULTS: dict[str, Any] = {
+    "seeds": 5,
+    "fractions": [0.01, 0.1, 1.0],
+    "feature_kinds": ["cls", "all"],
+    "test_fraction": 0.2,
+    "max_dim": 256,
+    "probe": {"C": 1.0, "max_iter": 300},
+    "knn": {"k": 20, "temperature": 0.07},
+    "blas_threads": 1,
+}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    path: Path | None
+    family: str | None = None
+    arch: str | None = None
+    untrained_of: str | None = None
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    label_column: str
+    kind: str
+    embeddings: dict[str, Path]
+    train_split: str | None = "train"
+    test_split: str | None = "test"
+    test_fraction: float | None = None
+    feature_kinds: list[str] = field(default_factory=lambda: ["cls", "all"])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: list(range(5)))
+
+
+def seed_list(v: Any) -> list[int]:
+    """``5`` -> ``[0, 1, 2, 3, 4]``; a list of ints stays as it is."""
+    if isinstance(v, int):
+        if v < 1:
+            raise ValueError(f"seeds must be >= 1, got {v}")
+        return list(range(v))
+    return [int(s) for s in v]
+
+
+def _path(p: Any, base: Path) -> Path:
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else base / p
+
+
+def load_config(config: dict | str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """``(mapping, base folder)``: a YAML path is read, and its folder is the base of relative paths."""
+    base = Path.cwd()
+    if not isinstance(config, dict):
+        import yaml
+
+        cpath = Path(config)
+        if not cpath.exists():
+            raise FileNotFoundError(f"evaluation config {cpath} not found")
+        config = yaml.safe_load(cpath.read_text()) or {}
+        base = cpath.resolve().parent
+        if not isinstance(config, dict):
+            raise ValueError(f"{cpath}: the config must be a mapping")
+    return config, Path(config.get("base_dir", base))
+
+
+def parse_settings(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The run-wide settings: :data:`DEFAULTS` overridden by the config, paths made absolute."""
+    settings = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
+    settings["probe"] = {**DEFAULTS["probe"], **(config.get("probe") or {})}
+    settings["knn"] = {**DEFAULTS["knn"], **(config.get("knn") or {})}
+    settings["diagnostics"] = dict(config.get("diagnostics") or {})
+    if "shortcut_features" in settings["diagnostics"] and settings["diagnostics"]["shortcut_features"]:
+        settings["diagnostics"]["shortcut_features"] = _path(
+            settings["diagnostics"]["shortcut_features"], base
+        )
+    settings["out_dir"] = config.get("out_dir")
+    settings["base_dir"] = base
+    return settings
+
+
+def parse_models(config: dict[str, Any], base: Path) -> dict[str, ModelSpec]:
+    """The ``models:`` section: name -> :class:`ModelSpec`."""
+    raw_models = config.get("models") or {}
+    if isinstance(raw_models, list):
+        raw_models = {m["name"]: m for m in raw_models}
+    models: dict[str, ModelSpec] = {}
+    for name, m in raw_models.items():
+        if isinstance(m, (str, os.PathLike)):
+            m = {"path": m}
+        if not isinstance(m, dict):
+            raise ValueError(f"model {name!r}: expected a path or a mapping, got {m!r}")
+        fam = m.get("family")
+        if fam is not None and fam not in FAMILIES:
+            raise ValueError(f"model {name!r}: family must be one of {FAMILIES}, got {fam!r}")
+        models[str(name)] = ModelSpec(
+            str(name),
+            _path(m["path"], base) if m.get("path") else None,
+            fam,
+            m.get("arch"),
+            m.get("untrained_of"),
+        )
+    return models
+
+
+def parse_tasks(
+    config: dict[str, Any], base: Path, settings: dict[str, Any], models: dict[str, ModelSpec]
+) -> list[TaskSpec]:
+    """The ``tasks:`` section; a task naming its own embedding files adds them to ``models``."""
+    tasks = []
+    for i, t in enumerate(config.get("tasks") or []):
+        if "label_column" not in t and "label" not in t:
+            raise ValueError(f"task {i} ({t.get('name')}): label_column is required")
+        kind = t.get("kind", "classification")
+        if kind not in ("classification", "regression"):
+            raise ValueError(f"task {t.get('name')}: kind must be classification or regression, got {kind!r}")
+        if t.get("embeddings"):
+            emb = {str(k): _path(v, base) for k, v in t["embeddings"].items()}
+            for k in emb:
+                models.setdefault(k, ModelSpec(k, emb[k]))
+        else:
+            names = t.get("models") or list(models)
+            missing = [n for n in names if n not in models or models[n].path is None]
+            if missing:
+                raise ValueError(f"task {t.get('name')}: no embeddings path for models {missing}")
+            emb = {n: models[n].path for n in names}  # type: ignore[misc]
+        if t.get("models"):
+            emb = {k: v for k, v in emb.items() if k in t["models"]}
+        label = t.get("label_column", t.get("label"))
+        tasks.append(
+            TaskSpec(
+                name=str(t.get("name", label)),
+                label_column=str(label),
+                kind=kind,
+                embeddings=emb,
+                train_split=t.get("train_split", "train"),
+                test_split=t.get("test_split", "test"),
+                test_fraction=t.get("test_fraction", t.get("split_fraction")),
+                feature_kinds=list(t.get("feature_kinds", settings["feature_kinds"])),
+                fractions=[float(f) for f in t.get("fractions", settings["fractions"])],
+                seeds=seed_list(t.get("seeds", settings["seeds"])),
+            )
+        )
+    for f in {f for t in tasks for f in t.fractions}:
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions must be in (0, 1], got {f}")
+    return tasks
+
+
+def normalize_config(
+    config: dict | str | os.PathLike,
+) -> tuple[dict[str, Any], dict[str, ModelSpec], list[TaskSpec]]:
+    """Load (if a path) and validate the feature-file part of a config: ``(settings, models, tasks)``.
+
+    :func:`chada.tasks.evaluation.normalize_config` reads the whole config, reconstruction included.
+    """
+    raw, base = load_config(config)
+    settings = parse_settings(raw, base)
+    models = parse_models(raw, base)
+    if not raw.get("tasks"):
+        raise ValueError("the config names no tasks (tasks:)")
+    return settings, models, parse_tasks(raw, base, settings, models)
+
+
+_UNTRAINED = re.compile(r"untrained|random|rand_init|scratch")
+_HANDMADE = re.compile(r"handmade|hand_made|handcrafted|cellprofiler|shortcut|features?$")
+
+
+def infer_family(name: str, info: dict[str, Any] | None = None, explicit: str | None = None) -> str:
+    """``learned`` / ``untrained`` / ``handmade`` from the config, the file's info, or the name."""
+    if explicit:
+        return explicit
+    info = info or {}
+    fam = info.get("family")
+    if fam in FAMILIES:
+        return str(fam)
+    if any(str(info.get(k, "")).lower() in ("handmade", "shortcut", "features") for k in ("kind", "source")):
+        return "handmade"
+    if (
+        info.get("untrained") is True
+        or info.get("random_init") is True
+        or info.get("pretrained") is False
+        or info.get("source") == "random_init"
+    ):
+        return "untrained"
+    low = name.lower()
+    if _UNTRAINED.search(low):
+        return "untrained"
+    if _HANDMADE.search(low):
+        return "handmade"
+    return "learned"
+
+
+def arch_name(spec: ModelSpec, info: dict[str, Any]) -> str:
+    """The architecture a model's row is grouped under: the config's, the file's, else its name."""
+    if spec.arch:
+        return spec.arch
+    for key in ("arch", "architecture", "model_arch"):
+        if info.get(key):
+            return str(info[key])
+    model = str(info.get("model", info.get("model_name", spec.name)))
+    return re.sub(r"[_-]?(untrained|random|rand_init|scratch|seed\d+|s\d+)$", "", Path(model).name.lower())

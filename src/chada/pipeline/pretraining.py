@@ -1,0 +1,148 @@
+"""The quickstart's DINO pretrainings: one per encoder, side by side in spawned processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from chada.pipeline.settings import ENCODERS, QuickstartSettings, Stages
+
+__all__ = ["pretrain_all", "stage_pretrain"]
+
+
+def _pretrain_config() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("chada") / "configs" / "quickstart.yaml"))
+
+
+def _model_overrides(model_name: str) -> list[str]:
+    """The config's ``model.overrides`` that ``model_name`` has: the Inter-Channel ViT has no positional
+    embedding, so the shared recipe's ``pos_embed_std`` does not apply to it."""
+    import dataclasses
+
+    from chada.models.registry import get_arch, model_spec
+    from chada.ssl.config import load_config
+
+    fields = {f.name for f in dataclasses.fields(get_arch(model_spec(model_name)[0]).config_class)}
+    keep = {k: v for k, v in load_config(_pretrain_config()).model.overrides.items() if k in fields}
+    return [f"model.overrides={json.dumps(keep)}"]
+
+
+def stage_pretrain(
+    s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str, quiet: bool = False
+) -> dict[str, Any]:
+    """DINO for one encoder; ``quiet`` (parallel runs: 1 thread each) turns off its progress bar and
+    TensorBoard."""
+    from chada.ssl import pretrain
+
+    out = s.out / "pretrain" / encoder
+    epochs = s.epochs_of(encoder)
+    overrides = [
+        f"model.name={model_name}",
+        *_model_overrides(model_name),
+        f"data.manifest={manifests['pretrain_corpus']}",
+        "data.split=train",
+        f"data.size={s.synth_size}",
+        f"optim.epochs={epochs}",
+        f"run.output_dir={out}",
+        "run.device=cpu",
+        "data.num_workers=0",
+    ]
+    if s.threads or quiet:
+        overrides.append(f"run.threads={s.threads or 1}")
+    if s.steps_cap:
+        overrides.append(f"run.max_steps={s.steps_cap}")
+    if s.fast or quiet:
+        overrides += ["run.tensorboard=false", "run.progress=false"]
+    t0 = time.perf_counter()
+    folder = pretrain(_pretrain_config(), overrides=overrides, resume=(out / "checkpoint.pt").exists())
+    teacher, init = Path(folder) / "teacher", Path(folder) / "init"
+    for f in (teacher, init):
+        if not (f / "config.json").exists():
+            raise RuntimeError(f"pretraining of {encoder} finished without exporting {f}")
+    return {
+        "teacher": str(teacher), "untrained": str(init), "epochs": epochs, "output": str(folder),
+        "seconds": time.perf_counter() - t0, "parallel": quiet,
+    }  # fmt: skip
+
+
+def pretrain_all(s: QuickstartSettings, stages: Stages, manifests: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Pretrain every encoder; with ``jobs > 1`` they run at once in spawned processes, 1 thread each,
+    so that on 2 cores both cores stay busy until the last run ends."""
+    import multiprocessing as mp
+
+    # Three 1-thread runs on 2 cores finish sooner than two at a time: no core idles at the end.
+    jobs = s.jobs if s.jobs is not None else (len(ENCODERS) if (os.cpu_count() or 1) > 1 else 1)
+    pending = [enc for enc in ENCODERS if stages.done(f"pretrain_{enc}") is None]
+    if jobs <= 1 or len(pending) <= 1:
+        return {
+            enc: stages.run(f"pretrain_{enc}", lambda enc=enc, name=name: stage_pretrain(s, manifests, enc, name))
+            for enc, name in ENCODERS.items()
+        }  # fmt: skip
+    n = min(jobs, len(pending))
+    stages.log(f"[pretrain] {', '.join(pending)}: {n} at once; logs in {s.out / 'pretrain'}/<encoder>/log.csv")
+    pool = mp.get_context("spawn").Pool(n, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
+        jobs_ = {enc: pool.apply_async(stage_pretrain, (s, manifests, enc, ENCODERS[enc], True)) for enc in pending}
+        _watch_pretraining(s, jobs_)
+        # Stages.run records each result; a failed run raises here with its own traceback.
+        results = {enc: stages.run(f"pretrain_{enc}", lambda enc=enc: jobs_[enc].get()) for enc in ENCODERS}
+        pool.close()
+        return results
+    finally:
+        # On an error or Ctrl-C, stop the other runs now (their checkpoints let a re-run resume them).
+        pool.terminate()
+        pool.join()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: exit when the quickstart process dies (e.g. killed), instead of training
+    on as an orphan."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any]) -> None:
+    """One progress bar per encoder (epochs done, read from each run's ``log.csv``) until all finish or
+    one fails."""
+    from tqdm.auto import tqdm
+
+    total = {enc: s.epochs_of(enc) for enc in jobs}
+    bars = {
+        enc: tqdm(total=total[enc], desc=f"dino {enc}", unit="epoch", position=i, leave=True, disable=s.fast,
+                  dynamic_ncols=True, bar_format="{desc:<26}{percentage:3.0f}%|{bar}| {n:.1f}/{total} epochs [{elapsed}]")
+        for i, enc in enumerate(jobs)
+    }  # fmt: skip
+    try:
+        while True:
+            for enc, bar in bars.items():
+                bar.n = total[enc] if jobs[enc].ready() else _last_epoch(s.out / "pretrain" / enc / "log.csv")
+                bar.refresh()
+            finished = [j for j in jobs.values() if j.ready()]
+            if len(finished) == len(jobs) or any(not j.successful() for j in finished):
+                return
+            time.sleep(2.0)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _last_epoch(log_csv: Path) -> float:
+    """The epoch column of the last row of a DINO ``log.csv`` (0 before the first row)."""
+    try:
+        with open(log_csv, "rb") as f:
+            f.seek(max(0, log_csv.stat().st_size - 4096))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1].split(",")
+        return float(last[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
