@@ -4,7 +4,7 @@ Every module under ``src/chada`` is parsed with ``ast``: every ``import`` / ``fr
 depth (function-level imports included) and every ``importlib.import_module("chada...")`` is an
 edge. The layer order (docs/architecture.md) is::
 
-    io -> models -> data -> {features, ssl} -> encode -> eval -> viz -> tasks -> pipeline -> cli
+    io, errors -> models -> data -> {features, ssl} -> encode -> eval -> viz -> tasks -> pipeline -> cli
 
 A module may import from its own package or from a lower layer, never upward, never sideways into a
 peer package of its layer, and ``chada.eval`` reads only feature files (``chada.encode.store``).
@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first.
 LAYERS: list[tuple[str, ...]] = [
-    ("chada.io",),
+    ("chada.io", "chada.errors"),
     ("chada.models",),
     ("chada.data",),
     ("chada.features", "chada.ssl"),

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chada.errors import InputError
+from chada.data.channel_names import ChannelNameError, validate_channel_names
 from chada.models.batch import ChannelBatch
 
 __all__ = [
@@ -69,49 +69,8 @@ __all__ = [
 UNKNOWN_POLICIES = ("warn", "error", "append")
 
 
-class ChannelNameError(InputError):
-    """A channel name an image cannot use: duplicated, unknown under the strict policy, or no slot left."""
-
-
 class UnknownChannelWarning(UserWarning):
     """A channel name outside the canonical order was given a spare slot."""
-
-
-def validate_channel_names(
-    names: Sequence[str],
-    image: str | None = None,
-    case_insensitive: bool = True,
-    keys: Sequence[str] | None = None,
-) -> None:
-    """Rule 2 for one image: at least one channel, no empty name, no name twice.
-
-    Args:
-        names: the image's channel names as written (named in the error).
-        image: the image's id, named in the error.
-        case_insensitive: ``"DAPI"`` and ``"dapi"`` are the same channel.
-        keys: the names as compared (after aliasing and case folding); default: ``names`` stripped
-            (and lower-cased when ``case_insensitive``).
-
-    Raises:
-        ChannelNameError: naming the image, the channel and its two positions.
-    """
-    if isinstance(names, str):
-        raise TypeError("names must be a list of channel names, not one string")
-    where = f"image {image!r}" if image is not None else "image"
-    if len(names) == 0:
-        raise ChannelNameError(f"{where} has no channels")
-    if keys is None:
-        keys = [str(n).strip().lower() if case_insensitive else str(n).strip() for n in names]
-    seen: dict[str, int] = {}
-    for pos, (key, name) in enumerate(zip(keys, names)):
-        if not key:
-            raise ChannelNameError(f"{where}: channel {pos} has an empty name")
-        if key in seen:
-            raise ChannelNameError(
-                f"{where}: channel {name!r} appears twice (positions {seen[key]} and {pos}); "
-                "every channel of an image needs its own name"
-            )
-        seen[key] = pos
 
 
 def parse_channel_order(text: str | Sequence[str] | None) -> list[str] | None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chada.data.channels import validate_channel_names
+from chada.data.channel_names import validate_channel_names
 from chada.data.manifest import (
     STANDARD_COLUMNS,
     load_manifest,

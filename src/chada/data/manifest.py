@@ -280,8 +280,7 @@ def check_manifest(
     Returns:
         the problems, by row; ``severity == "error"`` ones make the manifest unusable.
     """
-    from chada.data.channels import ChannelNameError, validate_channel_names
-    from chada.data.readers import NAN_POLICIES, ImageReadError, nonfinite_summary
+    from chada.data.readers import NAN_POLICIES
 
     if nan_policy not in ("error", "replace"):
         raise ValueError(f"check_manifest: nan_policy must be 'error' or 'replace' (of {NAN_POLICIES})")
@@ -314,66 +313,77 @@ def check_manifest(
         problems.append(Problem(int(i) + 1, str(ids.iloc[i]), "duplicate_id", msg))
 
     for i, row in enumerate(df.to_dict("records")):
-        rnum = i + 1
-        iid = None if _is_missing(row.get("image_id")) else str(row["image_id"])
-
-        def add(kind: str, msg: str, _r: int = rnum, _id: str | None = iid, severity: str = "error") -> None:
-            problems.append(Problem(_r, _id, kind, msg, severity))
-
-        if iid is None:
-            add("missing_value", "image_id is empty")
-        if "dataset" in df.columns and _is_missing(row.get("dataset")):
-            add("missing_value", "dataset is empty")
-        if "split" in df.columns and not _is_missing(row.get("split")) and str(row["split"]).strip() not in SPLITS:
-            add("bad_split", f"split {row['split']!r} is not one of {SPLITS}")
-        names = row_channel_names(row)
-        if not names:
-            if "channel_names" in df.columns:  # a missing column is reported once, above
-                add("missing_value", "channel_names is empty")
-        else:
-            try:
-                validate_channel_names(names, iid)
-            except ChannelNameError as exc:
-                msg = str(exc)
-                prefix = f"image {iid!r}: "
-                add("channel_names", msg[len(prefix):] if msg.startswith(prefix) else msg)
-        try:
-            kind, paths = row_paths(row, base)
-        except ValueError as exc:
-            add("no_file", str(exc))
-            continue
-        absent = [p for p in paths if not p.exists()]
-        if absent:
-            add("missing_file", "file(s) not found: " + ", ".join(str(p) for p in absent))
-            continue
-        if not read_pixels:
-            if kind == "channel_files" and names and len(names) != len(paths):
-                add("channel_name_count", f"{len(names)} channel_names for {len(paths)} channel files")
-            continue
-        try:
-            img, _ = _read_row_raw(row, base)
-        except ImageReadError as exc:
-            msg = str(exc)
-            add("inconsistent_size" if "differ in H/W" in msg else "unreadable", msg)
-            continue
-        except Exception as exc:  # noqa: BLE001 - a validator must report, not crash, on any bad file
-            add("unreadable", f"{type(exc).__name__}: {exc}")
-            continue
-        c = int(img.shape[0])
-        if c == 0 or img.shape[1] == 0 or img.shape[2] == 0:
-            add("channel_count", f"image is empty (shape {tuple(img.shape)})")
-        elif c > c_max:
-            add("channel_count", f"{c} channels > C_max={c_max}")
-        if names and len(names) != c:
-            add("channel_name_count", f"{len(names)} channel_names {names} for {c} channels")
-        detail = nonfinite_summary(img, names if len(names) == c else None, paths) if img.size else ""
-        if detail:
-            src = f" in {paths[0]}" if len(paths) == 1 else ""
-            if nan_policy == "error":
-                add("nan_pixels", f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')")
-            else:
-                add("nan_pixels", f"non-finite pixels{src}, replaced when read: {detail}", severity="warning")
+        problems += _row_problems(row, i + 1, list(df.columns), base, c_max, read_pixels, nan_policy)
     problems.sort(key=lambda p: (p.row or 0, p.kind))
+    return problems
+
+
+def _row_problems(
+    row: dict, rnum: int, columns: Sequence[str], base: Path, c_max: int, read_pixels: bool, nan_policy: str
+) -> list[Problem]:
+    """Every problem of one manifest row (``rnum`` is 1-based), in the order they are checked."""
+    from chada.data.channel_names import ChannelNameError, validate_channel_names
+    from chada.data.readers import ImageReadError, nonfinite_summary
+
+    problems: list[Problem] = []
+    iid = None if _is_missing(row.get("image_id")) else str(row["image_id"])
+
+    def add(kind: str, msg: str, severity: str = "error") -> None:
+        problems.append(Problem(rnum, iid, kind, msg, severity))
+
+    if iid is None:
+        add("missing_value", "image_id is empty")
+    if "dataset" in columns and _is_missing(row.get("dataset")):
+        add("missing_value", "dataset is empty")
+    if "split" in columns and not _is_missing(row.get("split")) and str(row["split"]).strip() not in SPLITS:
+        add("bad_split", f"split {row['split']!r} is not one of {SPLITS}")
+    names = row_channel_names(row)
+    if not names:
+        if "channel_names" in columns:  # a missing column is reported once, above
+            add("missing_value", "channel_names is empty")
+    else:
+        try:
+            validate_channel_names(names, iid)
+        except ChannelNameError as exc:
+            msg = str(exc)
+            prefix = f"image {iid!r}: "
+            add("channel_names", msg[len(prefix):] if msg.startswith(prefix) else msg)
+    try:
+        kind, paths = row_paths(row, base)
+    except ValueError as exc:
+        add("no_file", str(exc))
+        return problems
+    absent = [p for p in paths if not p.exists()]
+    if absent:
+        add("missing_file", "file(s) not found: " + ", ".join(str(p) for p in absent))
+        return problems
+    if not read_pixels:
+        if kind == "channel_files" and names and len(names) != len(paths):
+            add("channel_name_count", f"{len(names)} channel_names for {len(paths)} channel files")
+        return problems
+    try:
+        img, _ = _read_row_raw(row, base)
+    except ImageReadError as exc:
+        msg = str(exc)
+        add("inconsistent_size" if "differ in H/W" in msg else "unreadable", msg)
+        return problems
+    except Exception as exc:  # noqa: BLE001 - a validator must report, not crash, on any bad file
+        add("unreadable", f"{type(exc).__name__}: {exc}")
+        return problems
+    c = int(img.shape[0])
+    if c == 0 or img.shape[1] == 0 or img.shape[2] == 0:
+        add("channel_count", f"image is empty (shape {tuple(img.shape)})")
+    elif c > c_max:
+        add("channel_count", f"{c} channels > C_max={c_max}")
+    if names and len(names) != c:
+        add("channel_name_count", f"{len(names)} channel_names {names} for {c} channels")
+    detail = nonfinite_summary(img, names if len(names) == c else None, paths) if img.size else ""
+    if detail:
+        src = f" in {paths[0]}" if len(paths) == 1 else ""
+        if nan_policy == "error":
+            add("nan_pixels", f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')")
+        else:
+            add("nan_pixels", f"non-finite pixels{src}, replaced when read: {detail}", severity="warning")
     return problems
 
 
