@@ -44,11 +44,14 @@ from chada.models.precision import cpu_bf16_feature, cpu_model_name, read_cpu_fl
 VARIANTS = ("fp32", "bf16_sdpa", "bf16", "bf16_weights")
 
 
-def make_step(name: str, model: torch.nn.Module, model_bf16: torch.nn.Module, batch: ChannelBatch):
-    """A no-argument function running one inference step of variant ``name``; returns CLS ``[B, D]`` fp32."""
+def make_step(name: str, attention: str, model: torch.nn.Module, model_bf16: torch.nn.Module, batch: ChannelBatch):
+    """A no-argument function running one inference step of variant ``name`` with ``attention``;
+    returns CLS ``[B, D]`` in fp32."""
 
     def step() -> torch.Tensor:
         chada_layers.CPU_BF16_ATTENTION = "sdpa" if name == "bf16_sdpa" else "explicit"
+        model.set_attention(attention)
+        model_bf16.set_attention(attention)
         with torch.inference_mode():
             if name == "fp32":
                 return model.forward_features(batch).cls
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--mix", default="idrcell", help=f"one of {MIXES} or allK")
-    ap.add_argument("--attention", default="packed")
+    ap.add_argument("--attentions", default="packed", help="comma list of packed,padded,varlen; x fp32 is against the first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model(args.model, attention=args.attention).eval()
+    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    model = create_model(args.model).eval()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     counts = mix_counts(args.mix, args.batch_size, model.config.max_channels)
     S = args.image_size
@@ -97,40 +101,43 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown variants {unknown}; known: {VARIANTS}")
     if "fp32" not in variants:
         variants.insert(0, "fp32")
-    steps = {v: make_step(v, model, model_bf16, batch) for v in variants}
+    # keys "attention/variant"; the first key is the reference (fp32 with the first attention mode)
+    steps = {f"{a}/{v}": make_step(v, a, model, model_bf16, batch) for a in attentions for v in variants}
+    keys = list(steps)
 
-    ref = steps["fp32"]()
-    cosine = {v: float(F.cosine_similarity(steps[v](), ref).min()) for v in variants}
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    ref = steps[keys[0]]()
+    cosine = {k: float(F.cosine_similarity(steps[k](), ref).min()) for k in keys}
+    times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(args.rounds):
-        for v in variants:
+        for k in keys:
             t = time.perf_counter()
-            steps[v]()
-            times[v].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{v} {times[v][-1]:.3f}s" for v in variants), file=sys.stderr)
+            steps[k]()
+            times[k].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in keys), file=sys.stderr)
 
     flags = read_cpu_flags()
     cpu = cpu_model_name()
     feature = cpu_bf16_feature()
     bf16_flags = ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
     B = len(counts)
-    fp32_ips = B / statistics.median(times["fp32"])
+    fp32_ips = B / statistics.median(times[keys[0]])
     lines = [
-        "| variant | img/s (median) | x fp32 | min CLS cosine to fp32 | step s (all rounds) |",
-        "|---|---|---|---|---|",
+        f"| attention | variant | img/s (median) | x {keys[0].replace('/', ' ')} | min CLS cosine to it | step s (all rounds) |",
+        "|---|---|---|---|---|---|",
     ]
     rows: list[dict[str, Any]] = []
-    for v in variants:
-        ips = B / statistics.median(times[v])
-        rows.append({"variant": v, "images_per_s": ips, "x_fp32": ips / fp32_ips, "min_cosine": cosine[v], "times": times[v]})
+    for k in keys:
+        a, v = k.split("/")
+        ips = B / statistics.median(times[k])
+        rows.append({"attention": a, "variant": v, "images_per_s": ips, "x_ref": ips / fp32_ips, "min_cosine": cosine[k], "times": times[k]})
         lines.append(
-            f"| {v} | {ips:.2f} | {ips / fp32_ips:.2f} | {cosine[v]:.6f} | "
-            + " ".join(f"{t:.3f}" for t in times[v])
+            f"| {a} | {v} | {ips:.2f} | {ips / fp32_ips:.2f} | {cosine[k]:.6f} | "
+            + " ".join(f"{t:.3f}" for t in times[k])
             + " |"
         )
     lines += [
         "",
-        f"- {args.model}, {S}x{S}, mix {args.mix} (B={B}, mean C {sum(counts) / B:.2f}), attention {args.attention}, "
+        f"- {args.model}, {S}x{S}, mix {args.mix} (B={B}, mean C {sum(counts) / B:.2f}), "
         f"inference, {args.threads} threads, {args.rounds} interleaved rounds; torch {torch.__version__}",
         f"- CPU: {cpu}; {bf16_flags}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
         f"native bf16 feature used by auto: {feature}",
@@ -138,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     profiles = {}
     if args.profile:
-        for v in variants:
-            profiles[v] = profile_table(steps[v], args.profile_rows)
-            print(f"\n### profile: {v}\n```\n{profiles[v]}```")
+        for k in keys:
+            profiles[k] = profile_table(steps[k], args.profile_rows)
+            print(f"\n### profile: {k}\n```\n{profiles[k]}```")
     if args.json is not None:
         args.json.write_text(json.dumps({"argv": sys.argv, "cpu": cpu, "flags": sorted(flags), "counts": counts, "rows": rows, "profiles": profiles}, indent=2))
     chada_layers.CPU_BF16_ATTENTION = "explicit"

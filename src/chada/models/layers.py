@@ -54,22 +54,32 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 #: "sdpa" (torch's fused CPU kernel). Kept switchable so benchmarks/profile_bf16.py can show both.
 CPU_BF16_ATTENTION = "explicit"
 
-# Query rows per chunk of the explicit bf16 CPU attention: 256 rows x 1373 keys x 3 heads x B is a
-# few MB per image, and the measured speed was flat from 128 to 512.
-_CPU_BF16_Q_CHUNK = 256
+# Score elements (batch x heads x query rows x keys) per chunk of the explicit bf16 CPU attention: 2^20
+# bf16 values = 2 MB, about one core's L2 on the Zen 5 target, so the softmax and the following
+# matmul read the scores from cache. Measured: chunks of 128-256 rows beat 512 and whole-matrix.
+_CPU_BF16_CHUNK_ELEMENTS = 1 << 20
 
 
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, chunk: int) -> Tensor:
-    """``softmax(q k^T / sqrt(hd)) v`` on ``[B, h, L, hd]``, ``chunk`` query rows at a time."""
-    scale = q.shape[-1] ** -0.5
-    kt = k.transpose(-2, -1)
-    L = q.shape[-2]
-    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, chunk: int | None = None) -> Tensor:
+    """``softmax(q k^T / sqrt(hd)) v`` on ``[B, h, L, hd]``, ``chunk`` query rows at a time.
+
+    ``k`` and ``v`` are made contiguous once (not once per chunk inside the matmul), and the result
+    is written straight into a ``[B, L, h, hd]`` buffer, so the caller's ``transpose(1, 2).reshape``
+    back to ``[B, L, D]`` is free.
+    """
+    B, H, L, hd = q.shape
+    if chunk is None:
+        chunk = max(64, _CPU_BF16_CHUNK_ELEMENTS // max(1, B * H * k.shape[-2]))
+    scale = hd**-0.5
+    kt = k.contiguous().transpose(-2, -1)
+    v = v.contiguous()
+    buf = q.new_empty(B, L, H, v.shape[-1])
+    out = buf.transpose(1, 2)
     for s in range(0, L, chunk):
         logits = (q[..., s : s + chunk, :] * scale) @ kt
         if attn_mask is not None:
             logits = logits.masked_fill(~attn_mask, float("-inf"))
-        torch.matmul(logits.softmax(dim=-1), v, out=out[..., s : s + chunk, :])
+        out[..., s : s + chunk, :] = logits.softmax(dim=-1) @ v
     return out
 
 
@@ -85,7 +95,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) 
         and CPU_BF16_ATTENTION == "explicit"
         and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     ):
-        return _explicit_attention(q, k, v, attn_mask, _CPU_BF16_Q_CHUNK)
+        return _explicit_attention(q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
