@@ -73,12 +73,13 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | Non
     scale = hd**-0.5
     kt = k.contiguous().transpose(-2, -1)
     v = v.contiguous()
+    drop = None if attn_mask is None else ~attn_mask  # once, not per chunk
     buf = q.new_empty(B, L, H, v.shape[-1])
     out = buf.transpose(1, 2)
     for s in range(0, L, chunk):
         logits = (q[..., s : s + chunk, :] * scale) @ kt
-        if attn_mask is not None:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        if drop is not None:
+            logits.masked_fill_(drop, float("-inf"))
         out[..., s : s + chunk, :] = logits.softmax(dim=-1) @ v
     return out
 
