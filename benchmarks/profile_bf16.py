@@ -16,8 +16,10 @@ that a change of machine load hits every variant alike), and reports the median 
   the path ``resolve_precision`` + ``autocast`` select;
 - ``bf16_weights``: the whole model cast to bf16 (``model.to(torch.bfloat16)``), explicit attention.
 
-Accuracy: cosine of every image's CLS embedding to fp32 (minimum over the batch).
-``--profile`` adds torch.profiler's top operators (self CPU time) of one step per variant.
+``--attentions packed,varlen`` repeats every variant per attention mode (x fp32 is always against
+the first mode's fp32). Accuracy: cosine of every image's CLS embedding to that fp32 reference
+(minimum over the batch). ``--profile`` adds torch.profiler's top operators (self CPU time) of one
+step per variant; ``--chunk-elements`` changes the explicit attention's chunk budget.
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--profile", action="store_true", help="print torch.profiler top operators per variant")
     ap.add_argument("--profile-rows", type=int, default=12)
+    ap.add_argument(
+        "--chunk-elements", type=int, default=None,
+        help="score elements per chunk of the explicit bf16 attention (default: the library's 2^20)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.chunk_elements is not None:
+        chada_layers._CPU_BF16_CHUNK_ELEMENTS = args.chunk_elements
     torch.manual_seed(0)
     attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
     model = create_model(args.model).eval()

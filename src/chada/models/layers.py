@@ -10,8 +10,8 @@ Attention kernels (:func:`attention`):
 - bf16 inference on CPU: an explicit ``q @ k^T -> softmax -> @ v`` in query chunks. Measured on an
   AMD EPYC (avx512_bf16, no AMX) with torch 2.13, the CPU flash kernel runs no faster in bf16 than in
   fp32 (its inner GEMMs do not use the bf16 instructions without AMX), while plain bf16 matmuls run
-  ~4x fp32; the explicit path ran 2.4x the fused kernel and put the whole bf16 model at 2.5-3x fp32
-  (benchmarks/README.md, "bf16 on CPU"). Chunking the queries bounds the score buffer.
+  ~4x fp32; the explicit path ran ~2.4x the fused kernel and took the bf16 model from 1.4x to
+  2.4-2.8x fp32 (benchmarks/README.md, "bf16 on CPU"). Chunking the queries bounds the score buffer.
 - varlen (:class:`VarlenSegments`): one packed ``[T, D]`` sequence holding every image back to back;
   ``torch.nn.attention.varlen.varlen_attn`` on CUDA in fp16/bf16, otherwise the segments are grouped
   by length and each group runs as one dense batch (the same kernels as above).

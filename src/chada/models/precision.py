@@ -7,8 +7,9 @@
   (Intel Cooper Lake, AMD Zen 4/5) in ``/proc/cpuinfo``, or torch's own probe says so; else fp32.
   Without those instructions bf16 is emulated and runs slower than fp32.
 
-Measured on the project's AMD EPYC (Zen 5, ``avx512_bf16``, no AMX), chada_vit_moyen at 224 px,
-2 threads: bf16 inference ran ~3x fp32 with CLS embeddings at cosine >= 0.9999 to fp32
+Measured on the project's AMD EPYC (Zen 5, ``avx512_bf16``, no AMX), chada_vit_moyen at 224 px on the
+IDRCell-like mix, 2 threads: bf16 inference (autocast below) ran 2.4-2.6x fp32 in warm interleaved
+rounds (2.2x in a fresh process) with every CLS embedding at cosine >= 0.99996 to fp32
 (benchmarks/README.md, "bf16 on CPU").
 
 How a command uses it (the whole wiring)::
@@ -23,7 +24,11 @@ How a command uses it (the whole wiring)::
 
 ``autocast`` keeps the weights and the residual stream in fp32 and runs the matmuls, the patch
 projection and attention in bf16; on CPU the attention then takes the explicit bf16 path of
-:func:`chada.models.layers.attention`.
+:func:`chada.models.layers.attention`. Casting the model itself (``model.to(torch.bfloat16)``, then
+``model(batch).float()``) ran 3-10 % faster again but keeps the residual stream in bf16 (cosine
+0.99991 instead of 0.99996 on random weights); autocast is the recommended, safer default.
+Training keeps torch's fused attention (it has a memory-efficient backward), so bf16 training gains
+less (1.6-1.7x in benchmarks/throughput.py).
 """
 
 from __future__ import annotations
