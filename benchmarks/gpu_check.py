@@ -188,7 +188,8 @@ def parity(s: dict[str, Any], deadline: Deadline) -> list[dict[str, Any]]:
             ok = worst < tol[dname] if tol[dname] is not None else (cos >= 0.999 and (cos32 is None or cos32 >= 0.999))
             kernel = ""
             if mode == "varlen":
-                probe = torch.empty(1, device=device, dtype=dtype)
+                hd = model.config.embed_dim // model.config.num_heads
+                probe = torch.empty(1, 1, hd, device=device, dtype=dtype)
                 kernel = "varlen_attn" if chada_layers._varlen_kernel_available(probe) else "grouped SDPA fallback"
             detail = (
                 f"max |{mode}-padded| over {len(layer_diff)} layers {worst:.2e}"

@@ -271,3 +271,42 @@ def test_varlen_drop_path_drops_whole_images() -> None:
     values = [out[a:b].unique().tolist() for a, b in zip(seg.cu_seqlens[:-1].tolist(), seg.cu_seqlens[1:].tolist())]
     assert all(len(v) == 1 for v in values), values
     assert {v[0] for v in values} == {0.0, 2.0}
+
+
+def test_varlen_calls_the_cuda_kernel_api_correctly(monkeypatch) -> None:
+    """The CUDA branch, run on CPU with a stand-in for ``varlen_attn`` that follows its documented
+    contract (``[T, h, hd]`` inputs, int32 cumulative lengths, max lengths): same result as padded."""
+    import torch.nn.attention.varlen as varlen_mod
+
+    from chada.models import layers
+
+    calls = []
+
+    def fake_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, **kw):
+        assert q.ndim == 3 and q.shape == k.shape == v.shape and q.is_contiguous()
+        assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k
+        lengths = (cu_seq_q[1:] - cu_seq_q[:-1]).tolist()
+        assert max(lengths) == max_q and int(cu_seq_q[-1]) == q.shape[0]
+        calls.append(len(lengths))
+        out = []
+        for a, b in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist()):
+            qi, ki, vi = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+            out.append(torch.nn.functional.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
+        return torch.cat(out)
+
+    monkeypatch.setattr(varlen_mod, "varlen_attn", fake_varlen_attn)
+    monkeypatch.setattr(layers, "_varlen_kernel_available", lambda q: True)
+    model = _model().eval()
+    batch = _mix([3, 1, 10, 3], 32, 4)
+    with torch.no_grad():
+        vl, pd = _both(model, batch, "varlen")
+    assert calls == [4] * model.config.depth  # one call per block for the whole batch
+    torch.testing.assert_close(vl.cls, pd.cls, atol=FWD_TOL, rtol=0)
+    torch.testing.assert_close(vl.patch_tokens, pd.patch_tokens, atol=FWD_TOL, rtol=0)
+
+
+def test_varlen_kernel_only_on_cuda_half_precision() -> None:
+    from chada.models.layers import _varlen_kernel_available
+
+    assert not _varlen_kernel_available(torch.empty(4, 2, 16, dtype=torch.bfloat16))  # CPU
+    assert not _varlen_kernel_available(torch.empty(4, 2, 16))

@@ -101,8 +101,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) 
 
 
 def _varlen_kernel_available(q: Tensor) -> bool:
-    """``varlen_attn`` (FlashAttention varlen) runs on CUDA in fp16/bf16 only (torch 2.13)."""
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+    """``varlen_attn`` (FlashAttention varlen) runs on CUDA in fp16/bf16 only (torch 2.13), for head
+    widths that are a multiple of 8 up to 256."""
+    hd = q.shape[-1]
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and hd % 8 == 0 and hd <= 256):
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
