@@ -122,8 +122,10 @@ def environment(s: dict[str, Any]) -> dict[str, Any]:
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
             bf16_supported=torch.cuda.is_bf16_supported(),
-            nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
         )
+        with contextlib.suppress(Exception):  # int in some builds, tuple in others
+            v = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
     return env
 
 

@@ -50,6 +50,7 @@ def test_explicit_choices_and_cuda() -> None:
     # CUDA: the device's bf16 support decides, never the CPU flags.
     assert resolve_precision("auto", "cuda", cpu_flags=SAPPHIRE_RAPIDS, cuda_bf16=False)[0] == torch.float32
     assert resolve_precision("auto", "cuda:1", cpu_flags=AVX2_ONLY, cuda_bf16=True)[0] == torch.bfloat16
+    assert resolve_precision("auto", "meta", cpu_flags=SAPPHIRE_RAPIDS)[0] == torch.float32
     with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'fp32', 'bf16'\), got 'fp16'"):
         resolve_precision("fp16", "cpu")
 

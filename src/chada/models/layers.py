@@ -9,8 +9,7 @@ Attention kernels (:func:`attention`):
   training);
 - bf16 inference on CPU: an explicit ``q @ k^T -> softmax -> @ v`` in query chunks. Measured on an
   AMD EPYC (avx512_bf16, no AMX) with torch 2.13, the CPU flash kernel runs no faster in bf16 than in
-  fp32 (its inner GEMMs do not use the bf16 instructions without AMX), while plain bf16 matmuls run
-  ~4x fp32; the explicit path ran ~2.4x the fused kernel and took the bf16 model from 1.4x to
+  fp32 (consistent with its bf16 GEMM fast path needing AMX), while plain bf16 matmuls run ~4x fp32; the explicit path ran ~2.4x the fused kernel and took the bf16 model from 1.4x to
   2.4-2.8x fp32 (benchmarks/README.md, "bf16 on CPU"). Chunking the queries bounds the score buffer.
 - varlen (:class:`VarlenSegments`): one packed ``[T, D]`` sequence holding every image back to back;
   ``torch.nn.attention.varlen.varlen_attn`` on CUDA in fp16/bf16, otherwise the segments are grouped
@@ -50,13 +49,15 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
+
 #: Kernel for bf16 inference attention on CPU: "explicit" (chunked matmul + softmax, the default) or
 #: "sdpa" (torch's fused CPU kernel). Kept switchable so benchmarks/profile_bf16.py can show both.
 CPU_BF16_ATTENTION = "explicit"
 
 # Score elements (batch x heads x query rows x keys) per chunk of the explicit bf16 CPU attention: 2^20
 # bf16 values = 2 MB, about one core's L2 on the Zen 5 target, so the softmax and the following
-# matmul read the scores from cache. Measured: chunks of 128-256 rows beat 512 and whole-matrix.
+# matmul read the scores from cache. Measured (benchmarks/README.md): 2^20-2^21 fastest, 2^18 ~10 %
+# slower, whole score matrices ~3 % slower.
 _CPU_BF16_CHUNK_ELEMENTS = 1 << 20
 
 

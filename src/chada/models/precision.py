@@ -143,6 +143,8 @@ def resolve_precision(
     if device.type == "cuda":
         native = cuda_bf16_supported(device) if cuda_bf16 is None else cuda_bf16
         where = "this CUDA device supports bf16" if native else "this CUDA device has no native bf16"
+    elif device.type != "cpu":
+        native, where = False, f"chada does not check bf16 support on {device.type} devices"
     else:
         feature = cpu_bf16_feature(cpu_flags)
         native = feature is not None
