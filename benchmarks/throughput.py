@@ -1,16 +1,22 @@
-"""Throughput and peak memory of ChAda-ViT: padded (paper) vs packed attention.
+"""Throughput and peak memory of ChAda-ViT: padded (paper) vs packed vs varlen attention, fp32 vs bf16.
 
 Usage (from the repository root)::
 
     python benchmarks/throughput.py --model chada_vit_moyen --image-size 224 \
-        --batch-size 16 --train-batch-size 4 --threads 2 --repeats 2
+        --batch-size 16 --train-batch-size 4 --threads 2 --repeats 2 --dtypes float32,bfloat16
 
-For every (mode, mix, attention) configuration a FRESH subprocess builds the model and the batch,
+For every (mode, mix, attention, dtype) configuration a FRESH subprocess builds the model and the batch,
 runs one step to measure peak memory, then ``--warmup`` more and ``--repeats`` timed steps. Modes:
 
 - ``infer``: ``model.forward_features(batch)`` under ``torch.inference_mode()``, model in eval mode;
 - ``train``: forward + backward of ``cls.sum() + patch_tokens.sum()`` in train mode (no optimizer
   step; gradients are freed between steps so their memory is part of every step).
+
+``bfloat16`` runs under ``torch.autocast`` (:func:`chada.models.precision.autocast`, what the
+precision helper selects), so inference on CPU takes the explicit bf16 attention of
+:func:`chada.models.layers.attention`. Rows of both dtypes sit side by side; the ``x fp32`` column
+compares each bf16 row with the fp32 row of the same (mode, mix, attention). The machine line names
+the CPU model and its ``avx512_bf16`` / ``amx_bf16`` flags.
 
 Peak memory is the increase above "model + input batch already allocated":
 
@@ -139,6 +145,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     from chada.models import ChannelBatch, create_model
+    from chada.models.precision import autocast as precision_autocast
 
     device, mode, attention = spec["device"], spec["mode"], spec["attention"]
     torch.set_num_threads(spec["threads"])
@@ -152,16 +159,18 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     batch = ChannelBatch(pixels, torch.tensor(counts, device=device))
     fwd = torch.compile(model.forward_features, dynamic=True) if spec["compile"] else model.forward_features
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
-    autocast = torch.autocast(dev_type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def autocast():  # a fresh context per use (generator-based context managers are single-use)
+        return precision_autocast(dtype, device)
 
     def step() -> None:
         if mode == "infer":
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast():
                 out = fwd(batch)
             del out
         else:
             model.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast():
                 out = fwd(batch)
                 loss = out.cls.float().sum() + out.patch_tokens.float().sum()
             loss.backward()
@@ -172,7 +181,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     # peak is the workload's, not library initialisation; the measured step is still the first of
     # this size, so no allocator cache from an earlier identical step hides anything.
     tiny = ChannelBatch(torch.randn(1, S, S, device=device), torch.tensor([1], device=device))
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast():
         fwd(tiny)
     del tiny
     # Peak memory: first full step, fresh process.
@@ -207,7 +216,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     sec = statistics.median(times)
     flops = model_flops(counts, model.config, S) * (3.0 if mode == "train" else 1.0)
     return {
-        **{k: spec[k] for k in ("mix", "mode", "attention")},
+        **{k: spec[k] for k in ("mix", "mode", "attention", "dtype")},
         "batch_size": len(counts),
         "mean_channels": sum(counts) / len(counts),
         "seconds": sec,
@@ -227,24 +236,20 @@ def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"worker failed for {spec['mode']}/{spec['mix']}/{spec['attention']}:\n{proc.stderr}"
+            f"worker failed for {spec['mode']}/{spec['mix']}/{spec['attention']}/{spec['dtype']}:\n{proc.stderr}"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- report
 def machine_info(args: argparse.Namespace) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from chada.models.precision import cpu_model_name, read_cpu_flags
+
+    flags = read_cpu_flags()
+    bf16_flags = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": f"{cpu}, {os.cpu_count()} logical CPUs",
+        "cpu": f"{cpu_model_name()}, {os.cpu_count()} logical CPUs ({bf16_flags})",
         "torch": torch.__version__,
         "threads": str(args.threads),
         "python": platform.python_version(),
@@ -255,16 +260,19 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
     return info
 
 
-def render(rows: list[dict[str, Any]], peak: float, info: dict[str, str], args: argparse.Namespace) -> str:
+def render(rows: list[dict[str, Any]], peaks: dict[str, float], info: dict[str, str], args: argparse.Namespace) -> str:
     """Markdown table (also readable as plain text)."""
-    ref = {(r["mode"], r["mix"]): r for r in rows if r["attention"] == "padded"}
+    ref = {(r["mode"], r["mix"], r["dtype"]): r for r in rows if r["attention"] == "padded"}
+    fp32 = {(r["mode"], r["mix"], r["attention"]): r for r in rows if r["dtype"] == "float32"}
     head = [
         "mode",
         "mix",
         "B",
         "mean C",
         "attention",
+        "dtype",
         "img/s",
+        "x fp32",
         "x padded",
         "peak MB",
         "mem / padded",
@@ -275,8 +283,10 @@ def render(rows: list[dict[str, Any]], peak: float, info: dict[str, str], args: 
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        p = ref.get((r["mode"], r["mix"]))
+        p = ref.get((r["mode"], r["mix"], r["dtype"]))
+        f = fp32.get((r["mode"], r["mix"], r["attention"]))
         speed = f"{r['images_per_s'] / p['images_per_s']:.2f}" if p else "-"
+        vs32 = f"{r['images_per_s'] / f['images_per_s']:.2f}" if f else "-"
         cpu_speed = f"{p['cpu_seconds'] / r['cpu_seconds']:.2f}" if p else "-"
         mem = f"{r['peak_mb'] / p['peak_mb']:.2f}" if p and p["peak_mb"] > 0 else "-"
         lines.append(
@@ -288,12 +298,14 @@ def render(rows: list[dict[str, Any]], peak: float, info: dict[str, str], args: 
                     str(r["batch_size"]),
                     f"{r['mean_channels']:.2f}",
                     r["attention"],
+                    "bf16" if r["dtype"] == "bfloat16" else "fp32",
                     f"{r['images_per_s']:.2f}",
+                    vs32,
                     speed,
                     f"{r['peak_mb']:.0f}",
                     mem,
                     f"{r['gflop_per_s']:.1f}",
-                    f"{100 * r['gflop_per_s'] / peak:.0f}%",
+                    f"{100 * r['gflop_per_s'] / peaks[r['dtype']]:.0f}%",
                     f"{r['cpu_seconds']:.2f}",
                     cpu_speed,
                 ]
@@ -303,11 +315,13 @@ def render(rows: list[dict[str, Any]], peak: float, info: dict[str, str], args: 
     methods = sorted({r["memory_method"] for r in rows})
     notes = [
         "",
-        f"- {args.model}, {args.image_size}x{args.image_size}, {args.device}, {args.dtype}"
+        f"- {args.model}, {args.image_size}x{args.image_size}, {args.device}"
         + (", torch.compile" if args.compile else "")
-        + f"; {info['cpu']}; torch {info['torch']}; {info['threads']} threads; {info['date']}"
+        + f"; CPU {info['cpu']}; torch {info['torch']}; {info['threads']} threads; {info['date']}"
         + (f"; GPU {info['gpu']}" if "gpu" in info else ""),
-        f"- torch.matmul peak ({args.dtype}, 2048^3): {peak:.1f} GFLOP/s, same run, same threads.",
+        "- torch.matmul peak (2048^3, same run, same threads): "
+        + ", ".join(f"{'bf16' if d == 'bfloat16' else 'fp32'} {v:.1f} GFLOP/s" for d, v in peaks.items())
+        + "; bf16 rows run under torch.autocast, % matmul peak is against their own dtype's peak.",
         "- img/s: batch size / median wall-clock step time over the timed repeats; each row in a fresh "
         "process. CPU-s/step: median process CPU time (user+sys, all threads) of a step, less sensitive "
         f"than wall time to other load on the machine (1-min load average {info['load']}).",
@@ -337,10 +351,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-batch-size", type=int, default=None, help="training batch size (default: --batch-size)"
     )
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 = autocast")
+    ap.add_argument(
+        "--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16 (bfloat16 = autocast)"
+    )
     ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma list of {MIXES} or allK")
     ap.add_argument("--modes", default="infer,train", help="comma list of infer,train")
-    ap.add_argument("--attentions", default="padded,packed")
+    ap.add_argument("--attentions", default="padded,packed", help="comma list of padded,packed,varlen")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps after the memory step")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -363,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = create_model(args.model).config
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    peak = matmul_peak(args.device, dtype)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("float32", "bfloat16"):
+            raise SystemExit(f"unknown dtype {d!r}; use float32 and/or bfloat16")
+    peaks = {d: matmul_peak(args.device, torch.bfloat16 if d == "bfloat16" else torch.float32) for d in dtypes}
     info = machine_info(args)
     mixes = [m.strip() for m in args.mixes.split(",") if m.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -378,23 +397,24 @@ def main(argv: list[str] | None = None) -> int:
         for mix in mixes:
             counts = mix_counts(mix, bs, cfg.max_channels, args.seed)
             for att in attentions:
-                configs.append(
-                    dict(
-                        model=args.model,
-                        image_size=args.image_size,
-                        device=args.device,
-                        dtype=args.dtype,
-                        mode=mode,
-                        mix=mix,
-                        attention=att,
-                        counts=counts,
-                        repeats=args.repeats,
-                        warmup=args.warmup,
-                        threads=args.threads,
-                        compile=args.compile,
+                for dt in dtypes:
+                    configs.append(
+                        dict(
+                            model=args.model,
+                            image_size=args.image_size,
+                            device=args.device,
+                            dtype=dt,
+                            mode=mode,
+                            mix=mix,
+                            attention=att,
+                            counts=counts,
+                            repeats=args.repeats,
+                            warmup=args.warmup,
+                            threads=args.threads,
+                            compile=args.compile,
+                        )
                     )
-                )
-    print(f"matmul peak: {peak:.1f} GFLOP/s; {len(configs)} configurations", file=sys.stderr)
+    print(f"matmul peaks: {peaks}; {len(configs)} configurations", file=sys.stderr)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
     for i, spec in enumerate(configs, 1):
@@ -402,17 +422,17 @@ def main(argv: list[str] | None = None) -> int:
         r = _spawn(spec)
         rows.append(r)
         print(
-            f"[{i}/{len(configs)}] {r['mode']:5s} {r['mix']:8s} {r['attention']:6s} "
+            f"[{i}/{len(configs)}] {r['mode']:5s} {r['mix']:8s} {r['attention']:6s} {r['dtype']:8s} "
             f"{r['images_per_s']:8.2f} img/s  {r['peak_mb']:7.0f} MB  ({time.perf_counter() - t:.0f}s)",
             file=sys.stderr,
             flush=True,
         )
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info["load"] = f"{load_start:.1f} at start, {load_end:.1f} at end"
-    table = render(rows, peak, info, args)
+    table = render(rows, peaks, info, args)
     print(table)
     if args.json is not None:
-        payload = {"machine": info, "matmul_gflop_per_s": peak, "argv": sys.argv, "rows": rows}
+        payload = {"machine": info, "matmul_gflop_per_s": peaks, "argv": sys.argv, "rows": rows}
         _atomic_write(args.json, json.dumps(payload, indent=2))
     return 0
 

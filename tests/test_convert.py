@@ -352,3 +352,32 @@ def test_cli_safetensors_num_heads_and_overwrite(student_sd, tmp_path, capsys):
     assert cli.main(["convert", str(st), str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert cli.main(["convert", str(st), str(out), "--force", "--quiet"]) == 0
+
+
+def test_nan_weights_are_refused_naming_the_official_tensor(ckpt_sd, tmp_path, capsys):
+    sd = dict(ckpt_sd)
+    bad = sd["backbone.blocks.4.linear2.weight"].clone()
+    bad[0, 0] = float("nan")
+    sd["backbone.blocks.4.linear2.weight"] = bad
+    with pytest.raises(ValueError, match=r"NaN or inf weights in backbone\.blocks\.4\.linear2\.weight \(1 of"):
+        load_official_checkpoint(sd, "student")
+    # The teacher is another tensor set: a NaN in the student does not block converting the teacher.
+    load_official_checkpoint(sd, "teacher")
+    ckpt = tmp_path / "nan.ckpt"
+    torch.save({"state_dict": sd}, ckpt)
+    assert cli.main(["convert", str(ckpt), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nan.ckpt" in err and "linear2.weight" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_corrupt_safetensors_checkpoint_is_a_clean_error(student_sd, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "weights.safetensors"
+    save_file({f"backbone.{k}": v.contiguous() for k, v in student_sd.items()}, str(f))
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"weights\.safetensors is not a readable safetensors file"):
+        read_checkpoint(f)
+    assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

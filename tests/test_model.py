@@ -246,3 +246,169 @@ def test_pos_embed_init_std_is_configurable() -> None:
     # The patch-based baselines take the same option with the same rule.
     one = chada.create_model("one_channel_vit_test", pos_embed_std=0.5)
     assert 0.3 < one.pos_embed[:, 1:].std().item() < 0.7 and one.pos_embed[0, 0].std().item() < 0.04
+
+
+# ------------------------------------------------------------------ dense outputs (issue 21)
+@pytest.mark.parametrize("mode", ["padded", "packed", "varlen"])
+def test_forward_dense_is_the_patch_tokens_as_maps(mode: str) -> None:
+    model = make(seed=4, attention=mode)
+    x = imgs(2, 5, 1, size=32)
+    with torch.no_grad():
+        out = model.forward_features(x)
+        dense = model.forward_dense(x)
+        pooled = model.forward_dense(x, channels="pooled")
+    h, w = out.grid
+    B, C, D = 3, 5, model.embed_dim
+    assert dense.maps.shape == (B, C, D, h, w)  # C = the batch's largest count, not C_max
+    assert dense.channel_mask.tolist() == [[True] * 2 + [False] * 3, [True] * 5, [True] + [False] * 4]
+    for b, c_b in enumerate([2, 5, 1]):
+        for c in range(c_b):
+            # map pixel (i, j) is patch token i * w + j of that channel
+            torch.testing.assert_close(dense.maps[b, c].permute(1, 2, 0).reshape(h * w, D), out.patch_tokens[b, c])
+        assert not dense.maps[b, c_b:].any()
+        mean = out.patch_tokens[b, :c_b].mean(0).T.reshape(D, h, w)
+        torch.testing.assert_close(pooled.maps[b], mean, atol=1e-6, rtol=1e-5)
+    assert pooled.maps.shape == (B, D, h, w)
+
+
+def test_forward_dense_same_in_every_mode_and_upsampled() -> None:
+    model = make(seed=5)
+    x = imgs(3, 1, 10, size=48, seed=2)
+    maps = {}
+    with torch.no_grad():
+        for mode in ("padded", "packed", "varlen"):
+            maps[mode] = model.set_attention(mode).forward_dense(x, upsample=True).maps
+        pooled = model.forward_dense(x, channels="pooled", upsample=(20, 24)).maps
+        each_small = model.forward_dense(x).maps
+    assert maps["packed"].shape == (3, 10, model.embed_dim, 48, 48)
+    torch.testing.assert_close(maps["packed"], maps["padded"], atol=TOL, rtol=0)
+    torch.testing.assert_close(maps["varlen"], maps["padded"], atol=TOL, rtol=0)
+    # bilinear upsampling of the token grid, and pooling commutes with it
+    up = torch.nn.functional.interpolate(each_small[1], size=(48, 48), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps["varlen"][1], up, atol=1e-6, rtol=1e-5)
+    assert pooled.shape == (3, model.embed_dim, 20, 24)
+    ref = torch.nn.functional.interpolate(each_small[0, :3].mean(0, keepdim=True), size=(20, 24), mode="bilinear")
+    torch.testing.assert_close(pooled[:1], ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="channels must be one of"):
+        model.forward_dense(x, channels="mean")
+    with pytest.raises(ValueError, match="upsample"):
+        model.forward_dense(x, upsample=(0, 3))
+
+
+def test_forward_dense_one_channel_vit() -> None:
+    torch.manual_seed(0)
+    model = chada.create_model("one_channel_vit_test").eval()
+    x = imgs(3, 1, size=32)
+    with torch.no_grad():
+        out = model.forward_features(x)
+        dense = model.forward_dense(x)
+        alone = model.forward_dense([x[1]])
+    h, w = out.grid
+    assert dense.maps.shape == (2, 3, model.embed_dim, h, w)
+    for row, (b, c) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0)]):
+        torch.testing.assert_close(dense.maps[b, c].flatten(1).T, out.patch_tokens[row])
+    assert not dense.maps[1, 1:].any() and dense.channel_mask.tolist() == [[True] * 3, [True, False, False]]
+    torch.testing.assert_close(dense.maps[1, :1], alone.maps[0], atol=TOL, rtol=0)
+
+
+# ------------------------------------------------------------------ one pixel dtype rule (issue 17)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda px: [px],  # model(list)
+        lambda px: px[None],  # model([B, C, H, W])
+        lambda px: ChannelBatch(px, torch.tensor([2])),
+        lambda px: ChannelBatch.from_images([torch.rand(1, 32, 32), px]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.bool])
+def test_integer_pixels_refused_on_every_path(build, dtype) -> None:
+    model = make()
+    px = (torch.rand(2, 32, 32) * 200).to(dtype)
+    for call in (model, model.forward_features, model.forward_dense):
+        with pytest.raises(TypeError, match="floating-point.*normalise"):
+            call(build(px))
+
+
+def test_half_precision_pixels_accepted() -> None:
+    model = make()
+    x = imgs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model([x[0].double()]), model(x), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ config enumerations (issue 17)
+@pytest.mark.parametrize(
+    "name, field, value",
+    [
+        ("chada_vit_test", "act", "GELU"),
+        ("chada_vit_test", "act", "silu"),
+        ("chada_vit_test", "attention", "Packed"),
+        ("chada_vit_test", "block", "postnorm"),
+        ("chada_vit_test", "pos_interpolation", "nearest"),
+        ("one_channel_vit_test", "act", "GELU"),
+        ("fixed_channel_vit_test", "pos_interpolation", "Bicubic"),
+        ("inter_channel_vit_test", "act", "Relu"),
+        ("inter_channel_vit_test", "attention", "varlen"),
+    ],
+)
+def test_config_enumerations_refuse_unknown_values(name: str, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"{field} must be one of .*got {value!r}"):
+        chada.create_model(name, **{field: value})
+
+
+def test_act_builds_what_it_names() -> None:
+    assert isinstance(make(act="relu").blocks[0].mlp.act, torch.nn.ReLU)
+    assert isinstance(make(act="gelu").blocks[0].mlp.act, torch.nn.GELU)
+
+
+# ------------------------------------------------------------------ damaged model folders (issue 17)
+def _saved(tmp_path):
+    make(seed=1).save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_load_refuses_nan_weights_naming_the_tensor(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _saved(tmp_path)
+    state = load_file(str(folder / "model.safetensors"))
+    state["blocks.1.mlp.fc2.weight"][3, 4] = float("nan")
+    state["norm.weight"][0] = float("inf")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.safetensors: NaN or inf weights in blocks\.1\.mlp\.fc2\.weight \(1 of .*and 1 more"):
+        chada.load_model(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_load_refuses_corrupt_weights_file(tmp_path, damage: str) -> None:
+    folder = _saved(tmp_path)
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00\xff" * 500, "empty": b""}[damage])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file.*truncated or corrupt"):
+        chada.load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m.pop("arch"), r"config\.json has no 'arch'"),
+        (lambda m: m.update(arch="chada_vit_xl"), r"config\.json: unknown architecture 'chada_vit_xl'"),
+        (lambda m: m["config"].update(act="GELU"), r"config\.json: act must be one of"),
+        (lambda m: m["config"].update(embed_dimm=3), r"config\.json: unknown config keys"),
+        (lambda m: m["config"].update(embed_dim=64, num_heads=2), r"do not fit the config.*qkv\.weight \(96, 32\) \(config wants \(192, 64\)\).*and 26 more"),
+    ],
+)
+def test_load_refuses_damaged_config(tmp_path, edit, match: str) -> None:
+    import json
+
+    folder = _saved(tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match):
+        chada.load_model(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        chada.load_model(folder)

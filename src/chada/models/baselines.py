@@ -45,8 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.dense import DenseOutput, dense_from_tokens
 from chada.models.hub import PretrainedMixin
-from chada.models.layers import Block, PatchEmbed, init_pos_embed
+from chada.models.layers import (
+    ACTIVATIONS,
+    POS_INTERPOLATIONS,
+    Block,
+    PatchEmbed,
+    check_choice,
+    init_pos_embed,
+)
 from chada.models.registry import register_arch, register_model
 
 __all__ = [
@@ -142,6 +150,8 @@ class _StandardViT(PretrainedMixin, nn.Module):
 
     def _build_trunk(self) -> None:
         c = self.config
+        check_choice("act", c.act, ACTIVATIONS)
+        check_choice("pos_interpolation", c.pos_interpolation, POS_INTERPOLATIONS)
         if c.img_size % c.patch_size:
             raise ValueError(f"img_size {c.img_size} is not a multiple of patch_size {c.patch_size}")
         D = c.embed_dim
@@ -316,6 +326,28 @@ class OneChannelViT(_StandardViT):
             out.attention, out.cls_self_attention = self._scatter_attention(cls_attn, counts, grid)
         return out
 
+    def forward_dense(
+        self,
+        images: ChannelBatch | Tensor | list[Tensor],
+        channels: str = "each",
+        upsample: bool | tuple[int, int] = False,
+    ) -> DenseOutput:
+        """Per-channel (or channel-pooled) feature maps; same contract as ``ChAdaViT.forward_dense``.
+
+        Every channel is encoded alone, so ``maps[b, c]`` depends on channel ``c`` of image ``b`` only.
+        """
+        batch = as_channel_batch(images)
+        out = self.forward_features(batch)
+        counts = out.counts
+        B, n, (h, w) = counts.numel(), out.patch_tokens.shape[0], out.grid
+        c_used = int(counts.max())
+        image_of = torch.repeat_interleave(torch.arange(B, device=counts.device), counts)
+        slot_of = torch.arange(n, device=counts.device) - (torch.cumsum(counts, 0) - counts)[image_of]
+        N, D = out.patch_tokens.shape[1:]
+        patch = out.patch_tokens.new_zeros(B * c_used, N, D).index_copy(0, image_of * c_used + slot_of, out.patch_tokens)
+        mask = torch.arange(c_used, device=counts.device)[None, :] < counts[:, None]
+        return dense_from_tokens(patch.view(B, c_used, N, D), mask, (h, w), batch.image_size, channels, upsample)
+
     def _scatter_attention(
         self, cls_attn: Tensor, counts: Tensor, grid: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
@@ -387,6 +419,7 @@ class ConvTokenLearner(nn.Module):
         super().__init__()
         if not widths:
             raise ValueError("tokenizer_widths needs at least one conv width")
+        check_choice("act", act, ACTIVATIONS)
         layers: list[nn.Module] = []
         c_in = 1
         for i, c_out in enumerate(widths):
@@ -466,8 +499,8 @@ class InterChannelViT(PretrainedMixin, nn.Module):
     def __init__(self, config: InterChannelViTConfig | None = None) -> None:
         super().__init__()
         config = config or InterChannelViTConfig()
-        if config.attention not in ("packed", "padded"):
-            raise ValueError(f"attention must be 'packed' or 'padded', got {config.attention!r}")
+        check_choice("attention", config.attention, ("packed", "padded"))
+        check_choice("act", config.act, ACTIVATIONS)
         self.config = config
         D = config.embed_dim
         self.embed_dim = self.num_features = D
@@ -491,8 +524,7 @@ class InterChannelViT(PretrainedMixin, nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def set_attention(self, mode: str) -> InterChannelViT:
-        if mode not in ("packed", "padded"):
-            raise ValueError(f"attention must be 'packed' or 'padded', got {mode!r}")
+        check_choice("attention", mode, ("packed", "padded"))
         self.attention_mode = self.config.attention = mode
         return self
 

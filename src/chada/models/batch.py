@@ -2,13 +2,20 @@
 
 A batch of B images with C_1..C_B channels (same H, W) is held as::
 
-    pixels       [sum C_i, H, W]   float32, channels of image 0, then image 1, ...
+    pixels       [sum C_i, H, W]   floating point, channels of image 0, then image 1, ...
     counts       [B]               long, C_i per image
     channel_ids  [sum C_i]         long, the channel-embedding slot (0..C_max-1) of each channel
 
 ``channel_ids`` defaults to ``0..C_i-1`` for every image (the paper's "slot = position" rule). A
 canonical channel order (names -> slots) fills it with other values, e.g. ``[0, 2]`` for an image
 that has the 1st and 3rd stain of the canonical list.
+
+Pixel dtype rule (every API path builds a ChannelBatch, so it holds everywhere: ``model(list)``,
+``model(tensor)``, ``ChannelBatch(...)``, ``from_images``, ``forward_features``, ``forward_dense``):
+pixels must be a floating-point tensor (any float dtype; the model casts to its own). Integer and
+bool tensors are refused with a TypeError: a uint8/uint16 image cast to float unnormalised would
+sit on a scale (0..255 or 0..65535) the model never saw, so normalise first (e.g.
+``chada.data.normalize.normalize_channels``, or ``img.float() / 255`` for 8-bit data).
 
 This is the layout the data loader's collate function produces and the model consumes: no padding
 is materialised in memory; the padded view is built inside the model only when the paper-faithful
@@ -23,7 +30,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ChannelBatch", "as_channel_batch"]
+__all__ = ["ChannelBatch", "as_channel_batch", "check_pixel_dtype"]
+
+
+def check_pixel_dtype(pixels: Tensor, what: str = "pixels") -> None:
+    """Refuse non-floating-point pixels (see the module docstring's dtype rule)."""
+    if not pixels.is_floating_point():
+        raise TypeError(
+            f"{what} must be a floating-point tensor, got {pixels.dtype}: normalise the image first "
+            "(chada.data.normalize.normalize_channels, or e.g. img.float() / 255 for 8-bit data)"
+        )
 
 
 @dataclass
@@ -48,6 +64,7 @@ class ChannelBatch:
             raise ValueError(
                 f"ChannelBatch.pixels must be [sum C_i, H, W] (3 dims), got shape {tuple(self.pixels.shape)}"
             )
+        check_pixel_dtype(self.pixels)
         counts = torch.as_tensor(self.counts, dtype=torch.long)
         if counts.ndim != 1 or counts.numel() == 0:
             raise ValueError(f"ChannelBatch.counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}")
@@ -132,8 +149,10 @@ class ChannelBatch:
             raise ValueError(
                 f"images in one batch must share H and W, got sizes {sorted(sizes)}; resize them or batch them separately"
             )
+        for i, img in enumerate(images):
+            check_pixel_dtype(img, f"image {i}")
         counts = torch.tensor([img.shape[0] for img in images], dtype=torch.long)
-        pixels = torch.cat([img if img.is_floating_point() else img.float() for img in images], dim=0)
+        pixels = torch.cat(images, dim=0)
         ids = None
         if channel_ids is not None:
             if len(channel_ids) != len(images):

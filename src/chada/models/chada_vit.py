@@ -27,7 +27,16 @@ Two attention implementations, one set of weights (``attention=`` / :meth:`ChAda
   special kernel, and run every block as one dense batched matmul, which is what both CPU and GPU
   do fastest. A batch has at most ``C_max`` groups, so the Python loop is short.
 
-Both paths give the same real-token values to float32 round-off (tested to 1e-5 at every layer).
+- ``"varlen"``: every image's sequence (CLS + its real channel tokens) is packed back to back into
+  ONE ``[T, D]`` token matrix, ``T = sum_i (1 + C_i * N)``; linear layers, norms and MLPs run once
+  over all of it and attention runs per sequence. On CUDA in fp16/bf16 that is a single
+  ``torch.nn.attention.varlen.varlen_attn`` call per block (FlashAttention varlen: one kernel for
+  the whole batch, whatever its channel counts); elsewhere (CPU, CUDA fp32) the sequences are grouped
+  by length and each group runs as one dense SDPA batch, the same kernels as ``packed``. This is the
+  GPU-first mode: ``packed`` stays the default until a GPU measurement (``benchmarks/gpu_check.py``)
+  says otherwise.
+
+All paths give the same real-token values to float32 round-off (tested to 1e-5 at every layer).
 """
 
 from __future__ import annotations
@@ -39,13 +48,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.dense import DenseOutput, dense_from_tokens
 from chada.models.hub import PretrainedMixin
-from chada.models.layers import Block, OfficialBlock, PatchEmbed, init_pos_embed
+from chada.models.layers import (
+    ACTIVATIONS,
+    POS_INTERPOLATIONS,
+    Block,
+    OfficialBlock,
+    PatchEmbed,
+    VarlenSegments,
+    check_choice,
+    init_pos_embed,
+)
 from chada.models.registry import register_arch, register_model
 
 __all__ = ["ChAdaViTConfig", "ChAdaViT", "ChAdaOutput", "ATTENTION_MODES"]
 
-ATTENTION_MODES = ("padded", "packed")
+ATTENTION_MODES = ("padded", "packed", "varlen")
+BLOCK_STYLES = ("prenorm", "official")
 
 
 @dataclass
@@ -67,7 +87,7 @@ class ChAdaViTConfig:
     act: str = "gelu"
     layer_scale: float | None = None
     drop_path_rate: float = 0.0
-    attention: str = "packed"  # "packed" or "padded"
+    attention: str = "packed"  # "packed", "padded" or "varlen"
     pos_interpolation: str = "bicubic"  # an F.interpolate mode, or "dino_bicubic" (DINO's +0.1 scale factor)
     # Init std of the learned positional embedding's patch slots (timm/DINO: 0.02; the CLS slot keeps 0.02).
     # Tokens of different channels at one position find each other only through it, so small models learn
@@ -151,10 +171,10 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         config = config or ChAdaViTConfig()
         if config.img_size % config.patch_size:
             raise ValueError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
-        if config.block not in ("prenorm", "official"):
-            raise ValueError(f"block must be 'prenorm' or 'official', got {config.block!r}")
-        if config.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {config.attention!r}")
+        check_choice("block", config.block, BLOCK_STYLES)
+        check_choice("attention", config.attention, ATTENTION_MODES)
+        check_choice("act", config.act, ACTIVATIONS)
+        check_choice("pos_interpolation", config.pos_interpolation, POS_INTERPOLATIONS + ("dino_bicubic",))
         if config.channel_names is not None and len(config.channel_names) > config.max_channels:
             raise ValueError("more channel_names than max_channels")
         self.config = config
@@ -200,9 +220,9 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)  # as a linear layer, like MAE/DINOv2
 
     def set_attention(self, mode: str) -> ChAdaViT:
-        """Switch between ``"padded"`` (paper reference) and ``"packed"`` (no padding FLOPs)."""
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        """Switch between ``"padded"`` (paper reference), ``"packed"`` (no padding FLOPs, the default) and
+        ``"varlen"`` (one packed sequence, GPU-first); see the module docstring."""
+        check_choice("attention", mode, ATTENTION_MODES)
         self.attention_mode = mode
         self.config.attention = mode
         return self
@@ -283,13 +303,18 @@ class ChAdaViT(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------- transformer
     def _run_blocks(
-        self, x: Tensor, key_mask: Tensor | None, want_attn: bool, want_hidden: bool
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        want_attn: bool,
+        want_hidden: bool,
+        segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
         hidden: list[Tensor] = []
         attn = None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            x, a = blk(x, key_mask, return_attention=want_attn and i == last)
+            x, a = blk(x, key_mask, return_attention=want_attn and i == last, segments=segments)
             if a is not None:
                 attn = a
             if want_hidden:
@@ -325,6 +350,10 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         if self.attention_mode == "packed":
             cls_out, patch, cls_attn, hidden = self._forward_packed(
                 tokens, cls, counts, return_attention, return_hidden_states
+            )
+        elif self.attention_mode == "varlen":
+            cls_out, patch, cls_attn, hidden = self._forward_varlen(
+                tokens, cls, counts, image_of, slot_of, return_attention, return_hidden_states
             )
         else:
             grid_tokens = tokens.new_zeros(B, Cmax, N, D)
@@ -415,6 +444,80 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             patch[idx, :c] = xg[:, 1:].reshape(G, c, N, D)
         assert cls_out is not None and patch is not None
         return cls_out, patch, cls_attn, hidden
+
+    def _forward_varlen(
+        self,
+        tokens: Tensor,
+        cls: Tensor,
+        counts: Tensor,
+        image_of: Tensor,
+        slot_of: Tensor,
+        want_attn: bool,
+        want_hidden: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+        """One packed sequence for the whole batch (see the module docstring, ``"varlen"``).
+
+        Packed row layout: image 0's CLS, its ``C_0 * N`` channel tokens, image 1's CLS, ... The
+        channel tokens keep the stacked order of ``tokens``, so building the sequence is one gather.
+        Same arguments and returns as :meth:`_forward_packed` (plus ``image_of``/``slot_of``, the image
+        and channel position of every stacked channel).
+        """
+        n_ch, N, D = tokens.shape
+        B, Cmax, heads = counts.numel(), self.config.max_channels, self.config.num_heads
+        dev, full_len = tokens.device, 1 + Cmax * N
+        seg = VarlenSegments.from_lengths([1 + c * N for c in counts.tolist()], dev)
+        T = seg.total
+        cls_rows = seg.cls_rows()
+        is_cls = torch.zeros(T, dtype=torch.bool, device=dev)
+        is_cls[cls_rows] = True
+        tok_rows = torch.nonzero(~is_cls).flatten()  # channel tokens, in stacked order
+        source = torch.empty(T, dtype=torch.long, device=dev)
+        source[tok_rows] = torch.arange(n_ch * N, device=dev)
+        source[cls_rows] = n_ch * N
+        x = torch.cat([tokens.reshape(n_ch * N, D), cls.to(tokens.dtype)], dim=0).index_select(0, source)
+
+        x, attn, hid = self._run_blocks(x, None, want_attn, want_hidden, segments=seg)
+        cls_attn = None
+        if attn is not None:  # [B, heads, max_len]: each image's CLS row, zeros past its end
+            cls_attn = attn.new_zeros(B, heads, full_len)
+            cls_attn[:, :, : attn.shape[-1]] = attn
+        hidden: list[Tensor] = []
+        if hid:
+            seq_of_row = torch.repeat_interleave(
+                torch.arange(B, device=dev), torch.tensor(seg.lengths, device=dev)
+            )
+            dst = seq_of_row * full_len + torch.arange(T, device=dev) - seg.cu_seqlens.long()[seq_of_row]
+            hidden = [h.new_zeros(B * full_len, D).index_copy(0, dst, h).view(B, full_len, D) for h in hid]
+        x = self.norm(x)
+        cls_out = x.index_select(0, cls_rows)
+        patch = (
+            x.new_zeros(B * Cmax, N, D)
+            .index_copy(0, image_of * Cmax + slot_of, x.index_select(0, tok_rows).view(n_ch, N, D))
+            .view(B, Cmax, N, D)
+        )
+        return cls_out, patch, cls_attn, hidden
+
+    def forward_dense(
+        self,
+        images: ChannelBatch | Tensor | list[Tensor],
+        channels: str = "each",
+        upsample: bool | tuple[int, int] = False,
+    ) -> DenseOutput:
+        """Per-channel (or channel-pooled) feature maps from the final patch tokens.
+
+        Args:
+            images: list of ``[C_i, H, W]``, ``[B, C, H, W]`` or a :class:`ChannelBatch`.
+            channels: ``"each"`` -> ``maps [B, C, D, h, w]`` with ``C`` the batch's largest channel
+                count (zeros on padding, see ``channel_mask``); ``"pooled"`` -> ``[B, D, h, w]``, the
+                mean over each image's real channels.
+            upsample: False keeps the ``h x w`` patch grid; True resizes bilinearly to the input's
+                ``H x W``; an ``(H, W)`` pair resizes to that size.
+        Returns:
+            :class:`~chada.models.dense.DenseOutput`. The same values in every attention mode.
+        """
+        batch = as_channel_batch(images)
+        out = self.forward_features(batch)
+        return dense_from_tokens(out.patch_tokens, out.channel_mask, out.grid, batch.image_size, channels, upsample)
 
     def forward_head(self, features: ChAdaOutput, pool: str = "cls") -> Tensor:
         """Image embedding from features: ``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean of

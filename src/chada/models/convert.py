@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from chada.models.hub import check_finite
 from chada.models.registry import create_model
 
 __all__ = [
@@ -279,9 +280,16 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                "it is truncated or corrupt; download or copy it again"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as first:
@@ -328,6 +336,9 @@ def load_official_checkpoint(
     sd = _unwrap(path_or_state)
     tensors, prefix = select_official_backbone(sd, which)
     converted = convert_official_state_dict(sd, which)
+    check_finite(
+        {f"{prefix}{k}": v for k, v in tensors.items() if isinstance(v, Tensor)}, source or "the checkpoint"
+    )
     # Built on the meta device: no time spent on a random init that the strict load overwrites
     # entirely (checked below: every parameter and buffer is in the state dict).
     with torch.device("meta"):

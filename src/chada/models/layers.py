@@ -1,15 +1,204 @@
 """Transformer building blocks: shared patch projection, attention, MLP and the two block styles.
 
-Shapes: ``B`` images, ``L`` tokens, ``D`` embedding width, ``h`` heads.
+Shapes: ``B`` images, ``L`` tokens, ``D`` embedding width, ``h`` heads, ``T`` tokens of a packed
+(varlen) batch, ``hd`` head width.
+
+Attention kernels (:func:`attention`):
+
+- default: ``F.scaled_dot_product_attention`` (on CPU its fused "flash" kernel for fp32 and for
+  training);
+- bf16 inference on CPU: an explicit ``q @ k^T -> softmax -> @ v`` in query chunks. Measured on an
+  AMD EPYC (avx512_bf16, no AMX) with torch 2.13, the CPU flash kernel runs no faster in bf16 than in
+  fp32 (consistent with its bf16 GEMM fast path needing AMX), while plain bf16 matmuls run ~4x fp32; the explicit path ran ~2.4x the fused kernel and took the bf16 model from 1.4x to
+  2.4-2.8x fp32 (benchmarks/README.md, "bf16 on CPU"). Chunking the queries bounds the score buffer.
+- varlen (:class:`VarlenSegments`): one packed ``[T, D]`` sequence holding every image back to back;
+  ``torch.nn.attention.varlen.varlen_attn`` on CUDA in fp16/bf16, otherwise the segments are grouped
+  by length and each group runs as one dense batch (the same kernels as above).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "OfficialBlock", "LayerScale", "init_pos_embed"]
+__all__ = [
+    "PatchEmbed",
+    "Attention",
+    "Mlp",
+    "Block",
+    "OfficialBlock",
+    "LayerScale",
+    "VarlenSegments",
+    "attention",
+    "init_pos_embed",
+    "ACTIVATIONS",
+    "POS_INTERPOLATIONS",
+    "check_choice",
+]
+
+ACTIVATIONS = ("gelu", "relu")
+# F.interpolate modes that take antialias=True (what interpolate_pos_embed passes)
+POS_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Refuse a config enumeration value outside ``allowed`` (exact, case-sensitive match)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+#: Kernel for bf16 inference attention on CPU: "explicit" (chunked matmul + softmax, the default) or
+#: "sdpa" (torch's fused CPU kernel). Kept switchable so benchmarks/profile_bf16.py can show both.
+CPU_BF16_ATTENTION = "explicit"
+
+# Score elements (batch x heads x query rows x keys) per chunk of the explicit bf16 CPU attention: 2^20
+# bf16 values = 2 MB, about one core's L2 on the Zen 5 target, so the softmax and the following
+# matmul read the scores from cache. Measured (benchmarks/README.md): 2^20-2^21 fastest, 2^18 ~10 %
+# slower, whole score matrices ~3 % slower.
+_CPU_BF16_CHUNK_ELEMENTS = 1 << 20
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, chunk: int | None = None) -> Tensor:
+    """``softmax(q k^T / sqrt(hd)) v`` on ``[B, h, L, hd]``, ``chunk`` query rows at a time.
+
+    ``k`` and ``v`` are made contiguous once (not once per chunk inside the matmul), and the result
+    is written straight into a ``[B, L, h, hd]`` buffer, so the caller's ``transpose(1, 2).reshape``
+    back to ``[B, L, D]`` is free.
+    """
+    B, H, L, hd = q.shape
+    if chunk is None:
+        chunk = max(64, _CPU_BF16_CHUNK_ELEMENTS // max(1, B * H * k.shape[-2]))
+    scale = hd**-0.5
+    kt = k.contiguous().transpose(-2, -1)
+    v = v.contiguous()
+    drop = None if attn_mask is None else ~attn_mask  # once, not per chunk
+    buf = q.new_empty(B, L, H, v.shape[-1])
+    out = buf.transpose(1, 2)
+    for s in range(0, L, chunk):
+        logits = (q[..., s : s + chunk, :] * scale) @ kt
+        if drop is not None:
+            logits.masked_fill_(drop, float("-inf"))
+        out[..., s : s + chunk, :] = logits.softmax(dim=-1) @ v
+    return out
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention on ``[B, h, L, hd]`` (``attn_mask``: bool ``[B, 1, 1, L]``, True = keep).
+
+    bf16 inference on CPU takes the explicit chunked path (see the module docstring); everything
+    else, including every computation that needs gradients, goes to ``F.scaled_dot_product_attention``.
+    """
+    if (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and CPU_BF16_ATTENTION == "explicit"
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    ):
+        return _explicit_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def _varlen_kernel_available(q: Tensor) -> bool:
+    """``varlen_attn`` (FlashAttention varlen) runs on CUDA in fp16/bf16 only (torch 2.13), for head
+    widths that are a multiple of 8 up to 256."""
+    hd = q.shape[-1]
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and hd % 8 == 0 and hd <= 256):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class VarlenSegments:
+    """How a packed ``[T, ...]`` token sequence splits into independent sequences (one per image).
+
+    Sequence ``i`` holds rows ``cu_seqlens[i]:cu_seqlens[i + 1]``. The CPU (and CUDA fp32) fallback
+    gathers the rows of all sequences of one length into a dense ``[G, L]`` batch: ``order`` lists the
+    rows group after group, ``groups`` gives ``(L, G)`` per group in that order, and ``inverse`` puts
+    the concatenated group outputs back into packed order.
+    """
+
+    lengths: list[int]
+    cu_seqlens: Tensor  # int32 [S + 1], on the tokens' device
+    max_len: int
+    order: Tensor | None  # long [T]; None when the packed order already is group order
+    inverse: Tensor | None
+    groups: list[tuple[int, int]]
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device | str) -> VarlenSegments:
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"every sequence needs at least one token, got lengths {lengths}")
+        starts = [0]
+        for n in lengths:
+            starts.append(starts[-1] + n)
+        cu = torch.tensor(starts, dtype=torch.int32, device=device)
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_len.setdefault(n, []).append(i)
+        groups = [(n, len(members)) for n, members in sorted(by_len.items())]
+        rows = [r for n, members in sorted(by_len.items()) for i in members for r in range(starts[i], starts[i] + n)]
+        order = inverse = None
+        if rows != list(range(starts[-1])):
+            order = torch.tensor(rows, dtype=torch.long, device=device)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=device)
+        return cls(list(lengths), cu, max(lengths), order, inverse, groups)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.lengths))
+
+    def cls_rows(self) -> Tensor:
+        """``[S]`` long: the first row of every sequence."""
+        return self.cu_seqlens[:-1].long()
+
+    def grouped_attention(self, q: Tensor, k: Tensor, v: Tensor, want_cls_row: bool) -> tuple[Tensor, Tensor | None]:
+        """Reference varlen attention: ``q, k, v [T, h, hd]`` -> ``out [T, h, hd]`` and, when asked, the
+        softmax row of every sequence's first query (its CLS) over its own keys, ``[S, h, max_len]``
+        (zeros past each sequence's end)."""
+        if self.order is not None:
+            q, k, v = (t.index_select(0, self.order) for t in (q, k, v))
+        outs: list[Tensor] = []
+        cls_rows: list[Tensor] = []
+        start = 0
+        for n, G in self.groups:
+            sl = slice(start, start + n * G)
+            qg, kg, vg = (t[sl].reshape(G, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # [G, h, n, hd]
+            if want_cls_row:
+                w = ((qg * qg.shape[-1] ** -0.5) @ kg.transpose(-2, -1)).softmax(dim=-1)
+                og = w @ vg
+                cls_rows.append(F.pad(w[:, :, 0, :], (0, self.max_len - n)))
+            else:
+                og = attention(qg, kg, vg)
+            outs.append(og.transpose(1, 2).reshape(G * n, *q.shape[1:]))
+            start += n * G
+        out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+        if self.inverse is not None:
+            out = out.index_select(0, self.inverse)
+        cls_w = None
+        if want_cls_row:
+            cls_w = torch.cat(cls_rows, dim=0)  # sequences in group order
+            seq_order = [i for n, _ in self.groups for i, m in enumerate(self.lengths) if m == n]
+            inv = torch.empty(len(seq_order), dtype=torch.long, device=cls_w.device)
+            inv[torch.tensor(seq_order, device=cls_w.device)] = torch.arange(len(seq_order), device=cls_w.device)
+            cls_w = cls_w.index_select(0, inv)
+        return out, cls_w
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, want_cls_row: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Varlen attention of ``q, k, v [T, h, hd]``: the fused varlen kernel where it exists."""
+        if not want_cls_row and _varlen_kernel_available(q):
+            from torch.nn.attention.varlen import varlen_attn
+
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            return varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_len, self.max_len), None
+        return self.grouped_attention(q, k, v, want_cls_row)
 
 
 def init_pos_embed(pos_embed: Tensor, patch_std: float = 0.02, cls_std: float = 0.02) -> None:
@@ -60,17 +249,28 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
+        self,
+        x: Tensor,
+        key_mask: Tensor | None = None,
+        return_attention: bool = False,
+        segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """
         Args:
-            x: ``[B, L, D]`` tokens.
+            x: ``[B, L, D]`` tokens, or ``[T, D]`` packed tokens when ``segments`` is given.
             key_mask: ``[B, L]`` bool, True where a key is real; None means all real.
             return_attention: also return the softmax weights ``[B, h, L, L]`` (explicit path:
-                SDPA does not expose them).
+                SDPA does not expose them); with ``segments``, only each sequence's CLS row,
+                ``[S, h, max_len]``.
+            segments: the packed (varlen) layout of ``x``.
         Returns:
-            ``([B, L, D], attention or None)``.
+            ``([B, L, D] or [T, D], attention or None)``.
         """
+        if segments is not None:
+            T, D = x.shape
+            q, k, v = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim).unbind(1)
+            out, cls_w = segments.attention(q, k, v, want_cls_row=return_attention)
+            return self.proj(out.reshape(T, D)), cls_w
         B, L, D = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -82,7 +282,7 @@ class Attention(nn.Module):
             weights = logits.softmax(dim=-1)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            out = attention(q, k, v, attn_mask)
         out = out.transpose(1, 2).reshape(B, L, D)
         return self.proj(out), weights
 
@@ -93,6 +293,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        check_choice("act", act, ACTIVATIONS)
         self.act = nn.GELU() if act == "gelu" else nn.ReLU()
         self.fc2 = nn.Linear(hidden, dim)
 
@@ -132,20 +333,28 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path = drop_path
 
-    def _drop(self, x: Tensor) -> Tensor:
+    def _drop(self, x: Tensor, segments: VarlenSegments | None = None) -> Tensor:
         # Stochastic depth per sample; a no-op at inference so padded and packed paths agree.
         if not self.training or self.drop_path == 0.0:
             return x
         keep = 1.0 - self.drop_path
+        if segments is not None:  # one draw per packed sequence, not per token
+            mask = x.new_empty(len(segments.lengths)).bernoulli_(keep)
+            lengths = torch.tensor(segments.lengths, device=x.device)
+            return x * mask.repeat_interleave(lengths)[:, None] / keep
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def forward(
-        self, x: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
+        self,
+        x: Tensor,
+        key_mask: Tensor | None = None,
+        return_attention: bool = False,
+        segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        a, w = self.attn(self.norm1(x), key_mask, return_attention)
-        x = x + self._drop(self.ls1(a))
-        x = x + self._drop(self.ls2(self.mlp(self.norm2(x))))
+        a, w = self.attn(self.norm1(x), key_mask, return_attention, segments)
+        x = x + self._drop(self.ls1(a), segments)
+        x = x + self._drop(self.ls2(self.mlp(self.norm2(x))), segments)
         return x, w
 
 
@@ -164,9 +373,13 @@ class OfficialBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, act="relu")
 
     def forward(
-        self, x: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
+        self,
+        x: Tensor,
+        key_mask: Tensor | None = None,
+        return_attention: bool = False,
+        segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        a, w = self.attn(self.norm1(x), key_mask, return_attention)
+        a, w = self.attn(self.norm1(x), key_mask, return_attention, segments)
         x = self.norm1(x + a)
         x = self.norm2(x + self.mlp(x))
         return x, w
