@@ -195,7 +195,7 @@ def stage_pretrain(
 ) -> dict[str, Any]:
     """DINO for one encoder; ``quiet`` (parallel runs: 1 thread each) turns off its progress bar and
     TensorBoard."""
-    from chada.ssl import pretrain
+    from chada.ssl import load_config, pretrain
 
     out = s.out / "pretrain" / encoder
     epochs = s.epochs_of(encoder)
@@ -210,6 +210,11 @@ def stage_pretrain(
         "run.device=cpu",
         "data.num_workers=0",
     ]
+    recipe = load_config(_pretrain_config())
+    for key, warm in (("optim.warmup_epochs", recipe.optim.warmup_epochs),
+                      ("dino.warmup_teacher_temp_epochs", recipe.dino.warmup_teacher_temp_epochs)):  # fmt: skip
+        if warm > epochs:  # a short run (--fast, --epochs): warm-ups cannot be longer than the run
+            overrides.append(f"{key}={epochs}")
     if s.threads or quiet:
         overrides.append(f"run.threads={s.threads or 1}")
     if s.steps_cap:
