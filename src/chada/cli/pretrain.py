@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register", "handler"]
 
@@ -48,15 +49,20 @@ def handler(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     from chada.ssl.distributed import cleanup
-    from chada.ssl.trainer import Trainer
+    from chada.ssl.trainer import CompileError, Trainer
 
     allow = [k.strip() for item in args.resume_allow_changes for k in item.split(",") if k.strip()]
     if allow and not args.resume:
         raise ValueError("--resume-allow-changes only applies with --resume")
     trainer = Trainer(cfg, resume=args.resume, allow_changes=allow)
-    # No process-group teardown on an error: with a peer blocked in a collective it would wait forever.
-    # Exiting is what lets torchrun stop the other workers.
-    out = trainer.fit()
+    # No process-group teardown on an error: exiting is what lets torchrun stop the other workers.
+    try:
+        out = trainer.fit()
+    except CompileError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if trainer.dist.is_main:
         done = trainer.global_step >= trainer.total_steps
         where = out / "teacher" if done else out / "checkpoint.pt"

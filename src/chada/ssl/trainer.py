@@ -67,6 +67,7 @@ __all__ = [
     "SAFE_TO_CHANGE_ON_RESUME",
     "config_changes",
     "load_checkpoint",
+    "CompileError",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -86,6 +87,10 @@ LOG_FIELDS = [
     "step", "epoch", "loss", "lr", "wd", "teacher_temp", "momentum", "img_per_s",
     "teacher_entropy", "teacher_batch_entropy", "kl", "collapse", "elapsed_s",
 ]  # fmt: skip
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` failed on this machine; the message says to set ``run.compile=false``."""
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -837,7 +842,7 @@ class Trainer:
             return self.train_step(views, want_stats)
         except dynamo_exc.TorchDynamoException as exc:  # InductorError included
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise RuntimeError(
+            raise CompileError(
                 f"torch.compile failed at step {self.global_step} on rank {self.dist.rank} "
                 f"({type(exc).__name__}: {first}); set run.compile=false"
             ) from exc
