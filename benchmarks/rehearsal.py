@@ -37,7 +37,7 @@ STAINS = ["DAPI", "Actin", "Mito", "ER", "Golgi", "RNA", "Tubulin"]
 # Size overrides per scale. Everything else comes from configs/idrcell100k_moyen.yaml unchanged.
 SCALES: dict[str, dict[str, Any]] = {
     # Moyen with the paper's head (4096 prototypes); ~15 min on 2 cores
-    "full": {"images": 40, "shard_size": 3, "batch": 2, "epochs": 3, "kill_after": 7, "model": [], "head": []},
+    "full": {"images": 40, "shard_size": 3, "batch": 2, "epochs": 3, "kill_after": 9, "model": [], "head": []},
     # a 1-block, 32-wide model and a small head: the CI test
     "test": {
         "images": 28, "shard_size": 3, "batch": 2, "epochs": 3, "kill_after": 7,
@@ -156,7 +156,9 @@ def main() -> int:
         f"optim.epochs={sc['epochs']}", f"optim.batch_size_per_gpu={sc['batch']}",
         # warm-ups in proportion to the shorter run (the file's are 10 and 50 of 400 epochs)
         "optim.warmup_epochs=1", "dino.warmup_teacher_temp_epochs=2",
-        "data.num_workers=1", "run.device=cpu", "run.threads=1", "run.progress=false",
+        # a shuffle buffer of 2 samples (not 1000) for a corpus of a few shards: the kill then falls
+        # part-way through the shard each rank is reading
+        "data.shard_shuffle=2", "data.num_workers=1", "run.device=cpu", "run.threads=1", "run.progress=false",
         f"run.save_every_steps={sc['kill_after'] - 1}", "run.log_every_steps=1",
         *sc["model"], *sc["head"],
     ]  # fmt: skip
@@ -172,7 +174,7 @@ def main() -> int:
         r["killed"] = killed_run([*over, f"run.output_dir={part}"], part, sc["kill_after"], out / f"{tag}_killed.log")
         k = r["killed"]
         k["mid_epoch"] = 0 < k["checkpoint_step_in_epoch"] < steps_per_epoch
-        # samples each rank read into its shards at the checkpoint: mid-shard unless a multiple of the shard size
+        # samples each rank consumed in this epoch at the checkpoint: mid-shard unless a multiple of the shard size
         k["mid_shard"] = (k["checkpoint_step_in_epoch"] * sc["batch"]) % sc["shard_size"] != 0
         r["resumed_s"] = run(pretrain_cmd([*over, f"run.output_dir={part}"], resume=True), out / f"{tag}_resumed.log")
         r["teacher_bit_identical"] = same_weights(full / "teacher", part / "teacher")

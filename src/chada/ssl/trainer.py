@@ -237,9 +237,20 @@ def compile_blocks(module: nn.Module) -> int:
     compiled once with dynamic shapes, it serves every length, holds almost all the FLOPs, and its
     parameter names do not change (checkpoints stay interchangeable with eager runs).
     """
+    import torch._dynamo
+
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
         raise ValueError(f"run.compile: {type(module).__name__} has no `blocks` to compile; set run.compile=false")
+    # Every block shares one forward but has its own drop-path rate, a constant dynamo guards on: one
+    # graph per block (train and eval) must fit under the recompile limit, or the last blocks run eager.
+    limit = 4 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    # DDP's graph splitting (optimize_ddp) exists to overlap a whole compiled model's all-reduce with
+    # its backward; for single blocks it has nothing to split, and with dynamic shapes it fails in
+    # torch 2.13 ("'float' object has no attribute 'meta'"). DDP's own bucketing still overlaps.
+    torch._dynamo.config.optimize_ddp = False
     for blk in blocks:
         blk.compile(dynamic=True)
     return len(blocks)
@@ -841,7 +852,8 @@ class Trainer:
         try:
             return self.train_step(views, want_stats)
         except dynamo_exc.TorchDynamoException as exc:  # InductorError included
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().endswith("raised:")]
+            first = (lines or [type(exc).__name__])[0][:300]
             raise CompileError(
                 f"torch.compile failed at step {self.global_step} on rank {self.dist.rank} "
                 f"({type(exc).__name__}: {first}); set run.compile=false"
