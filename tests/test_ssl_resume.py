@@ -81,6 +81,7 @@ def test_channel_names_recorded_for_a_positional_manifest_run(finished_run: Path
     for folder in ("init", "teacher"):
         extra = json.loads((finished_run / folder / "config.json").read_text())["extra"]
         assert extra["channel_names_seen"] == NAMES and extra["channel_vocab"] is None, folder
+        assert extra["channel_slots"] == "position"
 
 
 def _bad_checkpoint_cli(manifest: Path, run: Path, capsys: pytest.CaptureFixture) -> str:

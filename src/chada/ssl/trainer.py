@@ -885,6 +885,9 @@ class Trainer:
             "channel_names_seen": list(self.channel_counts),
             "channel_image_counts": dict(self.channel_counts),
             "channel_vocab": self.channel_vocab,
+            # how names reached channel-embedding slots during training: through channel_vocab, or by
+            # position in each image (the paper's rule; then channel_names_seen has no slot order)
+            "channel_slots": "vocabulary" if self.channel_vocab is not None else "position",
             "dino_pool": self.pool,
             "global_step": self.global_step,
             "epochs": self.cfg.optim.epochs,
