@@ -239,6 +239,7 @@ class ShardDataset(IterableDataset):
                 continue
             # The yield stays outside the fork: the consumer must not run on the forked RNG.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed(self.seed, self.epoch, self.pass_index, self.rank, worker, k))
+                # the CPU generator only: torch.manual_seed would also reseed (and cost) every accelerator's
+                torch.default_generator.manual_seed(_seed(self.seed, self.epoch, self.pass_index, self.rank, worker, k))
                 sample = _decode(raw, self.transform)
             yield sample
