@@ -38,10 +38,11 @@ STAINS = ["DAPI", "Actin", "Mito", "ER", "Golgi", "RNA", "Tubulin"]
 SCALES: dict[str, dict[str, Any]] = {
     # Moyen with the paper's head (4096 prototypes); ~15 min on 2 cores
     "full": {"images": 40, "shard_size": 3, "batch": 2, "epochs": 3, "kill_after": 9, "model": [], "head": []},
-    # a 1-block, 32-wide model and a small head: the CI test
+    # a 2-block, 32-wide model (2 blocks: the second has drop path 0.1, the first none) and a small
+    # head: the CI test
     "test": {
         "images": 28, "shard_size": 3, "batch": 2, "epochs": 3, "kill_after": 7,
-        "model": ["model.overrides={embed_dim: 32, depth: 1, num_heads: 2}"],
+        "model": ["model.overrides={embed_dim: 32, depth: 2, num_heads: 2}"],
         "head": ["head.out_dim=256", "head.hidden_dim=64", "head.bottleneck_dim=32"],
     },
 }  # fmt: skip

@@ -240,6 +240,8 @@ def compile_blocks(module: nn.Module) -> int:
     parameter names do not change (checkpoints stay interchangeable with eager runs).
     """
     import torch._dynamo
+    import torch._functorch.config
+    import torch._inductor.config
 
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
@@ -253,6 +255,13 @@ def compile_blocks(module: nn.Module) -> int:
     # its backward; for single blocks it has nothing to split, and with dynamic shapes it fails in
     # torch 2.13 ("'float' object has no attribute 'meta'"). DDP's own bucketing still overlaps.
     torch._dynamo.config.optimize_ddp = False
+    # Random ops (drop path) through torch's own generator, as in eager mode (the masks are [G, 1, 1]:
+    # nothing to speed up there), and no AOTAutograd cache: in torch 2.13 a training graph with drop
+    # path loaded from that cache computes other values than the same graph compiled afresh (found by
+    # benchmarks/rehearsal.py: a resumed run, which loads what the interrupted one cached, drifted from
+    # an uninterrupted one at its first step with a new shape). Inductor's FX graph cache stays on.
+    torch._inductor.config.fallback_random = True
+    torch._functorch.config.enable_autograd_cache = False
     for blk in blocks:
         blk.compile(dynamic=True)
     return len(blocks)
