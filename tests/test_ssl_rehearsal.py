@@ -15,7 +15,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "rehearsal.py"
 
 
-@pytest.mark.slow  # ~100 s on 2 cores (torchrun launches and, with compile on, inductor's first compile)
+@pytest.mark.slow  # ~2 min on 2 cores: 6 torchrun launches, and inductor compiling afresh in the 3 compiled ones
 def test_paper_recipe_rehearsal(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--scale", "test", "--compile", "both"],
@@ -30,5 +30,6 @@ def test_paper_recipe_rehearsal(tmp_path: Path) -> None:
         assert not k["finished_before_kill"] and k["mid_epoch"] and k["mid_shard"], k
         assert 0 < k["checkpoint_step"] < report["total_steps"]
         assert r["teacher_bit_identical"] and r["student_bit_identical"], tag
-        assert r["tensorboard"] and "results.json" in r["evaluate_files"], tag
+        assert r["tensorboard"], tag
+    assert "results.json" in report["evaluation"]["evaluate_files"]
     assert report["ok"] and proc.returncode == 0
