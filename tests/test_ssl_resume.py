@@ -163,6 +163,11 @@ def test_finished_run_is_not_retrained_or_rewritten(finished_run: Path, manifest
     assert teacher.stat().st_mtime == 1_000_000
     after = _weights(trainer)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # without its checkpoint, a new run in that folder would overwrite the teacher: refused
+    (run / CHECKPOINT_NAME).unlink()
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="would overwrite it"):
+            Trainer(load_config(None, tiny_overrides(manifest, run) + ["optim.epochs=1"]), resume=resume)
 
 
 def test_resume_gives_cpu_rng_byte_tensors_whatever_the_device(

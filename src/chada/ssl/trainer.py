@@ -399,6 +399,11 @@ class Trainer:
             )
         if ckpt_path.exists() and ckpt_path.is_dir():
             raise ValueError(f"{ckpt_path} is a directory, not a checkpoint; choose another run.output_dir")
+        if not ckpt_path.exists() and (self.out_dir / "teacher" / "config.json").exists():
+            raise ValueError(
+                f"{self.out_dir} holds a finished run's teacher/ but no {CHECKPOINT_NAME}: a new run would "
+                "overwrite it; choose another run.output_dir"
+            )
         # Read and check the checkpoint before any expensive setup (data caching, compilation).
         state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
         if state is not None:
