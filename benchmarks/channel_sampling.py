@@ -55,6 +55,8 @@ BASE = [
     "data.split=train", "data.normalize=percentile", "data.num_workers=0", "data.cache=true",
     "run.device=cpu", "run.seed=0", "run.threads=1", "run.save_every_steps=10000", "run.log_every_steps=10",
     "run.tensorboard=false", "run.progress=false", "run.export_student=false",
+    # the trainer's behaviour when these results were measured (DINO's defaults changed later)
+    "model.drop_path_rate=0", "optim.warmup_schedule=ramp", "optim.no_weight_decay=dino_and_embeddings",
 ]  # fmt: skip
 
 

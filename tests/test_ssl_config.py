@@ -26,7 +26,7 @@ def test_overrides_coerce_types(tmp_path: Path) -> None:
         f,
         [
             "optim.lr=1e-3",  # a string for YAML 1.1, a float for the field
-            "optim.epochs=5",
+            "optim.epochs=30",
             "augment.global_scale=[0.3, 1]",
             "run.tensorboard=false",
             "model.overrides.img_size=64",
@@ -36,7 +36,7 @@ def test_overrides_coerce_types(tmp_path: Path) -> None:
         ],
     )
     assert c.optim.lr == 1e-3 and isinstance(c.optim.lr, float)
-    assert c.optim.epochs == 5
+    assert c.optim.epochs == 30
     assert c.augment.global_scale == (0.3, 1.0)
     assert c.run.tensorboard is False
     assert c.model.name == "chada_vit_test" and c.model.overrides == {"img_size": 64}
@@ -70,9 +70,57 @@ def test_round_trip() -> None:
 def test_validate() -> None:
     with pytest.raises(ValueError, match="data.manifest"):
         PretrainConfig().validate()
-    c = load_config(None, ["data.manifest=x.csv", "run.precision=fp16"])
-    with pytest.raises(ValueError, match="precision"):
-        c.validate()
+    PretrainConfig().validate(require_data=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=-1e-3", "optim.lr must be > 0"),
+        ("optim.lr=0", "optim.lr must be > 0"),
+        ("optim.lr=.nan", "optim.lr must be > 0"),
+        ("optim.batch_size_per_gpu=0", "optim.batch_size_per_gpu must be >= 1"),
+        ("optim.epochs=0", "optim.epochs must be >= 1"),
+        ("optim.warmup_epochs=101", r"optim.warmup_epochs \(101.0\) must be <= optim.epochs \(100\)"),
+        ("dino.warmup_teacher_temp_epochs=101", "warmup_teacher_temp_epochs .* must be <= optim.epochs"),
+        ("dino.warmup_teacher_temp_epochs=2.5", "whole number"),
+        ("dino.teacher_temp=0", "dino.teacher_temp must be > 0"),
+        ("dino.momentum_teacher=1.5", "must be in \\[0, 1\\]"),
+        ("model.drop_path_rate=-0.1", "model.drop_path_rate"),
+        ("run.precision=fp16", "run.precision must be one of 'fp32', 'bf16'; got 'fp16'"),
+        ("run.device=gpu", "run.device must be one of"),
+        ("data.normalize=zscore", "data.normalize must be one of"),
+        ("optim.no_weight_decay=none", "optim.no_weight_decay must be one of"),
+        ("optim.warmup_schedule=cosine", "optim.warmup_schedule must be one of"),
+        ("dino.teacher_temp_schedule=per_epochs", "did you mean 'per_epoch'"),
+        ("data.channel_sampling.scheme=drop", "data.channel_sampling.scheme must be one of"),
+        ("augment.global_scale=[0.5, 0.2]", "augment.global_scale"),
+        ("model.name=chada_vit_mayen", "unknown model 'chada_vit_mayen'"),
+        ("run.threads=0", "run.threads must be >= 1"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_config_files_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1, 2\n")
+    with pytest.raises(ValueError, match=f"{bad}: not valid YAML at line 3"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_config(tmp_path)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optim:\n  lrr: 1\n")
+    with pytest.raises(ValueError, match=f"{typo}: unknown config key optim.'lrr' \\(did you mean 'lr'\\?\\)"):
+        load_config(typo)
+    from chada.cli import main
+
+    for path in (bad, tmp_path):
+        assert main(["pretrain", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "idrcell100k_moyen.yaml"])

@@ -1,39 +1,70 @@
-"""Schedules: warm-up, cosine end points, monotonicity, bad input."""
+"""Schedules against DINO's reference formulas (Caron et al. 2021, ``utils.cosine_scheduler`` and the
+teacher-temperature array of ``DINOLoss``), written out with numpy in this file."""
 
 import math
 
+import numpy as np
 import pytest
 
-from chada.ssl.schedules import CosineSchedule, LinearWarmupConstant, cosine_value
+from chada.ssl.schedules import CosineSchedule, LinearWarmupConstant, cosine_value, warmup_value
 
 
-def test_cosine_warmup_then_decay() -> None:
-    s = CosineSchedule(base=1.0, final=0.1, total_steps=100, warmup_steps=10, warmup_start=0.0)
-    assert s(0) == 0.0
-    assert s(5) == pytest.approx(0.5)
-    assert s(10) == pytest.approx(1.0)
-    # half-way through the cosine part: mean of base and final
-    assert s(55) == pytest.approx(0.55)
-    assert s(100) == pytest.approx(0.1)
-    assert s(1000) == pytest.approx(0.1)
-    values = [s(i) for i in range(10, 101)]
-    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+def dino_cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
+    """DINO's utils.cosine_scheduler, as published."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+def dino_teacher_temp(warmup_temp, temp, warmup_epochs, nepochs):
+    """DINO's DINOLoss.teacher_temp_schedule (one value per epoch)."""
+    return np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(nepochs - warmup_epochs) * temp))
+
+
+@pytest.mark.parametrize(("warmup_epochs", "epochs", "niter"), [(2, 7, 5), (1, 3, 4), (0, 4, 3), (3, 3, 2)])
+def test_lr_schedule_is_dinos_cosine_scheduler(warmup_epochs: int, epochs: int, niter: int) -> None:
+    want = dino_cosine_scheduler(0.3, 1e-3, epochs, niter, warmup_epochs)
+    s = CosineSchedule(0.3, 1e-3, epochs * niter, warmup_epochs * niter)
+    got = np.array([s(i) for i in range(epochs * niter)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    if warmup_epochs:  # the base LR is reached AT the last warm-up step
+        assert s(warmup_epochs * niter - 1) == pytest.approx(0.3)
+    assert s(epochs * niter + 5) == 1e-3
+
+
+def test_weight_decay_and_momentum_schedules_are_dinos() -> None:
+    np.testing.assert_allclose([CosineSchedule(0.04, 0.4, 30)(i) for i in range(30)], dino_cosine_scheduler(0.04, 0.4, 10, 3))
+    np.testing.assert_allclose([cosine_value(i, 30, 0.996, 1.0) for i in range(30)], dino_cosine_scheduler(0.996, 1, 6, 5))
+
+
+@pytest.mark.parametrize(("warmup", "epochs"), [(30, 100), (1, 4), (5, 5), (0, 3)])
+def test_teacher_temperature_is_one_value_per_epoch(warmup: int, epochs: int) -> None:
+    want = dino_teacher_temp(0.04, 0.07, warmup, epochs)
+    t = LinearWarmupConstant(0.04, 0.07, warmup)
+    np.testing.assert_allclose([t(e) for e in range(epochs)], want, rtol=1e-12)
+    if warmup > 1:  # the final temperature is reached AT the last warm-up epoch
+        assert t(warmup - 1) == pytest.approx(0.07)
+
+
+def test_ramp_form_kept_for_measured_runs() -> None:
+    # the earlier form, still selectable: start + (end - start) * i / n
+    s = CosineSchedule(1.0, 0.1, 100, 10, warmup="ramp")
+    assert [s(i) for i in (0, 5, 9, 10)] == pytest.approx([0.0, 0.5, 0.9, 1.0])
+    t = LinearWarmupConstant(0.04, 0.07, 30, form="ramp")
+    assert [t(0), t(15), t(30), t(500)] == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    assert warmup_value(0, 1, 0.0, 1.0) == 0.0  # np.linspace(0, 1, 1) == [0]
 
 
 def test_cosine_without_warmup_matches_dino_formula() -> None:
-    # DINO's cosine_scheduler: final + 0.5 (base - final)(1 + cos(pi i / n))
     for i in (0, 7, 33, 99):
         expect = 1.0 + 0.5 * (0.996 - 1.0) * (1 + math.cos(math.pi * i / 100))
         assert cosine_value(i, 100, 0.996, 1.0) == pytest.approx(expect)
-
-
-def test_teacher_temperature_warmup() -> None:
-    t = LinearWarmupConstant(0.04, 0.07, warmup_steps=30)
-    assert t(0) == pytest.approx(0.04)
-    assert t(15) == pytest.approx(0.055)
-    assert t(30) == pytest.approx(0.07)
-    assert t(500) == pytest.approx(0.07)
-    assert LinearWarmupConstant(0.04, 0.07, 0)(0) == pytest.approx(0.07)
 
 
 def test_bad_arguments() -> None:
@@ -43,3 +74,7 @@ def test_bad_arguments() -> None:
         cosine_value(-1, 10, 1.0, 0.0)
     with pytest.raises(ValueError):
         cosine_value(0, 10, 1.0, 0.0, warmup_steps=-2)
+    with pytest.raises(ValueError):
+        CosineSchedule(1.0, 0.0, 10, 2, warmup="linear")
+    with pytest.raises(ValueError):
+        LinearWarmupConstant(0.04, 0.07, 3)(-1)

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-heads",
         type=int,
         default=None,
-        help="attention heads; not stored in the weights (default: the model's, 2). The authors' hub "
-        "config and notebook use 12; see docs/official-weights.md",
+        help="attention heads; not stored in the weights (default: the model's, 12, as the authors' factory "
+        "when the weights were trained, their hub config and notebook; 2 is the later factory's value). "
+        "See docs/official-weights.md",
     )
     p.add_argument(
         "--final-norm-eps",

@@ -199,7 +199,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest")
     p.add_argument("out")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--dtype", choices=("float16", "uint16"), default="float16")
+    p.add_argument("--dtype", choices=("uint16", "float16"), default="uint16", help="pixel storage (default: uint16, exact to 1/65535)")
     add_normalize(p)
     p.add_argument("--size", type=int, default=None, help="resize every image to SIZE x SIZE")
     p.add_argument("--split", default=None, help="only this split")

@@ -58,9 +58,12 @@ def normalize_channels(
         if not finite:  # statistics over finite pixels only: NaN marks what to skip
             flat = torch.where(torch.isfinite(flat), flat, torch.full_like(flat, float("nan")))
         if method == "percentile":
-            q = torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype, device=flat.device)
-            lo_hi = (torch.quantile if finite else torch.nanquantile)(flat, q, dim=1)  # [2, C]
-            lo, hi = lo_hi[0], lo_hi[1]
+            if finite:
+                lo, hi = _percentiles(flat, low, high)
+            else:
+                q = torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype, device=flat.device)
+                lo_hi = torch.nanquantile(flat, q, dim=1)  # [2, C]
+                lo, hi = lo_hi[0], lo_hi[1]
         elif finite:
             lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
         else:
@@ -73,12 +76,37 @@ def normalize_channels(
         # Constant channels divide by 1 and then are zeroed, so no 0/0 NaN can appear.
         scale = torch.where(ok, span, torch.ones_like(span))
         lo = torch.where(ok, lo, torch.zeros_like(lo))
-        x = ((x - lo[:, None, None]) / scale[:, None, None]).clamp_(0.0, 1.0)
-        x = torch.where(ok[:, None, None], x, torch.zeros_like(x))
+        # one new tensor, then in place (the input is never written to)
+        x = (x - lo[:, None, None]).div_(scale[:, None, None]).clamp_(0.0, 1.0)
+        if not bool(ok.all()):
+            x[~ok] = 0.0
         if not finite:  # NaN in, NaN out, at those pixels only
             x = torch.where(torch.isnan(raw), torch.full_like(x, float("nan")), x)
     x = x.contiguous()
     return x.numpy() if is_np else x
+
+
+def _percentiles(flat: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    """Per-row ``torch.quantile(flat, [low, high] / 100, dim=1)``, bit for bit, in O(n) per row.
+
+    ``torch.quantile`` sorts every channel (about 5 ms per 224 x 224 channel on one core, the largest
+    cost of loading an image); ``np.partition`` finds the two order statistics around each rank in
+    linear time, and the interpolation below is quantile's own (float32 ranks, ``lerp``). A channel
+    with a NaN gives NaN, as quantile does.
+    """
+    q = torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype, device=flat.device)
+    if flat.device.type != "cpu" or flat.shape[1] == 0:
+        lo_hi = torch.quantile(flat, q, dim=1)  # [2, C]
+        return lo_hi[0], lo_hi[1]
+    ranks = q * (flat.shape[1] - 1)
+    below, above = ranks.long(), ranks.ceil().long()
+    arr = flat.numpy()
+    part = np.partition(arr, sorted({*below.tolist(), *above.tolist()}), axis=1)
+    lo_hi = torch.lerp(torch.from_numpy(part[:, below.numpy()]), torch.from_numpy(part[:, above.numpy()]), ranks - below)
+    nan = torch.from_numpy(np.isnan(arr).any(axis=1))
+    if bool(nan.any()):
+        lo_hi[nan] = float("nan")
+    return lo_hi[:, 0], lo_hi[:, 1]
 
 
 @dataclass(frozen=True)

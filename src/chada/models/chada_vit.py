@@ -565,8 +565,8 @@ register_model(
 register_model(
     "chada_vit_moyen_official",
     "chada_vit",
-    "the authors' released architecture (post-norm TransformerEncoderLayer blocks, 2 heads, ReLU MLP 2048)",
-    num_heads=2,
+    "the authors' released architecture (post-norm TransformerEncoderLayer blocks, 12 heads, ReLU MLP 2048)",
+    num_heads=12,  # the authors' factory at training time (docs/official-weights.md); --num-heads 2 for the later one
     mlp_hidden=2048,
     block="official",
     block_norm_eps=1e-5,

@@ -37,7 +37,7 @@ def stage_pretrain(
 ) -> dict[str, Any]:
     """DINO for one encoder; ``quiet`` (parallel runs: 1 thread each) turns off its progress bar and
     TensorBoard."""
-    from chada.ssl import pretrain
+    from chada.ssl import load_config, pretrain
 
     out = s.out / "pretrain" / encoder
     epochs = s.epochs_of(encoder)
@@ -52,6 +52,11 @@ def stage_pretrain(
         "run.device=cpu",
         "data.num_workers=0",
     ]
+    recipe = load_config(_pretrain_config())
+    for key, warm in (("optim.warmup_epochs", recipe.optim.warmup_epochs),
+                      ("dino.warmup_teacher_temp_epochs", recipe.dino.warmup_teacher_temp_epochs)):  # fmt: skip
+        if warm > epochs:  # a short run (--fast, --epochs): warm-ups cannot be longer than the run
+            overrides.append(f"{key}={epochs}")
     if s.threads or quiet:
         overrides.append(f"run.threads={s.threads or 1}")
     if s.steps_cap:
@@ -88,7 +93,7 @@ def pretrain_all(s: QuickstartSettings, stages: Stages, manifests: dict[str, str
     pool = mp.get_context("spawn").Pool(n, initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         jobs_ = {enc: pool.apply_async(stage_pretrain, (s, manifests, enc, ENCODERS[enc], True)) for enc in pending}
-        _watch_pretraining(s, jobs_)
+        _watch_pretraining(s, jobs_, pool)
         # Stages.run records each result; a failed run raises here with its own traceback.
         results = {enc: stages.run(f"pretrain_{enc}", lambda enc=enc: jobs_[enc].get()) for enc in ENCODERS}
         pool.close()
@@ -112,11 +117,13 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any]) -> None:
+def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any], pool: Any = None) -> None:
     """One progress bar per encoder (epochs done, read from each run's ``log.csv``) until all finish or
-    one fails."""
+    one fails. A pool process that dies (killed, out of memory) never reports back; the pool quietly
+    replaces it, so its job would wait forever: that ends the run with a RuntimeError instead."""
     from tqdm.auto import tqdm
 
+    workers = list(getattr(pool, "_pool", []))  # the processes the jobs were handed to
     total = {enc: s.epochs_of(enc) for enc in jobs}
     bars = {
         enc: tqdm(total=total[enc], desc=f"dino {enc}", unit="epoch", position=i, leave=True, disable=s.fast,
@@ -131,6 +138,14 @@ def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any]) -> None:
             finished = [j for j in jobs.values() if j.ready()]
             if len(finished) == len(jobs) or any(not j.successful() for j in finished):
                 return
+            dead = [w for w in workers if w.exitcode is not None]
+            if dead:
+                pending = [enc for enc, j in jobs.items() if not j.ready()]
+                raise RuntimeError(
+                    f"a pretraining process (pid {dead[0].pid}) ended with exit code {dead[0].exitcode} (killed, or out "
+                    f"of memory?) before {', '.join(pending)} finished; logs in {s.out / 'pretrain'}. Run the same "
+                    "`chada quickstart` command again: it resumes from the checkpoints"
+                )
             time.sleep(2.0)
     finally:
         for bar in bars.values():

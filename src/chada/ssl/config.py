@@ -45,7 +45,10 @@ class ModelConfig:
     """Backbone: a registered model name (``chada.list_models()``) plus config overrides."""
 
     name: str = "chada_vit_moyen"
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {drop_path_rate: 0.1, img_size: 64}
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {img_size: 64}; wins over drop_path_rate below
+    # Stochastic depth of the student (DINO's ViT-S recipe: 0.1). The teacher never drops: it runs in
+    # eval mode, as DINO builds it without drop path. Applied to architectures that have the field.
+    drop_path_rate: float = 0.1
     # forward(images, pool=...) used for DINO; null: the model's default, or its fixed-size pool when the
     # default's size depends on the channel count (one_channel_vit: "cls" [B, C*D] -> "mean" [B, D])
     pool: str | None = None
@@ -75,6 +78,10 @@ class DinoConfig:
     momentum_teacher: float = 0.996
     momentum_teacher_final: float = 1.0
     freeze_last_layer_epochs: float = 1  # the head's last layer gets no update during these epochs
+    # "per_epoch" (DINO): one temperature per epoch, np.linspace(warmup_teacher_temp, teacher_temp,
+    # warmup_teacher_temp_epochs)[epoch], then constant. "per_step": a ramp over the warm-up steps; kept
+    # only so that runs measured with it (the CPU quickstart) stay reproducible.
+    teacher_temp_schedule: str = "per_epoch"
 
 
 @dataclass
@@ -87,10 +94,18 @@ class OptimConfig:
     scale_lr_with_batch: bool = True
     min_lr: float = 1e-6
     warmup_epochs: float = 10
+    # "linspace" (DINO): np.linspace(0, lr, warmup_steps), the base LR is reached at the last warm-up
+    # step. "ramp": lr * step / warmup_steps (one step short); kept for the quickstart's measured runs.
+    warmup_schedule: str = "linspace"
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0  # per-parameter gradient-norm clip as in DINO; 0 disables
     betas: tuple[float, float] = (0.9, 0.999)
+    # Which parameters get no weight decay. "dino": biases and 1-D parameters only (DINO's
+    # get_params_groups), so pos_embed, cls_token and channel_embed ARE decayed. "dino_and_embeddings":
+    # also the backbone's no_weight_decay() tensors (pos_embed, cls_token, channel_embed: the timm/DeiT
+    # convention) and the head's weight_g; kept for the quickstart's measured runs.
+    no_weight_decay: str = "dino"
 
 
 @dataclass
@@ -166,38 +181,96 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def validate(self) -> PretrainConfig:
-        """Raise ValueError on values that cannot work."""
-        if self.data.manifest is None and self.data.shards is None:
-            raise ValueError("set data.manifest (a manifest CSV/Parquet) or data.shards (WebDataset shards)")
-        if self.data.manifest is not None and self.data.shards is not None:
-            raise ValueError("set only one of data.manifest and data.shards")
-        if self.data.shards is not None and not self.data.shard_samples_per_epoch:
-            raise ValueError("data.shards needs data.shard_samples_per_epoch (the schedules need an epoch length)")
-        if self.run.precision not in ("fp32", "bf16"):
-            raise ValueError(f"run.precision must be 'fp32' or 'bf16', got {self.run.precision!r}")
-        if self.run.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"run.device must be 'auto', 'cpu' or 'cuda', got {self.run.device!r}")
+    def validate(self, require_data: bool = True) -> PretrainConfig:
+        """Raise ValueError on values that cannot work, naming the key.
+
+        ``require_data=False`` skips the data-source check (done when training starts, so that a config
+        file may leave ``data.manifest`` to the command line).
+        """
+        if require_data:
+            if self.data.manifest is None and self.data.shards is None:
+                raise ValueError("set data.manifest (a manifest CSV/Parquet) or data.shards (WebDataset shards)")
+            if self.data.manifest is not None and self.data.shards is not None:
+                raise ValueError("set only one of data.manifest and data.shards")
+            if self.data.shards is not None and not self.data.shard_samples_per_epoch:
+                raise ValueError("data.shards needs data.shard_samples_per_epoch (the schedules need an epoch length)")
+        _choice("run.precision", self.run.precision, ("fp32", "bf16"))
+        _choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
+        _choice("dino.teacher_temp_schedule", self.dino.teacher_temp_schedule, ("per_epoch", "per_step"))
+        _choice("optim.warmup_schedule", self.optim.warmup_schedule, ("linspace", "ramp"))
+        _choice("optim.no_weight_decay", self.optim.no_weight_decay, ("dino", "dino_and_embeddings"))
+        from chada.data.normalize import METHODS
+
+        _choice("data.normalize", self.data.normalize, METHODS)
+        from chada.models.registry import model_spec
+
+        model_spec(self.model.name)  # unknown model: ValueError listing the registered names
         if isinstance(self.data.channel_vocab, str) and self.data.channel_vocab != "auto":
             raise ValueError("data.channel_vocab must be null, 'auto' or a list of channel names")
-        for name, v in (("optim.epochs", self.optim.epochs), ("optim.batch_size_per_gpu", self.optim.batch_size_per_gpu)):
+        o, d, h, a = self.optim, self.dino, self.head, self.augment
+        for name, v in (
+            ("optim.epochs", o.epochs), ("optim.batch_size_per_gpu", o.batch_size_per_gpu),
+            ("head.out_dim", h.out_dim), ("head.hidden_dim", h.hidden_dim),
+            ("head.bottleneck_dim", h.bottleneck_dim), ("head.nlayers", h.nlayers),
+            ("augment.global_size", a.global_size), ("augment.local_size", a.local_size),
+            ("run.save_every_steps", self.run.save_every_steps), ("run.log_every_steps", self.run.log_every_steps),
+        ):  # fmt: skip
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.augment.n_global < 1 or self.augment.n_global + self.augment.n_local < 2:
-            raise ValueError("DINO needs n_global >= 1 and at least 2 views in total")
-        cs = self.data.channel_sampling
-        if cs.scheme not in ("none", "discard_one", "hierarchical") or cs.per not in ("sample", "batch"):
+        for name, v in (
+            ("optim.lr", o.lr), ("dino.student_temp", d.student_temp), ("dino.teacher_temp", d.teacher_temp),
+            ("dino.warmup_teacher_temp", d.warmup_teacher_temp),
+        ):  # fmt: skip
+            if not v > 0:  # also refuses NaN
+                raise ValueError(f"{name} must be > 0, got {v}")
+        for name, v in (
+            ("optim.min_lr", o.min_lr), ("optim.weight_decay", o.weight_decay),
+            ("optim.weight_decay_end", o.weight_decay_end), ("optim.clip_grad", o.clip_grad),
+            ("optim.warmup_epochs", o.warmup_epochs), ("dino.warmup_teacher_temp_epochs", d.warmup_teacher_temp_epochs),
+            ("dino.freeze_last_layer_epochs", d.freeze_last_layer_epochs), ("augment.n_local", a.n_local),
+            ("data.num_workers", self.data.num_workers), ("data.shard_shuffle", self.data.shard_shuffle),
+        ):  # fmt: skip
+            if not v >= 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        for name, v in (("optim.warmup_epochs", o.warmup_epochs), ("dino.warmup_teacher_temp_epochs", d.warmup_teacher_temp_epochs)):
+            if v > o.epochs:
+                raise ValueError(f"{name} ({v}) must be <= optim.epochs ({o.epochs})")
+        if d.teacher_temp_schedule == "per_epoch" and float(d.warmup_teacher_temp_epochs) != int(d.warmup_teacher_temp_epochs):
             raise ValueError(
-                "data.channel_sampling.scheme must be none, discard_one or hierarchical and .per sample or batch; "
-                f"got {cs.scheme!r}, {cs.per!r}"
+                "dino.warmup_teacher_temp_epochs must be a whole number with dino.teacher_temp_schedule=per_epoch, "
+                f"got {d.warmup_teacher_temp_epochs}"
             )
+        for name, v in (
+            ("dino.center_momentum", d.center_momentum), ("dino.momentum_teacher", d.momentum_teacher),
+            ("dino.momentum_teacher_final", d.momentum_teacher_final), ("optim.betas[0]", o.betas[0]),
+            ("optim.betas[1]", o.betas[1]), ("model.drop_path_rate", self.model.drop_path_rate),
+        ):  # fmt: skip
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        for name, (lo, hi) in (("augment.global_scale", a.global_scale), ("augment.local_scale", a.local_scale)):
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
+        if a.n_global < 1 or a.n_global + a.n_local < 2:
+            raise ValueError("DINO needs augment.n_global >= 1 and at least 2 views in total")
+        cs = self.data.channel_sampling
+        _choice("data.channel_sampling.scheme", cs.scheme, ("none", "discard_one", "hierarchical"))
+        _choice("data.channel_sampling.per", cs.per, ("sample", "batch"))
         if not 0.0 <= cs.discard_p <= 1.0:
             raise ValueError(f"data.channel_sampling.discard_p must be in [0, 1], got {cs.discard_p}")
         if self.data.cache and self.data.shards is not None:
             raise ValueError("data.cache works with data.manifest only (shards are streamed)")
-        if self.run.save_every_steps < 1 or self.run.log_every_steps < 1:
-            raise ValueError("run.save_every_steps and run.log_every_steps must be >= 1")
+        for name, v in (("data.size", self.data.size), ("run.threads", self.run.threads),
+                        ("run.max_steps", self.run.max_steps), ("data.shard_samples_per_epoch", self.data.shard_samples_per_epoch)):  # fmt: skip
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 (or null), got {v}")
         return self
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}{hint}")
 
 
 # ----------------------------------------------------------------------------- (de)serialisation
@@ -340,17 +413,36 @@ def apply_overrides(cfg: PretrainConfig, overrides: list[str] | None) -> Pretrai
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
     """Read a YAML config (or start from the defaults with ``path=None``), apply overrides, validate
-    everything but the data source (checked when training starts)."""
+    everything but the data source (checked when training starts).
+
+    Raises FileNotFoundError for a missing file, ValueError naming the file for a directory, bad YAML
+    or a bad key/value, and ValueError naming the key for a bad override.
+    """
     values: dict[str, Any] = {}
+    p = None
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file {p} not found")
-        values = yaml.safe_load(p.read_text()) or {}
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory; --config needs a YAML file such as configs/quickstart.yaml")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: cannot read the config ({exc})") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{p}: not valid YAML{where} ({what}); fix the file") from exc
         if not isinstance(values, dict):
             raise ValueError(f"{p}: the top level of a config must be a mapping")
-    cfg = config_from_dict(values)
-    return apply_overrides(cfg, overrides)
+    try:
+        cfg = config_from_dict(values)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{p}: {exc}") from exc
+    # Validation errors name the key (which may come from the file or from an override).
+    return apply_overrides(cfg, overrides).validate(require_data=False)
 
 
 def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:

@@ -10,12 +10,19 @@ Reproducibility (what makes ``resume`` give the same weights as an uninterrupted
 - the augmentation of sample ``i`` in epoch ``e`` is drawn from torch's RNG re-seeded with
   ``(seed, e, i)`` inside a forked RNG (:class:`EpochSeededDataset`), so it depends neither on the
   number of DataLoader workers nor on where a run was interrupted;
-- the checkpoint holds student, teacher, optimizer, DINO center, epoch/step, and every rank's RNG states.
+- the checkpoint holds student, teacher, optimizer, DINO center, epoch/step, and every rank's RNG
+  states, all as tensors and plain containers: it is read back with ``torch.load(weights_only=True)``,
+  so a tampered file cannot run code.
 
 Streaming shards (``data.shards``) have no index: each rank draws exactly ``steps_per_epoch`` batches
 per epoch from its shards (cycling them), a resumed epoch re-reads and drops the consumed batches.
-Their augmentations come from per-worker seeds ``(seed, epoch, rank, worker)``, so a resumed shard run
-is exact only with ``data.num_workers >= 1`` (with 0 workers the augmentation shares the main RNG).
+Their order and augmentations are seeded by ``(seed, epoch, pass, rank, worker, sample)``
+(:class:`chada.data.shards.ShardDataset`), so a resumed shard run is exact too, with any number of
+workers (the same number as before: the split of shards across workers is part of the order).
+
+Resuming refuses a config whose values change the result (see :data:`SAFE_TO_CHANGE_ON_RESUME` for the
+ones that do not) unless the changed keys are allowed explicitly, and a finished run's ``teacher/`` is
+never retrained or rewritten by a plain ``--resume``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -58,14 +65,33 @@ __all__ = [
     "ResumableDistributedSampler",
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "SAFE_TO_CHANGE_ON_RESUME",
+    "config_changes",
+    "load_checkpoint",
+    "CompileError",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "chada-dino/2"  # /1 pickled numpy/python RNG objects: not loadable with weights_only
 LOG_NAME = "log.csv"
+# Config keys that do not change the trained weights beyond float round-off: a resumed run may differ
+# in them silently. Everything else must match the checkpoint's config, or be allowed by name.
+SAFE_TO_CHANGE_ON_RESUME = frozenset({
+    "run.output_dir", "run.max_steps", "run.save_every_steps", "run.log_every_steps", "run.tensorboard",
+    "run.progress", "run.export_student", "run.export_init", "run.threads", "run.find_unused_parameters",
+    "data.pin_memory", "data.cache",
+})  # fmt: skip
+# Safe only for map-style (manifest) data, whose augmentations are seeded per sample; with shards the
+# split of shards across workers is part of the order.
+SAFE_FOR_MANIFEST_ONLY = frozenset({"data.num_workers"})
 LOG_FIELDS = [
     "step", "epoch", "loss", "lr", "wd", "teacher_temp", "momentum", "img_per_s",
     "teacher_entropy", "teacher_batch_entropy", "kl", "collapse", "elapsed_s",
 ]  # fmt: skip
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` failed on this machine; the message says to set ``run.compile=false``."""
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -87,7 +113,9 @@ class EpochSeededDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only (augmentations draw from it): torch.manual_seed would also reseed
+            # the accelerators' generators, which this fork does not restore, and costs 60x more
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 
@@ -151,6 +179,10 @@ def build_backbone(cfg: PretrainConfig, channel_vocab: list[str] | None = None) 
     field_names = set(getattr(fields, "__dataclass_fields__", {}))
     if channel_vocab is not None and "channel_names" in field_names and "channel_names" not in overrides:
         overrides["channel_names"] = list(channel_vocab)
+    if "drop_path_rate" in field_names and "drop_path_rate" not in overrides:
+        overrides["drop_path_rate"] = cfg.model.drop_path_rate
+    elif "drop_path_rate" not in field_names and cfg.model.drop_path_rate > 0:
+        warnings.warn(f"{cfg.model.name} has no stochastic depth: model.drop_path_rate is ignored", stacklevel=2)
     model = create_model(cfg.model.name, **overrides)
     if channel_vocab is not None:
         cmax = getattr(model, "max_channels", None)
@@ -174,17 +206,66 @@ def resolve_pool(backbone: nn.Module, pool: str | None) -> str | None:
     return None
 
 
-def _param_groups(module: nn.Module, no_wd_names: set[str]) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, rule: str = "dino", no_wd_names: set[str] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups ``[decayed, not decayed]`` (see ``optim.no_weight_decay``).
+
+    ``"dino"``: DINO's ``get_params_groups``: no decay for names ending in ``.bias`` and for 1-D
+    parameters, decay for everything else (``pos_embed``, ``cls_token``, ``channel_embed`` included).
+    ``"dino_and_embeddings"``: also no decay for the backbone's ``no_weight_decay()`` names (given as
+    ``no_wd_names``) and the head's ``weight_g``.
+    """
+    if rule not in ("dino", "dino_and_embeddings"):
+        raise ValueError(f"optim.no_weight_decay must be 'dino' or 'dino_and_embeddings', got {rule!r}")
+    names = no_wd_names or set()
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        short = name.split(".", 1)[1] if name.startswith("backbone.") else None
-        if p.ndim <= 1 or name.endswith(".bias") or name.endswith("weight_g") or short in no_wd_names:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        skip = name.endswith(".bias") or p.ndim == 1
+        if rule == "dino_and_embeddings":
+            short = name.split(".", 1)[1] if name.startswith("backbone.") else None
+            skip = skip or p.ndim == 0 or name.endswith("weight_g") or short in names
+        (no_decay if skip else decay).append(p)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+def compile_blocks(module: nn.Module) -> int:
+    """``torch.compile`` every transformer block of a backbone in place; returns how many.
+
+    Blocks, not the whole model: the packed forward groups images by channel count, so sequence
+    lengths and group sizes change from batch to batch. A whole-model ``dynamic=True`` compile fails on
+    CPU with torch 2.13 (``InductorError: cannot determine truth value of Relational``), a static one
+    recompiles for every new batch composition until it hits the recompile limit, and automatic
+    dynamic shapes hit an internal assert. One block is a plain ``[G, L, D] -> [G, L, D]`` function:
+    compiled once with dynamic shapes, it serves every length, holds almost all the FLOPs, and its
+    parameter names do not change (checkpoints stay interchangeable with eager runs).
+    """
+    import torch._dynamo
+    import torch._functorch.config
+    import torch._inductor.config
+
+    blocks = getattr(module, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or not len(blocks):
+        raise ValueError(f"run.compile: {type(module).__name__} has no `blocks` to compile; set run.compile=false")
+    # Every block shares one forward but has its own drop-path rate, a constant dynamo guards on: one
+    # graph per block (train and eval) must fit under the recompile limit, or the last blocks run eager.
+    limit = 4 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    # DDP's graph splitting (optimize_ddp) exists to overlap a whole compiled model's all-reduce with
+    # its backward; for single blocks it has nothing to split, and with dynamic shapes it fails in
+    # torch 2.13 ("'float' object has no attribute 'meta'"). DDP's own bucketing still overlaps.
+    torch._dynamo.config.optimize_ddp = False
+    # Random ops (drop path) through torch's own generator, as in eager mode (the masks are [G, 1, 1]:
+    # nothing to speed up there), and no AOTAutograd cache: in torch 2.13 a training graph with drop
+    # path loaded from that cache computes other values than the same graph compiled afresh (found by
+    # benchmarks/rehearsal.py: a resumed run, which loads what the interrupted one cached, drifted from
+    # an uninterrupted one at its first step with a new shape). Inductor's FX graph cache stays on.
+    torch._inductor.config.fallback_random = True
+    torch._functorch.config.enable_autograd_cache = False
+    for blk in blocks:
+        blk.compile(dynamic=True)
+    return len(blocks)
 
 
 @torch.no_grad()
@@ -199,22 +280,86 @@ def clip_gradients_per_parameter(params: list[nn.Parameter], clip: float) -> Non
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG of this process as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, words, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": [int(w) for w in words], "gauss_next": gauss_next},
+    }  # fmt: skip
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [t.cpu() for t in torch.cuda.get_rng_state_all()]
     return state
 
 
+def _cpu_bytes(t: Any) -> torch.Tensor:
+    # set_rng_state wants a CPU ByteTensor, whatever device a loader mapped the checkpoint to.
+    return torch.as_tensor(t).detach().to(device="cpu", dtype=torch.uint8)
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
+    n = state["numpy"]
+    keys = np.asarray(torch.as_tensor(n["keys"]).cpu().numpy(), dtype=np.uint32)
+    np.random.set_state((n["kind"], keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(w) for w in py["state"]), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(t) for t in state["cuda"]])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a DINO ``checkpoint.pt`` safely: ``weights_only=True`` (no code from the file runs), on CPU.
+
+    Raises ValueError naming the file and what to do when it is corrupt, truncated, not a chada DINO
+    checkpoint, or holds anything but tensors and plain containers.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, truncated file, refused pickle: one message
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(
+            f"{path} cannot be read as a chada DINO checkpoint ({type(exc).__name__}: {first}). It is "
+            "corrupt, truncated, tampered with, or from an older chada; delete it to start the run over, "
+            "or choose another run.output_dir"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (found {found!r}); delete it to start the run "
+            "over, or choose another run.output_dir"
+        )
+    missing = [k for k in ("student", "teacher", "optimizer", "dino_loss", "config", "global_step") if k not in state]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: it is incomplete; delete it to start the run over")
+    return state
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_changes(saved: dict[str, Any], cfg: PretrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (checkpoint value, new value)}`` for every key that differs and may change the
+    result (keys in :data:`SAFE_TO_CHANGE_ON_RESUME` are left out)."""
+    old = _flatten(config_to_dict(config_from_dict(saved)))
+    new = _flatten(config_to_dict(cfg))
+    safe = set(SAFE_TO_CHANGE_ON_RESUME)
+    if cfg.data.shards is None:
+        safe |= SAFE_FOR_MANIFEST_ONLY
+    return {
+        k: (old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if k not in safe and old.get(k) != new.get(k)
+    }
 
 
 # ------------------------------------------------------------------------------------- trainer
@@ -227,7 +372,18 @@ class Trainer:
     :class:`MultiCropWrapper`), ``loss_fn``, ``optimizer``, ``global_step``.
     """
 
-    def __init__(self, cfg: PretrainConfig, resume: bool = False, dist_info: DistInfo | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        resume: bool = False,
+        dist_info: DistInfo | None = None,
+        allow_changes: Sequence[str] = (),
+    ) -> None:
+        """Build data, modules, optimizer and schedules; with ``resume``, load ``checkpoint.pt``.
+
+        ``allow_changes``: config keys (and ``"world_size"``) that may differ from the checkpoint's on
+        resume although they change the result; any other difference is a ValueError naming the keys.
+        """
         self.cfg = cfg.validate()
         self.dist = dist_info or init_distributed(cfg.run.device)
         self.device = self.dist.device
@@ -242,6 +398,17 @@ class Trainer:
             raise ValueError(
                 f"{ckpt_path} exists: pass --resume to continue that run, or choose another run.output_dir"
             )
+        if ckpt_path.exists() and ckpt_path.is_dir():
+            raise ValueError(f"{ckpt_path} is a directory, not a checkpoint; choose another run.output_dir")
+        if not ckpt_path.exists() and (self.out_dir / "teacher" / "config.json").exists():
+            raise ValueError(
+                f"{self.out_dir} holds a finished run's teacher/ but no {CHECKPOINT_NAME}: a new run would "
+                "overwrite it; choose another run.output_dir"
+            )
+        # Read and check the checkpoint before any expensive setup (data caching, compilation).
+        state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+        if state is not None:
+            self._check_resume_config(ckpt_path, state, allow_changes)
         self._build_data()
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts)
         backbone = build_backbone(cfg, self.channel_vocab).to(self.device)
@@ -257,13 +424,17 @@ class Trainer:
         self.loss_fn = DINOLoss(cfg.head.out_dim, cfg.augment.n_global, cfg.dino.student_temp, cfg.dino.center_momentum)
         self.loss_fn.to(self.device)
         no_wd = set(getattr(backbone, "no_weight_decay", lambda: set())())
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student, no_wd), lr=0.0, betas=cfg.optim.betas)
+        groups = param_groups(self.student, cfg.optim.no_weight_decay, no_wd)
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
         self._student_params = [p for p in self.student.parameters() if p.requires_grad]
         self._ema_pairs = [
             (pt, ps) for pt, ps in zip(self.teacher.parameters(), self.student.parameters()) if ps.requires_grad
         ]
         self._last_layer_params = list(self.student.head.last_layer.parameters())
 
+        if cfg.run.compile:
+            compile_blocks(self.student.backbone)
+            compile_blocks(self.teacher.backbone)
         self.student_fwd: nn.Module = self.student
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -271,20 +442,41 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.student_fwd = DDP(self.student, device_ids=ids, find_unused_parameters=cfg.run.find_unused_parameters)
         self.teacher_fwd: nn.Module = self.teacher
-        if cfg.run.compile:
-            self.student_fwd = torch.compile(self.student_fwd, dynamic=True)  # type: ignore[assignment]
-            self.teacher_fwd = torch.compile(self.teacher, dynamic=True)  # type: ignore[assignment]
         self._build_schedules()
         self.global_step = 0
         self.epoch = 0
         self.step_in_epoch = 0
-        if resume and ckpt_path.exists():
-            self._load_checkpoint(ckpt_path)
-        elif resume and self.dist.is_main:
-            print(f"no checkpoint in {self.out_dir}: starting from scratch", file=sys.stderr)
-        # Per-rank stream for stochastic layers (drop path); restored from the checkpoint on resume.
-        if not (resume and ckpt_path.exists()):
+        if state is not None:
+            self._load_state(ckpt_path, state)
+        else:
+            if resume and self.dist.is_main:
+                print(f"no checkpoint in {self.out_dir}: starting from scratch", file=sys.stderr)
+            # Per-rank stream for stochastic layers (drop path); restored from the checkpoint on resume.
             torch.manual_seed(cfg.run.seed + 1000 * (self.dist.rank + 1))
+
+    def _check_resume_config(self, path: Path, state: dict[str, Any], allow: Sequence[str]) -> None:
+        """Refuse to resume with a config that changes the result, unless each changed key is allowed."""
+        try:
+            changes = config_changes(state["config"], self.cfg)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: its recorded config cannot be read ({exc}); delete it to start over") from None
+        if state.get("world_size") != self.dist.world_size:
+            changes["world_size"] = (state.get("world_size"), self.dist.world_size)
+        allowed = set(allow)
+        unknown = allowed - set(changes) - set(_flatten(config_to_dict(self.cfg))) - {"world_size"}
+        if unknown:
+            raise ValueError(f"--resume-allow-changes: unknown key(s) {sorted(unknown)}")
+        refused = {k: v for k, v in changes.items() if k not in allowed}
+        if refused:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
+            raise ValueError(
+                f"cannot resume {path}: the config differs from the checkpoint's in values that change the "
+                f"result ({listed}). Restore them, or allow the change with --resume-allow-changes "
+                f"{','.join(refused)}, or choose another run.output_dir"
+            )
+        if changes and self.dist.is_main:
+            listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            print(f"resuming {path} with allowed config changes: {listed}", file=sys.stderr)
 
     # ------------------------------------------------------------------------ data
     def _build_data(self) -> None:
@@ -300,6 +492,7 @@ class Trainer:
         world, rank = self.dist.world_size, self.dist.rank
         bs = cfg.optim.batch_size_per_gpu
         self.channel_counts: dict[str, int] = {}
+        self._learn_channels = False
         if cfg.data.manifest is not None:
             from chada.data.dataset import ManifestDataset
 
@@ -324,7 +517,18 @@ class Trainer:
             from chada.data.shards import ShardDataset
 
             self.dataset = ShardDataset(cfg.data.shards, transform=self.augment, shuffle=cfg.data.shard_shuffle,
-                                        split=cfg.data.split, seed=cfg.run.seed)  # fmt: skip
+                                        split=cfg.data.split, seed=cfg.run.seed, rank=rank, world_size=world)  # fmt: skip
+            if len(self.dataset.urls) < world:
+                raise ValueError(
+                    f"{len(self.dataset.urls)} shard(s) for {world} processes: each process reads whole shards; "
+                    "write more, smaller shards (chada data shard --shard-size)"
+                )
+            index = self.dataset.index or {}
+            # The index written by `chada data shard` knows the corpus' channel names up front, so init/
+            # and every rank record them; older indexes get them while streaming (gathered at export).
+            if isinstance(index.get("channel_names"), dict):
+                self.channel_counts = {str(k): int(v) for k, v in index["channel_names"].items()}
+            self._learn_channels = not self.channel_counts
             self.sampler = None
             self.steps_per_epoch = int(cfg.data.shard_samples_per_epoch) // (bs * world)
             if self.steps_per_epoch < 1:
@@ -332,7 +536,10 @@ class Trainer:
         vocab = cfg.data.channel_vocab
         if vocab == "auto":
             if not self.channel_counts:
-                raise ValueError("data.channel_vocab='auto' needs a manifest; list the names for shards")
+                raise ValueError(
+                    "data.channel_vocab='auto' needs a manifest or a shards.json that lists channel names "
+                    "(written by `chada data shard`); otherwise list the names"
+                )
             vocab = list(self.channel_counts)
         self.channel_vocab: list[str] | None = list(vocab) if vocab is not None else None
         self.collate: Any = make_collate(multicrop=True, channel_vocab=self.channel_vocab)
@@ -359,17 +566,15 @@ class Trainer:
             )  # fmt: skip
             yield from loader
             return
-        seed_base = (cfg.run.seed, epoch, self.dist.rank)
-
-        def init_worker(worker_id: int) -> None:
-            torch.manual_seed(int(np.random.SeedSequence([*seed_base, worker_id]).generate_state(1)[0]))
-
-        self.dataset.seed = cfg.run.seed + epoch  # type: ignore[attr-defined]
-        n_yielded = 0
+        n_yielded, pass_index = 0, 0
         while n_yielded < self.steps_per_epoch:
+            # Order and views are a function of (seed, epoch, pass, rank, worker): a resumed epoch
+            # re-reads exactly the batches it drops.
+            self.dataset.set_epoch(epoch, pass_index)  # type: ignore[attr-defined]
+            pass_index += 1
             loader = DataLoader(
                 self.dataset, batch_size=bs, num_workers=cfg.data.num_workers, collate_fn=self.collate,
-                drop_last=True, pin_memory=pin, worker_init_fn=init_worker, generator=gen,
+                drop_last=True, pin_memory=pin, generator=gen,
             )  # fmt: skip
             empty = True
             for batch in loader:
@@ -388,13 +593,27 @@ class Trainer:
         global_batch = cfg.optim.batch_size_per_gpu * self.dist.world_size
         base_lr = cfg.optim.lr * (global_batch / 256.0 if cfg.optim.scale_lr_with_batch else 1.0)
         self.base_lr = base_lr
-        self.lr_schedule = CosineSchedule(base_lr, cfg.optim.min_lr, total, round(cfg.optim.warmup_epochs * spe))
+        self.lr_schedule = CosineSchedule(
+            base_lr, cfg.optim.min_lr, total, round(cfg.optim.warmup_epochs * spe), warmup=cfg.optim.warmup_schedule
+        )
         self.wd_schedule = CosineSchedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total)
         self.momentum_schedule = CosineSchedule(cfg.dino.momentum_teacher, cfg.dino.momentum_teacher_final, total)
-        self.temp_schedule = LinearWarmupConstant(
-            cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp, round(cfg.dino.warmup_teacher_temp_epochs * spe)
-        )
+        if cfg.dino.teacher_temp_schedule == "per_epoch":  # DINO: indexed by the epoch
+            self.temp_schedule = LinearWarmupConstant(
+                cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp, int(cfg.dino.warmup_teacher_temp_epochs)
+            )
+        else:  # indexed by the step
+            self.temp_schedule = LinearWarmupConstant(
+                cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp,
+                round(cfg.dino.warmup_teacher_temp_epochs * spe), form="ramp",
+            )  # fmt: skip
         self.freeze_last_layer_steps = round(cfg.dino.freeze_last_layer_epochs * spe)
+
+    def teacher_temp(self, step: int) -> float:
+        """The teacher temperature used at global ``step``."""
+        if self.cfg.dino.teacher_temp_schedule == "per_epoch":
+            return self.temp_schedule(step // self.steps_per_epoch)
+        return self.temp_schedule(step)
 
     # ------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -409,7 +628,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "config": config_to_dict(self.cfg),
             "channel_counts": dict(self.channel_counts),
-            "format": "chada-dino/1",
+            "format": CHECKPOINT_FORMAT,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -430,24 +649,26 @@ class Trainer:
         atomic_write_bytes(path, buf.getvalue())
         return path
 
-    def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("format") != "chada-dino/1":
-            raise ValueError(f"{path} is not a chada DINO checkpoint")
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loss_fn.load_state_dict(state["dino_loss"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        if state.get("channel_counts") and not self.channel_counts:
+    def _load_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Restore modules, optimizer, center, position and this rank's RNG from a loaded checkpoint."""
+        try:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.loss_fn.load_state_dict(state["dino_loss"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(
+                f"{path} does not fit this run's model ({first}); use the config it was written with, or "
+                "choose another run.output_dir"
+            ) from None
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        # Names learned while streaming were saved by rank 0; the other ranks' share is lost with a kill
+        # (the names are what matters; counts of images seen are indicative).
+        if state.get("channel_counts") and not self.channel_counts and (self.dist.is_main or not self._learn_channels):
             self.channel_counts = dict(state["channel_counts"])
         rngs = state.get("rng") or []
-        if state.get("world_size") != self.dist.world_size:
-            warnings.warn(
-                f"checkpoint written with {state.get('world_size')} processes, resuming with {self.dist.world_size}: "
-                "training continues but will not match an uninterrupted run exactly",
-                stacklevel=2,
-            )
         if rngs:
             _set_rng_state(rngs[self.dist.rank % len(rngs)])
 
@@ -502,7 +723,7 @@ class Trainer:
             group["lr"] = lr
             if group["apply_wd"]:
                 group["weight_decay"] = wd
-        temp = self.temp_schedule(it)
+        temp = self.teacher_temp(it)
         n_global = self.cfg.augment.n_global
         with self._autocast():
             with torch.no_grad():
@@ -531,8 +752,17 @@ class Trainer:
         return out
 
     def fit(self) -> Path:
-        """Train to the end (or ``run.max_steps``); return the output folder."""
+        """Train to the end (or ``run.max_steps``); return the output folder.
+
+        A run that already finished (its checkpoint at the last step and ``teacher/`` written) is left
+        as it is: nothing is retrained or rewritten.
+        """
         cfg = self.cfg
+        if self.global_step >= self.total_steps and (self.out_dir / "teacher" / "config.json").exists():
+            if self.dist.is_main:
+                print(f"{self.out_dir} already finished ({self.global_step}/{self.total_steps} steps): "
+                      f"{self.out_dir / 'teacher'} is kept as it is", file=sys.stderr)  # fmt: skip
+            return self.out_dir
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
@@ -548,9 +778,7 @@ class Trainer:
 
             progress = tqdm(total=self.total_steps, initial=self.global_step, desc="dino", unit="step", dynamic_ncols=True)
         self.student.train()
-        # The teacher runs without stochastic depth/dropout (as DINO builds it); BatchNorm in the head
-        # needs batch statistics, so then it stays in train mode.
-        self.teacher.train(self.cfg.head.use_bn)
+        self._teacher_mode()
         t_start = time.perf_counter()
         t_last, n_since = time.perf_counter(), 0
         # A near-uniform teacher is normal while the LR and teacher temperature warm up (the CSV's
@@ -561,12 +789,12 @@ class Trainer:
             while self.global_step < stop_at:
                 for batch in self._loader(self.epoch, self.step_in_epoch):
                     views = [b.to(self.device, non_blocking=True) for b in batch["batches"]]
-                    if self.sampler is None:  # streaming: learn the channel names as they come
+                    if self._learn_channels:  # streaming without names in the index: learn them
                         for names in batch["channel_names"]:
                             for n in names:
                                 self.channel_counts[n] = self.channel_counts.get(n, 0) + 1
                     log_now = (self.global_step + 1) % cfg.run.log_every_steps == 0 or self.global_step + 1 == stop_at
-                    res = self.train_step(views, want_stats=log_now and self.dist.is_main)
+                    res = self._step_or_explain(views, want_stats=log_now and self.dist.is_main)
                     self.global_step += 1
                     self.step_in_epoch += 1
                     n_since += 1
@@ -611,11 +839,55 @@ class Trainer:
                 progress.close()
             if self.dist.is_main:
                 self._close_logs()
-        if self.global_step >= self.total_steps and self.dist.is_main:
-            self.export()
+        if self.global_step >= self.total_steps:
+            self._gather_channel_counts()
+            if self.dist.is_main:
+                self.export()
         if self.dist.distributed:
             dist.barrier()
         return self.out_dir
+
+    def _teacher_mode(self) -> None:
+        """Teacher in eval mode: no drop path, as DINO builds its teacher without stochastic depth.
+
+        BatchNorm layers in the head (``head.use_bn``) are the exception and run in train mode: DINO
+        never calls ``teacher.eval()``, so its teacher's head BN normalises with the batch statistics
+        of the global crops and updates its own running statistics (buffers are not part of the EMA).
+        Only the drop path differs, which DINO switches off by building the teacher with rate 0.
+        """
+        self.teacher.eval()
+        for m in self.teacher.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+
+    def _step_or_explain(self, views: list[Any], want_stats: bool) -> dict[str, Any]:
+        """``train_step``, with a compile failure turned into a message that says what to do."""
+        if not self.cfg.run.compile:
+            return self.train_step(views, want_stats)
+        import torch._dynamo.exc as dynamo_exc
+
+        try:
+            return self.train_step(views, want_stats)
+        except dynamo_exc.TorchDynamoException as exc:  # InductorError included
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().endswith("raised:")]
+            first = (lines or [type(exc).__name__])[0][:300]
+            raise CompileError(
+                f"torch.compile failed at step {self.global_step} on rank {self.dist.rank} "
+                f"({type(exc).__name__}: {first}); set run.compile=false"
+            ) from exc
+
+    def _gather_channel_counts(self) -> None:
+        """Streaming runs without names in their index learn them per rank: sum every rank's counts
+        (images seen, repeats included) before the export."""
+        if not self.dist.distributed or not self._learn_channels:
+            return
+        gathered: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, dict(self.channel_counts))
+        merged: dict[str, int] = {}
+        for counts in gathered:
+            for name, n in counts.items():
+                merged[name] = merged.get(name, 0) + n
+        self.channel_counts = merged
 
     def export(self, which: tuple[str, ...] | None = None) -> Path:
         """Write ``teacher/`` (and ``student/``) with ``save_pretrained``; returns the first folder written.
@@ -630,6 +902,9 @@ class Trainer:
             "channel_names_seen": list(self.channel_counts),
             "channel_image_counts": dict(self.channel_counts),
             "channel_vocab": self.channel_vocab,
+            # how names reached channel-embedding slots during training: through channel_vocab, or by
+            # position in each image (the paper's rule; then channel_names_seen has no slot order)
+            "channel_slots": "vocabulary" if self.channel_vocab is not None else "position",
             "dino_pool": self.pool,
             "global_step": self.global_step,
             "epochs": self.cfg.optim.epochs,
@@ -661,6 +936,7 @@ def pretrain(
     config: PretrainConfig | dict[str, Any] | str | os.PathLike,
     overrides: list[str] | None = None,
     resume: bool = False,
+    allow_changes: Sequence[str] = (),
 ) -> Path:
     """Run DINO pretraining and return the output folder (``teacher/`` inside once finished).
 
@@ -668,6 +944,7 @@ def pretrain(
         config: a :class:`PretrainConfig`, a nested dict, or a YAML file path.
         overrides: ``section.key=value`` strings applied on top.
         resume: continue from ``output_dir/checkpoint.pt`` if it exists.
+        allow_changes: config keys that may differ from the checkpoint's although they change the result.
     """
     cfg = _as_config(config if not isinstance(config, os.PathLike) else Path(config), overrides)
-    return Trainer(cfg, resume=resume).fit()
+    return Trainer(cfg, resume=resume, allow_changes=allow_changes).fit()
