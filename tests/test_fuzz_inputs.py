@@ -236,7 +236,8 @@ def _config_dir(tmp: Path) -> Path:
 def _tiny_pretrain(manifest: Path, out: Path) -> list[str]:
     return [
         "model.name=chada_vit_test", "model.overrides.img_size=16", "head.out_dim=16", "head.hidden_dim=16",
-        "head.bottleneck_dim=8", "optim.epochs=1", "optim.batch_size_per_gpu=2", "augment.global_size=16",
+        "head.bottleneck_dim=8", "optim.epochs=1", "optim.warmup_epochs=0", "dino.warmup_teacher_temp_epochs=0",
+        "optim.batch_size_per_gpu=2", "augment.global_size=16",
         "augment.local_size=8", "augment.n_local=1", f"data.manifest={manifest}", "data.num_workers=0",
         "run.device=cpu", "run.threads=1", "run.progress=false", "run.tensorboard=false",
         f"run.output_dir={out}",
