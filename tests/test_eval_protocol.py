@@ -131,7 +131,7 @@ def test_evaluate_quick_form(tmp_path, capsys):
                "--fractions", "0.1", "1.0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "chada_untrained" in printed and "mean ± std over 2 seeds" in printed
+    assert "chada_untrained" in printed and "5-fold CV over all 160 images, 2 repeats" in printed
     long = pd.read_csv(out / "results_long.csv")
     assert set(long.model) == set(paths) and set(long.seed) == {0, 1}
     assert not list(out.glob("*.png"))

@@ -48,6 +48,7 @@ from chada.tasks.reconstruction import (
     plot_reconstruction_examples,
     run_reconstruction_task,
 )
+from chada.viz.results_figures import plot_results
 
 __all__ = ["normalize_config", "run_evaluation"]
 
@@ -115,8 +116,9 @@ def run_evaluation(
         extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
         if results.attrs.get("reconstruction_info"):
             extra["reconstruction"] = results.attrs["reconstruction_info"]
-        report.write_report(results, results.attrs["diagnostics"], out, extra=extra, plots=plots)
+        report.write_report(results, results.attrs["diagnostics"], out, extra=extra)
         if plots:
+            plot_results(report.summarize(results), out)
             for ex in results.attrs.get("reconstruction_examples") or []:
                 plot_reconstruction_examples(ex, out)
     return results
