@@ -8,6 +8,7 @@ import pytest
 
 from chada.encode.store import EmbeddingSet
 from chada.eval.config import ModelSpec, TaskSpec
+from chada.eval.diagnostics import chance_level
 from chada.eval.intervals import bootstrap_r2_interval, chance_score, separated, wilson_interval
 from chada.eval.protocol import run_task
 from chada.eval.report import diagnostics_markdown, format_score, mark_ties, summarize
@@ -24,6 +25,7 @@ def test_chance_is_the_best_constant_predictor_on_the_test_labels():
     y_train = ["high"] * 30 + ["low"] * 20
     y_test = ["low"] * 6 + ["high"] * 3
     assert chance_score(y_test, "classification") == pytest.approx(6 / 9)
+    assert chance_level(y_train, y_test) == pytest.approx(6 / 9)  # the diagnostics' name for it
     # Regression: R² of the training mean. Train mean 1; test [1, 3]: SSE 0 + 4, SST 1 + 1 -> 1 - 4/2.
     assert chance_score([1.0, 3.0], "regression", y_train=[0.0, 2.0]) == pytest.approx(-1.0)
     assert chance_score([1.0, 3.0], "regression", y_train=[2.0]) == pytest.approx(0.0)  # the test mean

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--marker-by",
         default=None,
         metavar="COLUMN",
-        help="column whose labels shared by several datasets get markers (default: --color-by)",
+        help="column whose labels shared by several datasets get markers in the dataset panel (default: the dataset)",
     )
     p.add_argument(
         "--method",

@@ -127,10 +127,15 @@ def load_config(config: dict | str | os.PathLike) -> tuple[dict[str, Any], Path]
         cpath = Path(config)
         if not cpath.exists():
             raise FileNotFoundError(f"evaluation config {cpath} not found")
+        if cpath.is_dir():
+            raise IsADirectoryError(f"evaluation config {cpath} is a folder, expected a YAML file")
         config = yaml.safe_load(cpath.read_text()) or {}
         base = cpath.resolve().parent
         if not isinstance(config, dict):
-            raise ValueError(f"{cpath}: the config must be a mapping")
+            raise ValueError(
+                f"{cpath}: an evaluation config must be a mapping (models:, tasks:, ...), got a "
+                f"{type(config).__name__}; see configs/eval/example.yaml"
+            )
     return config, Path(config.get("base_dir", base))
 
 

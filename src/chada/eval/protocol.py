@@ -260,16 +260,17 @@ def run_feature_tasks(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file."""
-    from rich.progress import Progress
+    from tqdm.auto import tqdm
 
     units = [(t, n) for t in tasks for n in t.embeddings]
     rows: list[dict[str, Any]] = []
-    cache: dict[str, dict[str, float]] = {}
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("evaluating", total=len(units))
+    cache: dict[str, dict[str, Any]] = {}
+    # tqdm rather than a rich live display: it also shows progress when the output is a log file.
+    with tqdm(total=len(units), desc="feature tasks", unit="model", disable=not progress, leave=False,
+              dynamic_ncols=True, mininterval=0.5) as bar:  # fmt: skip
         for task, name in units:
-            bar.update(job, description=f"{task.name} / {name}")
+            bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
             spec = models.get(name, ModelSpec(name, task.embeddings[name]))
             rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache))
-            bar.advance(job)
+            bar.update(1)
     return rows

@@ -3,7 +3,7 @@
 They draw the summary table of :func:`chada.eval.report.summarize`. The headline metric of a task is
 its linear probe (``linear_top1`` or ``linear_r2``), or ``recon_r2`` for a channel-reconstruction task
 (any other task kind shows its first metric); scores are drawn x 100 (accuracy in %, R² x 100) as in
-the paper's Fig. 1. Every model keeps its colour of :func:`chada.viz.style.model_style`; chance (the
+the paper's Fig. 1. Every model keeps its colour of :func:`chada.viz.style.model_styles`; chance (the
 best constant predictor) is a dashed line; error bars are the 95 % interval over the test images
 where the summary has one, else the std over seeds. A score far below the axis (an R² of -60 at 1 %
 of the labels) is drawn at the bottom edge as a down-pointing triangle with its value written
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chada.viz.style import model_style, save_figure, use_agg
+from chada.viz.style import model_styles, save_figure, use_agg
 
 __all__ = ["HEADLINE", "Y_FLOOR", "lowdata_figure", "plot_bars", "plot_lowdata", "plot_results"]
 
@@ -80,11 +80,12 @@ def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         sf = sf[sf.fraction == sf.groupby("task").fraction.transform("max")]
         tasks = list(dict.fromkeys(sf.task))
         mods = _models(sf)
+        styles = model_styles(list(zip(mods.model, mods.family)))
         width = 0.8 / max(len(mods), 1)
         fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 0.3 * len(mods)), 4))
         all_vals: list[float] = []
         for j, (_, m) in enumerate(mods.iterrows()):
-            st = model_style(m.model, m.family)
+            st = styles[m.model]
             vals, err = [], [[], []]
             for t in tasks:
                 r = sf[(sf.task == t) & (sf.model == m.model)]
@@ -108,7 +109,7 @@ def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         for j, (_, m) in enumerate(mods.iterrows()):
             xs = np.arange(len(tasks)) + (j - (len(mods) - 1) / 2) * width
             ys = [sf[(sf.task == t) & (sf.model == m.model)]["mean"].mean() * 100 for t in tasks]
-            _clip_marks(ax, xs, ys, floor, model_style(m.model, m.family)["color"])
+            _clip_marks(ax, xs, ys, floor, styles[m.model]["color"])
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_xticks(np.arange(len(tasks)))
         ax.set_xticklabels(tasks, rotation=20, ha="right")
@@ -126,6 +127,8 @@ def lowdata_figure(sf: pd.DataFrame, title: str):
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(sf.task))
+    all_mods = _models(sf)
+    styles = model_styles(list(zip(all_mods.model, all_mods.family)))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks) + 2.2, 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         st_all = sf[sf.task == t]
@@ -134,7 +137,7 @@ def lowdata_figure(sf: pd.DataFrame, title: str):
         ax.plot(ch.index * 100, ch.to_numpy(), color="black", ls="--", lw=1, label="chance (best constant predictor)")
         for _, m in _models(st_all).iterrows():
             g = st_all[st_all.model == m.model].sort_values("fraction")
-            style = model_style(m.model, m.family)
+            style = styles[m.model]
             err = np.array([_errors(r) for _, r in g.iterrows()]).T
             y = g["mean"].to_numpy() * 100
             shown = np.where(y < floor, np.nan, y)  # clipped points get a marker instead

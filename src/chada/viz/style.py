@@ -18,6 +18,7 @@ from chada.io import atomic_write_bytes
 __all__ = [
     "MODEL_COLORS",
     "model_style",
+    "model_styles",
     "ATTENTION_CMAP",
     "IMAGE_CMAP",
     "MATRIX_CMAP",
@@ -58,26 +59,56 @@ _SPARE = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f3c8d", "#11
 _UNTRAINED_WORDS = ("untrained", "random", "rand_init", "scratch", "init")
 
 
+def _base_name(name: str) -> str:
+    """The name without an untrained/seed suffix: a model and its untrained copy share one hue."""
+    import re
+
+    return re.sub(r"([_-]?(untrained|random|rand_init|scratch|init|s\d+|seed\d+))+$", "", name.lower())
+
+
+def model_styles(models: Sequence[tuple[str, str | None]]) -> dict[str, dict[str, Any]]:
+    """:func:`model_style` of each ``(name, family)`` of one figure: models no rule knows get distinct
+    spare colours (a model and its untrained copy share a hue)."""
+    from matplotlib.colors import to_hex
+
+    out: dict[str, dict[str, Any]] = {}
+    spare_of: dict[str, str] = {}
+    for name, family in models:
+        base = _base_name(name)
+        if _model_key(name) is None and base not in spare_of:
+            spare_of[base] = to_hex(model_style(base, None, avoid=list(spare_of.values()))["color"])
+        avoid = [c for b, c in spare_of.items() if b != base]
+        out[name] = model_style(name, family, avoid=avoid)
+    return out
+
+
 def _model_key(name: str) -> str | None:
-    low = name.lower()
+    low = name.lower().replace("-", "_").replace(" ", "_")  # "One-Channel ViT (DINO)" -> one_channel_vit
     for key in sorted([*MODEL_COLORS, *_ALIASES], key=len, reverse=True):
         if key in low:
             return _ALIASES.get(key, key)
     return None
 
 
-def model_style(name: str, family: str | None = None) -> dict[str, Any]:
+def model_style(name: str, family: str | None = None, avoid: Sequence[str] = ()) -> dict[str, Any]:
     """``{"color", "marker", "linestyle", "hatch", "untrained"}`` of a model in every figure.
 
     The colour comes from the architecture in the name (``chada_vit``, ``one_channel_vit_untrained``,
     ``chada_vit_s1`` ...), lightened for an untrained copy (``family="untrained"`` or the name says so).
+    A name no rule knows gets a spare colour picked by a hash of the name (the same in every figure),
+    skipping the spare colours in ``avoid`` (see :func:`model_styles`).
     """
     import zlib
 
     from matplotlib.colors import to_rgb
 
     key = _model_key(name)
-    base = MODEL_COLORS[key] if key else _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
+    if key:
+        base = MODEL_COLORS[key]
+    else:
+        start = zlib.crc32(_base_name(name).encode()) % len(_SPARE)
+        free = [_SPARE[(start + i) % len(_SPARE)] for i in range(len(_SPARE))]
+        base = next((c for c in free if c not in avoid), free[0])
     untrained = family == "untrained" or (family is None and any(w in name.lower() for w in _UNTRAINED_WORDS))
     rgb = to_rgb(base)
     if untrained:
