@@ -244,11 +244,10 @@ def stage_figures(
 
     sets = [load_embeddings(files[g]["chada_vit"]) for g in ("synth_all", "real_nuclei", "real_ihc")]
     methods = ("pca", "umap") if s.umap else ("pca",)
-    log(f"[figures] joint projection ({', '.join(methods)}) of {sum(len(e) for e in sets)} ChAda-ViT embeddings"
-        + (" (UMAP compiles with numba on first use: about half a minute)" if s.umap else ""))  # fmt: skip
     coords, stats = project(
-        sets, feature="cls", color_by="label", methods=methods, seed=0, names=["synthetic", "DSB2018 nuclei", "IHC"]
-    )
+        sets, feature="cls", color_by="label", methods=methods, seed=0, names=["synthetic", "DSB2018 nuclei", "IHC"],
+        log=lambda m: log(f"[figures] joint projection: {m}"),
+    )  # fmt: skip
     proj_png = fig_dir / "projection.png"
     plot_projection(coords, stats, proj_png, color_by="label")
     coords.to_csv(fig_dir / "projection.csv", index=False)
