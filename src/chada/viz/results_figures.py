@@ -58,12 +58,17 @@ def _floor(values: list[float], chance: list[float]) -> float:
     return max(Y_FLOOR, min(0.0, low - 5.0))
 
 
-def _clip_marks(ax, xs, ys, floor: float, color) -> None:
-    """Scores below ``floor``: a triangle on the bottom edge and the value beside it."""
+def _clip_marks(ax, xs, ys, floor: float, color, vertical: bool = False) -> None:
+    """Scores below ``floor``: a triangle on the bottom edge and the value beside it (``vertical``: written
+    upwards from the edge, so that the values of neighbouring bars do not overlap)."""
     for x, y in zip(xs, ys):
         if np.isfinite(y) and y < floor:
             ax.plot([x], [floor], marker="v", ms=7, color=color, mec="black", mew=0.5, clip_on=False, zorder=5)
-            ax.annotate(f"{y:.0f}", (x, floor), xytext=(3, 4), textcoords="offset points", fontsize=6, color="black")
+            if vertical:
+                ax.annotate(f"{y:.0f}", (x, floor), xytext=(0, 6), textcoords="offset points", fontsize=6,
+                            rotation=90, ha="center", va="bottom", color="black", zorder=6)  # fmt: skip
+            else:
+                ax.annotate(f"{y:.0f}", (x, floor), xytext=(3, 4), textcoords="offset points", fontsize=6)
 
 
 def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -109,7 +114,7 @@ def plot_bars(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
         for j, (_, m) in enumerate(mods.iterrows()):
             xs = np.arange(len(tasks)) + (j - (len(mods) - 1) / 2) * width
             ys = [sf[(sf.task == t) & (sf.model == m.model)]["mean"].mean() * 100 for t in tasks]
-            _clip_marks(ax, xs, ys, floor, styles[m.model]["color"])
+            _clip_marks(ax, xs, ys, floor, styles[m.model]["color"], vertical=True)
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_xticks(np.arange(len(tasks)))
         ax.set_xticklabels(tasks, rotation=20, ha="right")
