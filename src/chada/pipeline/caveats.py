@@ -55,7 +55,7 @@ def _interchannel(summary: pd.DataFrame) -> list[str]:
             verdict = "the intervals overlap, so this run alone does not show that pretraining learned the relation"
             if _above_chance(chada) and not _above_chance(chada_u):
                 verdict += " (though only the pretrained model's interval lies above chance)"
-            verdict += "; over 4 pretraining seeds the kNN margin at k=20 was +0.09 (README, Appendix A)"
+            verdict += "; over 4 pretraining seeds the kNN margin at k=20 was +0.09 (Appendix A of the README)"
         out.append(
             f"- **Inter-channel label.** It says whether MarkerB fills the same sector of the cell as MarkerA or the "
             f"opposite one; each channel alone has the same distribution in both classes. ChAda-ViT's kNN accuracy "
@@ -124,7 +124,7 @@ def caveats(summary: pd.DataFrame, pretrain_seeds: int = 1, pretrain_minutes: fl
             "default: each further seed adds a full pretraining stage"
             + (f", {pretrain_minutes:.0f} minutes in this run" if pretrain_minutes else "")
             + "). The ± std and the intervals cover the evaluation's seeds and test images, not the pretraining "
-            "seed, which moves the inter-channel margin by several points (README, Appendix A)."
+            "seed, which moves the inter-channel margin by several points (Appendix A of the README)."
         )
     else:
         lines.append(
@@ -152,8 +152,8 @@ def reading_guide() -> str:
     """How to read a cell of the tables: the intervals, the marks, chance, the small-data design."""
     return (
         "Every score carries its **95 % interval over the test images**: the Wilson score interval for accuracy "
-        "(each test image is right or wrong, a binomial count; Wilson keeps its coverage with 9 or 16 test images "
-        "and at 0 or 100 %, where the usual p ± 1.96·sqrt(p(1-p)/n) collapses), and a percentile bootstrap over "
+        "(each test image is right or wrong, a binomial count; Wilson keeps its coverage with a few dozen test "
+        "images and near 0 or 100 %, where the usual p ± 1.96·sqrt(p(1-p)/n) fails), and a percentile bootstrap over "
         "the test images (1,000 resamples) for R², which has no closed-form interval. It measures which images "
         "happened to be tested, the largest source of noise here; the ± std over seeds (training subsets) is in "
         "the full tables. **Bold**: the best of its column, and its interval separates it from every other "
