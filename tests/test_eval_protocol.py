@@ -131,13 +131,13 @@ def test_evaluate_quick_form(tmp_path, capsys):
                "--fractions", "0.1", "1.0", "--out", str(out), "--quiet", "--no-plots"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "chada_untrained" in printed and "mean ± std over 2 seeds" in printed
+    assert "chada_untrained" in printed and "5-fold CV over all 160 images, 2 repeats" in printed
     long = pd.read_csv(out / "results_long.csv")
     assert set(long.model) == set(paths) and set(long.seed) == {0, 1}
     assert not list(out.glob("*.png"))
 
 
-def test_run_evaluation_api_and_errors(tmp_path):
+def test_run_evaluation_api_and_errors(tmp_path, capsys):
     paths = _write(tmp_path)
     cfg = {"seeds": 1, "fractions": [1.0], "models": {"chada": str(paths["chada"])},
            "tasks": [{"label_column": "label"}]}  # fmt: skip
@@ -150,4 +150,10 @@ def test_run_evaluation_api_and_errors(tmp_path):
     with pytest.raises(ValueError, match="nope"):
         run_evaluation(bad, tmp_path / "o", progress=False, print_table=False, write=False)
     assert main(["evaluate", "--config", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "list.yaml").write_text("- models\n- tasks\n")  # a YAML list, not a mapping
+    assert main(["evaluate", "--config", str(tmp_path / "list.yaml")]) == 2
+    assert "list.yaml: an evaluation config must be a mapping" in capsys.readouterr().err
+    (tmp_path / "tasks.yaml").write_text("models: {a: a.npz}\ntasks: [label]\n")  # a task that is not a mapping
+    assert main(["evaluate", "--config", str(tmp_path / "tasks.yaml")]) == 2
+    assert "task 0: expected a mapping" in capsys.readouterr().err
     assert len(load_embeddings(paths["chada"])) == N

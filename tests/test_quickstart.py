@@ -31,7 +31,7 @@ def test_report_table_has_every_model_and_task(quickstart_dir) -> None:
     md = (quickstart_dir / "report.md").read_text()
     headline = md.split("## Headline")[1].split("\n## ")[0]
     rows = [line for line in headline.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    models = {r.split("|")[1].strip() for r in rows}
+    models = {r.split("|")[1].strip() for r in rows} - {"chance", "test images"}
     expected = set(ENCODERS) | {f"{e}_untrained" for e in ENCODERS} | {"handmade"}
     assert models == expected
     summary = pd.read_csv(quickstart_dir / "evaluation" / "results_summary.csv")
@@ -77,3 +77,36 @@ def test_interchannel_task_is_scored_on_held_out_marker_images(quickstart_dir) -
     assert set(held_out["marker_pattern"]) == {"domain"}
     assert not set(held_out["file"].dropna()) & set(corpus["file"].dropna())
     assert not set(held_out["channel_files"].dropna()) & set(corpus["channel_files"].dropna())
+
+
+def test_readme_results_block_is_regenerated_from_the_run(quickstart_dir, tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from chada.pipeline.readme import BEGIN, END
+
+    before, after = "# title\n\nintro text\n\n", "\n\n## Next section\n\nunchanged.\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(before + BEGIN + "\nold numbers\n" + END + after)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_results.py"
+    subprocess.run([sys.executable, str(script), str(quickstart_dir), str(readme)], check=True, capture_output=True)
+    text = readme.read_text()
+    assert text.startswith(before + BEGIN) and text.endswith(END + after)
+    assert "old numbers" not in text and text.count(BEGIN) == 1
+    machine = json.loads((quickstart_dir / "machine.json").read_text())
+    block = text.split(BEGIN)[1].split(END)[0]
+    assert machine["cpu"] in block and "smoke run" in block and "The whole run took" in block
+    assert "| chada_vit | learned |" in block and "| chance | constant |" in block
+    for name in ("fig1_cls.png", "fig4_cls.png", "attention.png", "projection.png"):
+        assert (tmp_path / "docs" / "images" / name).stat().st_size > 1000
+    # A README without the markers is refused, and left as it was.
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    r = subprocess.run([sys.executable, str(script), str(quickstart_dir), str(bare)], capture_output=True, text=True)
+    assert r.returncode == 2 and "results:begin" in r.stderr and bare.read_text() == "no markers\n"
+
+
+def test_console_names_the_encoder_and_prints_the_pool_note_once(quickstart_dir) -> None:
+    report = (quickstart_dir / "report.md").read_text()
+    assert "concatenates the per-channel CLS tokens" in report and "**mean** (D)" in report

@@ -81,18 +81,15 @@ def _quick_config(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
+    from chada.eval.config import load_config
     from chada.tasks.evaluation import run_evaluation
 
     if bool(args.config) == bool(args.embeddings):
         raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")
     if args.config:
-        path = Path(args.config)
-        if not path.exists():
-            raise FileNotFoundError(f"evaluation config {path} not found")
-        cfg = yaml.safe_load(path.read_text()) or {}
-        cfg.setdefault("base_dir", str(path.resolve().parent))
+        # A missing file, a folder, invalid YAML or a YAML list is an input error naming the file.
+        cfg, base = load_config(args.config)
+        cfg.setdefault("base_dir", str(base))
         if args.shortcut_features:
             cfg.setdefault("diagnostics", {})["shortcut_features"] = str(
                 Path(args.shortcut_features).resolve()

@@ -90,7 +90,7 @@ def add_normalize(p: _Parser, *, help: str | None = None) -> None:
 
 def add_channel_args(p: argparse.ArgumentParser) -> None:
     """``--channel-order``, ``--strict-channels``, ``--channel-alias`` (see :mod:`chada.data.channels`)."""
-    from chada.data.channels import add_channel_args as _add
+    from chada.data.channel_names import add_channel_args as _add
 
     _add(p)
 

@@ -11,6 +11,7 @@ file 1's rows, then file 2's, ...), and prints the explained variance and the se
 from __future__ import annotations
 
 import argparse
+import sys
 
 from chada.cli.options import add_debug
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--marker-by",
         default=None,
         metavar="COLUMN",
-        help="column whose labels shared by several datasets get markers (default: --color-by)",
+        help="column whose labels shared by several datasets get markers in the dataset panel (default: the dataset)",
     )
     p.add_argument(
         "--method",
@@ -58,9 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _step(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
+    import time
 
+    t0 = time.perf_counter()
+    _step(f"loading {len(args.embeddings)} embedding file(s)")
     from chada.viz.projection import format_stats, project, write_coords_csv
     from chada.viz.projection_figure import plot_projection
     from chada.viz.style import figure_paths
@@ -77,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         allow_mixed_models=args.allow_mixed_models,
         n_neighbors=args.n_neighbors,
         marker_by=args.marker_by,
+        log=_step,
     )
     print(format_stats(stats))
+    _step("drawing the panels")
     paths = plot_projection(coords, stats, args.out, color_by=stats["color_by"], marker_by=args.marker_by)
     csv = write_coords_csv(coords, png.with_suffix(".csv"))
     from chada.io import atomic_write_bytes
@@ -86,4 +96,5 @@ def run(args: argparse.Namespace) -> int:
     stats_path = png.with_name(png.stem + "_stats.json")
     atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, default=str) + "\n").encode())
     print("wrote " + ", ".join(str(p) for p in [*paths, csv, stats_path]))
+    _step(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

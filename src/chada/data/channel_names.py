@@ -6,11 +6,12 @@ policy itself imports the dataset's collate.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from chada.errors import InputError
 
-__all__ = ["ChannelNameError", "validate_channel_names"]
+__all__ = ["ChannelNameError", "add_channel_args", "validate_channel_names"]
 
 
 class ChannelNameError(InputError):
@@ -53,3 +54,38 @@ def validate_channel_names(
                 "every channel of an image needs its own name"
             )
         seen[key] = pos
+
+
+def _alias(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--channel-alias takes OLD=NEW, got {text!r}")
+    old, new = text.split("=", 1)
+    if not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(f"--channel-alias takes OLD=NEW with both names, got {text!r}")
+    return old.strip(), new.strip()
+
+
+def add_channel_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--channel-order``, ``--strict-channels`` and ``--channel-alias`` to a sub-command."""
+    g = parser.add_argument_group("channel names")
+    g.add_argument(
+        "--channel-order",
+        default=None,
+        metavar="A,B,C",
+        help="canonical channel order: the channel named A goes to slot 0, B to slot 1, ... whatever "
+        "order an image lists them in (default: the names the checkpoint recorded, else slot = position)",
+    )
+    g.add_argument(
+        "--strict-channels",
+        action="store_true",
+        help="refuse images with a channel name outside the canonical order (default: warn and give it "
+        "the next spare slot after the known ones)",
+    )
+    g.add_argument(
+        "--channel-alias",
+        action="append",
+        type=_alias,
+        default=None,
+        metavar="OLD=NEW",
+        help="treat channel OLD as NEW (repeatable), e.g. Hoechst=DAPI",
+    )

@@ -5,7 +5,9 @@
 - :mod:`~chada.eval.diagnostics`: CKA, participation ratio, baseline ratios, shortcut analyses;
 - :mod:`~chada.eval.config`, :mod:`~chada.eval.protocol`, :mod:`~chada.eval.diagnostics_table`: the
   evaluation config, every task x model x regime x seed, every diagnostic of every model;
-- :mod:`~chada.eval.report`, :mod:`~chada.eval.figures`: the tables and Fig. 1 / Fig. 4 figures.
+- :mod:`~chada.eval.intervals`: chance (the best constant predictor) and 95 % intervals;
+- :mod:`~chada.eval.report`: the tables (the Fig. 1 / Fig. 4 figures are
+  :mod:`chada.viz.results_figures`: no plotting toolkit here).
 
 Evaluations that run an encoder or train something of their own live in :mod:`chada.tasks`.
 """

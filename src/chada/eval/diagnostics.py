@@ -7,8 +7,9 @@
   eigenvalues l (1 for a rank-one embedding, D for an isotropic one).
 - :func:`score_ratio`, :func:`chance_normalised` — a baseline's score as ``b / m`` and
   ``(b - chance) / (m - chance)``.
-- :func:`chance_level` — majority-class accuracy on the test rows (classification; the class is
-  chosen on the training rows) or 0 (R2 of the best constant, regression).
+- :func:`chance_level` — the score of the best constant predictor
+  (:func:`chada.eval.intervals.chance_score`: the most frequent test class's rate, or the R² of the
+  training mean).
 - :func:`shortcut_explained` — cross-validated R2 of a ridge regression from shortcut features
   (cell count, intensity statistics ...) to the embedding's top principal components.
 - :func:`shortcut_probes` — cross-validated R2 of a ridge regression from the embedding to each
@@ -29,6 +30,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from chada.eval.intervals import chance_score
 from chada.eval.probes import DEFAULT_ALPHAS
 
 __all__ = [
@@ -96,21 +98,14 @@ def score_ratio(baseline: float, model: float) -> float:
 
 def chance_normalised(baseline: float, model: float, chance: float) -> float:
     """``(baseline - chance) / (model - chance)``: 1 = the baseline gets everything the model gets
-    above chance, 0 = nothing; NaN when the model is at chance."""
+    above chance, 0 = nothing; NaN when the model is at or below chance (nothing to share out)."""
     d = model - chance
-    return float((baseline - chance) / d) if abs(d) > 1e-12 else float("nan")
+    return float((baseline - chance) / d) if d > 1e-12 else float("nan")
 
 
 def chance_level(y_train: Sequence, y_test: Sequence, kind: str = "classification") -> float:
-    """Score of a trivial predictor: majority training class accuracy, or 0 for R2."""
-    if kind == "regression":
-        return 0.0
-    if kind != "classification":
-        raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
-    tr = np.asarray([str(v) for v in y_train])
-    te = np.asarray([str(v) for v in y_test])
-    vals, counts = np.unique(tr, return_counts=True)
-    return float((te == vals[counts.argmax()]).mean())
+    """Chance: the best constant predictor's accuracy on ``y_test``, or the R² of ``mean(y_train)``."""
+    return chance_score(y_test, kind, y_train)
 
 
 def _cv_r2(x: np.ndarray, targets: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -159,10 +160,12 @@ def ridge_probe_regression(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     max_dim: int | None = 256,
     seed: int = 0,
-) -> dict[str, float]:
+    return_predictions: bool = False,
+) -> dict[str, Any]:
     """Test R2 of a ridge regression (alpha by leave-one-out CV on the training rows).
 
-    Returns ``{"r2", "alpha", "dim"}``. R2 is scikit-learn's ``r2_score`` (can be negative).
+    Returns ``{"r2", "alpha", "dim"}`` (plus ``"predictions"`` ``[N_test]`` with
+    ``return_predictions``). R2 is scikit-learn's ``r2_score`` (can be negative).
     """
     y_train = np.asarray(y_train, dtype=np.float64)
     y_test = np.asarray(y_test, dtype=np.float64)
@@ -174,10 +177,11 @@ def ridge_probe_regression(
     zte = prep.transform(x_test)
     if len(ztr) < 2:
         pred = np.full(len(y_test), y_train.mean())
-        return {"r2": float(r2_score(y_test, pred)), "alpha": float("nan"), "dim": int(ztr.shape[1])}
-    reg = RidgeCV(alphas=[float(a) for a in alphas]).fit(ztr, y_train)
-    return {
-        "r2": float(r2_score(y_test, reg.predict(zte))),
-        "alpha": float(reg.alpha_),
-        "dim": int(ztr.shape[1]),
-    }
+        out: dict[str, Any] = {"r2": float(r2_score(y_test, pred)), "alpha": float("nan"), "dim": int(ztr.shape[1])}
+    else:
+        reg = RidgeCV(alphas=[float(a) for a in alphas]).fit(ztr, y_train)
+        pred = reg.predict(zte)
+        out = {"r2": float(r2_score(y_test, pred)), "alpha": float(reg.alpha_), "dim": int(ztr.shape[1])}
+    if return_predictions:
+        out["predictions"] = np.asarray(pred, dtype=np.float64)
+    return out

@@ -9,6 +9,10 @@ all of it, plus the tasks that run models (channel reconstruction), and writes t
 
 Seeds drive the low-data subsets and the split when there is no split column; with a fixed split at
 100 % a probe is deterministic, so it is computed once and the same value is recorded for each seed.
+A task with fewer labelled images than ``small_data.max_images`` (200) is scored by stratified k-fold
+over all its images instead, one repetition per seed: every image is tested, and a seed's score is
+over the pooled predictions of its folds. Every row carries the 95 % interval of its score over the
+test images (:mod:`chada.eval.intervals`) and chance, the score of the best constant predictor.
 """
 
 from __future__ import annotations
@@ -22,16 +26,18 @@ import pandas as pd
 
 from chada.encode.store import EmbeddingSet, load_embeddings
 from chada.eval.config import ModelSpec, TaskSpec, arch_name, infer_family
-from chada.eval.diagnostics import chance_level
-from chada.eval.knn import knn_accuracy, knn_r2
-from chada.eval.lowdata import stratified_fraction_indices, stratified_split
+from chada.eval.intervals import bootstrap_r2_interval, chance_score, r2, wilson_interval
+from chada.eval.knn import knn_accuracy, knn_regress
+from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
 from chada.eval.probes import linear_probe_classification, ridge_probe_regression
 
-__all__ = ["RESULT_COLUMNS", "Loader", "align_rows", "resolve_kind", "run_feature_tasks", "run_task"]
+__all__ = [
+    "RESULT_COLUMNS", "Loader", "align_rows", "resolve_kind", "run_feature_tasks", "run_task", "stratified_folds",
+]  # fmt: skip
 
 RESULT_COLUMNS = [
     "task", "kind", "model", "family", "arch", "feature", "fraction", "seed",
-    "metric", "value", "chance", "n_train", "n_test",
+    "metric", "value", "chance", "n_train", "n_test", "ci_low", "ci_high", "design",
 ]  # fmt: skip
 
 
@@ -82,7 +88,7 @@ def _key(*arrays: np.ndarray) -> str:
 
 
 def _splits(task: TaskSpec, meta: pd.DataFrame, labels: np.ndarray, seed: int, default_tf: float):
-    """``(train_idx, test_idx)`` positions: the meta's split column, else a seeded stratified split."""
+    """``(train_idx, test_idx, fixed)``: the meta's split column, else a seeded stratified split."""
     regression = task.kind == "regression"
     if task.test_fraction is None and "split" in meta.columns:
         split = meta["split"].astype(str).to_numpy()
@@ -95,6 +101,34 @@ def _splits(task: TaskSpec, meta: pd.DataFrame, labels: np.ndarray, seed: int, d
     return tr, te, False
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, regression: bool = False) -> list | None:
+    """``[(train_idx, test_idx), ...]`` of a seeded stratified k-fold over all rows (every row tested
+    once), k lowered to the smallest class; None when a class (or quantile bin) has a single row."""
+    from sklearn.model_selection import StratifiedKFold
+
+    strata = quantile_bins(labels, 5) if regression else np.unique(labels, return_inverse=True)[1]
+    k = min(int(folds), int(np.bincount(strata).min()))
+    if k < 2:
+        return None
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(te)) for tr, te in cv.split(np.zeros(len(strata)), strata)]
+
+
+def _design(task: TaskSpec, meta: pd.DataFrame, labels: np.ndarray, seed: int, settings: dict) -> tuple[list, str]:
+    """The folds of one seed and how they were made: ``"split"`` (the split column), ``"random split"``
+    or ``"K-fold CV"`` (small data: every image is tested)."""
+    small = settings.get("small_data") or {}
+    use_cv = task.cross_validation
+    if use_cv is None:
+        use_cv = len(labels) < int(small.get("max_images", 0))
+    if use_cv:
+        folds = stratified_folds(labels, int(small.get("folds", 5)), seed, task.kind == "regression")
+        if folds is not None:
+            return folds, f"{len(folds)}-fold CV"
+    tr, te, fixed = _splits(task, meta, labels, seed, float(settings["test_fraction"]))
+    return [(tr, te)], "split" if fixed else "random split"
+
+
 def _probe_metrics(
     task: TaskSpec,
     x_tr: np.ndarray,
@@ -103,8 +137,11 @@ def _probe_metrics(
     y_te: np.ndarray,
     settings: dict,
     seed: int,
-) -> dict[str, float]:
+) -> dict[str, float | np.ndarray]:
+    """Classification: accuracy per metric. Regression: the test predictions ``[N_test]`` per metric
+    (R² and its interval are computed over the pooled folds)."""
     knn = settings["knn"]
+    k, temp = int(knn["k"]), float(knn["temperature"])
     if task.kind == "classification":
         lin = linear_probe_classification(
             x_tr, y_tr, x_te, y_te, C=settings["probe"]["C"], max_iter=int(settings["probe"]["max_iter"]),
@@ -112,28 +149,41 @@ def _probe_metrics(
         )  # fmt: skip
         return {
             "linear_top1": lin["accuracy"],
-            "knn_top1": knn_accuracy(
-                x_tr, y_tr, x_te, y_te, k=int(knn["k"]), temperature=float(knn["temperature"])
-            ),
-            "nn1_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=1, temperature=float(knn["temperature"])),
+            "knn_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=k, temperature=temp),
+            "nn1_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=1, temperature=temp),
         }
-    lin = ridge_probe_regression(x_tr, y_tr, x_te, y_te, max_dim=settings["max_dim"], seed=seed)
+    lin = ridge_probe_regression(
+        x_tr, y_tr, x_te, y_te, max_dim=settings["max_dim"], seed=seed, return_predictions=True
+    )
     return {
-        "linear_r2": lin["r2"],
-        "knn_r2": knn_r2(x_tr, y_tr, x_te, y_te, k=int(knn["k"]), temperature=float(knn["temperature"])),
-        "nn1_r2": knn_r2(x_tr, y_tr, x_te, y_te, k=1, temperature=float(knn["temperature"])),
+        "linear_r2": lin["predictions"],
+        "knn_r2": knn_regress(x_tr, y_tr, x_te, k=k, temperature=temp),
+        "nn1_r2": knn_regress(x_tr, y_tr, x_te, k=1, temperature=temp),
     }
 
 
-def run_task(
-    task: TaskSpec,
-    model: ModelSpec,
-    emb: EmbeddingSet,
-    settings: dict[str, Any],
-    cache: dict[str, dict[str, float]] | None = None,
-) -> list[dict[str, Any]]:
-    """All (feature kind x fraction x seed x metric) rows of one task on one model's embeddings."""
-    cache = {} if cache is None else cache
+def _pooled(kind: str, per_fold: list, tests: list[np.ndarray], labels: np.ndarray, seed: int) -> tuple:
+    """``(score, (ci_low, ci_high))`` of one metric over the pooled test rows of every fold."""
+    n = sum(len(te) for te in tests)
+    if kind == "classification":
+        acc = sum(float(v) * len(te) for v, te in zip(per_fold, tests)) / n
+        return acc, wilson_interval(acc, n)
+    y = np.concatenate([labels[te] for te in tests])
+    pred = np.concatenate(per_fold)
+    return r2(y, pred), bootstrap_r2_interval(y, pred, seed=seed)
+
+
+def _chance(kind: str, subs: list[np.ndarray], tests: list[np.ndarray], labels: np.ndarray) -> float:
+    """:func:`chance_score` over the pooled folds (regression: each fold predicts its own training mean)."""
+    y = np.concatenate([labels[te] for te in tests])
+    if kind == "classification":
+        return chance_score(y, kind)
+    base = np.concatenate([np.full(len(te), labels[sub].mean()) for sub, te in zip(subs, tests)])
+    return r2(y, base)
+
+
+def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[EmbeddingSet, np.ndarray]:
+    """The rows with a label, and their labels (float for regression, str for classification)."""
     if task.label_column not in emb.meta.columns:
         raise ValueError(
             f"task {task.name!r}: column {task.label_column!r} not in the embeddings of {model.name!r} "
@@ -148,47 +198,55 @@ def run_task(
     emb = emb.subset(keep) if len(keep) < len(emb) else emb
     labels = col.to_numpy()[keep]
     labels = labels.astype(np.float64) if task.kind == "regression" else np.asarray([str(v) for v in labels])
+    return emb, labels
+
+
+def run_task(
+    task: TaskSpec,
+    model: ModelSpec,
+    emb: EmbeddingSet,
+    settings: dict[str, Any],
+    cache: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """All (feature kind x fraction x seed x metric) rows of one task on one model's embeddings.
+
+    Each seed scores the test rows of one split, or (small data) of every fold of a seeded
+    stratified k-fold pooled together; ``ci_low`` / ``ci_high`` is the 95 % interval of that score
+    over the test images (Wilson for accuracy, percentile bootstrap for R²) and ``chance`` the
+    score of the best constant predictor on the same test rows.
+    """
+    cache = {} if cache is None else cache
+    emb, labels = _task_labels(task, model, emb)
     family = infer_family(model.name, emb.info, model.family)
     arch = arch_name(model, emb.info)
+    regression = task.kind == "regression"
     rows: list[dict[str, Any]] = []
     for seed in task.seeds:
-        tr, te, _fixed = _splits(task, emb.meta, labels, seed, float(settings["test_fraction"]))
-        chance_full = None
+        folds, design = _design(task, emb.meta, labels, seed, settings)
+        tests = [te for _, te in folds]
         for frac in task.fractions:
-            sub = tr[
-                stratified_fraction_indices(labels[tr], frac, seed, regression=task.kind == "regression")
-            ]
-            chance = chance_level(labels[sub], labels[te], task.kind)
-            chance_full = chance if frac >= 1 else chance_full
+            subs = [tr[stratified_fraction_indices(labels[tr], frac, seed, regression=regression)] for tr, _ in folds]
+            chance = _chance(task.kind, subs, tests, labels)
             for feat in task.feature_kinds:
                 src = resolve_kind(emb, feat)
                 if src is None:
                     continue
                 x = emb.get(src)
-                # The probe is a deterministic function of (rows, features, seed only via PCA/CV): reuse it.
-                key = _key(
-                    np.frombuffer(str((id(x), src, model.name, task.name)).encode(), np.uint8), sub, te
-                )
-                if key not in cache:
-                    cache[key] = _probe_metrics(
-                        task, x[sub], labels[sub], x[te], labels[te], settings, seed=0
-                    )
-                for metric, value in cache[key].items():
+                per_fold = []
+                for sub, te in zip(subs, tests):
+                    # A probe is a deterministic function of its rows: a fixed split at 100 % is fit once.
+                    key = _key(np.frombuffer(str((id(x), src, model.name, task.name)).encode(), np.uint8), sub, te)
+                    if key not in cache:
+                        cache[key] = _probe_metrics(task, x[sub], labels[sub], x[te], labels[te], settings, seed=0)
+                    per_fold.append(cache[key])
+                for metric in per_fold[0]:
+                    value, (lo, hi) = _pooled(task.kind, [f[metric] for f in per_fold], tests, labels, seed)
                     rows.append(
                         dict(
-                            task=task.name,
-                            kind=task.kind,
-                            model=model.name,
-                            family=family,
-                            arch=arch,
-                            feature=feat,
-                            fraction=frac,
-                            seed=seed,
-                            metric=metric,
-                            value=float(value),
-                            chance=float(chance),
-                            n_train=len(sub),
-                            n_test=len(te),
+                            task=task.name, kind=task.kind, model=model.name, family=family, arch=arch,
+                            feature=feat, fraction=frac, seed=seed, metric=metric, value=float(value),
+                            chance=float(chance), n_train=int(np.mean([len(s) for s in subs])),
+                            n_test=sum(len(te) for te in tests), ci_low=lo, ci_high=hi, design=design,
                         )  # fmt: skip
                     )
     return rows
@@ -202,16 +260,17 @@ def run_feature_tasks(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file."""
-    from rich.progress import Progress
+    from tqdm.auto import tqdm
 
     units = [(t, n) for t in tasks for n in t.embeddings]
     rows: list[dict[str, Any]] = []
-    cache: dict[str, dict[str, float]] = {}
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("evaluating", total=len(units))
+    cache: dict[str, dict[str, Any]] = {}
+    # tqdm rather than a rich live display: it also shows progress when the output is a log file.
+    with tqdm(total=len(units), desc="feature tasks", unit="model", disable=not progress, leave=False,
+              dynamic_ncols=True, mininterval=0.5) as bar:  # fmt: skip
         for task, name in units:
-            bar.update(job, description=f"{task.name} / {name}")
+            bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
             spec = models.get(name, ModelSpec(name, task.embeddings[name]))
             rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache))
-            bar.advance(job)
+            bar.update(1)
     return rows

@@ -7,17 +7,17 @@ Files written by :func:`write_report` into ``out_dir``::
     results.json            {"summary": [...], "diagnostics": [...], "extra": {...}}
     results.md              one Markdown table per task (mean +- std) and the diagnostics tables
     diagnostics.csv         long-format diagnostics (ratios, CKA, participation ratio, shortcuts)
-    fig1_<feature>.png/.svg     paper Fig. 1 style: bars per task and model at 100 % of the data
-    fig4_<feature>.png/.svg     paper Fig. 4 style: linear-probe score vs training-data fraction
 
-(:mod:`chada.eval.figures` draws the figures. A run with channel-reconstruction tasks also gets
-``reconstruction_<task>.png``, paper Fig. 16 style, from :mod:`chada.tasks.reconstruction.figure`.)
+Every score comes with the 95 % interval over its test images (``ci_low``, ``ci_high``;
+:mod:`chada.eval.intervals`) and a ``mark``: ``best`` when that interval separates the best model of
+a column from every other, ``tie`` when it does not. The figures (``fig1_<feature>``,
+``fig4_<feature>``) are drawn by :mod:`chada.viz.results_figures`, which :mod:`chada.tasks.evaluation`
+calls: ``eval/`` imports no plotting toolkit.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -25,39 +25,101 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chada.eval.figures import FAMILY_ORDER, plot_bars, plot_lowdata
+from chada.eval.intervals import separated
 from chada.io import atomic_write_bytes
 
+FAMILY_ORDER = {"learned": 0, "untrained": 1, "handmade": 2}
+
 __all__ = [
+    "FAMILY_ORDER",
+    "MARK_LEGEND",
     "diagnostics_markdown",
+    "format_score",
+    "mark_ties",
+    "metric_scale",
     "print_tables",
+    "task_caption",
     "summarize",
     "summary_markdown",
     "write_report",
 ]
 
 GROUP = ["task", "kind", "model", "family", "feature", "fraction", "metric"]
+SUMMARY_COLUMNS = [*GROUP, "mean", "std", "n", "chance", "ci_low", "ci_high", "n_test", "design", "mark"]
+# Lower is better for these; every other metric is higher-is-better.
+LOWER_IS_BETTER = ("recon_mse", "recon_mae")
+MARK_LEGEND = (
+    "Cells: mean ± std over seeds [95 % interval over the test images]. **Bold**: the best score of its "
+    "column, and its interval separates it from every other model's. ~: the interval overlaps the best "
+    "score's, so the table does not rank this model against the best one (a difference of a few images)."
+)
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1, 0 for one seed), n and mean chance over seeds for every setting."""
+    """Per setting: mean, std (ddof=1, 0 for one seed), n seeds, mean chance, the 95 % interval (mean of
+    the seeds' bounds), test images, design, and ``mark`` (``best`` / ``tie`` / empty, see
+    :func:`mark_ties`)."""
     if results.empty:
-        return pd.DataFrame(columns=[*GROUP, "mean", "std", "n", "chance"])
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    results = results.copy()
+    for col in ("ci_low", "ci_high"):
+        if col not in results:
+            results[col] = np.nan
+    if "design" not in results:
+        results["design"] = ""
+    results["design"] = results["design"].fillna("")
     g = results.groupby(GROUP, sort=False)
     out = g["value"].agg(mean="mean", std="std", n="count").reset_index()
     out["std"] = out["std"].fillna(0.0)
     out["chance"] = g["chance"].mean().to_numpy()
+    out["ci_low"] = g["ci_low"].mean().to_numpy()
+    out["ci_high"] = g["ci_high"].mean().to_numpy()
+    out["n_test"] = g["n_test"].max().to_numpy()
+    out["design"] = g["design"].first().to_numpy()
+    return mark_ties(out)
+
+
+def mark_ties(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add ``mark``: within each (task, feature, fraction, metric), ``best`` for the best mean when its
+    95 % interval separates it from every other model's, ``tie`` for every model whose interval overlaps
+    the best one's (the best included, when anything overlaps it), else empty."""
+    out = summary.copy()
+    out["mark"] = ""
+    if out.empty:
+        return out
+    for _, g in out.groupby(["task", "feature", "fraction", "metric"], sort=False):
+        if len(g) < 2 or g["mean"].isna().all():
+            continue
+        lower = g.metric.iloc[0] in LOWER_IS_BETTER
+        best = g["mean"].idxmin() if lower else g["mean"].idxmax()
+        b = (out.at[best, "ci_low"], out.at[best, "ci_high"])
+        ties = [i for i in g.index if i != best and not separated(b, (out.at[i, "ci_low"], out.at[i, "ci_high"]))]
+        if ties:
+            out.loc[[best, *ties], "mark"] = "tie"
+        else:
+            out.at[best, "mark"] = "best"
     return out
 
 
-def _fmt(mean: float, std: float, scale: float = 1.0) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def format_score(r: Any, scale: float, std: bool = True, mark: bool = True) -> str:
+    """One summary row as ``~67.2 ± 1.3 [60.1, 74.0]`` (``**67.2**`` for a separated best)."""
+    if r is None or pd.isna(r["mean"]):
         return "-"
-    return f"{mean * scale:.1f} ± {std * scale:.1f}" if scale != 1.0 else f"{mean:.3f} ± {std:.3f}"
+    digits = 1 if scale != 1.0 else 3
+    value = f"{r['mean'] * scale:.{digits}f}"
+    m = r.get("mark", "") if mark else ""
+    value = f"**{value}**" if m == "best" else (f"~{value}" if m == "tie" else value)
+    text = value + (f" ± {r['std'] * scale:.{digits}f}" if std else "")
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
+        text += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+    return text
 
 
-def _scale(metric: str) -> float:
+def metric_scale(metric: str) -> float:
+    """100 for accuracies (shown in %), 1 otherwise."""
     return 100.0 if metric.endswith("top1") else 1.0
+
 
 
 def _frac_label(f: float) -> str:
@@ -65,7 +127,7 @@ def _frac_label(f: float) -> str:
 
 
 def _wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per (model, family, feature), one column per metric@fraction with 'mean ± std'."""
+    """One row per (model, family, feature), one column per metric@fraction (:func:`format_score`)."""
     s = summary[summary.task == task]
     fracs = sorted(s.fraction.unique(), reverse=True)
     metrics = list(dict.fromkeys(s.metric))
@@ -77,10 +139,30 @@ def _wide(summary: pd.DataFrame, task: str) -> pd.DataFrame:
         for m in metrics:
             for f in fracs:
                 r = s[(s.model == k.model) & (s.feature == k.feature) & (s.metric == m) & (s.fraction == f)]
-                col = f"{m} @{_frac_label(f)}"
-                rec[col] = _fmt(r["mean"].iloc[0], r["std"].iloc[0], _scale(m)) if len(r) else "-"
+                rec[f"{m} @{_frac_label(f)}"] = format_score(r.iloc[0], metric_scale(m)) if len(r) else "-"
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def task_caption(s: pd.DataFrame) -> str:
+    """``"classification; 5-fold CV over all 103 images, 5 repeats; chance 38.8"``-style caption of one
+    task's summary rows."""
+    kind = s.kind.iloc[0]
+    n = int(s["n"].max()) if len(s) else 0
+    full = s[s.fraction == s.fraction.max()]
+    design = str(full["design"].iloc[0]) if "design" in full and len(full) else ""
+    n_test = int(full["n_test"].max()) if "n_test" in full and full["n_test"].notna().any() else None
+    if "CV" in design:
+        where = f"{design} over all {n_test} images, {n} repeats (one per seed)"
+    else:
+        where = f"{n} seeds" + (f"; {n_test} test images" if n_test else "")
+    if kind == "reconstruction":
+        chance = full[full.metric == "recon_r2"]["chance"].mean()
+        label = f"chance (train-mean prediction) R² {chance:.3g}"
+    else:
+        scale = metric_scale(full.metric.iloc[0])
+        label = f"chance (best constant predictor) {full['chance'].mean() * scale:.3g}"
+    return f"{kind}; {where}; {label}"
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -94,39 +176,53 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """Markdown tables, one per task; accuracies in %, R2 as is, mean ± std over seeds."""
-    parts = []
+    """Markdown tables, one per task; accuracies in %, R² as is; mean ± std [95 % interval]."""
+    parts = [MARK_LEGEND + "\n"]
     for task in dict.fromkeys(summary.task):
         s = summary[summary.task == task]
-        n = int(s["n"].max()) if len(s) else 0
-        if s.kind.iloc[0] == "reconstruction":
-            # metrics of one task have different chance levels: report the R2 one (train-mean predictor)
-            chance = s[s.metric == "recon_r2"]["chance"].mean()
-            label = "chance (train-mean prediction) R2"
-        else:
-            chance = s[s.fraction == s.fraction.max()]["chance"].mean() * _scale(s.metric.iloc[0])
-            label = "chance"
-        parts.append(f"### {task} ({s.kind.iloc[0]}; mean ± std over {n} seeds; {label} {chance:.3g})\n")
+        parts.append(f"### {task} ({task_caption(s)})\n")
         parts.append(_md_table(_wide(summary, task)))
     return "\n".join(parts)
 
 
-def _diag_views(diagnostics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+RATIO_NOTE = (
+    "ratio = baseline / model; chance_normalised = (baseline − chance) / (model − chance), the share of "
+    "the model's above-chance score that the baseline also reaches. \"-\": undefined, because the learned "
+    "model scores at or below chance there (model − chance ≤ 0), so it has no above-chance score to share."
+)
+
+
+def _ratio_view(d: pd.DataFrame, summary: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Baseline ratios at 100 % of the training data (linear probe), beside the model's score and chance."""
+    sc = d[d.measure.isin(["ratio", "chance_normalised"])]
+    if len(sc):
+        sc = sc[(sc.fraction == sc.fraction.max()) & sc.metric.str.startswith("linear")]
+    if not len(sc):  # (a reconstruction-only run has ratios, but none of a linear probe)
+        return None
+    keys = ["task", "feature", "model", "other", "family", "fraction", "metric"]
+    piv = sc.groupby([*keys, "measure"], sort=False)["value"].mean().unstack("measure").reset_index()
+    piv.columns.name = None
+    if summary is not None and len(summary):
+        m = summary[["task", "feature", "model", "fraction", "metric", "mean", "chance"]].rename(
+            columns={"mean": "model score"}
+        )
+        piv = piv.merge(m, on=["task", "feature", "model", "fraction", "metric"], how="left")
+    piv = piv.drop(columns=["fraction", "metric"])
+    for c in piv.columns:
+        if pd.api.types.is_float_dtype(piv[c]):
+            piv[c] = [f"{v:.3f}" if pd.notna(v) else "-" for v in piv[c]]
+    return piv
+
+
+def _diag_views(diagnostics: pd.DataFrame, summary: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Compact views: baseline ratios (100 % data, linear probe), CKA, participation ratio, shortcuts."""
     views: dict[str, pd.DataFrame] = {}
     if diagnostics.empty:
         return views
     d = diagnostics
-    sc = d[d.measure.isin(["ratio", "chance_normalised"])]
-    if len(sc):
-        sc = sc[(sc.fraction == sc.fraction.max()) & sc.metric.str.startswith("linear")]
-    if len(sc):  # (a reconstruction-only run has ratios, but none of a linear probe)
-        piv = sc.pivot_table(
-            index=["task", "feature", "model", "other", "family"], columns="measure", values="value"
-        )
-        views["Baseline vs learned model (linear probe, 100 % of the training split)"] = (
-            piv.reset_index().round(3)
-        )
+    ratios = _ratio_view(d, summary)
+    if ratios is not None:
+        views["Baseline vs learned model (linear probe, 100 % of the training data)"] = ratios
     for measure, title in (
         ("cka", "Linear CKA between embeddings of the same images"),
         ("participation_ratio", "Effective dimensionality (participation ratio)"),
@@ -147,11 +243,16 @@ def _diag_views(diagnostics: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return views
 
 
-def diagnostics_markdown(diagnostics: pd.DataFrame) -> str:
-    views = _diag_views(diagnostics)
+def diagnostics_markdown(diagnostics: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
+    """The diagnostics views as Markdown tables (``summary`` adds each model's score beside its ratios)."""
+    views = _diag_views(diagnostics, summary)
     if not views:
         return ""
-    return "\n".join(f"### {title}\n\n{_md_table(v)}" for title, v in views.items())
+    parts = []
+    for title, v in views.items():
+        note = f"\n{RATIO_NOTE}\n" if title.startswith("Baseline") else ""
+        parts.append(f"### {title}\n\n{_md_table(v)}{note}")
+    return "\n".join(parts)
 
 
 def print_tables(results: pd.DataFrame, diagnostics: pd.DataFrame | None = None, console: Any = None) -> None:
@@ -163,13 +264,7 @@ def print_tables(results: pd.DataFrame, diagnostics: pd.DataFrame | None = None,
     summary = summarize(results)
     for task in dict.fromkeys(summary.task):
         wide = _wide(summary, task)
-        n = int(summary[summary.task == task]["n"].max())
-        unit = (
-            "target scaled to [0, 1]"
-            if (summary[summary.task == task].kind == "reconstruction").all()
-            else "accuracy in %"
-        )
-        table = Table(title=f"{task} (mean ± std over {n} seeds; {unit})", show_lines=False)
+        table = Table(title=f"{task} ({task_caption(summary[summary.task == task])})", show_lines=False)
         for c in wide.columns:
             table.add_column(
                 c, justify="left" if c in ("model", "family", "feature") else "right", no_wrap=True
@@ -177,8 +272,9 @@ def print_tables(results: pd.DataFrame, diagnostics: pd.DataFrame | None = None,
         for _, r in wide.iterrows():
             table.add_row(*[str(r[c]) for c in wide.columns])
         console.print(table)
+    console.print(MARK_LEGEND.replace("**Bold**", "Bold (**x**)"))
     if diagnostics is not None:
-        for title, v in _diag_views(diagnostics).items():
+        for title, v in _diag_views(diagnostics, summary).items():
             table = Table(title=title)
             for c in v.columns:
                 table.add_column(str(c))
@@ -204,9 +300,8 @@ def write_report(
     diagnostics: pd.DataFrame | None,
     out_dir: str | os.PathLike,
     extra: dict[str, Any] | None = None,
-    plots: bool = True,
 ) -> dict[str, Path]:
-    """Write every table and the Fig. 1 / Fig. 4 figures; returns ``{name: path}``.
+    """Write every table; returns ``{name: path}``. (The figures are :mod:`chada.viz.results_figures`.)
 
     ``extra["reconstruction"]`` (per-model decoder facts) is also written to ``results.md``.
     """
@@ -240,11 +335,8 @@ def write_report(
             "\n## Reconstruction decoders (same size for every encoder of a task)\n",
             _md_table(table[[c for c in cols if c in table.columns]]),
         ]
-    dmd = diagnostics_markdown(diagnostics)
+    dmd = diagnostics_markdown(diagnostics, summary)
     if dmd:
         md += ["\n## Diagnostics\n", dmd]
     put("results.md", "\n".join(md))
-    if plots and len(summary):
-        for p in plot_bars(summary, out) + plot_lowdata(summary, out):
-            files[p.name] = p
     return files

@@ -1,4 +1,5 @@
-"""The quickstart's DINO pretrainings: one per encoder, side by side in spawned processes."""
+"""The quickstart's DINO pretrainings: one per encoder (and pretraining seed), side by side in spawned
+processes. Their warnings reach the parent's console named after their run (:mod:`.console`)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def _model_overrides(model_name: str) -> list[str]:
 
 
 def stage_pretrain(
-    s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str, quiet: bool = False
-) -> dict[str, Any]:
-    """DINO for one encoder; ``quiet`` (parallel runs: 1 thread each) turns off its progress bar and
-    TensorBoard."""
+    s: QuickstartSettings, manifests: dict[str, str], encoder: str, model_name: str, quiet: bool = False,
+    seed: int = 0, run: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """DINO for one encoder (run ``run``, default the encoder's name, with ``run.seed=seed``); ``quiet``
+    (parallel runs: 1 thread each) turns off its progress bar and TensorBoard."""
+    from chada.pipeline.console import encoder_warnings
     from chada.ssl import load_config, pretrain
 
-    out = s.out / "pretrain" / encoder
+    run = run or encoder
+    out = s.out / "pretrain" / run
     epochs = s.epochs_of(encoder)
     overrides = [
         f"model.name={model_name}",
@@ -51,6 +55,7 @@ def stage_pretrain(
         f"run.output_dir={out}",
         "run.device=cpu",
         "data.num_workers=0",
+        f"run.seed={seed}",
     ]
     recipe = load_config(_pretrain_config())
     for key, warm in (("optim.warmup_epochs", recipe.optim.warmup_epochs),
@@ -64,44 +69,60 @@ def stage_pretrain(
     if s.fast or quiet:
         overrides += ["run.tensorboard=false", "run.progress=false"]
     t0 = time.perf_counter()
-    folder = pretrain(_pretrain_config(), overrides=overrides, resume=(out / "checkpoint.pt").exists())
+    with encoder_warnings(run):  # "pretrain one_channel_vit: step 340: the teacher looks collapsed ..."
+        folder = pretrain(_pretrain_config(), overrides=overrides, resume=(out / "checkpoint.pt").exists())
     teacher, init = Path(folder) / "teacher", Path(folder) / "init"
     for f in (teacher, init):
         if not (f / "config.json").exists():
-            raise RuntimeError(f"pretraining of {encoder} finished without exporting {f}")
+            raise RuntimeError(f"pretraining of {run} finished without exporting {f}")
     return {
         "teacher": str(teacher), "untrained": str(init), "epochs": epochs, "output": str(folder),
-        "seconds": time.perf_counter() - t0, "parallel": quiet,
+        "seconds": time.perf_counter() - t0, "parallel": quiet, "encoder": encoder, "seed": seed,
     }  # fmt: skip
 
 
-def pretrain_all(s: QuickstartSettings, stages: Stages, manifests: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Pretrain every encoder; with ``jobs > 1`` they run at once in spawned processes, 1 thread each,
-    so that on 2 cores both cores stay busy until the last run ends."""
+def pretrain_all(
+    s: QuickstartSettings, stages: Stages, manifests: dict[str, str], log_queue: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Pretrain every run of :meth:`QuickstartSettings.runs`; with ``jobs > 1`` they run at once in
+    spawned processes, 1 thread each, so that on 2 cores both cores stay busy until the last run ends.
+    ``log_queue`` (:func:`chada.pipeline.console.quickstart_console`) carries their messages back."""
     import multiprocessing as mp
+
+    runs = s.runs()
+
+    def one(run: str, quiet: bool = False) -> tuple:
+        enc, seed = runs[run]
+        return (s, manifests, enc, ENCODERS[enc], quiet, seed, run)
 
     # Three 1-thread runs on 2 cores finish sooner than two at a time: no core idles at the end.
     jobs = s.jobs if s.jobs is not None else (len(ENCODERS) if (os.cpu_count() or 1) > 1 else 1)
-    pending = [enc for enc in ENCODERS if stages.done(f"pretrain_{enc}") is None]
+    pending = [run for run in runs if stages.done(f"pretrain_{run}") is None]
     if jobs <= 1 or len(pending) <= 1:
-        return {
-            enc: stages.run(f"pretrain_{enc}", lambda enc=enc, name=name: stage_pretrain(s, manifests, enc, name))
-            for enc, name in ENCODERS.items()
-        }  # fmt: skip
+        return {run: stages.run(f"pretrain_{run}", lambda run=run: stage_pretrain(*one(run))) for run in runs}
     n = min(jobs, len(pending))
-    stages.log(f"[pretrain] {', '.join(pending)}: {n} at once; logs in {s.out / 'pretrain'}/<encoder>/log.csv")
-    pool = mp.get_context("spawn").Pool(n, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    stages.log(f"[pretrain] {', '.join(pending)}: {n} at once; logs in {s.out / 'pretrain'}/<run>/log.csv")
+    pool = mp.get_context("spawn").Pool(n, initializer=_worker_init, initargs=(os.getpid(), log_queue))
     try:
-        jobs_ = {enc: pool.apply_async(stage_pretrain, (s, manifests, enc, ENCODERS[enc], True)) for enc in pending}
+        jobs_ = {run: pool.apply_async(stage_pretrain, one(run, True)) for run in pending}
         _watch_pretraining(s, jobs_, pool)
         # Stages.run records each result; a failed run raises here with its own traceback.
-        results = {enc: stages.run(f"pretrain_{enc}", lambda enc=enc: jobs_[enc].get()) for enc in ENCODERS}
+        results = {run: stages.run(f"pretrain_{run}", lambda run=run: jobs_[run].get()) for run in runs}
         pool.close()
         return results
     finally:
         # On an error or Ctrl-C, stop the other runs now (their checkpoints let a re-run resume them).
         pool.terminate()
         pool.join()
+
+
+def _worker_init(parent_pid: int, log_queue: Any) -> None:
+    """Pool-worker initializer: messages to the parent's console, and exit with the parent."""
+    if log_queue is not None:
+        from chada.pipeline.console import worker_logging
+
+        worker_logging(log_queue)
+    _exit_with_parent(parent_pid)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -125,15 +146,19 @@ def _watch_pretraining(s: QuickstartSettings, jobs: dict[str, Any], pool: Any = 
 
     workers = list(getattr(pool, "_pool", []))  # the processes the jobs were handed to
     total = {enc: s.epochs_of(enc) for enc in jobs}
+    # smoothing=0: the ETA is the remaining epochs at the run's average speed so far.
+    # A resumed run starts its bar (and its speed) at the epoch its checkpoint reached.
     bars = {
         enc: tqdm(total=total[enc], desc=f"dino {enc}", unit="epoch", position=i, leave=True, disable=s.fast,
-                  dynamic_ncols=True, bar_format="{desc:<26}{percentage:3.0f}%|{bar}| {n:.1f}/{total} epochs [{elapsed}]")
+                  dynamic_ncols=True, smoothing=0, mininterval=0, initial=_last_epoch(s.out / "pretrain" / enc / "log.csv"),
+                  bar_format="{desc:<26}{percentage:3.0f}%|{bar}| {n:.1f}/{total} epochs [{elapsed}<{remaining}]")
         for i, enc in enumerate(jobs)
     }  # fmt: skip
     try:
         while True:
             for enc, bar in bars.items():
-                bar.n = total[enc] if jobs[enc].ready() else _last_epoch(s.out / "pretrain" / enc / "log.csv")
+                done = total[enc] if jobs[enc].ready() else _last_epoch(s.out / "pretrain" / enc / "log.csv")
+                bar.update(max(0.0, done - bar.n))
                 bar.refresh()
             finished = [j for j in jobs.values() if j.ready()]
             if len(finished) == len(jobs) or any(not j.successful() for j in finished):

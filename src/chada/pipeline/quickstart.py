@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from chada.io import atomic_write_bytes
+from chada.pipeline.console import quickstart_console
 from chada.pipeline.pretraining import pretrain_all
 from chada.pipeline.settings import QuickstartSettings, Stages
 from chada.pipeline.stages import stage_data, stage_embed, stage_evaluate, stage_figures
@@ -50,14 +51,17 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     atomic_write_bytes(s.out / "settings.json", json.dumps(asdict(s), indent=2, default=str).encode())
     stages = Stages(s.out, log)
     t_all = time.perf_counter()
-    data = stages.run("data", lambda: stage_data(s))
-    manifests = data["manifests"]
-    runs = pretrain_all(s, stages, manifests)
-    teachers = {enc: r["teacher"] for enc, r in runs.items()}
-    untrained = {enc: r["untrained"] for enc, r in runs.items()}
-    emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers, untrained))
-    ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained))
-    figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"]))
+    with quickstart_console() as log_queue:
+        data = stages.run("data", lambda: stage_data(s))
+        manifests = data["manifests"]
+        runs = pretrain_all(s, stages, manifests, log_queue)
+        teachers = {run: r["teacher"] for run, r in runs.items()}
+        untrained = {run: r["untrained"] for run, r in runs.items()}
+        emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers, untrained, log))
+        ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained, log))
+        figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"], log))
     timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
     timings["total (this run)"] = time.perf_counter() - t_all
-    return build_report(s, data, teachers, ev, figs, timings)
+    run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
+    atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
+    return build_report(s, data, teachers, ev, figs, timings, emb)

@@ -28,18 +28,22 @@ class Section:
 
 
 def machine_description() -> dict[str, str]:
-    """CPU model, cores, torch version and threads of this machine."""
+    """CPU model and its bf16/AMX flags, cores, torch version and threads of this machine."""
     import torch
 
-    cpu = platform.processor() or ""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass
+    cpu = fields.get("model name") or platform.processor()
+    flags = set(fields.get("flags", "").split())
     return {
+        "cpu_flags": ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16"))
+        if flags
+        else "unknown",
         "cpu": cpu or "unknown",
         "cores": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),

@@ -56,14 +56,25 @@ class QuickstartSettings:
     jobs: int | None = None  # encoders pretrained at once, 1 thread each (default: all 3 if >1 core)
     baseline_epochs: int | None = None  # same budget as ChAda-ViT unless set
     seeds: int = 5
+    pretrain_seeds: int = 1  # DINO runs per encoder (seeds 0..N-1); each adds a full pretraining
     threads: int | None = None
     umap: bool = True
     steps_cap: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def epochs_of(self, encoder: str) -> int:
-        """DINO epochs of one encoder: ``epochs``, or ``baseline_epochs`` for the baselines when set."""
+        """DINO epochs of one encoder (or run): ``epochs``, or ``baseline_epochs`` for the baselines."""
+        encoder = self.runs().get(encoder, (encoder, 0))[0]
         return self.epochs if encoder == "chada_vit" or self.baseline_epochs is None else self.baseline_epochs
+
+    def runs(self) -> dict[str, tuple[str, int]]:
+        """DINO runs ``name -> (encoder, seed)``: ``chada_vit`` (seed 0), ``chada_vit_s1``, ...; the
+        seed-0 run keeps the encoder's name, so one seed gives the same names and folders as before."""
+        return {
+            (enc if seed == 0 else f"{enc}_s{seed}"): (enc, seed)
+            for seed in range(max(1, int(self.pretrain_seeds)))
+            for enc in ENCODERS
+        }
 
     @classmethod
     def make(cls, out: str | os.PathLike, fast: bool = False, **kw: Any) -> QuickstartSettings:
@@ -82,6 +93,7 @@ class Stages:
         self.dir = out / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
+        self.reused: list[str] = []  # stages this invocation found done (a resumed run's total is partial)
 
     def done(self, name: str) -> dict[str, Any] | None:
         p = self.dir / f"{name}.json"
@@ -91,6 +103,7 @@ class Stages:
         prev = self.done(name)
         if prev is not None:
             self.log(f"[{name}] already done ({prev.get('seconds', 0):.0f} s), reusing it")
+            self.reused.append(name)
             return prev
         self.log(f"[{name}] running")
         t0 = time.perf_counter()

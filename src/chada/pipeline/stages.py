@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,10 @@ import pandas as pd
 from chada.io import atomic_write_bytes
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS, QuickstartSettings
 
-__all__ = ["evaluation_config", "stage_data", "stage_embed", "stage_evaluate", "stage_figures"]
+__all__ = [
+    "EMBED_GROUPS", "evaluation_config", "mean_pooled_groups", "stage_data", "stage_embed", "stage_evaluate",
+    "stage_figures",
+]  # fmt: skip
 
 
 def _absolute_manifest(manifest: Path) -> pd.DataFrame:
@@ -68,20 +73,52 @@ def _has_interchannel_label(meta: pd.DataFrame) -> Any:
     return col.notna() & (col.astype(str) != "")
 
 
+def _channel_counts(manifest: str) -> list[int]:
+    from chada.data.manifest import load_manifest
+
+    names = load_manifest(manifest)["channel_names"].astype(str)
+    return sorted({len(n.split(";")) for n in names})
+
+
+def mean_pooled_groups(manifests: dict[str, str]) -> dict[str, list[int]]:
+    """Embedding groups whose images have more than one channel count -> their channel counts. There a
+    concatenating pool (the One-Channel ViT's ``C x D`` per-channel CLS tokens) cannot give one array
+    of one width, so the encoder stores the mean over channels instead."""
+    counts = {g: _channel_counts(manifests[g]) for g in EMBED_GROUPS}
+    return {g: c for g, c in counts.items() if len(c) > 1}
+
+
+EMBED_GROUPS = ("synth_all", "synth_markers_eval", "real_nuclei", "real_ihc")
+
+
 def stage_embed(
-    s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str], untrained: dict[str, str]
-) -> dict[str, Any]:
+    s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str], untrained: dict[str, str],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    import chada
     from chada.encode.embed import embed_manifest
     from chada.encode.handmade import features_for_manifest
 
     emb_dir = s.out / "embeddings"
+    mixed = mean_pooled_groups(manifests)
+    pooled: dict[str, list[str]] = {}
+    for run, teacher in teachers.items():
+        variable = getattr(chada.load_model(teacher), "variable_size_pools", None) or {}
+        if variable and mixed:
+            pooled[run] = sorted(mixed)
+            if run in ENCODERS:  # once per encoder, not per pretraining seed, file or pool
+                log(f"[embed] {run}: on {', '.join(f'{g} ({mixed[g]} channels)' for g in mixed)} the per-channel "
+                    f"tokens are averaged ({', '.join(f'{k!r} -> {v!r}' for k, v in variable.items())}): one "
+                    "fixed-size vector per image is needed when the channel count varies; the other groups "
+                    "keep the concatenation")  # fmt: skip
     files: dict[str, dict[str, str]] = {}
-    for group in ("synth_all", "synth_markers_eval", "real_nuclei", "real_ihc"):
+    for group in EMBED_GROUPS:
         files[group] = {}
         m = manifests[group]
-        for enc, teacher in teachers.items():
+        log(f"[embed] {group}: {2 * len(teachers)} encoders (trained + untrained) and the hand-made features")
+        for run, teacher in teachers.items():
             # The untrained copy is the pretraining run's own step-0 export: same architecture, init, seed.
-            for tag, model in ((enc, teacher), (f"{enc}_untrained", untrained[enc])):
+            for tag, model in ((run, teacher), (f"{run}_untrained", untrained[run])):
                 out = emb_dir / group / f"{tag}.npz"
                 if not out.exists():
                     embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast)
@@ -89,9 +126,9 @@ def stage_embed(
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
-                features_for_manifest(m, kind, out, image_size=s.synth_size, progress=False)
+                features_for_manifest(m, kind, out, image_size=s.synth_size, progress=not s.fast)
             files[group][kind] = str(out)
-    return {"files": files}
+    return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed}
 
 
 def evaluation_config(
@@ -102,10 +139,10 @@ def evaluation_config(
     untrained: dict[str, str],
 ) -> dict[str, Any]:
     models: dict[str, Any] = {}
-    for enc in ENCODERS:
-        models[enc] = {"path": files["synth_all"][enc], "family": "learned", "arch": enc}
-        models[f"{enc}_untrained"] = {
-            "path": files["synth_all"][f"{enc}_untrained"], "family": "untrained", "arch": enc, "untrained_of": enc,
+    for run, (enc, _seed) in s.runs().items():
+        models[run] = {"path": files["synth_all"][run], "family": "learned", "arch": enc}
+        models[f"{run}_untrained"] = {
+            "path": files["synth_all"][f"{run}_untrained"], "family": "untrained", "arch": enc, "untrained_of": run,
         }  # fmt: skip
     models["handmade"] = {"path": files["synth_all"]["handmade"], "family": "handmade"}
     tasks = []
@@ -140,8 +177,8 @@ def evaluation_config(
                 "image_size": s.embed_size,
                 "epochs": 3 if s.fast else 15,
                 "seeds": s.seeds,
-                "models": {enc: teachers[enc] for enc in ENCODERS}
-                | {f"{enc}_untrained": untrained[enc] for enc in ENCODERS},
+                "models": {run: teachers[run] for run in s.runs()}
+                | {f"{run}_untrained": untrained[run] for run in s.runs()},
             }
         ],
     }
@@ -153,6 +190,7 @@ def stage_evaluate(
     teachers: dict[str, str],
     manifests: dict[str, str],
     untrained: dict[str, str],
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     import yaml
 
@@ -162,7 +200,7 @@ def stage_evaluate(
     out = s.out / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "eval_config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
-    results = run_evaluation(cfg, out, progress=not s.fast, print_table=False)
+    results = run_evaluation(cfg, out, progress=not s.fast, print_table=False, log=lambda m: log(f"[evaluate] {m}"))
     return {"out": str(out), "rows": len(results)}
 
 
@@ -177,7 +215,9 @@ def _attention_image(manifests: dict[str, str]) -> tuple[Any, list[str], str]:
     return read_row_image(row, Path(manifests["synth_markers"]).parent), row_channel_names(row), str(row["image_id"])
 
 
-def stage_figures(s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str], files) -> dict[str, Any]:
+def stage_figures(
+    s: QuickstartSettings, manifests: dict[str, str], teachers: dict[str, str], files, log: Callable[[str], None] = print
+) -> dict[str, Any]:  # fmt: skip
     import torch
 
     import chada
@@ -190,6 +230,8 @@ def stage_figures(s: QuickstartSettings, manifests: dict[str, str], teachers: di
 
     fig_dir = s.out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log("[figures] attention grid: ChAda-ViT and the One-Channel ViT on a 5-channel test image")
     image, names, image_id = _attention_image(manifests)
     x = torch.as_tensor(normalize_channels(image), dtype=torch.float32)
     x = torch.nn.functional.interpolate(x[None], size=(s.embed_size, s.embed_size), mode="bilinear", antialias=True)[0]
@@ -202,8 +244,12 @@ def stage_figures(s: QuickstartSettings, manifests: dict[str, str], teachers: di
 
     sets = [load_embeddings(files[g]["chada_vit"]) for g in ("synth_all", "real_nuclei", "real_ihc")]
     methods = ("pca", "umap") if s.umap else ("pca",)
-    coords, stats = project(sets, feature="cls", color_by="label", methods=methods, seed=0, names=["synthetic", "DSB2018 nuclei", "IHC"])
+    coords, stats = project(
+        sets, feature="cls", color_by="label", methods=methods, seed=0, names=["synthetic", "DSB2018 nuclei", "IHC"],
+        log=lambda m: log(f"[figures] joint projection: {m}"),
+    )  # fmt: skip
     proj_png = fig_dir / "projection.png"
     plot_projection(coords, stats, proj_png, color_by="label")
     coords.to_csv(fig_dir / "projection.csv", index=False)
+    log(f"[figures] attention grid and projection drawn in {time.perf_counter() - t0:.0f} s")
     return {"attention": str(attn_png), "projection": str(proj_png), "projection_stats": stats, "image_id": image_id}

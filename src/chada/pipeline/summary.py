@@ -9,47 +9,74 @@ from typing import Any
 
 import pandas as pd
 
+from chada.eval.report import FAMILY_ORDER, format_score
+from chada.io import atomic_write_bytes
+from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
 from chada.pipeline.report import Section, machine_description, write_report
-from chada.pipeline.settings import ENCODERS, TASKS
+from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
-__all__ = ["build_report", "headline_table"]
+__all__ = ["HEADLINE_METRICS", "build_report", "headline_table", "seed_table"]
 
-CAVEATS = """\
-These are small-scale numbers: tiny encoders (about 28 k parameters, 32 px inputs) pretrained for
-minutes on a few hundred images on a CPU. They show that the pipeline works end to end and what the
-comparison looks like. They are **not** a reproduction of the paper's results, which used ChAda-ViT
-Moyen (5.4 M parameters) pretrained for 400 epochs on 104k images on 32 GPUs.
-
-- The synthetic inter-channel task is built so that no single channel carries the label. If an
-  encoder beats its untrained copy and the hand-made features there, it has learned something about
-  how the channels relate: that is the mechanism the paper claims for inter-channel attention. The
-  One-Channel ViT sees each channel alone and the hand-made features are per-channel statistics, so
-  neither should rise far above chance on it.
-- Untrained networks and hand-made features often score close to learned encoders, as the
-  "what are we learning?" study warns. Read every learned score next to those baselines and the
-  diagnostics.
-- The real labels shipped here are weak (nucleus-area tercile, DAB level) and small. Treat them as
-  a check that real cells run through the pipeline, not as biology.
-"""
+# The columns of the headline table, per task: these metrics where the task has them, else its first.
+HEADLINE_METRICS = {"linear_top1": "probe", "knn_top1": "kNN", "linear_r2": "ridge R²", "recon_r2": "decoder R²"}
 
 
-def headline_table(summary: pd.DataFrame) -> str:
-    """Markdown: linear probe and kNN at 100 % labels, CLS features, one row per model."""
-    s = summary[(summary.fraction == summary.fraction.max()) & (summary.feature == "cls")]
-    metrics = {"linear_top1": "probe acc", "knn_top1": "kNN acc", "linear_r2": "ridge R²", "recon_r2": "decoder R²"}
-    s = s[s.metric.isin(metrics)]
+def _headline_rows(summary: pd.DataFrame, feature: str) -> pd.DataFrame:
+    s = summary[summary.feature == feature]
+    s = s[s.fraction == s.groupby("task").fraction.transform("max")]
+    keep = []
+    for _task, g in s.groupby("task", sort=False):
+        known = [m for m in HEADLINE_METRICS if m in set(g.metric)]
+        keep.append(g[g.metric.isin(known or [g.metric.iloc[0]])])
+    return pd.concat(keep) if keep else s
+
+
+def headline_table(summary: pd.DataFrame, feature: str = "cls") -> str:
+    """Markdown: every task's headline metrics at 100 % of the labels, ``feature`` features, one row per
+    model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design."""
+    s = _headline_rows(summary, feature)
     if s.empty:
         return "(no results)"
-    s = s.assign(col=s.task + " " + s.metric.map(metrics))
-    s = s.assign(cell=[f"{m * 100:.1f} ± {d * 100:.1f}" for m, d in zip(s["mean"], s["std"])])
-    wide = s.pivot_table(index=["model", "family"], columns="col", values="cell", aggfunc="first", sort=False)
-    wide = wide.reset_index()
-    order = {"learned": 0, "untrained": 1, "handmade": 2}
-    wide = wide.assign(_o=wide.family.map(order).fillna(9)).sort_values(["_o", "model"]).drop(columns="_o")
-    cols = list(wide.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in wide.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) if pd.notna(r[c]) else "-" for c in cols) + " |")
+    cols = list(dict.fromkeys(zip(s.task, s.metric)))
+    names = [f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols]
+    mods = s[["model", "family"]].drop_duplicates("model")
+    mods = mods.assign(_o=mods.family.map(FAMILY_ORDER).fillna(9)).sort_values(["_o", "model"])
+    lines = ["| model | family | " + " | ".join(names) + " |", "|" + "---|" * (len(cols) + 2)]
+    for m in mods.itertuples():
+        cells = []
+        for t, metric in cols:
+            r = s[(s.task == t) & (s.metric == metric) & (s.model == m.model)]
+            cells.append(format_score(r.iloc[0], 100.0, std=False) if len(r) else "-")
+        lines.append(f"| {m.model} | {m.family} | " + " | ".join(cells) + " |")
+    chance, design = [], []
+    for t, metric in cols:
+        r = s[(s.task == t) & (s.metric == metric)]
+        chance.append(f"{r['chance'].mean() * 100 + 0.0:.1f}".replace("-0.0", "0.0"))
+        d, n = str(r["design"].iloc[0] or "split"), int(r["n_test"].max())
+        design.append(f"{n} (CV)" if "CV" in d else f"{n}")
+    lines.append("| chance | constant | " + " | ".join(chance) + " |")
+    lines.append("| test images | | " + " | ".join(design) + " |")
+    return "\n".join(lines)
+
+
+def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature: str = "cls") -> str | None:
+    """With several pretraining seeds: each encoder's headline scores as mean ± std over its seeds."""
+    seeds_of: dict[str, list[str]] = {}
+    for run, (enc, _seed) in runs.items():
+        seeds_of.setdefault(enc, []).append(run)
+    if max(len(v) for v in seeds_of.values()) < 2:
+        return None
+    s = _headline_rows(summary, feature)
+    cols = list(dict.fromkeys(zip(s.task, s.metric)))
+    lines = ["| encoder | seeds | " + " | ".join(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols) + " |",
+             "|" + "---|" * (len(cols) + 2)]  # fmt: skip
+    for enc, members in seeds_of.items():
+        for tag in ("", "_untrained"):
+            cells = []
+            for t, metric in cols:
+                v = s[(s.task == t) & (s.metric == metric) & s.model.isin([f"{r}{tag}" for r in members])]["mean"]
+                cells.append(f"{v.mean() * 100:.1f} ± {v.std(ddof=1) * 100:.1f}" if len(v) > 1 else "-")
+            lines.append(f"| {enc}{tag} | {len(members)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -57,43 +84,59 @@ def _pngs(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern))
 
 
+def _what_ran(s: Any, data: dict[str, Any], machine: dict[str, str]) -> str:
+    return "\n".join(
+        [
+            f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; mode: {'--fast smoke run' if s.fast else 'full'}",
+            f"- Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+            f"({machine['torch_threads']} threads), CUDA: {machine['cuda']}, Python {machine['python']}",
+            f"- Data: {data['images']['synth_all']} synthetic images (assays with 1, 2, 3 and 5 channels, "
+            f"{s.synth_size} px), {data['images']['real_nuclei']} real DSB2018 nucleus crops (1 channel), "
+            f"{data['images']['real_ihc']} real IHC tiles (3 channels); DINO corpus: "
+            f"{data['images']['pretrain_corpus']} training images of all of them; the inter-channel task "
+            f"is scored on {data['images'].get('synth_markers_eval', 0)} held-out marker images (another seed)",
+            f"- Encoders ({', '.join(f'`{v}`' for v in ENCODERS.values())}): DINO with one recipe and budget "
+            f"({s.epochs} epochs, `chada/configs/quickstart.yaml`), {s.pretrain_seeds} pretraining seed(s), "
+            f"embeddings at {s.embed_size} px; untrained copies (each run's step-0 weights, `init/`); hand-made "
+            "features (`chada features --kind handmade`)",
+            f"- Evaluation: linear probe, weighted kNN (k=20, T=0.07), 1-NN; 1/10/100 % of the training "
+            f"labels; {s.seeds} seeds; mean ± std over seeds and the 95 % interval over the test images",
+        ]
+    )
+
+
+def _tasks(mixed_groups: dict[str, list[int]]) -> str:
+    return (
+        "\n".join(f"- `{name}` ({kind}, label `{label}`): {what}" for name, (_, label, kind, what) in TASKS.items())
+        + f"\n- `{RECONSTRUCTION_TASK}` (reconstruction): the Actin channel of the synthetic 3-channel assay "
+        "predicted from the frozen CLS embedding of DAPI + Mito by a decoder of 2 fully-connected + 5 conv "
+        "layers (the paper's BBBC021 protocol, decoder size scaled to 32 px, equal for every encoder)\n\n"
+        + one_channel_note(mixed_groups)
+    )
+
+
 def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str, Any], figs: dict[str, Any],
-                 timings: dict[str, float]) -> Path:  # fmt: skip
+                 timings: dict[str, float], emb: dict[str, Any] | None = None) -> Path:  # fmt: skip
     eval_dir = Path(ev["out"])
-    summary = pd.read_csv(eval_dir / "results_summary.csv")
+    summary = pd.read_csv(eval_dir / "results_summary.csv", keep_default_na=True)
+    summary["design"] = summary["design"].fillna("") if "design" in summary else ""
     results_md = (eval_dir / "results.md").read_text()
     results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
     results_md = results_md.replace("\n## ", "\n### ")
     machine = machine_description()
+    # The README block (scripts/readme_results.py) describes the machine the run was on, not its own.
+    atomic_write_bytes(s.out / "machine.json", json.dumps(machine, indent=1).encode())
+    pretrain_s = max((v for k, v in timings.items() if k.startswith("pretrain_")), default=None)
+    seeds = seed_table(summary, s.runs())
     sections = [
+        Section("What ran", _what_ran(s, data, machine)),
+        Section("Tasks", _tasks((emb or {}).get("mixed_groups") or {})),
+        Section("How to read the numbers", reading_guide()),
         Section(
-            "What ran",
-            "\n".join(
-                [
-                    f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; mode: {'--fast smoke run' if s.fast else 'full'}",
-                    f"- Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-                    f"({machine['torch_threads']} threads), CUDA: {machine['cuda']}, Python {machine['python']}",
-                    f"- Data: {data['images']['synth_all']} synthetic images (assays with 1, 2, 3 and 5 channels, "
-                    f"{s.synth_size} px), {data['images']['real_nuclei']} real DSB2018 nucleus crops (1 channel), "
-                    f"{data['images']['real_ihc']} real IHC tiles (3 channels); DINO corpus: "
-                    f"{data['images']['pretrain_corpus']} training images of all of them; the inter-channel task "
-                    f"is scored on {data['images'].get('synth_markers_eval', 0)} held-out marker images (another seed)",
-                    f"- Encoders ({', '.join(f'`{v}`' for v in ENCODERS.values())}): DINO with one recipe and budget "
-                    f"({s.epochs} epochs, `chada/configs/quickstart.yaml`), embeddings at {s.embed_size} px; "
-                    "untrained copies (each run's step-0 weights, `init/`); hand-made features (`chada features --kind handmade`)",
-                    f"- Evaluation: linear probe, weighted kNN (k=20, T=0.07), 1-NN; 1/10/100 % of the training "
-                    f"labels; {s.seeds} seeds; mean ± std",
-                ]
-            ),
+            "Headline: 100 % labels, CLS features (accuracy % / R² x 100; mean [95 % interval])",
+            headline_table(summary),
         ),
-        Section(
-            "Tasks",
-            "\n".join(f"- `{name}` ({kind}, label `{label}`): {what}" for name, (_, label, kind, what) in TASKS.items())
-            + "\n- `synth_actin_reconstruction` (reconstruction): the Actin channel of the synthetic 3-channel assay "
-            "predicted from the frozen CLS embedding of DAPI + Mito by a decoder of 2 fully-connected + 5 conv "
-            "layers (the paper's BBBC021 protocol, decoder size scaled to 32 px, equal for every encoder)",
-        ),
-        Section("Headline: 100 % labels, CLS features (accuracy % / R² x 100)", headline_table(summary)),
+        *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
         Section(
             "All results and diagnostics",
             results_md,
@@ -112,7 +155,10 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
             "projected together.\n\n```\n" + json.dumps(figs.get("projection_stats", {}), indent=1, default=str)[:3000] + "\n```",
             [("projection", Path(figs["projection"]))],
         ),
-        Section("What these numbers can and cannot tell", CAVEATS),
+        Section(
+            "What these numbers can and cannot tell",
+            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None) + "\n" + determinism(),
+        ),
         Section(
             "Timings (seconds)",
             "| stage | seconds |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items()),

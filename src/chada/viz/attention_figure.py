@@ -11,7 +11,15 @@ from typing import Any
 from torch import Tensor
 
 from chada.viz.attention import ModelAttention, _check_image
-from chada.viz.style import ATTENTION_CMAP, IMAGE_CMAP, MATRIX_CMAP, add_colorbar, save_figure, use_agg
+from chada.viz.style import (
+    ATTENTION_CMAP,
+    IMAGE_CMAP,
+    MATRIX_CMAP,
+    add_colorbar,
+    model_style,
+    save_figure,
+    use_agg,
+)
 
 __all__ = ["plot_attention_grid"]
 
@@ -26,6 +34,11 @@ def _wrap(text: str, width: int = 40) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width, break_long_words=False))
+
+
+def _title_colour(label: str) -> Any:
+    """The model's colour of every figure (:func:`chada.viz.style.model_style`) for its column titles."""
+    return model_style(label)["color"]
 
 
 def _off(ax: Any) -> None:
@@ -120,7 +133,7 @@ def _draw_model(fig: Any, gs: Any, image: Tensor, res: ModelAttention, cols: lis
         _off(ax)
         ax.text(0.5, 0.5, _wrap(res.map_note or f"{res.label} provides no attention maps", 24), ha="center",
                 va="center", fontsize=9, color="darkred", transform=ax.transAxes)  # fmt: skip
-        ax.set_title(res.label, fontsize=9)
+        ax.set_title(res.label, fontsize=9, color=_title_colour(res.label))
         return
     maps = res.maps
     mass = maps["channel_mass"]
@@ -138,7 +151,7 @@ def _draw_model(fig: Any, gs: Any, image: Tensor, res: ModelAttention, cols: lis
             _off(ax)
             if c == 0:
                 head = "mean of heads" if which == "mean" else f"head {which + 1}"
-                ax.set_title(f"{res.label}\n{head}", fontsize=9)
+                ax.set_title(f"{res.label}\n{head}", fontsize=9, color=_title_colour(res.label))
             if which == "mean":
                 ax.text(0.03, 0.97, f"mass {float(mass[c]):.2f}", transform=ax.transAxes, fontsize=7, va="top",
                         ha="left", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5, "lw": 0})  # fmt: skip
@@ -170,7 +183,7 @@ def _draw_matrices(fig: Any, gs: Any, groups: list[tuple[ModelAttention, list[in
         ax.set_yticks(range(C), names, fontsize=8)
         ax.set_xlabel("key channel", fontsize=8)
         ax.set_ylabel("query channel", fontsize=8)
-        ax.set_title(f"{res.label}: inter-channel attention", fontsize=9)
+        ax.set_title(f"{res.label}: inter-channel attention", fontsize=9, color=_title_colour(res.label))
         if C <= 10:
             thresh = 0.6 * float(m.max())
             for i in range(C):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +218,9 @@ def project(
     allow_mixed_models: bool = False,
     n_neighbors: int = 15,
     marker_by: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """PCA and/or UMAP of several embedding sets in one space.
+    """PCA and/or UMAP of several embedding sets in one space (``log``: one line as each step starts).
 
     Args:
         embedding_sets: :class:`EmbeddingSet` objects or ``.npz`` paths, concatenated in this order.
@@ -263,6 +264,8 @@ def project(
         notes.append(f"column {color_by!r} is empty in every row")
         color_by = None
 
+    if log is not None:
+        log(f"PCA of {N} x {D} from {meta['source'].nunique()} file(s), and separability scores")
     Xs = StandardScaler().fit_transform(X)
     coords = meta.copy()
     stats: dict[str, Any] = {
@@ -296,6 +299,8 @@ def project(
         stats["shared_labels"] = shared
 
     if "umap" in methods:
+        if log is not None:
+            log(f"UMAP of {N} x {D} (numba compiles it on first use in a process: about half a minute)")
         _umap(Xs, coords, stats, notes, n_neighbors, seed)
     stats["methods"] = [m for m in METHODS if m in methods and (m != "umap" or "umap1" in coords.columns)]
     return coords, stats

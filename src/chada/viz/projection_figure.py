@@ -53,6 +53,11 @@ def _scatter_categorical(
                     linewidths=0,
                     alpha=0.85,
                 )
+    same = len(marker_vals) == len(colour_vals) and all(a == b for a, b in zip(marker_vals, colour_vals))
+    if same:  # colour and marker both show the category: one legend entry with both
+        handles = [Line2D([], [], ls="", marker=markers[c], color=colours[c], label=str(c)) for c in cats]
+        legend_outside(ax, title=colour_title, max_entries=30, handles=handles)
+        return
     handles = [Line2D([], [], ls="", marker="o", color=colours[c], label=str(c)) for c in cats]
     if marker_title is not None and len(mcats) > 1:
         handles.append(Line2D([], [], ls="", label=""))
@@ -71,9 +76,10 @@ def plot_projection(
 ) -> list[Path]:
     """Panels: one row per method (UMAP, PCA); columns "by dataset" and "by ``color_by``".
 
-    In the dataset view the marker shows the ``marker_by`` column (default ``color_by``) for labels
-    shared by at least two datasets (others are small dots); in the label view the marker shows the
-    dataset. Legends sit outside the axes. Writes ``<stem>.png`` and ``<stem>.svg``.
+    In the dataset view the marker shows the dataset (colour and marker together), or, with
+    ``marker_by``, that column's labels shared by at least two datasets (others are small dots); in the
+    label view the marker shows the dataset. Legends sit outside the axes. Writes ``<stem>.png`` and
+    ``<stem>.svg``.
     """
     use_agg()
     import matplotlib.pyplot as plt
@@ -82,7 +88,6 @@ def plot_projection(
     marker_by = marker_by or stats.get("marker_by")
     if color_by is not None and color_by not in coords.columns:
         raise ValueError(f"column {color_by!r} not in the coordinates")
-    marker_by = marker_by or color_by
     if marker_by is not None and marker_by not in coords.columns:
         raise ValueError(f"--marker-by column {marker_by!r} not in the embeddings' metadata")
     methods = [
@@ -93,7 +98,8 @@ def plot_projection(
     if not methods:
         raise ValueError("no projection to plot")
     N = len(coords)
-    size = float(np.clip(3000.0 / max(N, 1), 4.0, 40.0))
+    # Big enough that the marker shapes stay distinguishable at a few hundred points.
+    size = float(np.clip(8000.0 / max(N, 1), 12.0, 40.0))
     ncols = 2 if color_by else 1
     fig, axes = plt.subplots(
         len(methods),
@@ -114,7 +120,10 @@ def plot_projection(
     for r, method in enumerate(methods):
         xy, xl, yl, name = _axes_of(coords, method, evr)
         ax = axes[r, 0]
-        _scatter_categorical(ax, xy, dataset, shared_marker, size, "dataset", f"shared {marker_by}")
+        if shared_marker is None:  # marker and colour both show the dataset (readable in grey too)
+            _scatter_categorical(ax, xy, dataset, dataset, size, "dataset", "dataset")
+        else:
+            _scatter_categorical(ax, xy, dataset, shared_marker, size, "dataset", f"shared {marker_by}")
         ax.set_title(f"{name}, coloured by dataset{_sep_note(method, stats.get('dataset_pc1'), 'dataset', 'PC1')}",
                      fontsize=10)  # fmt: skip
         ax.set_xlabel(xl)

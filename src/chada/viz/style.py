@@ -16,6 +16,9 @@ from typing import Any
 from chada.io import atomic_write_bytes
 
 __all__ = [
+    "MODEL_COLORS",
+    "model_style",
+    "model_styles",
     "ATTENTION_CMAP",
     "IMAGE_CMAP",
     "MATRIX_CMAP",
@@ -35,6 +38,88 @@ MATRIX_CMAP = "viridis"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
 
 _PLOT_SUFFIXES = (".png", ".svg")
+
+# One colour per model in every figure (bars, curves, reconstruction and attention titles, channel
+# subsets), keyed by architecture. An untrained copy takes a light tint of its architecture's colour
+# (and dashed lines / hatched bars), so a model and its random init read as a pair.
+MODEL_COLORS: dict[str, str] = {
+    "chada_vit": "#1f77b4",  # blue
+    "inter_channel_vit": "#ff7f0e",  # orange
+    "one_channel_vit": "#2ca02c",  # green
+    "fixed_channel_vit": "#9467bd",  # purple
+    "handmade": "#3a3a3a",  # near black
+    "shortcut": "#8c8c8c",  # grey
+}
+_ALIASES = {"chada": "chada_vit", "inter_channel": "inter_channel_vit", "one_channel": "one_channel_vit",
+            "fixed_channel": "fixed_channel_vit", "cellprofiler": "handmade", "hand_made": "handmade"}  # fmt: skip
+_MODEL_MARKERS = {"chada_vit": "o", "inter_channel_vit": "s", "one_channel_vit": "^", "fixed_channel_vit": "v",
+                  "handmade": "D", "shortcut": "P"}  # fmt: skip
+# Names no rule knows: a stable pick (by a hash of the name) from colours none of the above uses.
+_SPARE = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f3c8d", "#11a579", "#e73f74")
+_UNTRAINED_WORDS = ("untrained", "random", "rand_init", "scratch", "init")
+
+
+def _base_name(name: str) -> str:
+    """The name without an untrained/seed suffix: a model and its untrained copy share one hue."""
+    import re
+
+    return re.sub(r"([_-]?(untrained|random|rand_init|scratch|init|s\d+|seed\d+))+$", "", name.lower())
+
+
+def model_styles(models: Sequence[tuple[str, str | None]]) -> dict[str, dict[str, Any]]:
+    """:func:`model_style` of each ``(name, family)`` of one figure: models no rule knows get distinct
+    spare colours (a model and its untrained copy share a hue)."""
+    from matplotlib.colors import to_hex
+
+    out: dict[str, dict[str, Any]] = {}
+    spare_of: dict[str, str] = {}
+    for name, family in models:
+        base = _base_name(name)
+        if _model_key(name) is None and base not in spare_of:
+            spare_of[base] = to_hex(model_style(base, None, avoid=list(spare_of.values()))["color"])
+        avoid = [c for b, c in spare_of.items() if b != base]
+        out[name] = model_style(name, family, avoid=avoid)
+    return out
+
+
+def _model_key(name: str) -> str | None:
+    low = name.lower().replace("-", "_").replace(" ", "_")  # "One-Channel ViT (DINO)" -> one_channel_vit
+    for key in sorted([*MODEL_COLORS, *_ALIASES], key=len, reverse=True):
+        if key in low:
+            return _ALIASES.get(key, key)
+    return None
+
+
+def model_style(name: str, family: str | None = None, avoid: Sequence[str] = ()) -> dict[str, Any]:
+    """``{"color", "marker", "linestyle", "hatch", "untrained"}`` of a model in every figure.
+
+    The colour comes from the architecture in the name (``chada_vit``, ``one_channel_vit_untrained``,
+    ``chada_vit_s1`` ...), lightened for an untrained copy (``family="untrained"`` or the name says so).
+    A name no rule knows gets a spare colour picked by a hash of the name (the same in every figure),
+    skipping the spare colours in ``avoid`` (see :func:`model_styles`).
+    """
+    import zlib
+
+    from matplotlib.colors import to_rgb
+
+    key = _model_key(name)
+    if key:
+        base = MODEL_COLORS[key]
+    else:
+        start = zlib.crc32(_base_name(name).encode()) % len(_SPARE)
+        free = [_SPARE[(start + i) % len(_SPARE)] for i in range(len(_SPARE))]
+        base = next((c for c in free if c not in avoid), free[0])
+    untrained = family == "untrained" or (family is None and any(w in name.lower() for w in _UNTRAINED_WORDS))
+    rgb = to_rgb(base)
+    if untrained:
+        rgb = tuple(0.45 * c + 0.55 for c in rgb)  # a light tint of the same hue
+    return {
+        "color": rgb,
+        "marker": _MODEL_MARKERS.get(key or "", "o"),
+        "linestyle": "--" if untrained else (":" if family == "handmade" or key == "handmade" else "-"),
+        "hatch": "//" if untrained else (".." if family == "handmade" or key == "handmade" else None),
+        "untrained": untrained,
+    }
 
 
 def use_agg() -> None:

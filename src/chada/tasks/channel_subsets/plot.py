@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from chada.tasks.channel_subsets.scoring import METRIC_TITLES, METRICS, SETTING_TITLES, SETTINGS
-from chada.viz.style import categorical_colors, save_figure, use_agg
+from chada.viz.style import model_styles, save_figure, use_agg
 
 __all__ = ["plot_channel_subsets"]
 
@@ -27,7 +27,7 @@ def plot_channel_subsets(summary: pd.DataFrame, out: str | os.PathLike, title: s
     if not metrics or not settings:
         raise ValueError("nothing to plot: the summary has no known metric/setting rows")
     models = list(dict.fromkeys(summary["model"]))
-    colors = dict(zip(models, categorical_colors(len(models))))
+    colors = {m: st["color"] for m, st in model_styles([(m, None) for m in models]).items()}  # as in every figure
     fig, axes = plt.subplots(
         len(metrics), len(settings), figsize=(4.6 * len(settings), 3.4 * len(metrics)), squeeze=False, sharey="row"
     )

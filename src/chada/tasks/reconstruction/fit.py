@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from chada.tasks.reconstruction.decoder import PAPER_DECODER_PARAMS, build_decoder
 
-__all__ = ["encode_without_channel", "fit_decoder", "reconstruction_metrics", "run_channel_reconstruction"]
+__all__ = [
+    "encode_without_channel", "fit_decoder", "reconstruction_intervals", "reconstruction_metrics",
+    "run_channel_reconstruction",
+]  # fmt: skip
 
 
 def _load_images(data: Any) -> list[Tensor]:
@@ -103,6 +106,37 @@ def reconstruction_metrics(pred: Tensor | np.ndarray, target: Tensor | np.ndarra
     }
 
 
+def reconstruction_intervals(
+    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95 % percentile-bootstrap intervals of :func:`reconstruction_metrics` over the test images.
+
+    ``pred``, ``target``: ``[N, H, W]``. Whole images are resampled (pixels of one image are not
+    independent), and each metric is recomputed over the resample's pixels from per-image sums.
+    """
+    p = torch.as_tensor(pred, dtype=torch.float64).flatten(1).numpy()
+    t = torch.as_tensor(target, dtype=torch.float64).flatten(1).numpy()
+    n, m = t.shape
+    if n < 3:
+        nan = (float("nan"), float("nan"))
+        return {"mse": nan, "mae": nan, "r2": nan}
+    sse, sae = ((p - t) ** 2).sum(1), np.abs(p - t).sum(1)
+    s1, s2 = t.sum(1), (t**2).sum(1)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    total = n * m
+    sst = s2[idx].sum(1) - s1[idx].sum(1) ** 2 / total
+    stats = {
+        "mse": sse[idx].sum(1) / total,
+        "mae": sae[idx].sum(1) / total,
+        "r2": np.where(sst > 0, 1.0 - sse[idx].sum(1) / np.where(sst > 0, sst, 1.0), np.nan),
+    }
+    out = {}
+    for k, v in stats.items():
+        v = v[np.isfinite(v)]
+        out[k] = tuple(float(q) for q in np.quantile(v, [0.025, 0.975])) if len(v) else (float("nan"),) * 2
+    return out
+
+
 def _target_range(y: Tensor) -> tuple[float, float]:
     """Global 0.1 / 99.9 % percentiles (torch.quantile takes <= 16 M values: a strided subsample)."""
     flat = y.flatten()
@@ -139,8 +173,9 @@ def fit_decoder(
         seed: decoder initialisation (``torch.manual_seed``) and, without ``generator``, batch order.
         keep: test positions whose ``[H, W]`` target and prediction are returned under ``"examples"``.
 
-    Returns ``{"mse", "mae", "r2", "chance": {mse, mae, r2 of the train-mean prediction},
-    "decoder_params", "embed_dim", "n_train", "n_test", "target_range"[, "examples"]}``.
+    Returns ``{"mse", "mae", "r2", "intervals": {mse, mae, r2: 95 % bootstrap interval over the test
+    images}, "chance": {mse, mae, r2 of the train-mean prediction}, "decoder_params", "embed_dim",
+    "n_train", "n_test", "target_range"[, "examples"]}``.
     """
     _check_fit_args(z_train, y_train, z_test, y_test, epochs, batch_size, lr)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -163,6 +198,7 @@ def fit_decoder(
             ]
         )
     out: dict[str, Any] = reconstruction_metrics(pred, y_te)
+    out["intervals"] = reconstruction_intervals(pred, y_te, seed=seed)
     out["chance"] = reconstruction_metrics(torch.full_like(y_te, float(y_tr.mean())), y_te)
     out.update(
         decoder_params=sum(p.numel() for p in decoder.parameters()),

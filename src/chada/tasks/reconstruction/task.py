@@ -265,6 +265,7 @@ def _fit_model(
                     task=task.name, kind="reconstruction", model=name, family=family, arch=arch,
                     feature=task.pool, fraction=1.0, seed=seed, metric=metric, value=float(res[key]),
                     chance=float(res["chance"][key]), n_train=int(res["n_train"]), n_test=int(res["n_test"]),
+                    ci_low=res["intervals"][key][0], ci_high=res["intervals"][key][1], design="split",
                 )  # fmt: skip
             )
         bar.advance(fit)

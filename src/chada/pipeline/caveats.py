@@ -1,0 +1,182 @@
+"""The quickstart report's words, written from the run's numbers: what a score can and cannot tell.
+
+Every sentence here that makes a claim about a result reads it from the summary table
+(:func:`chada.eval.report.summarize`) and says the opposite when the numbers say the opposite, so the
+report and the README (:mod:`.readme`) never contradict their own tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from chada.eval.intervals import separated
+from chada.pipeline.settings import ENCODERS, TASKS
+
+__all__ = ["caveats", "determinism", "one_channel_note", "reading_guide"]
+
+INTERCHANNEL = "synth_interchannel"
+
+
+def _row(summary: pd.DataFrame, task: str, model: str, metric: str, feature: str = "cls") -> Any:
+    """The summary row of one score at the largest fraction, or None."""
+    s = summary[(summary.task == task) & (summary.model == model) & (summary.metric == metric)
+                & (summary.feature == feature)]  # fmt: skip
+    if s.empty:
+        return None
+    return s[s.fraction == s.fraction.max()].iloc[0]
+
+
+def _pct(r: Any) -> str:
+    return f"{r['mean'] * 100:.1f} % [{r['ci_low'] * 100:.1f}, {r['ci_high'] * 100:.1f}]"
+
+
+def _ci(r: Any) -> tuple[float, float]:
+    return (float(r["ci_low"]), float(r["ci_high"]))
+
+
+def _above_chance(r: Any) -> bool:
+    return bool(pd.notna(r["ci_low"]) and r["ci_low"] > r["chance"])
+
+
+def _interchannel(summary: pd.DataFrame) -> list[str]:
+    """The inter-channel bullets: each claim checked against the intervals of this run."""
+    out = []
+    chada, chada_u = _row(summary, INTERCHANNEL, "chada_vit", "knn_top1"), _row(
+        summary, INTERCHANNEL, "chada_vit_untrained", "knn_top1"
+    )
+    if chada is not None and chada_u is not None:
+        if separated(_ci(chada), _ci(chada_u)) and chada["mean"] > chada_u["mean"]:
+            verdict = ("the intervals do not overlap: pretraining taught ChAda-ViT something about how the channels "
+                       "relate, the mechanism the paper claims for inter-channel attention")  # fmt: skip
+        else:
+            verdict = "the intervals overlap, so this run alone does not show that pretraining learned the relation"
+            if _above_chance(chada) and not _above_chance(chada_u):
+                verdict += " (though only the pretrained model's interval lies above chance)"
+            verdict += "; over 4 pretraining seeds the kNN margin at k=20 was +0.09 (Appendix A of the README)"
+        out.append(
+            f"- **Inter-channel label.** It says whether MarkerB fills the same sector of the cell as MarkerA or the "
+            f"opposite one; each channel alone has the same distribution in both classes. ChAda-ViT's kNN accuracy "
+            f"is {_pct(chada)} against {_pct(chada_u)} for its untrained copy (chance {chada['chance'] * 100:.1f} %): "
+            f"{verdict}."
+        )
+    one = _row(summary, INTERCHANNEL, "one_channel_vit", "knn_top1")
+    if one is not None:
+        where = ("its interval includes chance, as expected of a model whose channels never meet"
+                 if not _above_chance(one) else
+                 "above chance, although it never lets channels meet: the per-channel tokens it averages still "
+                 "carry some of the relation")  # fmt: skip
+        out.append(f"- The One-Channel ViT scores {_pct(one)} in kNN there: {where}.")
+    hand = _row(summary, INTERCHANNEL, "handmade", "linear_top1")
+    if hand is not None:
+        if _above_chance(hand):
+            out.append(
+                f"- The hand-made features reach {_pct(hand)} with a linear probe (chance "
+                f"{hand['chance'] * 100:.1f} %). They are not blind to channel relations: every channel is measured "
+                "inside objects segmented from the nuclear channel, which on the 2-channel assay is a marker, so "
+                "these compartment features measure how much of MarkerB lies where MarkerA is. CellProfiler's "
+                "compartment measurements are a real co-localisation readout, and a serious benchmark should keep "
+                "them as a baseline."
+            )
+        else:
+            out.append(
+                f"- The hand-made features stay at chance there ({_pct(hand)}, chance {hand['chance'] * 100:.1f} %): "
+                "their per-channel statistics do not see the relation between the channels."
+            )
+    return out
+
+
+def _small_tasks(summary: pd.DataFrame) -> str | None:
+    full = summary[summary.fraction == summary.fraction.max()]
+    small = full[full["design"].astype(str).str.contains("CV", na=False)].drop_duplicates("task")
+    if small.empty:
+        return None
+    parts = [f"`{r.task}` ({int(r.n_test)} images: one image is {100 / r.n_test:.1f} points)" for r in small.itertuples()]
+    return (
+        "- The real labels shipped here are weak (nucleus-area tercile, DAB level) and the datasets small: "
+        + ", ".join(parts)
+        + ". They are scored by stratified 5-fold cross-validation over all their images, repeated once per "
+        "seed, so every image is tested; even so most differences there sit inside the intervals. Treat them as "
+        "a check that real cells run through the pipeline, not as biology."
+    )
+
+
+def caveats(summary: pd.DataFrame, pretrain_seeds: int = 1, pretrain_minutes: float | None = None) -> str:
+    """The "What these numbers can and cannot tell" section, from this run's summary."""
+    lines = [
+        "These are small-scale numbers: tiny encoders (about 28 k parameters, 32 px inputs) pretrained for "
+        "minutes on a few hundred images on a CPU. They show that the pipeline works end to end and what the "
+        "comparison looks like. They are **not** a reproduction of the paper's results, which used ChAda-ViT "
+        "Moyen (5.4 M parameters) pretrained for 400 epochs on 104k images on 32 GPUs.",
+        "",
+        *_interchannel(summary),
+        "- Untrained networks and hand-made features often score close to learned encoders, as the \"what are "
+        "we learning?\" study warns. Read every learned score next to those baselines and the diagnostics.",
+    ]
+    small = _small_tasks(summary)
+    if small:
+        lines.append(small)
+    if pretrain_seeds <= 1:
+        lines.append(
+            "- **One pretraining seed.** Every learned model here is one DINO run (`--pretrain-seeds 1`, the "
+            "default: each further seed adds a full pretraining stage"
+            + (f", {pretrain_minutes:.0f} minutes in this run" if pretrain_minutes else "")
+            + "). The ± std and the intervals cover the evaluation's seeds and test images, not the pretraining "
+            "seed, which moves the inter-channel margin by several points (Appendix A of the README)."
+        )
+    else:
+        lines.append(
+            f"- **{pretrain_seeds} pretraining seeds.** Each learned model was pretrained {pretrain_seeds} times "
+            "(`<encoder>_s<k>` rows); the table \"Learned models over pretraining seeds\" gives their mean and spread."
+        )
+    return "\n".join(lines)
+
+
+def determinism() -> str:
+    """What is deterministic and what is not (measured facts, see the README's results section)."""
+    return (
+        "- **Deterministic:** the same machine (CPU model), the same thread counts (the quickstart fixes them: "
+        "1 thread per pretraining, 1 BLAS thread in the evaluation) and the same versions of torch, NumPy and "
+        "scikit-learn give the same numbers, run after run: every random draw is seeded.\n"
+        "- **Not deterministic across machines:** another CPU model makes the math libraries pick other kernels, "
+        "which sum in another order; DINO's 3,060 steps grow those last-bit differences into different "
+        "encoders. On an Intel Xeon instead of the AMD EPYC used here, 13 of 55 headline cells differed (for "
+        "example ChAda-ViT kNN 67.2 -> 67.8 %, inter_channel_vit radius R² 71.2 -> 62.8; reported in issue 19). "
+        "Compare runs on one machine, and read differences between machines against the intervals."
+    )
+
+
+def reading_guide() -> str:
+    """How to read a cell of the tables: the intervals, the marks, chance, the small-data design."""
+    return (
+        "Every score carries its **95 % interval over the test images**: the Wilson score interval for accuracy "
+        "(each test image is right or wrong, a binomial count; Wilson keeps its coverage with a few dozen test "
+        "images and near 0 or 100 %, where the usual p ± 1.96·sqrt(p(1-p)/n) fails), and a percentile bootstrap over "
+        "the test images (1,000 resamples) for R², which has no closed-form interval. It measures which images "
+        "happened to be tested, the largest source of noise here; the ± std over seeds (training subsets) is in "
+        "the full tables. **Bold**: the best of its column, and its interval separates it from every other "
+        "model's. **~**: the interval overlaps the best one's, so the table does not rank the two. (Non-overlap "
+        "is a conservative test: every model sees the same test images, and a paired test would separate more "
+        "pairs.) **Chance** is the score of the best constant predictor on the same test images: the most "
+        "frequent class's rate for accuracy, the R² of predicting the training mean for regression. Tasks with "
+        "fewer than 200 labelled images are scored by stratified 5-fold cross-validation over all their images, "
+        "repeated once per seed, instead of one fixed split."
+    )
+
+
+def one_channel_note(mixed_groups: Mapping[str, list[int]]) -> str:
+    """What the One-Channel ViT's embedding is on each task, and why."""
+    mixed = [t for t, (group, *_rest) in TASKS.items() if group in mixed_groups]
+    fixed = [t for t in TASKS if t not in mixed]
+    if "one_channel_vit" not in ENCODERS:
+        return ""
+    text = ("The One-Channel ViT encodes each channel alone. On tasks whose images all have the same channel count "
+            f"({', '.join(f'`{t}`' for t in fixed) or 'none here'}) its embedding concatenates the per-channel CLS "
+            "tokens (C x D, as in the paper).")  # fmt: skip
+    if mixed:
+        text += (f" On the mixed-channel tasks ({', '.join(f'`{t}`' for t in mixed)}) it is their **mean** (D): a "
+                 "probe needs one vector of one size per image, and a concatenation would be 1 x D for one "
+                 "image and 5 x D for the next.")  # fmt: skip
+    return text
