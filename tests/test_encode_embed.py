@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,26 +159,6 @@ def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
     emb = embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
     assert calls["n"] == 6
     np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
-
-
-def test_handmade_hook(mixed, tmp_path, monkeypatch):
-    fake = types.ModuleType("chada.features")
-
-    def handmade_features(images):
-        assert all(isinstance(x, np.ndarray) and x.ndim == 3 for x in images)
-        return np.stack([[x.mean(), x.std(), x.shape[0]] for x in images])
-
-    fake.handmade_features = handmade_features
-    monkeypatch.setitem(sys.modules, "chada.features", fake)
-    emb = embed_manifest("handmade", mixed, tmp_path / "h.npz", progress=False)
-    assert emb.features["cls"].shape == (12, 3)
-    np.testing.assert_array_equal(emb.features["cls"], emb.features["all"])
-    assert emb.features["cls"][:, 2].tolist() == [3.0] * 5 + [1.0] * 3 + [5.0] * 4
-    assert emb.info["model"] == "handmade"
-
-    monkeypatch.setitem(sys.modules, "chada.features", types.ModuleType("chada.features"))
-    with pytest.raises(ValueError, match="handmade_features"):
-        embed_manifest("handmade", mixed, tmp_path / "h2.npz", progress=False)
 
 
 def test_errors(mixed, tmp_path, capsys):

@@ -631,6 +631,8 @@ class Trainer:
             "channel_image_counts": dict(self.channel_counts),
             "channel_vocab": self.channel_vocab,
             "dino_pool": self.pool,
+            # the size of the global views the teacher saw: `chada embed` embeds at it by default
+            "image_size": self.cfg.augment.global_size,
             "global_step": self.global_step,
             "epochs": self.cfg.optim.epochs,
             "pretrain_config": config_to_dict(self.cfg),
