@@ -218,11 +218,18 @@ def _existing_ancestor(path: Path) -> Path:
     return p
 
 
-def _check_ancestor(path: Path, what: str) -> None:
-    anc = _existing_ancestor(path)
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (also false on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _check_ancestor(path: Path, what: str, start: Path | None = None) -> None:
+    """``path`` can be created: its nearest existing ancestor (from ``start``, default ``path``) is a
+    writable folder."""
+    anc = _existing_ancestor(path if start is None else start)
     if not anc.is_dir():
         raise NotADirectoryError(f"cannot create {what} {path}: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
+    if not _writable(anc):
         raise PermissionError(
             f"cannot write {what} {path}: {anc} is read-only (no write permission); choose another location"
         )
@@ -241,7 +248,7 @@ def check_writable_file(path: str | os.PathLike, *, what: str = "output file", c
     p = Path(path)
     if p.is_dir():
         raise IsADirectoryError(f"{what} {p} is a folder; give a file path (for example {p / ('out' + (p.suffix or ''))})")
-    _check_ancestor(p.parent, what)  # os.replace needs the folder writable, not the old file
+    _check_ancestor(p, what, start=p.parent)  # os.replace needs the folder writable, not the old file
     if clean and p.parent.is_dir():
         remove_stale_temps(p.parent, p.name)
     return p

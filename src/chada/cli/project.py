@@ -61,11 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from chada.io import check_writable_file
     from chada.viz.projection import format_stats, project, write_coords_csv
     from chada.viz.projection_figure import plot_projection
     from chada.viz.style import figure_paths
 
     png, _ = figure_paths(args.out)  # reject a bad suffix before any work
+    check_writable_file(args.out, what="--out")
     methods = ["pca", "umap"] if "both" in args.method else list(dict.fromkeys(args.method))
     coords, stats = project(
         args.embeddings,
