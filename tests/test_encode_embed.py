@@ -175,3 +175,64 @@ def test_errors(mixed, tmp_path, capsys):
         embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", datasets=["nope"], progress=False)
     with pytest.raises(TypeError):
         embed_images("chada_vit_test", [torch.rand(2, 32, 32)])
+
+
+def test_recorded_image_size_is_used_and_said(tmp_path, capsys, caplog):
+    """A pretrained folder records the size of the views it was trained on; embed uses it by default."""
+    man = _write_manifest(tmp_path, [("A", 2, 32, 4)])
+    run = tmp_path / "run"
+    assert main(["pretrain", "model.name=chada_vit_test", "model.overrides.img_size=16", "head.out_dim=16",
+                 "head.hidden_dim=16", "head.bottleneck_dim=8", "optim.epochs=1", "optim.batch_size_per_gpu=2",
+                 "augment.global_size=16", "augment.local_size=8", "augment.n_local=1", f"data.manifest={man}",
+                 "data.size=32", "data.num_workers=0", "run.device=cpu", "run.threads=1", "run.progress=false",
+                 "run.tensorboard=false", f"run.output_dir={run}"]) == 0  # fmt: skip
+    import json
+
+    assert json.loads((run / "teacher" / "config.json").read_text())["extra"]["image_size"] == 16
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+        assert main(["embed", "--model", str(run / "teacher"), "--manifest", str(man), "--out",
+                     str(tmp_path / "r.npz"), "--quiet"]) == 0  # fmt: skip
+    assert "image size: 16 x 16 px (recorded by the model" in capsys.readouterr().out
+    assert "the size the model was trained at" in caplog.text
+    rec = load_embeddings(tmp_path / "r.npz")
+    assert rec.info["image_size"] == 16 and rec.info["image_size_source"] == "model"
+    given = embed_manifest(run / "teacher", man, tmp_path / "g.npz", image_size=16, progress=False)
+    np.testing.assert_array_equal(rec.features["cls"], given.features["cls"])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        native = embed_manifest(run / "teacher", man, tmp_path / "n.npz", image_size=None, progress=False)
+    assert native.info["image_size"] is None and "trained at 16 px" in caplog.text
+    assert not np.allclose(native.features["cls"], rec.features["cls"])
+    # a folder without the record (older exports, hand-saved models) keeps native sizes
+    torch.manual_seed(0)
+    create_model("chada_vit_test").save_pretrained(tmp_path / "plain")
+    plain = embed_manifest(tmp_path / "plain", man, tmp_path / "p.npz", progress=False)
+    assert plain.info["image_size"] is None and plain.info["image_size_source"] == "native"
+
+
+def test_nan_policy_options_reach_the_reader(tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    arr = rng.random((2, 32, 32)).astype(np.float32)
+    bad, filled = arr.copy(), arr.copy()
+    bad[1, 3, 4], filled[1, 3, 4] = np.nan, 0.25
+    for name, a in (("bad", bad), ("filled", filled)):
+        np.save(tmp_path / f"{name}.npy", a)
+        pd.DataFrame([dict(image_id="x1", dataset="d", file=f"{name}.npy", channel_names="DAPI;Actin")]).to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+    for cmd in (["embed", "--model", "chada_vit_test"], ["features", "--kind", "shortcut"]):
+        assert main([*cmd, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "e.npz"), "--quiet"]) == 2
+        assert "NaN" in capfd.readouterr().err
+        assert main([*cmd, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r.npz"), "--quiet",
+                     "--nan-policy", "replace", "--nan-fill", "0.25"]) == 0  # fmt: skip
+        assert "x1" in capfd.readouterr().err  # the warning names the image it touched
+        assert main([*cmd, "--manifest", str(tmp_path / "filled.csv"), "--out", str(tmp_path / "f.npz"),
+                     "--quiet"]) == 0  # fmt: skip
+        r, f = load_embeddings(tmp_path / "r.npz"), load_embeddings(tmp_path / "f.npz")
+        np.testing.assert_array_equal(r.features["cls"], f.features["cls"])
+        for p in ("e.npz", "r.npz", "f.npz"):
+            (tmp_path / p).unlink(missing_ok=True)
+    assert main(["embed", "--model", "chada_vit_test", "--manifest", str(tmp_path / "bad.csv"), "--out",
+                 str(tmp_path / "e.npz"), "--nan-fill", "0"]) == 2  # fmt: skip
+    assert "--nan-policy replace" in capfd.readouterr().err
