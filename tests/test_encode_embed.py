@@ -1,6 +1,8 @@
-"""`chada embed` / embed_manifest: features, metadata, pools, channel-count fallback, resume, hand-made hook."""
+"""`chada embed` / embed_manifest: features, metadata, pools, channel-count fallback, resume keys, image size, NaN options."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pandas as pd
@@ -236,3 +238,60 @@ def test_nan_policy_options_reach_the_reader(tmp_path, capfd):
     assert main(["embed", "--model", "chada_vit_test", "--manifest", str(tmp_path / "bad.csv"), "--out",
                  str(tmp_path / "e.npz"), "--nan-fill", "0"]) == 2  # fmt: skip
     assert "--nan-policy replace" in capfd.readouterr().err
+
+
+def test_input_signatures_stat_and_hash(tmp_path):
+    from chada.encode.inputs import row_signatures
+
+    man = _write_manifest(tmp_path, [("A", 2, 16, 2)])
+    rows = pd.read_csv(man).to_dict("records")
+    stat0, hash0 = row_signatures(rows, tmp_path, "stat"), row_signatures(rows, tmp_path, "hash")
+    assert len(set(stat0)) == 2 and len(set(hash0)) == 2
+    # same size, same mtime, other bytes: only the content hash sees it
+    f = tmp_path / "A_000.tif"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert row_signatures(rows, tmp_path, "stat") == stat0
+    changed = row_signatures(rows, tmp_path, "hash")
+    assert changed[0] != hash0[0] and changed[1] == hash0[1]
+    # another file for the row, or a missing one: both modes see it
+    rows[1]["file"] = "A_000.tif"
+    assert row_signatures(rows, tmp_path, "stat")[1] != stat0[1]
+    rows[1]["file"] = "gone.tif"
+    assert row_signatures(rows, tmp_path, "stat")[1] != stat0[1]
+    with pytest.raises(ValueError, match="verify"):
+        row_signatures(rows, tmp_path, "md5")
+
+
+def test_verify_inputs_hash_recomputes_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch, caplog):
+    man = _write_manifest(tmp_path, [("A", 2, 32, 4)])
+    out = tmp_path / "h.npz"
+    real = embed_mod._embed_samples
+    calls = {"n": 0}
+
+    def stop_after_all(*a, **k):
+        calls["n"] += 1
+        feats = real(*a, **k)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # chunk 0 (A_000, A_001) is written, chunk 1 is not
+        return feats
+
+    monkeypatch.setattr(embed_mod, "_embed_samples", stop_after_all)
+    with pytest.raises(KeyboardInterrupt):
+        embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False, verify_inputs="hash")
+    monkeypatch.setattr(embed_mod, "_embed_samples", real)
+    f = tmp_path / "A_000.tif"
+    st = f.stat()
+    new = np.random.default_rng(5).integers(0, 4000, (2, 32, 32), dtype=np.uint16)
+    tifffile.imwrite(f, new, photometric="minisblack")
+    assert f.stat().st_size == st.st_size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with caplog.at_level("WARNING"):
+        emb = embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False,
+                             verify_inputs="hash")  # fmt: skip
+    assert "'A_000'" in caplog.text
+    fresh = embed_manifest("chada_vit_test", man, tmp_path / "f.npz", batch_size=2, chunk_batches=1, progress=False)
+    np.testing.assert_array_equal(emb.features["cls"], fresh.features["cls"])
