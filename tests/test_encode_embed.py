@@ -1,9 +1,8 @@
-"""`chada embed` / embed_manifest: features, metadata, pools, channel-count fallback, resume, hand-made hook."""
+"""`chada embed` / embed_manifest: features, metadata, pools, channel-count fallback, resume keys, image size, NaN options."""
 
 from __future__ import annotations
 
-import sys
-import types
+import os
 
 import numpy as np
 import pandas as pd
@@ -164,26 +163,6 @@ def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
     np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
 
 
-def test_handmade_hook(mixed, tmp_path, monkeypatch):
-    fake = types.ModuleType("chada.features")
-
-    def handmade_features(images):
-        assert all(isinstance(x, np.ndarray) and x.ndim == 3 for x in images)
-        return np.stack([[x.mean(), x.std(), x.shape[0]] for x in images])
-
-    fake.handmade_features = handmade_features
-    monkeypatch.setitem(sys.modules, "chada.features", fake)
-    emb = embed_manifest("handmade", mixed, tmp_path / "h.npz", progress=False)
-    assert emb.features["cls"].shape == (12, 3)
-    np.testing.assert_array_equal(emb.features["cls"], emb.features["all"])
-    assert emb.features["cls"][:, 2].tolist() == [3.0] * 5 + [1.0] * 3 + [5.0] * 4
-    assert emb.info["model"] == "handmade"
-
-    monkeypatch.setitem(sys.modules, "chada.features", types.ModuleType("chada.features"))
-    with pytest.raises(ValueError, match="handmade_features"):
-        embed_manifest("handmade", mixed, tmp_path / "h2.npz", progress=False)
-
-
 def test_errors(mixed, tmp_path, capsys):
     rc = main(["embed", "--model", "no_such_model", "--manifest", str(mixed), "--out", str(tmp_path / "x.npz")])
     assert rc == 2
@@ -198,3 +177,121 @@ def test_errors(mixed, tmp_path, capsys):
         embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", datasets=["nope"], progress=False)
     with pytest.raises(TypeError):
         embed_images("chada_vit_test", [torch.rand(2, 32, 32)])
+
+
+def test_recorded_image_size_is_used_and_said(tmp_path, capsys, caplog):
+    """A pretrained folder records the size of the views it was trained on; embed uses it by default."""
+    man = _write_manifest(tmp_path, [("A", 2, 32, 4)])
+    run = tmp_path / "run"
+    assert main(["pretrain", "model.name=chada_vit_test", "model.overrides.img_size=16", "head.out_dim=16",
+                 "head.hidden_dim=16", "head.bottleneck_dim=8", "optim.epochs=1", "optim.batch_size_per_gpu=2",
+                 "augment.global_size=16", "augment.local_size=8", "augment.n_local=1", f"data.manifest={man}",
+                 "data.size=32", "data.num_workers=0", "run.device=cpu", "run.threads=1", "run.progress=false",
+                 "run.tensorboard=false", f"run.output_dir={run}"]) == 0  # fmt: skip
+    import json
+
+    assert json.loads((run / "teacher" / "config.json").read_text())["extra"]["image_size"] == 16
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+        assert main(["embed", "--model", str(run / "teacher"), "--manifest", str(man), "--out",
+                     str(tmp_path / "r.npz"), "--quiet"]) == 0  # fmt: skip
+    assert "image size: 16 x 16 px (recorded by the model" in capsys.readouterr().out
+    assert "the size the model was trained at" in caplog.text
+    rec = load_embeddings(tmp_path / "r.npz")
+    assert rec.info["image_size"] == 16 and rec.info["image_size_source"] == "model"
+    given = embed_manifest(run / "teacher", man, tmp_path / "g.npz", image_size=16, progress=False)
+    np.testing.assert_array_equal(rec.features["cls"], given.features["cls"])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        native = embed_manifest(run / "teacher", man, tmp_path / "n.npz", image_size=None, progress=False)
+    assert native.info["image_size"] is None and "trained at 16 px" in caplog.text
+    assert not np.allclose(native.features["cls"], rec.features["cls"])
+    # a folder without the record (older exports, hand-saved models) keeps native sizes
+    torch.manual_seed(0)
+    create_model("chada_vit_test").save_pretrained(tmp_path / "plain")
+    plain = embed_manifest(tmp_path / "plain", man, tmp_path / "p.npz", progress=False)
+    assert plain.info["image_size"] is None and plain.info["image_size_source"] == "native"
+
+
+def test_nan_policy_options_reach_the_reader(tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    arr = rng.random((2, 32, 32)).astype(np.float32)
+    bad, filled = arr.copy(), arr.copy()
+    bad[1, 3, 4], filled[1, 3, 4] = np.nan, 0.25
+    for name, a in (("bad", bad), ("filled", filled)):
+        np.save(tmp_path / f"{name}.npy", a)
+        pd.DataFrame([dict(image_id="x1", dataset="d", file=f"{name}.npy", channel_names="DAPI;Actin")]).to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+    for cmd in (["embed", "--model", "chada_vit_test"], ["features", "--kind", "shortcut"]):
+        assert main([*cmd, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "e.npz"), "--quiet"]) == 2
+        assert "NaN" in capfd.readouterr().err
+        assert main([*cmd, "--manifest", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r.npz"), "--quiet",
+                     "--nan-policy", "replace", "--nan-fill", "0.25"]) == 0  # fmt: skip
+        assert "x1" in capfd.readouterr().err  # the warning names the image it touched
+        assert main([*cmd, "--manifest", str(tmp_path / "filled.csv"), "--out", str(tmp_path / "f.npz"),
+                     "--quiet"]) == 0  # fmt: skip
+        r, f = load_embeddings(tmp_path / "r.npz"), load_embeddings(tmp_path / "f.npz")
+        np.testing.assert_array_equal(r.features["cls"], f.features["cls"])
+        for p in ("e.npz", "r.npz", "f.npz"):
+            (tmp_path / p).unlink(missing_ok=True)
+    assert main(["embed", "--model", "chada_vit_test", "--manifest", str(tmp_path / "bad.csv"), "--out",
+                 str(tmp_path / "e.npz"), "--nan-fill", "0"]) == 2  # fmt: skip
+    assert "--nan-policy replace" in capfd.readouterr().err
+
+
+def test_input_signatures_stat_and_hash(tmp_path):
+    from chada.encode.inputs import row_signatures
+
+    man = _write_manifest(tmp_path, [("A", 2, 16, 2)])
+    rows = pd.read_csv(man).to_dict("records")
+    stat0, hash0 = row_signatures(rows, tmp_path, "stat"), row_signatures(rows, tmp_path, "hash")
+    assert len(set(stat0)) == 2 and len(set(hash0)) == 2
+    # same size, same mtime, other bytes: only the content hash sees it
+    f = tmp_path / "A_000.tif"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert row_signatures(rows, tmp_path, "stat") == stat0
+    changed = row_signatures(rows, tmp_path, "hash")
+    assert changed[0] != hash0[0] and changed[1] == hash0[1]
+    # another file for the row, or a missing one: both modes see it
+    rows[1]["file"] = "A_000.tif"
+    assert row_signatures(rows, tmp_path, "stat")[1] != stat0[1]
+    rows[1]["file"] = "gone.tif"
+    assert row_signatures(rows, tmp_path, "stat")[1] != stat0[1]
+    with pytest.raises(ValueError, match="verify"):
+        row_signatures(rows, tmp_path, "md5")
+
+
+def test_verify_inputs_hash_recomputes_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch, caplog):
+    man = _write_manifest(tmp_path, [("A", 2, 32, 4)])
+    out = tmp_path / "h.npz"
+    real = embed_mod._embed_samples
+    calls = {"n": 0}
+
+    def stop_after_all(*a, **k):
+        calls["n"] += 1
+        feats = real(*a, **k)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # chunk 0 (A_000, A_001) is written, chunk 1 is not
+        return feats
+
+    monkeypatch.setattr(embed_mod, "_embed_samples", stop_after_all)
+    with pytest.raises(KeyboardInterrupt):
+        embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False, verify_inputs="hash")
+    monkeypatch.setattr(embed_mod, "_embed_samples", real)
+    f = tmp_path / "A_000.tif"
+    st = f.stat()
+    new = np.random.default_rng(5).integers(0, 4000, (2, 32, 32), dtype=np.uint16)
+    tifffile.imwrite(f, new, photometric="minisblack")
+    assert f.stat().st_size == st.st_size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with caplog.at_level("WARNING"):
+        emb = embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False,
+                             verify_inputs="hash")  # fmt: skip
+    assert "'A_000'" in caplog.text
+    fresh = embed_manifest("chada_vit_test", man, tmp_path / "f.npz", batch_size=2, chunk_batches=1, progress=False)
+    np.testing.assert_array_equal(emb.features["cls"], fresh.features["cls"])

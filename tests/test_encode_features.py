@@ -75,3 +75,54 @@ def test_cli_handler(manifest, tmp_path, capsys):
     assert args.func(args) == 0
     assert "12 images" in capsys.readouterr().out
     assert load_embeddings(out).info["model"] == "cellprofiler"
+
+
+def _nucleus_vs_bimodal_manifest(folder):
+    """Images where the named nuclear stain (DAPI, small dim nuclei) is not the most bimodal channel
+    (Actin: one big bright cell): the pixel rule and the name rule pick different nuclear channels."""
+    import pandas as pd
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    rows = []
+    for i in range(3):
+        dapi = rng.normal(0.2, 0.08, (48, 48))
+        for cy, cx in ((12, 12), (12, 34), (34, 14), (33, 35)):
+            dapi[(yy - cy - i) ** 2 + (xx - cx) ** 2 < 16] += 0.35
+        actin = np.where((yy - 24) ** 2 + (xx - 24 + i) ** 2 < 20**2, 1.0, 0.0) + rng.normal(0, 0.01, (48, 48))
+        arr = (np.clip(np.stack([dapi, actin]), 0, None) * 4000).astype(np.uint16)
+        tifffile.imwrite(folder / f"img{i}.tif", arr, photometric="minisblack", metadata={"axes": "CYX"})
+        rows.append(dict(image_id=f"img{i}", dataset="d", file=f"img{i}.tif", channel_names="DAPI;Actin"))
+    path = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_embed_handmade_and_features_handmade_are_one_route(tmp_path, capsys):
+    """`chada embed --model handmade` == `chada features --kind handmade`, both with the nuclear channel
+    taken from the channel names (issue 19: the two differed where the pixel rule picked another)."""
+    from chada.cli import main
+    from chada.data.dataset import ManifestDataset
+    from chada.features.handmade import handmade_features
+    from chada.features.intensity import check_images
+    from chada.features.nuclei import pick_nuclear_channel
+
+    man = _nucleus_vs_bimodal_manifest(tmp_path)
+    ds = ManifestDataset(man)
+    images = [ds.read(i)[0].numpy() for i in range(len(ds))]
+    assert all(pick_nuclear_channel(check_images([x])[0], "auto") == 1 for x in images)  # the case exists
+
+    assert main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / "e.npz"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["features", "--kind", "handmade", "--manifest", str(man), "--out", str(tmp_path / "f.npz"),
+                 "--quiet"]) == 0  # fmt: skip
+    e, f = load_embeddings(tmp_path / "e.npz"), load_embeddings(tmp_path / "f.npz")
+    for pool in ("cls", "all"):
+        np.testing.assert_array_equal(e.get(pool), f.get(pool))
+    assert e.info["feature_names"] == f.info["feature_names"]
+    by_name = handmade_features(images, nuclear_channel=0).astype(np.float32)
+    by_pixels = handmade_features(images).astype(np.float32)
+    np.testing.assert_array_equal(e.get("cls"), by_name)
+    j = e.info["feature_names"].index("area_median")
+    assert not np.allclose(by_name[:, j], by_pixels[:, j])  # the rules really disagree here

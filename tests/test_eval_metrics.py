@@ -121,6 +121,26 @@ def test_knn_weights_against_direct_formula():
     assert pred.tolist() == expected
 
 
+def test_knn_chunks_bound_memory_and_change_nothing(monkeypatch):
+    import chada.eval.knn as knn_mod
+
+    # the block of one chunk stays under the budget at corpus scale, and chunking never changes a result
+    for n_train in (10, 80_000, 1_000_000):
+        rows = knn_mod.chunk_rows(n_train)
+        assert rows >= 1 and (rows == 1 or rows * n_train * 12 <= knn_mod.MAX_BLOCK_BYTES)
+    x, y = _blobs(n=400, k=4, sep=0.4, seed=9)
+    t = np.random.default_rng(9).normal(size=400)
+    whole = knn_predict(x[:300], y[:300], x[300:], k=20, chunk=100)
+    reg = knn_regress(x[:300], t[:300], x[300:], k=20, chunk=100)
+    for chunk in (1, 7, None):
+        assert knn_predict(x[:300], y[:300], x[300:], k=20, chunk=chunk).tolist() == whole.tolist()
+        # the float32 product may round differently for another block height (then x 1/T in the weights)
+        np.testing.assert_allclose(knn_regress(x[:300], t[:300], x[300:], k=20, chunk=chunk), reg, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(knn_mod, "MAX_BLOCK_BYTES", 12 * 300 * 3)  # 3 test rows per chunk by default
+    assert knn_mod.chunk_rows(300, knn_mod.MAX_BLOCK_BYTES) == 3
+    assert knn_predict(x[:300], y[:300], x[300:], k=20).tolist() == whole.tolist()
+
+
 def test_knn_regression():
     train = np.array([[1.0, 0], [0, 1.0]])
     t = np.array([2.0, 5.0])

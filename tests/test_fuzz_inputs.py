@@ -9,9 +9,15 @@ file; a header-only, garbage or directory manifest; bad YAML) and runs the real 
 - name the image id and / or the file in its output;
 - print no ``Traceback``.
 
-To add a case (checkpoints, safetensors, config.json, resume with changed inputs come later), append
-a :class:`Case` to :data:`CASES` with a builder that writes the input under ``tmp`` and returns the
-path the commands take (manifest or config), and the commands it must be refused by.
+To add a case (checkpoints, safetensors, config.json come later), append a :class:`Case` to
+:data:`CASES` with a builder that writes the input under ``tmp`` and returns the path the commands take
+(manifest or config), and the commands it must be refused by.
+
+Outputs: every command that writes (:data:`WRITERS`) refuses an output of the wrong kind (a folder
+where a file is expected, or the reverse), an output under a file and a read-only location, before
+any work starts. Resume: ``chada embed`` killed with SIGKILL while writing a chunk, then re-run with
+unchanged inputs, with changed inputs, or with a damaged part file, gives features bit-identical to a
+fresh run.
 """
 
 from __future__ import annotations
@@ -309,9 +315,9 @@ CASES: list[Case] = [
     Case("inf-pixel", _write("bad.npy", _npy(_with_nonfinite(np.inf))), needles=(BAD_ID, "bad.npy", "'Actin'", "inf")),
     Case("zero-channels", _write("bad.npy", _npy(np.zeros((0, SIZE, SIZE), np.float32)), names=""),
          needles=(BAD_ID,)),
-    # embed: the model's C_max check names batch positions, not ids (the id comes with embed's rework)
     Case("eleven-channels", _write("bad.tif", _tif(_pixels(11)), names=";".join(f"c{i}" for i in range(11))),
-         ("check", "embed", "features"), needles=(BAD_ID, "11"), needles_by_command={"embed": ("C_max=10", "11")}),
+         ("check", "embed", "features"), needles=(BAD_ID, "11"),
+         needles_by_command={"embed": (BAD_ID, "11 channels", "C_max=10")}),
     Case("channel-name-count", _write("bad.tif", _tif(_pixels(2)), names="DAPI"), READERS + ("pretrain",),
          needles=(BAD_ID,)),
     Case("duplicate-stains", _write("bad.tif", _tif(_pixels(2)), names="DAPI;dapi"), READERS + ("pretrain",),
@@ -326,7 +332,8 @@ CASES: list[Case] = [
     Case("manifest-ragged-rows", _manifest_ragged, READERS, needles=("manifest.csv", "line 3")),
     Case("manifest-parquet-garbage", _manifest_parquet_garbage, READERS, needles=("manifest.parquet",)),
     Case("manifest-missing-column", _manifest_no_column, READERS, needles=("channel_names",)),
-    Case("duplicate-image-ids", _dup_ids, ("check",), needles=("good0", "row 1", "row 4")),
+    Case("duplicate-image-ids", _dup_ids, ("check", "embed", "features"), needles=("good0", "row 1", "row 4"),
+         needles_by_command={"embed": ("good0", "rows 1, 4"), "features": ("good0", "rows 1, 4")}),
     # --- configs
     Case("yaml-syntax", _yaml("optim:\n  lr: [1, 2\n  epochs: 3\n"), ("pretrain-config", "evaluate-config"),
          needles=("config.yaml", "YAML", "line 3")),
@@ -466,3 +473,308 @@ def test_real_console_script_on_a_truncated_tiff_with_workers(tmp_path):
     shown = _run_cli(["--debug", "embed", "--model", "chada_vit_test", "--manifest", str(path), "--out",
                       str(tmp_path / "e.npz"), "--quiet"])  # fmt: skip
     assert shown.returncode == 1 and "Traceback" in shown.stderr and BAD_ID in shown.stderr
+
+
+# ------------------------------------------------------------------------------------------ outputs
+class WorkStarted(BaseException):
+    """Raised by every entry point of real work: an output check must refuse the run before any of them.
+
+    A BaseException, so the CLI's error policy does not turn it into an exit code."""
+
+
+_WORK = (
+    "chada.encode.encoders.resolve_model", "chada.data.dataset.ManifestDataset.__init__",
+    "chada.encode.embed.embed_manifest", "chada.encode.store.load_embeddings", "chada.viz.projection.project",
+    "chada.cli.attention.load_image", "chada.tasks.evaluation.run_evaluation", "chada.ssl.trainer.Trainer.__init__",
+    "chada.pipeline.quickstart.run_quickstart", "chada.models.convert.load_official_checkpoint",
+    "chada.data.synth.generate", "chada.data.shards.write_shards", "chada.data.importers.import_dataset",
+    "chada.data.corpus.build_corpus", "chada.cli.data.summarize_manifest",
+    "chada.tasks.channel_subsets.run_channel_subsets", "chada.tasks.chammi.embed_chammi",
+)  # fmt: skip
+
+
+@pytest.fixture()
+def no_work(monkeypatch):
+    def started(*args, **kwargs):
+        raise WorkStarted
+
+    for target in _WORK:
+        monkeypatch.setattr(target, started)
+
+
+# name -> (what the output is, its suffix, argv for an output path); inputs need not exist: the output
+# is checked before any input is read.
+WRITERS: dict[str, tuple[str, str, Callable[[Path, str], list[str]]]] = {
+    "embed": ("file", ".npz", lambda t, o: ["embed", "--model", "chada_vit_test", "--manifest", str(t / "m.csv"),
+                                            "--out", o]),
+    "features": ("file", ".npz", lambda t, o: ["features", "--kind", "handmade", "--manifest", str(t / "m.csv"),
+                                               "--out", o]),
+    "attention": ("file", ".png", lambda t, o: ["attention", "--model", "chada_vit_test", "--image",
+                                                str(t / "i.tif"), "--out", o]),
+    "project": ("file", ".png", lambda t, o: ["project", "--embeddings", str(t / "e.npz"), "--out", o]),
+    "data-summary": ("file", ".png", lambda t, o: ["data", "summary", str(t / "m.csv"), "--plot", o]),
+    "evaluate": ("dir", "", lambda t, o: ["evaluate", "--embeddings", str(t / "e.npz"), "--label-column", "label",
+                                          "--out", o]),
+    "subsets": ("dir", "", lambda t, o: ["subsets", "--manifest", str(t / "m.csv"), "--models",
+                                         "a=chada_vit_test", "--out", o]),
+    "pretrain": ("dir", "", lambda t, o: ["pretrain", *_tiny_pretrain(t / "m.csv", Path(o))]),
+    "quickstart": ("dir", "", lambda t, o: ["quickstart", "--out", o]),
+    "convert": ("dir", "", lambda t, o: ["convert", str(t / "ckpt.pth"), o]),
+    "data-synth": ("dir", "", lambda t, o: ["data", "synth", o]),
+    "data-shard": ("dir", "", lambda t, o: ["data", "shard", str(t / "m.csv"), o]),
+    "data-import": ("dir", "", lambda t, o: ["data", "import", "bloodmnist", str(t / "src.npz"), o]),
+    "data-build-corpus": ("dir", "", lambda t, o: ["data", "build-corpus", "--sources", str(t / "m.csv"),
+                                                   "--per-source", "2", "--out", o]),
+    "benchmark-chammi": ("dir", "", lambda t, o: ["benchmark", "chammi", "--model", "chada_vit_test", "--root",
+                                                  str(t / "chammi"), "--out", o]),
+}  # fmt: skip
+
+
+def _refused(argv: list[str], capfd, *needles: str) -> None:
+    rc = main(argv)
+    out, err = capfd.readouterr()
+    assert rc == 2, out + err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    lines = err.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ": error: " in ln)
+    assert len(lines) - first <= 2, err
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_output_of_the_wrong_kind_is_refused_before_any_work(name, tmp_path, capfd, no_work):
+    kind, suffix, argv = WRITERS[name]
+    out = tmp_path / f"out{suffix}"
+    if kind == "file":  # --out names a folder where a file is expected
+        out.mkdir()
+        _refused(argv(tmp_path, str(out)), capfd, str(out), "is a folder")
+    else:  # the output folder is a file
+        out.write_text("not a folder")
+        _refused(argv(tmp_path, str(out)), capfd, str(out), "is a file")
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_output_under_a_file_is_refused(name, tmp_path, capfd, no_work):
+    kind, suffix, argv = WRITERS[name]
+    (tmp_path / "plain.txt").write_text("x")
+    out = tmp_path / "plain.txt" / "sub" / f"out{suffix}"
+    _refused(argv(tmp_path, str(out)), capfd, str(out), "plain.txt is a file, not a folder")
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_read_only_output_location_is_refused(name, tmp_path, capfd, no_work, monkeypatch):
+    import chada.io as cio
+
+    # This test may run as root, for whom every folder is writable: the permission answer is faked
+    # here for one folder; test_read_only_folder_for_real checks the real answer.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = cio._writable
+    monkeypatch.setattr(cio, "_writable", lambda folder: folder != ro.absolute() and real(folder))
+    kind, suffix, argv = WRITERS[name]
+    out = ro / f"out{suffix}"
+    _refused(argv(tmp_path, str(out)), capfd, str(out), "read-only")
+
+
+def _drop_permission_override() -> None:  # pragma: no cover - runs in the child before exec
+    """Drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the bounding set: root's exec'd
+    process then obeys file modes like any user (prctl PR_CAPBSET_DROP = 24)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            os._exit(97)
+
+
+def _run_without_override(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``chada ARGS`` in a process that cannot write where file modes forbid it, even as root."""
+    code = "import sys; from chada.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if k != "CHADA_DEBUG"}
+    pre = _drop_permission_override if os.geteuid() == 0 else None
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120, preexec_fn=pre)  # fmt: skip
+    if proc.returncode == 97:
+        pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here")
+    return proc
+
+
+def test_read_only_folder_for_real(tmp_path):
+    manifest = _manifest(tmp_path, "good0.tif")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = _run_without_override(["embed", "--model", "chada_vit_test", "--manifest", str(manifest), "--out",
+                                      str(ro / "e.npz"), "--quiet"], cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "read-only" in proc.stderr and str(ro / "e.npz") in proc.stderr
+        proc = _run_without_override(["data", "synth", str(ro / "synth"), "--n-per-assay", "1"], cwd=tmp_path)
+        assert proc.returncode == 2 and "read-only" in proc.stderr and str(ro / "synth") in proc.stderr, proc.stderr
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# ------------------------------------------------------------------------ kill -9 and resume of embed
+_KILL_SCRIPT = """
+import os, signal, sys
+import chada.encode.embed as E
+import chada.io as cio
+from chada.cli import main
+
+calls = {"n": 0}
+real = E._embed_samples
+
+def fsync_then_die(fd):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def embed_then_arm(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == int(os.environ["CHADA_TEST_KILL_AT"]):
+        # die inside the next atomic write: that chunk's temporary file stays behind
+        cio.os.fsync = fsync_then_die
+    return real(*args, **kwargs)
+
+E._embed_samples = embed_then_arm
+sys.exit(main(sys.argv[1:]))
+"""
+N_RESUME = 8  # images; batch 2, one batch per chunk: 4 chunks, killed while writing the third
+
+
+def _embed_argv(manifest: Path, out: Path) -> list[str]:
+    return ["embed", "--model", "chada_vit_test", "--manifest", str(manifest), "--out", str(out), "--quiet",
+            "--batch-size", "2", "--chunk-batches", "1"]  # fmt: skip
+
+
+def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
+def _restore(folder: Path, saved: dict[str, tuple[bytes, int]]) -> None:
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    for name, (data, mtime) in saved.items():
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, ns=(mtime, mtime))
+
+
+@pytest.fixture(scope="module")
+def killed_embed(tmp_path_factory):
+    """A manifest of 8 images and an embed run killed (SIGKILL) in the middle of writing chunk 2."""
+    tmp = tmp_path_factory.mktemp("resume")
+    rows = []
+    for i in range(N_RESUME):
+        arr = (np.random.default_rng(i).random((2, SIZE, SIZE)) * 4000).astype(np.uint16)
+        tifffile.imwrite(tmp / f"im{i}.tif", arr, photometric="minisblack", metadata={"axes": "CYX"})
+        rows.append(dict(image_id=f"im{i}", dataset="d", file=f"im{i}.tif", channel_names=GOOD_NAMES))
+    manifest = tmp / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = tmp / "out" / "e.npz"
+    env = {k: v for k, v in os.environ.items() if k != "CHADA_DEBUG"} | {"CHADA_TEST_KILL_AT": "3"}
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, *_embed_argv(manifest, out)], capture_output=True,
+                          text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    parts = out.parent / "e.npz.parts"
+    names = sorted(p.name for p in parts.iterdir())
+    assert [n for n in names if n.startswith("chunk_")] == ["chunk_000000.npz", "chunk_000001.npz"], names
+    assert [n for n in names if n.startswith(".chunk_000002.npz.") and n.endswith(".tmp")], names
+    state = {"images": _tree(tmp), "parts": _tree(parts)}
+    return tmp, manifest, out, state
+
+
+@pytest.fixture()
+def resume_case(killed_embed):
+    """The killed run's files as they were left (images, manifest, parts), restored for each test."""
+    tmp, manifest, out, state = killed_embed
+    for name, (data, mtime) in state["images"].items():
+        (tmp / name).write_bytes(data)
+        os.utime(tmp / name, ns=(mtime, mtime))
+    _restore(out.parent / "e.npz.parts", state["parts"])
+    if out.exists():
+        out.unlink()
+    return manifest, out
+
+
+def _features(path: Path) -> dict[str, np.ndarray]:
+    from chada.encode.store import load_embeddings
+
+    return load_embeddings(path).features
+
+
+def _assert_bit_identical(a: Path, b: Path) -> None:
+    fa, fb = _features(a), _features(b)
+    assert sorted(fa) == sorted(fb)
+    for pool in fa:
+        assert np.array_equal(fa[pool], fb[pool]), pool
+
+
+def _fresh(manifest: Path, where: Path) -> Path:
+    out = where / "fresh.npz"
+    assert main([*_embed_argv(manifest, out), "--no-resume"]) == 0
+    return out
+
+
+def test_resume_after_kill_is_bit_identical_and_cleans_the_temp_file(resume_case, tmp_path, caplog):
+    manifest, out = resume_case
+    with caplog.at_level("INFO"):
+        assert main(_embed_argv(manifest, out)) == 0
+    assert "resuming: 2 of 4 chunks" in caplog.text
+    _assert_bit_identical(out, _fresh(manifest, tmp_path))
+    assert not (out.parent / "e.npz.parts").exists()
+    assert not [p for p in out.parent.rglob("*.tmp")]
+
+
+def test_resume_after_kill_with_changed_inputs_recomputes_them(resume_case, tmp_path, caplog):
+    manifest, out = resume_case
+    stale = _features(_fresh(manifest, tmp_path))  # what the finished chunks hold
+    # im0 (chunk 0, finished) gets new pixels; row 3 (im3, chunk 1, finished) now points at another file
+    new = (np.random.default_rng(99).random((2, SIZE, SIZE)) * 4000).astype(np.uint16)
+    tifffile.imwrite(manifest.parent / "im0.tif", new, photometric="minisblack", metadata={"axes": "CYX"})
+    tifffile.imwrite(manifest.parent / "other.tif", new[::-1].copy(), photometric="minisblack",
+                     metadata={"axes": "CYX"})  # fmt: skip
+    frame = pd.read_csv(manifest)
+    frame.loc[3, "file"] = "other.tif"
+    frame.to_csv(manifest, index=False)
+    try:
+        with caplog.at_level("INFO"):
+            assert main(_embed_argv(manifest, out)) == 0
+        assert "2 image(s) read other or changed files" in caplog.text and "'im0', 'im3'" in caplog.text
+        _assert_bit_identical(out, _fresh(manifest, tmp_path / "again"))
+        resumed = _features(out)
+        assert not np.array_equal(resumed["cls"][0], stale["cls"][0])  # the test can see a stale row
+        assert np.array_equal(resumed["cls"][[1, 2, 4, 5, 6, 7]], stale["cls"][[1, 2, 4, 5, 6, 7]])
+    finally:
+        frame.loc[3, "file"] = "im3.tif"
+        frame.to_csv(manifest, index=False)
+
+
+def _tamper(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "garbage":
+        path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # a valid archive whose features were edited (the digest still describes the old ones)
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["feat_cls"] = arrays["feat_cls"] + 1.0
+        if how == "other-rows":
+            arrays = {k: z for k, z in arrays.items()} | {"rows": arrays["rows"] + 2}
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "empty", "edited-features", "other-rows"])
+def test_tampered_part_file_is_recomputed(resume_case, tmp_path, caplog, how):
+    manifest, out = resume_case
+    _tamper(out.parent / "e.npz.parts" / "chunk_000000.npz", how)
+    with caplog.at_level("INFO"):
+        assert main(_embed_argv(manifest, out)) == 0
+    assert "recomputing chunk 0" in caplog.text
+    _assert_bit_identical(out, _fresh(manifest, tmp_path))

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     import chada
     from chada.data.normalize import normalize_channels
+    from chada.io import check_writable_file
     from chada.viz.attention import (
         channel_mass_table,
         compute_model_attention,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from chada.viz.style import figure_paths
 
     figure_paths(args.out)  # reject a bad suffix before any work
+    check_writable_file(args.out, what="--out")
     raw, manifest_names = load_image(args.image, args.manifest, args.image_id)
     C = raw.shape[0]
     names = args.channel_names or manifest_names or [f"ch{i}" for i in range(C)]

@@ -12,7 +12,6 @@ Writes ``OUT/features/{Allen,HPA,CP}/<model>.npy`` (rows in ``enriched_meta.csv`
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +47,9 @@ def run_chammi(args: argparse.Namespace) -> int:
     from chada.tasks.chammi import embed_chammi, model_label, results_markdown, score_features, write_results
 
     name = model_label(args.model)
-    out = Path(args.out)
+    from chada.io import check_writable_dir
+
+    out = check_writable_dir(args.out, what="--out")  # before any model runs
     if not args.score_only:
         embed_chammi(
             args.model, args.root, out, name=name, image_size=args.image_size, batch_size=args.batch_size,

@@ -113,6 +113,10 @@ def _run_summary(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args.plot:
+        from chada.io import check_writable_file
+
+        check_writable_file(args.plot, what="--plot")
     s = summarize_manifest(args.manifest, args.root)
     con = Console()
     con.print(f"[bold]{args.manifest}[/bold]: {s['n_images']} images, {s['unreadable']} unreadable")
@@ -184,7 +188,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _run_synth(args: argparse.Namespace) -> int:
     from chada.data.synth import generate
+    from chada.io import check_writable_dir
 
+    check_writable_dir(args.outdir, what="OUTDIR")
     path = generate(
         args.outdir, n_per_assay=args.n_per_assay, size=args.size, seed=args.seed, assays=args.assays,
         marker_pattern=args.marker_pattern,
@@ -210,7 +216,9 @@ def _run_shard(args: argparse.Namespace) -> int:
     import json
 
     from chada.data.shards import write_shards
+    from chada.io import check_writable_dir
 
+    check_writable_dir(args.out, what="OUT")
     index = write_shards(
         args.manifest, args.out, shard_size=args.shard_size, dtype=args.dtype,
         normalize=args.normalize, size=args.size, split=args.split,

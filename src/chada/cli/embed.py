@@ -6,7 +6,9 @@ Examples::
     chada embed --model one_channel_vit_tiny --seed 3 --manifest m.csv --out emb/untrained.npz
     chada embed --model handmade --manifest m.csv --out emb/handmade.npz
 
-Re-running the same command after an interruption resumes from ``<out>.parts/``.
+Re-running the same command after an interruption resumes from ``<out>.parts/``: finished chunks
+are reused when the settings and each image's files (size + mtime, or a content hash with
+``--verify-inputs hash``) are unchanged; chunks of changed images are recomputed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Embed every image of a manifest with a frozen encoder and write features + metadata to one "
             ".npz. --model is a saved model folder, a registered model name (random weights from --seed: "
-            "the untrained baselines; see `chada info`) or 'handmade'. Resumable: re-run the same command."
+            "the untrained baselines; see `chada info`) or 'handmade' (the same features as `chada "
+            "features --kind handmade`). Resumable: re-run the same command."
         ),
     )
     from chada.cli import options as o
@@ -30,7 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_manifest(p)
     p.add_argument("--out", required=True, help="output .npz")
     o.add_batch_size(p, default=32)
-    o.add_image_size(p)
+    p.add_argument(
+        "--image-size",
+        type=o.parse_image_size,
+        default="model",
+        metavar="N|native|model",
+        help="resize every image to N x N, or 'native' to keep each image's size (default: the size a "
+        "pretrained model folder recorded, else native)",
+    )
     p.add_argument(
         "--pool",
         nargs="+",
@@ -43,8 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_dataset_filter(p)
     p.add_argument("--split", nargs="+", default=None, help="embed only these splits (train/val/test)")
     o.add_normalize(p)
+    o.add_nan_policy(p)
     p.add_argument("--chunk-batches", type=int, default=20, help="batches per resumable chunk")
     p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
+    o.add_verify_inputs(p)
     o.add_quiet(p)
     o.add_debug(p)
     o.add_channel_args(p)
@@ -55,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from collections import Counter
 
-    from chada.cli.options import channel_kwargs
+    from chada.cli.options import channel_kwargs, nan_kwargs
+    from chada.io import check_writable_file
+
+    check_writable_file(args.out, what="--out")  # before any model is loaded
+    nan = nan_kwargs(args)
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
 
@@ -76,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         chunk_batches=args.chunk_batches,
         progress=not args.quiet,
+        verify_inputs=args.verify_inputs,
+        **nan,
         **channel_kwargs(args),
     )
     dims = ", ".join(f"{k} [{v.shape[0]}, {v.shape[1]}]" for k, v in emb.features.items())
     print(f"wrote {args.out}: {len(emb)} images; {dims}; {emb.info['seconds']:.1f} s")
+    print(f"image size: {_size_text(emb.info)}")
     used = Counter(describe_channels(n, s) for n, s in zip(emb.meta["channel_names"], emb.meta["channel_slots"]))
     print("channels used (name@slot):")
     for combo, n in used.most_common():
@@ -87,3 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if emb.info.get("pool_fallback"):
         print(f"note: {emb.info['note']} {emb.info['pool_fallback']}")
     return 0
+
+
+def _size_text(info: dict) -> str:
+    size, source = info.get("image_size"), info.get("image_size_source")
+    if size is None:
+        return "native (each image keeps its size)"
+    why = {"model": "recorded by the model at pretraining; --image-size to change", "given": "--image-size"}
+    return f"{size} x {size} px ({why.get(source, source)})"

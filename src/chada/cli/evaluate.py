@@ -82,6 +82,7 @@ def _quick_config(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from chada.eval.config import load_config
+    from chada.io import check_writable_dir
     from chada.tasks.evaluation import run_evaluation
 
     if bool(args.config) == bool(args.embeddings):
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_reconstruction:
         cfg.pop("reconstruction", None)
     out = args.out or cfg.get("out_dir") or "eval_results"
+    check_writable_dir(out, what="output folder")  # before any file is read
     results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots)
     elapsed = results.attrs.get("elapsed_s", float("nan"))
     print(f"{len(results)} result rows in {elapsed:.1f} s; report in {Path(out).resolve()}")

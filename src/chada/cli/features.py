@@ -7,7 +7,9 @@ Examples::
     chada features --manifest bbbc021.csv --kind cellprofiler --layout per_channel --out emb/cp.npz
     chada features --manifest he.csv --kind tissue --out emb/tissue.npz
 
-The file is read by ``chada evaluate`` like any model's embeddings (family ``handmade``).
+The file is read by ``chada evaluate`` like any model's embeddings (family ``handmade``). ``--kind
+handmade`` writes the same features as ``chada embed --model handmade`` (one implementation, run by
+the same resumable loop).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(features 'cls' and 'all', meta from the manifest). shortcut: intensity statistics + nuclei "
             "count/density (also written as meta columns); handmade: statistics, histograms, texture, "
             "per-cell shape; cellprofiler: per-cell nucleus/cytoplasm features (median, MAD); tissue: "
-            "H&E stain separation + nuclei layout (RGB histology)."
+            "H&E stain separation + nuclei layout (RGB histology). Resumable: re-run the same command."
         ),
     )
     from chada.cli import options as o
@@ -43,12 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(handmade and cellprofiler; fixed channel set only)",
     )
     o.add_normalize(p)
+    o.add_nan_policy(p)
+    p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
+    o.add_verify_inputs(p)
     o.add_quiet(p)
     o.add_debug(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from chada.cli.options import nan_kwargs
+    from chada.io import check_writable_file
+
+    check_writable_file(args.out, what="--out")  # before any image is read
+    nan = nan_kwargs(args)
     from chada.encode.handmade import features_for_manifest
 
     emb = features_for_manifest(
@@ -59,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         layout=args.layout,
         normalize=args.normalize,
         progress=not args.quiet,
+        resume=not args.no_resume,
+        verify_inputs=args.verify_inputs,
+        **nan,
     )
     x = emb.get("cls")
     print(

@@ -20,6 +20,7 @@ runs a model, plus one ``precision_kwargs(args)`` reader if its value needs turn
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 __all__ = [
@@ -32,11 +33,15 @@ __all__ = [
     "add_image_size",
     "add_manifest",
     "add_model",
+    "add_nan_policy",
     "add_normalize",
     "add_quiet",
     "add_seed",
     "add_workers",
+    "add_verify_inputs",
     "channel_kwargs",
+    "nan_kwargs",
+    "parse_image_size",
 ]
 
 NORMALIZE_CHOICES = ("percentile", "minmax", "none")
@@ -76,6 +81,61 @@ def add_image_size(p: _Parser, *, default: int | None = None, help: str | None =
         else f"resize every image to this square size (default {default})"
     )
     p.add_argument("--image-size", type=int, default=default, metavar=metavar, help=text)
+
+
+def parse_image_size(text: str) -> int | str | None:
+    """``--image-size`` of ``chada embed``: a positive int, ``native`` (keep each image's size) or
+    ``model`` (the size the model recorded)."""
+    if text.strip().lower() == "native":
+        return None
+    if text.strip().lower() == "model":
+        return "model"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'native' or 'model', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'native' or 'model', got {text!r}")
+    return value
+
+
+def add_nan_policy(p: _Parser) -> None:
+    """``--nan-policy`` / ``--nan-fill``: what to do with NaN/inf pixels (see :func:`nan_kwargs`)."""
+    p.add_argument(
+        "--nan-policy",
+        choices=("error", "replace"),
+        default="error",
+        help="NaN/inf pixels: error (default; names the image, channel and file) or replace them (one "
+        "warning per image touched) by --nan-fill",
+    )
+    p.add_argument(
+        "--nan-fill",
+        type=float,
+        default=None,
+        metavar="VALUE",
+        help="with --nan-policy replace: the value NaN/inf pixels get, before normalisation (default: "
+        "the channel's finite median)",
+    )
+
+
+def nan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``nan_policy`` / ``nan_fill`` keyword arguments; ``--nan-fill`` without ``replace`` is refused."""
+    if args.nan_fill is not None and args.nan_policy != "replace":
+        raise ValueError("--nan-fill only applies with --nan-policy replace")
+    if args.nan_fill is not None and not math.isfinite(args.nan_fill):
+        raise ValueError(f"--nan-fill must be a finite number, got {args.nan_fill}")
+    return {"nan_policy": args.nan_policy, "nan_fill": args.nan_fill}
+
+
+def add_verify_inputs(p: _Parser) -> None:
+    """``--verify-inputs``: how a resumed run checks that finished chunks' image files are unchanged."""
+    p.add_argument(
+        "--verify-inputs",
+        choices=("stat", "hash"),
+        default="stat",
+        help="on resume, a finished chunk is reused only if its images' files are unchanged: stat (size + "
+        "modification time, default) or hash (SHA-256 of every file; reads all of them)",
+    )
 
 
 def add_normalize(p: _Parser, *, help: str | None = None) -> None:

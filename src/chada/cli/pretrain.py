@@ -50,6 +50,9 @@ def handler(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    from chada.io import check_writable_dir
+
+    check_writable_dir(cfg.run.output_dir, what="run.output_dir")  # before any data is read
     from chada.ssl.distributed import cleanup
     from chada.ssl.trainer import CompileError, Trainer
 

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from chada.io import check_writable_file
     t0 = time.perf_counter()
     _step(f"loading {len(args.embeddings)} embedding file(s)")
     from chada.viz.projection import format_stats, project, write_coords_csv
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from chada.viz.style import figure_paths
 
     png, _ = figure_paths(args.out)  # reject a bad suffix before any work
+    check_writable_file(args.out, what="--out")
     methods = ["pca", "umap"] if "both" in args.method else list(dict.fromkeys(args.method))
     coords, stats = project(
         args.embeddings,

@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from chada.io import check_writable_dir
     from chada.pipeline.quickstart import QuickstartSettings, run_quickstart
+
+    check_writable_dir(args.out, what="--out")  # before anything runs
 
     settings = QuickstartSettings.make(
         args.out, fast=args.fast, epochs=args.epochs, n_per_assay=args.n_per_assay, seeds=args.seeds,

@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from chada.cli.options import channel_kwargs
+    from chada.io import check_writable_dir
     from chada.tasks.channel_subsets import run_channel_subsets
+
+    check_writable_dir(args.out, what="--out")  # before any model runs
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip

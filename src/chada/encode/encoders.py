@@ -5,10 +5,12 @@ An :class:`Encoder` takes a :class:`~chada.models.batch.ChannelBatch` (or the pe
 
 - :class:`ModelEncoder`: a frozen ChAda-ViT or baseline; ``forward_features`` runs once per batch and
   each pool (``"cls"``, ``"all"``, ...) is a ``forward_head`` on its output;
-- :class:`HandmadeEncoder`: a function of numpy images ``[C_i, H, W]`` -> ``[B, F]`` (by default
-  :func:`chada.features.handmade_features`); the same vector is stored under every pool name;
-- :class:`chada.encode.handmade.FeatureKindEncoder`: the ``chada features --kind`` extractors, which
-  also read each image's channel names (nuclear stain) and name their columns.
+- :class:`FeatureKindEncoder`: the hand-made feature kinds of :mod:`chada.features` (``"handmade"``,
+  ``"shortcut"``, ``"cellprofiler"``, ``"tissue"``), functions of numpy images ``[C_i, H, W]`` that
+  also read each image's channel names (the nuclear stain) and name their columns; the same vector
+  is stored under every pool name. ``chada embed --model handmade`` and ``chada features --kind
+  handmade`` both run it through :func:`chada.encode.embed.embed_manifest`, so they write the same
+  features.
 
 :func:`resolve_encoder` turns what a user names (a saved model folder, a registered model name with
 random weights from a seed, an ``nn.Module``, or ``"handmade"``) into an encoder; the manifest-level
@@ -19,11 +21,11 @@ run any encoder over a manifest and write a feature file (:mod:`chada.encode.sto
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,9 @@ __all__ = [
     "DEFAULT_POOLS",
     "HANDMADE",
     "Encoder",
-    "HandmadeEncoder",
+    "FeatureKindEncoder",
     "ModelEncoder",
     "embed_images",
-    "handmade_function",
     "resolve_encoder",
     "resolve_model",
 ]
@@ -60,6 +61,25 @@ class Encoder(ABC):
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool actually computed (a model may fall back to a fixed-size pool)."""
         return {p: p for p in pools}
+
+    @property
+    def max_channels(self) -> int | None:
+        """The largest channel count the encoder takes (None: no limit of its own)."""
+        return None
+
+    @property
+    def exact_channels(self) -> int | None:
+        """The one channel count the encoder takes, if it takes only one (a fixed-channel ViT)."""
+        return None
+
+    @property
+    def recorded_image_size(self) -> int | None:
+        """The square image size the encoder was trained and evaluated at, when it recorded one."""
+        return None
+
+    def finish(self, ds: Any, meta: Any, info: dict[str, Any], features: dict[str, np.ndarray]) -> None:
+        """Last changes to the feature file's ``meta`` / ``info`` before it is written (default: none)."""
+        return None
 
     @abstractmethod
     def encode_batch(
@@ -81,6 +101,7 @@ class Encoder(ABC):
         """
         from chada.data.dataset import collate_channels
 
+        self._check_channel_counts(samples)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, s in enumerate(samples):
             groups.setdefault(tuple(s["image"].shape[-2:]), []).append(i)
@@ -103,6 +124,30 @@ class Encoder(ABC):
                 result[p][rows] = f
         return {req: result[act] for req, act in pool_map.items()}
 
+    def _check_channel_counts(self, samples: Sequence[dict[str, Any]]) -> None:
+        """Name the images (not their batch positions) whose channel count the encoder cannot take."""
+        limit, exact = self.max_channels, self.exact_channels
+        if exact is not None:
+            bad = [s for s in samples if s["image"].shape[0] != exact]
+            rule = (
+                f"this model takes exactly {exact} channels per image; select {exact} channels (e.g. by name) "
+                "or use a channel-adaptive model"
+            )
+        elif limit is not None:
+            bad = [s for s in samples if s["image"].shape[0] > limit]
+            rule = (
+                f"more channels than this model's C_max={limit}; drop channels from the manifest row or use "
+                "a model with a larger max_channels"
+            )
+        else:
+            return
+        if bad:
+            from chada.errors import InputError
+
+            listed = ", ".join(f"{s.get('image_id')!r} ({s['image'].shape[0]} channels)" for s in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise InputError(f"image {listed}{more}: {rule}")
+
 
 class ModelEncoder(Encoder):
     """A frozen model with ``forward_features`` / ``forward_head`` (every chada encoder)."""
@@ -110,6 +155,29 @@ class ModelEncoder(Encoder):
     def __init__(self, module: nn.Module, info: dict[str, Any] | None = None) -> None:
         self.module = module
         self.info = dict(info or {})
+
+    @property
+    def max_channels(self) -> int | None:
+        limit = getattr(self.module, "max_channels", None)
+        return int(limit) if isinstance(limit, int) else None
+
+    @property
+    def exact_channels(self) -> int | None:
+        fixed = getattr(getattr(self.module, "config", None), "in_channels", None)
+        return int(fixed) if getattr(self.module, "arch_name", None) == "fixed_channel_vit" and fixed else None
+
+    @property
+    def recorded_image_size(self) -> int | None:
+        """``image_size`` in the model folder's ``config.json`` (``extra``), written by pretraining.
+
+        Folders written before it was recorded: the pretraining config's ``augment.global_size``, the
+        size of the global views the teacher was trained on.
+        """
+        extra = getattr(self.module, "pretrained_extra", None) or {}
+        size = extra.get("image_size")
+        if size is None:
+            size = ((extra.get("pretrain_config") or {}).get("augment") or {}).get("global_size")
+        return int(size) if isinstance(size, int) and size > 0 else None
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool computed: a concatenating pool (One-Channel ViT's ``C*D``) becomes its
@@ -148,43 +216,91 @@ class ModelEncoder(Encoder):
         return {p: model.forward_head(out, pool=p).float().cpu().numpy() for p in pools}
 
 
-class HandmadeEncoder(Encoder):
-    """A function of numpy images ``[C_i, H, W]`` -> ``[B, F]``; the same vector under every pool."""
+class FeatureKindEncoder(Encoder):
+    """One hand-made feature kind (:data:`chada.features.extract.KINDS`) as an encoder.
 
-    def __init__(self, fn: Callable[[list[np.ndarray]], np.ndarray] | None = None, info: dict[str, Any] | None = None):
-        self.fn = fn
-        self.info = dict(info or {"model": HANDMADE, "source": "handmade", "arch": HANDMADE})
+    The one implementation behind ``chada embed --model handmade`` and ``chada features --kind``:
+    the same ``[N, F]`` vector is stored under every pool name. Samples carry channel names, and the
+    first channel named as a nuclear stain (DAPI, Hoechst, DNA, ...) is the nuclear channel (an image
+    with such a channel is also never treated as RGB histology); without one, the nuclear channel is
+    the most bimodal one (:func:`chada.features.nuclei.pick_nuclear_channel`). A bare batch
+    (:meth:`encode_batch`) carries no names, so it always uses the pixel rule.
+    """
 
-    @torch.inference_mode()
+    def __init__(self, kind: str = HANDMADE, layout: str = "pooled") -> None:
+        from chada.features.extract import KINDS
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown feature kind {kind!r}; choose one of {KINDS}")
+        self.kind, self.layout = kind, layout
+        self.columns: list[str] | None = None
+        self.info = {"model": kind, "family": "handmade", "source": "handmade", "arch": HANDMADE, "kind": kind,
+                     "layout": layout}  # fmt: skip
+
+    def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
+        if self.layout == "per_channel" and len(channel_counts) > 1:
+            raise ValueError(
+                f"layout='per_channel' needs one fixed channel set, but the images have {sorted(channel_counts)} "
+                "channels; use layout='pooled'"
+            )
+        return {p: p for p in pools}
+
+    def features(self, samples: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+        """``([N, F] float64, column names)`` of samples with ``image`` ``[C, H, W]`` and ``channel_names``
+        (``where``, if present, else ``image_id`` names the image in error messages)."""
+        from chada.features.extract import extract_features
+        from chada.features.nuclei import nuclear_index_from_names
+
+        images, where, nuc, stains = [], [], [], []
+        for s in samples:
+            img = s["image"]
+            images.append(img.numpy() if isinstance(img, Tensor) else np.asarray(img))
+            where.append(str(s.get("where") or f"image {s.get('image_id')!r}"))
+            idx = nuclear_index_from_names(s.get("channel_names"))
+            nuc.append("auto" if idx is None else idx)
+            stains.append("auto" if idx is None else "none")
+        x, cols = extract_features(images, self.kind, layout=self.layout, nuclear_channel=nuc, names=where,
+                                   stains=stains)  # fmt: skip
+        self.columns = self.columns or list(cols)
+        return x, cols
+
+    def encode_samples(
+        self,
+        samples: list[dict[str, Any]],
+        pool_map: dict[str, str],
+        device: str | torch.device | None = None,
+        policy: Any = None,
+    ) -> dict[str, np.ndarray]:
+        x = self.features(samples)[0].astype(np.float32)
+        return {p: x for p in pool_map}
+
     def encode_batch(
         self, batch: ChannelBatch, pools: Sequence[str], device: str | torch.device | None = None
     ) -> dict[str, np.ndarray]:
+        from chada.features.extract import extract_features
+
         arrays = [x.detach().cpu().float().numpy() for x in batch.split()]
-        fn = self.fn if self.fn is not None else handmade_function()
-        feats = np.asarray(fn(arrays), dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[0] != len(arrays):
-            raise ValueError(f"handmade_features returned shape {feats.shape} for {len(arrays)} images")
-        return {p: feats for p in pools}
+        x = extract_features(arrays, self.kind, layout=self.layout)[0].astype(np.float32)
+        return {p: x for p in pools}
 
-
-def handmade_function() -> Callable[[list[np.ndarray]], np.ndarray]:
-    """``chada.features.handmade_features`` (looked up at run time, so a test or plug-in can replace it)."""
-    try:
-        mod = importlib.import_module("chada.features")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("chada.features", "chada"):
-            raise
-        raise ValueError(
-            "model 'handmade' needs chada.features.handmade_features, but chada.features is not installed "
-            "in this version"
-        ) from None
-    fn = getattr(mod, "handmade_features", None)
-    if not callable(fn):
-        raise ValueError(
-            "model 'handmade' needs chada.features.handmade_features(images: list[np.ndarray]) -> np.ndarray, "
-            "which chada.features does not provide"
-        )
-    return fn
+    def finish(self, ds: Any, meta: Any, info: dict[str, Any], features: dict[str, np.ndarray]) -> None:
+        """Name the columns in ``info``; the shortcut kind's columns also become meta columns."""
+        if self.columns is None:  # every chunk came from an earlier run: name the columns from one image
+            self.features([ds[0]])
+        assert self.columns is not None
+        info["feature_names"] = list(self.columns)
+        info["note"] = "hand-made features: the same vector is stored under every pool name"
+        if self.kind != "shortcut":
+            return
+        x = next(iter(features.values()))
+        clash = [c for c in self.columns if c in meta.columns and c != "n_channels"]
+        if clash:
+            warnings.warn(
+                f"manifest columns {clash} are replaced by the shortcut features of the same name in the meta",
+                stacklevel=2,
+            )
+        for j, col in enumerate(self.columns):
+            meta[col] = x[:, j].astype(np.float64)
 
 
 def resolve_model(model: nn.Module | str | os.PathLike, seed: int = 0) -> tuple[nn.Module | None, dict[str, Any]]:
@@ -202,8 +318,7 @@ def resolve_model(model: nn.Module | str | os.PathLike, seed: int = 0) -> tuple[
         return model, desc | _describe(model)
     spec = str(model)
     if spec == HANDMADE:
-        handmade_function()  # fail early with a clear message
-        return None, {"model": HANDMADE, "source": "handmade", "arch": HANDMADE}
+        return None, dict(FeatureKindEncoder(HANDMADE).info)
     path = Path(spec)
     if path.exists():
         module = load_model(path)
@@ -233,7 +348,7 @@ def resolve_encoder(model: nn.Module | str | os.PathLike | Encoder, seed: int = 
     if isinstance(model, Encoder):
         return model
     module, info = resolve_model(model, seed=seed)
-    return HandmadeEncoder(info=info) if module is None else ModelEncoder(module, info)
+    return FeatureKindEncoder(HANDMADE) if module is None else ModelEncoder(module, info)
 
 
 def embed_images(
@@ -256,7 +371,7 @@ def embed_images(
     if isinstance(model, str):
         if model != HANDMADE:
             raise TypeError(f"embed_images takes a model or {HANDMADE!r}, got the string {model!r}")
-        return HandmadeEncoder().encode_batch(as_channel_batch(images), pools)
+        return FeatureKindEncoder(HANDMADE).encode_batch(as_channel_batch(images), pools)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or {HANDMADE!r}, got {type(model).__name__}")
     return ModelEncoder(model).encode_batch(as_channel_batch(images), pools, device=device)

@@ -5,7 +5,10 @@ k train rows of highest cosine similarity s, weight each by ``exp(s / T)`` and s
 class; the prediction is the class with the largest sum. Defaults k=20, T=0.07. 1-NN is k=1.
 For regression targets the same weights give a weighted mean of the neighbours' targets.
 
-Pure numpy, chunked over test rows (memory ``chunk x N_train``), no faiss.
+Pure numpy, no faiss. Test rows go through in chunks: each chunk holds one ``[chunk, N_train]`` block of
+similarities (float32) and the partition indices (int64), 12 bytes per pair, so its row count is chosen
+to keep that block under ``max_bytes`` (default 256 MiB): memory is bounded whatever the corpus size,
+and time grows as ``N_train x N_test x D`` (one matrix product per chunk).
 Shapes: ``train [N_train, D]``, ``test [N_test, D]``.
 """
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from chada.eval.probes import encode_labels
 
-__all__ = ["knn_accuracy", "knn_predict", "knn_regress", "knn_r2"]
+__all__ = ["MAX_BLOCK_BYTES", "chunk_rows", "knn_accuracy", "knn_predict", "knn_regress", "knn_r2"]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -29,7 +32,22 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _neighbours(train: np.ndarray, test: np.ndarray, k: int, chunk: int):
+#: Memory budget of one chunk's similarity block (float32 similarities + int64 partition indices).
+MAX_BLOCK_BYTES = 256 * 2**20
+_BYTES_PER_PAIR = 4 + 8
+
+
+def chunk_rows(n_train: int, max_bytes: int = MAX_BLOCK_BYTES, chunk: int | None = None) -> int:
+    """Test rows per chunk: ``chunk`` if given, else as many as fit ``max_bytes`` (at least 1, at most 1024:
+    below about 22k training rows that is the fixed chunk of earlier versions, so their results are unchanged)."""
+    if chunk is not None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        return int(chunk)
+    return int(min(1024, max(1, max_bytes // (_BYTES_PER_PAIR * max(n_train, 1)))))
+
+
+def _neighbours(train: np.ndarray, test: np.ndarray, k: int, chunk: int | None):
     """Yield ``(rows, idx [n, k], sim [n, k])`` chunks of the k most similar train rows."""
     tr, te = _normalise(train), _normalise(test)
     if tr.shape[1] != te.shape[1]:
@@ -39,13 +57,17 @@ def _neighbours(train: np.ndarray, test: np.ndarray, k: int, chunk: int):
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, len(tr))
-    for start in range(0, len(te), chunk):
-        sim = te[start : start + chunk] @ tr.T  # [n, N_train]
+    step = chunk_rows(len(tr), chunk=chunk)
+    for start in range(0, len(te), step):
+        sim = te[start : start + step] @ tr.T  # [n, N_train]
         if k < sim.shape[1]:
-            idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            # partition the negated block in place: the same selection as argpartition(-sim), no copy
+            np.negative(sim, out=sim)
+            idx = np.argpartition(sim, k - 1, axis=1)[:, :k]
+            s = -np.take_along_axis(sim, idx, axis=1)
         else:
             idx = np.broadcast_to(np.arange(sim.shape[1]), sim.shape).copy()
-        s = np.take_along_axis(sim, idx, axis=1)
+            s = np.take_along_axis(sim, idx, axis=1)
         yield slice(start, start + len(sim)), idx, s
 
 
@@ -57,7 +79,7 @@ def knn_predict(
     k: int = 20,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    chunk: int = 1024,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Predicted integer class ``[N_test]`` by DINO's weighted vote; ``train_labels`` are ints >= 0.
 
@@ -103,7 +125,7 @@ def knn_regress(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    chunk: int = 1024,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """``[N_test]`` weighted mean of the k nearest train targets (weights ``exp(s / T)``)."""
     y = np.asarray(train_targets, dtype=np.float64)

@@ -906,6 +906,8 @@ class Trainer:
             # position in each image (the paper's rule; then channel_names_seen has no slot order)
             "channel_slots": "vocabulary" if self.channel_vocab is not None else "position",
             "dino_pool": self.pool,
+            # the size of the global views the teacher saw: `chada embed` embeds at it by default
+            "image_size": self.cfg.augment.global_size,
             "global_step": self.global_step,
             "epochs": self.cfg.optim.epochs,
             "pretrain_config": config_to_dict(self.cfg),

@@ -49,6 +49,9 @@ def run_import(args: argparse.Namespace) -> int:
     options: dict = {"seed": args.seed, "limit": args.limit, "progress": not args.quiet}
     key = args.dataset.lower()
     get_importer(key)  # unknown names fail before anything is read
+    from chada.io import check_writable_dir
+
+    check_writable_dir(args.out, what="OUT")
     if args.channel_names:
         if key == "chammi":
             options["channel_names"] = {
@@ -104,7 +107,9 @@ def add_build_corpus(sub: argparse._SubParsersAction) -> None:
 
 def run_build_corpus(args: argparse.Namespace) -> int:
     from chada.data.corpus import build_corpus
+    from chada.io import check_writable_dir
 
+    check_writable_dir(args.out, what="--out")
     sources = [Path(s) for s in args.sources]
     if args.idr:
         from chada.data.idr import IDRClient, download_study
