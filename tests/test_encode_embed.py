@@ -184,7 +184,7 @@ def test_recorded_image_size_is_used_and_said(tmp_path, capsys, caplog):
     man = _write_manifest(tmp_path, [("A", 2, 32, 4)])
     run = tmp_path / "run"
     assert main(["pretrain", "model.name=chada_vit_test", "model.overrides.img_size=16", "head.out_dim=16",
-                 "head.hidden_dim=16", "head.bottleneck_dim=8", "optim.epochs=1", "optim.batch_size_per_gpu=2",
+                 "head.hidden_dim=16", "head.bottleneck_dim=8", "optim.epochs=1", "optim.warmup_epochs=0", "dino.warmup_teacher_temp_epochs=0", "optim.batch_size_per_gpu=2",
                  "augment.global_size=16", "augment.local_size=8", "augment.n_local=1", f"data.manifest={man}",
                  "data.size=32", "data.num_workers=0", "run.device=cpu", "run.threads=1", "run.progress=false",
                  "run.tensorboard=false", f"run.output_dir={run}"]) == 0  # fmt: skip
