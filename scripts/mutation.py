@@ -42,7 +42,12 @@ MODULES: dict[str, list[str]] = {
     "models/registry.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py"],
     "models/hub.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py", "tests/test_channels.py"],
     "models/convert.py": ["tests/test_convert.py"],
-    "models/baselines.py": ["tests/test_baselines.py", "tests/test_baselines_attention.py", "tests/test_model_math.py"],
+    "models/baselines.py": [
+        "tests/test_baselines.py",
+        "tests/test_baselines_math.py",
+        "tests/test_baselines_attention.py",
+        "tests/test_model.py",
+    ],
     "data/channels.py": ["tests/test_channels.py"],
     "data/channel_names.py": ["tests/test_channels.py", "tests/test_data_manifest.py"],
 }
@@ -105,7 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
     p.add_argument("--resume", action="store_true", help="keep the scratch folder and mutmut's cache")
     p.add_argument("--survivors", action="store_true", help="show the diff of every surviving mutant")
+    p.add_argument("--table", action="store_true", help="markdown rows of every module's last summary.json")
     args = p.parse_args(argv)
+    if args.table:
+        for m in MODULES:
+            f = WORK / m.replace("/", "__").removesuffix(".py") / "summary.json"
+            if f.exists():
+                s = json.loads(f.read_text())
+                other = ", ".join(f"{k} {v}" for k, v in s["other"].items()) or "0"
+                print(f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']} | {s['timeout']} | {other} "
+                      f"| {s['killed_pct']} % | {s['wall_s']} s |")
+        return 0
     if args.list or not args.module:
         for m, tests in MODULES.items():
             print(f"{m:24s} {' '.join(tests)}")

@@ -340,3 +340,23 @@ def test_collate_warns_with_the_image_ids(tmp_path):
         out = collate_with_policy([sample], pol)
     assert out["batch"].channel_ids.dtype == torch.long
     assert out["batch"].channel_ids.tolist() == out["channel_slots"][0]
+
+
+def test_validate_channel_names_details():
+    from chada.data.channels import validate_channel_names
+
+    with pytest.raises(TypeError, match=r"^names must be a list of channel names, not one string$"):
+        validate_channel_names("DAPI")
+    with pytest.raises(ChannelNameError, match=r"^image has no channels$"):
+        validate_channel_names([])
+    with pytest.raises(ChannelNameError) as err:
+        validate_channel_names(["DAPI", " DAPI "])  # names are stripped before comparing
+    assert str(err.value) == (
+        "image: channel ' DAPI ' appears twice (positions 0 and 1); every channel of an image needs its own name"
+    )
+    with pytest.raises(ChannelNameError, match=r"^image 'r1': channel 1 has an empty name$"):
+        validate_channel_names(["DAPI", ""], "r1")
+    # the keys as compared (after aliasing) decide, the names as written are what the message shows
+    with pytest.raises(ChannelNameError, match=r"^image: channel 'Hoechst' appears twice \(positions 0 and 1\)"):
+        validate_channel_names(["DAPI", "Hoechst"], keys=["dapi", "dapi"])
+    validate_channel_names(["DAPI", "DAPI"], keys=["a", "b"])

@@ -1,4 +1,5 @@
-"""ChAda-ViT's numbers against plain, hand-written code (no nn.Module, no F.interpolate, no SDPA).
+"""ChAda-ViT's numbers against plain, hand-written code (tests/plain_vit.py: no nn.Module, no
+F.interpolate, no SDPA).
 
 - the interpolated positional grid against a hand-written separable resampler (torch's
   ``antialias=True`` convolution, PIL's algorithm, for ``bicubic``/``bilinear``; the cubic convolution
@@ -20,67 +21,9 @@ import torch
 import chada
 from chada.models import ChannelBatch
 from chada.models.layers import Block, VarlenSegments
+from plain_vit import antialias_matrix, dino_matrix, layer_norm, patches, positions, prenorm_blocks
 
 # ----------------------------------------------------------------------- reference resampling
-
-
-def _cubic(x: float, a: float) -> float:
-    """Keys' cubic convolution kernel."""
-    x = abs(x)
-    if x < 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-    if x < 2:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
-
-
-def antialias_matrix(n_in: int, n_out: int, kind: str) -> np.ndarray:
-    """``[n_out, n_in]`` weights of a separable antialiased resize (``align_corners=False``).
-
-    Output sample ``i`` sits at ``(i + 0.5) * n_in / n_out`` in input coordinates; the kernel (cubic
-    with A = -0.5, or the triangle) is stretched by the scale when shrinking, taps outside the input
-    are dropped and the remaining weights renormalised to sum to 1.
-    """
-    scale = n_in / n_out
-    support = (2.0 if kind == "bicubic" else 1.0) * max(scale, 1.0)
-    stretch = 1.0 / scale if scale > 1 else 1.0
-    kernel = (lambda x: _cubic(x, -0.5)) if kind == "bicubic" else (lambda x: max(0.0, 1.0 - abs(x)))
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        center = (i + 0.5) * scale
-        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
-        for j in range(lo, hi):
-            m[i, j] = kernel((j - center + 0.5) * stretch)
-        m[i] /= m[i].sum()
-    return m
-
-
-def dino_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` weights of DINO's resize: bicubic (A = -0.75), no antialiasing, sampled with
-    the scale ``n_in / (n_out + 0.1)``; taps past the border repeat the edge sample."""
-    scale = n_in / (n_out + 0.1)
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5
-        x0 = math.floor(src)
-        t = src - x0
-        for k, w in enumerate([_cubic(t + 1, -0.75), _cubic(t, -0.75), _cubic(1 - t, -0.75), _cubic(2 - t, -0.75)]):
-            m[i, min(max(x0 - 1 + k, 0), n_in - 1)] += w
-    return m
-
-
-def reference_positions(pos_embed: torch.Tensor, g: int, h: int, w: int, kind: str) -> torch.Tensor:
-    """``[1 + h*w, D]``: the CLS slot, then the resized ``g x g`` patch grid in row-major order."""
-    pos = pos_embed[0].double()
-    if (h, w) == (g, g):
-        return pos
-    grid = pos[1:].reshape(g, g, -1)  # [row, col, D]
-    if kind == "dino_bicubic":
-        mh, mw = dino_matrix(g, h), dino_matrix(g, w)
-    else:
-        mh, mw = antialias_matrix(g, h, kind), antialias_matrix(g, w, kind)
-    out = torch.einsum("hi,ijd,wj->hwd", torch.from_numpy(mh), grid, torch.from_numpy(mw))
-    return torch.cat([pos[:1], out.reshape(h * w, -1)])
 
 
 def test_reference_resampler_sanity() -> None:
@@ -113,7 +56,7 @@ def test_interpolated_positions_equal_hand_written_resampling(kind: str, hw: tup
     got = model.interpolate_pos_embed(h, w)
     assert got.shape == (1 + h * w, model.embed_dim)
     # the model resizes in float32 whatever its dtype (a bf16 model keeps an fp32-quality grid)
-    torch.testing.assert_close(got, reference_positions(model.pos_embed.detach(), g, h, w, kind), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, positions(model.pos_embed.detach(), g, h, w, kind), atol=1e-5, rtol=0)
     assert torch.equal(got[0], model.pos_embed[0, 0])  # the CLS slot is never resized
 
 
@@ -124,21 +67,11 @@ def test_baseline_interpolated_positions_equal_hand_written_resampling(name: str
     torch.manual_seed(0)
     model = chada.create_model(name, pos_interpolation=kind, pos_embed_std=1.0).double()
     for h, w in [(3, 5), (6, 2), (4, 4)]:
-        ref = reference_positions(model.pos_embed.detach(), 4, h, w, kind)
+        ref = positions(model.pos_embed.detach(), 4, h, w, kind)
         torch.testing.assert_close(model.interpolate_pos_embed(h, w), ref, atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------- reference forward pass
-
-
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    mu = x.mean(-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * weight + bias
-
-
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def reference_image(model, image: torch.Tensor, slots: list[int]) -> dict[str, torch.Tensor]:
@@ -149,32 +82,17 @@ def reference_image(model, image: torch.Tensor, slots: list[int]) -> dict[str, t
     """
     cfg = model.config
     P = {k: v.detach().double() for k, v in model.named_parameters()}
-    D, p, heads = cfg.embed_dim, cfg.patch_size, cfg.num_heads
-    hd = D // heads
+    D, p = cfg.embed_dim, cfg.patch_size
     C, H, W = image.shape
     h, w = H // p, W // p
-    # every channel cut into p x p patches, row-major over the patch grid, each patch flattened row-major
-    patches = image.double().reshape(C, h, p, w, p).permute(0, 1, 3, 2, 4).reshape(C, h * w, p * p)
-    tokens = patches @ P["patch_embed.proj.weight"].reshape(D, p * p).T + P["patch_embed.proj.bias"]
-    pos = reference_positions(model.pos_embed.detach(), cfg.grid_size, h, w, cfg.pos_interpolation)
+    # the shared projection: every channel's patches through the same [D, p*p] matrix
+    tokens = torch.stack([patches(image[c : c + 1].double(), p) for c in range(C)])  # [C, N, p*p]
+    tokens = tokens @ P["patch_embed.proj.weight"].reshape(D, p * p).T + P["patch_embed.proj.bias"]
+    pos = positions(model.pos_embed.detach(), cfg.grid_size, h, w, cfg.pos_interpolation)
     tokens = tokens + pos[1:][None] + P["channel_embed"][slots][:, None]
     x = torch.cat([P["cls_token"][0] + pos[:1], tokens.reshape(C * h * w, D)])
-    hidden, att = [], None
-    for i in range(cfg.depth):
-        b = f"blocks.{i}."
-        y = _layer_norm(x, P[b + "norm1.weight"], P[b + "norm1.bias"], cfg.block_norm_eps)
-        qkv = y @ P[b + "attn.qkv.weight"].T + P[b + "attn.qkv.bias"]
-        q, k, v = qkv.reshape(-1, 3, heads, hd).permute(1, 2, 0, 3)  # each [heads, L, hd]
-        logits = q @ k.transpose(1, 2) / math.sqrt(hd)
-        att = torch.exp(logits - logits.max(-1, keepdim=True).values)
-        att = att / att.sum(-1, keepdim=True)
-        o = (att @ v).permute(1, 0, 2).reshape(-1, D) @ P[b + "attn.proj.weight"].T + P[b + "attn.proj.bias"]
-        x = x + P.get(b + "ls1.gamma", torch.ones(D, dtype=torch.float64)) * o
-        y = _layer_norm(x, P[b + "norm2.weight"], P[b + "norm2.bias"], cfg.block_norm_eps)
-        m = _gelu(y @ P[b + "mlp.fc1.weight"].T + P[b + "mlp.fc1.bias"]) @ P[b + "mlp.fc2.weight"].T + P[b + "mlp.fc2.bias"]
-        x = x + P.get(b + "ls2.gamma", torch.ones(D, dtype=torch.float64)) * m
-        hidden.append(x)
-    x = _layer_norm(x, P["norm.weight"], P["norm.bias"], cfg.norm_eps)
+    hidden, att = prenorm_blocks(x, P, cfg.depth, cfg.num_heads, cfg.block_norm_eps, cfg.act)
+    x = layer_norm(hidden[-1], P["norm.weight"], P["norm.bias"], cfg.norm_eps)
     return {"cls": x[0], "patch": x[1:].reshape(C, h * w, D), "hidden": hidden, "cls_attention": att[:, 0]}
 
 
@@ -190,15 +108,16 @@ def _perturbed(name: str = "chada_vit_test", seed: int = 0, **overrides):
     return model
 
 
-def _images(counts: list[int], size: int, seed: int) -> list[torch.Tensor]:
+def _images(counts: list[int], size: int, seed: int, dtype=torch.float32) -> list[torch.Tensor]:
+    """float32 by default: the float64 model casts them (the reference converts them itself)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(c, size, size, generator=g, dtype=torch.float64) for c in counts]
+    return [torch.randn(c, size, size, generator=g).to(dtype) for c in counts]
 
 
 @pytest.mark.parametrize("mode", ["padded", "packed", "varlen"])
 @pytest.mark.parametrize(
     ("size", "overrides"),
-    [(32, {"layer_scale": 0.7}), (48, {}), (24, {"pos_interpolation": "bilinear", "max_channels": 4})],
+    [(32, {"layer_scale": 0.7}), (48, {}), (24, {"pos_interpolation": "bilinear", "max_channels": 4, "act": "relu"})],
 )
 def test_forward_equals_plain_reference(mode: str, size: int, overrides: dict) -> None:
     """Every output of ``forward_features`` in every mode equals the plain per-image reference: the CLS,
