@@ -381,3 +381,18 @@ def test_corrupt_safetensors_checkpoint_is_a_clean_error(student_sd, tmp_path, c
         read_checkpoint(f)
     assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ unreadable files
+@pytest.mark.parametrize("content", [b"hello world", b"", b"PK\x03\x04 not a zip"])
+def test_unreadable_checkpoint_is_a_clean_error(tmp_path, capsys, content):
+    """A text file, an empty file or a broken zip: one ValueError naming the file (exit 2 from the
+    CLI), whatever the unpickler raised (KeyError and EOFError used to escape as internal errors)."""
+    f = tmp_path / "w.ckpt"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=r"could not read .*w\.ckpt as a torch checkpoint: \w+"):
+        read_checkpoint(f)
+    assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"^checkpoint .*missing\.ckpt not found$"):
+        read_checkpoint(tmp_path / "missing.ckpt")
