@@ -185,3 +185,178 @@ def test_validate_channel_names_is_the_rule_resolve_applies():
         validate_channel_names(["DAPI", " "])
     with pytest.raises(ChannelNameError, match="no channels"):
         validate_channel_names([], "e")
+
+
+# ------------------------------------------------------------------ details pinned by mutation testing
+def test_policy_arguments_are_checked_with_their_messages():
+    with pytest.raises(ValueError, match=r"^unknown must be one of \('warn', 'error', 'append'\), got 'ignore'$"):
+        ChannelPolicy(CANON, unknown="ignore")
+    with pytest.raises(TypeError, match=r"^canonical must be a list of names; use parse_channel_order\('a,b,c'\) for a string$"):
+        ChannelPolicy("DAPI,Actin")
+    with pytest.raises(ValueError, match=r"^max_slots must be >= 1, got 0$"):
+        ChannelPolicy(None, max_slots=0)
+    assert ChannelPolicy(["DAPI"], max_slots=1).resolve(["dapi"]) == [0]  # one slot is enough
+    assert ChannelPolicy(["a", "b"], max_slots=2).canonical == ["a", "b"]  # as many names as slots
+    with pytest.raises(ValueError, match=r"^the canonical order has 3 names but the model has 2 slots$"):
+        ChannelPolicy(["a", "b", "c"], max_slots=2)
+    with pytest.raises(ValueError, match=r"^the canonical channel order contains an empty name$"):
+        ChannelPolicy(["a", " "])
+
+
+def test_resolve_messages_name_the_image_or_say_image():
+    pol = ChannelPolicy(CANON, unknown="error")
+    with pytest.raises(TypeError, match=r"^names must be a list of channel names, not one string$"):
+        pol.resolve("DAPI")
+    with pytest.raises(ChannelNameError) as err:
+        pol.resolve(["DAPI", "Tubulin"])
+    assert str(err.value) == (
+        f"image: channel 'Tubulin' is not in the canonical channel order {CANON} (strict channels); "
+        "add it with --channel-order or map it with --channel-alias"
+    )
+    with pytest.raises(ChannelNameError, match=r"^image 'im3': channel 'Tubulin'"):
+        pol.order(["Tubulin"], image="im3")
+    with pytest.raises(ChannelNameError, match=r"^image 'b2': channel 'X'"):
+        pol.resolve_many([["DAPI"], ["X"]], ["a1", "b2"])
+    with pytest.raises(ValueError, match=r"^1 image ids for 2 images$"):
+        pol.resolve_many([["DAPI"], ["Mito"]], ["a1"])
+    with pytest.raises(ChannelNameError) as err:
+        ChannelPolicy(None, unknown="error").resolve([" DAPI ", "Actin"])
+    assert str(err.value) == (
+        "--strict-channels needs a canonical channel order, but none was given and the model recorded none; "
+        "give one with --channel-order A,B,C (e.g. --channel-order DAPI,Actin), or drop --strict-channels"
+    )
+    with pytest.warns(UnknownChannelWarning), pytest.raises(ChannelNameError) as err:
+        ChannelPolicy(["a", "b"], max_slots=3).resolve(["a", "x", "y"], image="im")
+    assert str(err.value) == "image 'im': channels ['a', 'x', 'y'] need slot 3 but the model has only 3 channel slots (0..2)"
+
+
+def test_unknown_channel_warning_text_and_where_it_points():
+    pol = ChannelPolicy(["DAPI", "Actin", "Mito"])
+    with pytest.warns(UnknownChannelWarning) as record:
+        pol.resolve(["ER"])
+    assert str(record[0].message) == (
+        "image: channel 'ER' is not in the canonical channel order ['DAPI', 'Actin', 'Mito']; it gets the spare "
+        "slot 3 (unknown channels take slots 3, 4, ... in image order). Use --strict-channels to refuse."
+    )
+    assert record[0].filename == __file__  # stacklevel: the caller's line, not the policy's
+    with pytest.warns(UnknownChannelWarning, match=r"^image 'img9': channel 'Golgi'"):
+        batch = pol.batch([torch.rand(2, 8, 8)], [["Golgi", "dapi"]], image_ids=["img9"])
+    assert batch.channel_ids.tolist() == [3, 0]
+
+
+def test_from_model_reads_max_channels_from_the_model_or_its_config():
+    from types import SimpleNamespace
+
+    with_prop = SimpleNamespace(max_channels=4, config=SimpleNamespace(max_channels=9, channel_names=None))
+    assert ChannelPolicy.from_model(with_prop).max_slots == 4
+    config_only = SimpleNamespace(config=SimpleNamespace(max_channels=6, channel_names=["A", "B"]))
+    pol = ChannelPolicy.from_model(config_only)
+    assert pol.max_slots == 6 and pol.canonical == ["A", "B"]
+    assert ChannelPolicy.from_model(SimpleNamespace(max_channels="10")).max_slots is None
+    assert ChannelPolicy.from_model(object()).max_slots is None  # e.g. the hand-made "model"
+    assert ChannelPolicy.from_model(object()).case_insensitive is True
+    strict_case = ChannelPolicy.from_model(config_only, unknown="error", case_insensitive=False, aliases={"h": "A"})
+    assert (strict_case.unknown, strict_case.case_insensitive, strict_case.aliases) == ("error", False, {"h": "A"})
+
+
+def test_model_channel_names_sources():
+    from types import SimpleNamespace
+
+    assert model_channel_names(object()) is None
+    assert model_channel_names(SimpleNamespace(config=SimpleNamespace(channel_names=["A", 2]))) == ["A", "2"]
+    assert model_channel_names(SimpleNamespace(pretrained_extra={"channel_vocab": ("X", "Y")})) == ["X", "Y"]
+    assert model_channel_names(SimpleNamespace(pretrained_extra={"channel_vocab": "XY"})) is None
+    assert model_channel_names(SimpleNamespace(pretrained_extra=["channel_vocab"])) is None
+
+
+def test_parse_channel_order_forms():
+    assert parse_channel_order(None) is None
+    assert parse_channel_order("DAPI; Actin,,Mito ") == ["DAPI", "Actin", "Mito"]
+    assert parse_channel_order([" DAPI", "", 3]) == ["DAPI", "3"]
+    assert parse_channel_order([" "]) is None
+
+
+def test_policy_from_args_without_a_model_and_with_bare_namespaces():
+    args = argparse.Namespace(channel_order="B,A", strict_channels=True, channel_alias=[("h", "A")])
+    pol = policy_from_args(args)
+    assert (pol.canonical, pol.unknown, pol.aliases) == (["B", "A"], "error", {"h": "A"})
+    assert pol.resolve(["H"]) == [1]
+    bare = policy_from_args(argparse.Namespace())  # a command without the channel options
+    assert (bare.canonical, bare.unknown, bare.aliases) == (None, "warn", {})
+    assert policy_from_args(argparse.Namespace(), create_model("chada_vit_test")).unknown == "warn"
+
+
+def test_alias_option_parsing():
+    parser = argparse.ArgumentParser()
+    add_channel_args(parser)
+    args = parser.parse_args(["--channel-alias", " Hoechst = DAPI ", "--channel-alias", "a=b=c"])
+    assert args.channel_alias == [("Hoechst", "DAPI"), ("a", "b=c")]
+    from chada.data.channels import _alias
+
+    for bad in ("=DAPI", "Hoechst=", " = "):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"^--channel-alias takes OLD=NEW with both names, got '{bad}'$"):
+            _alias(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--channel-alias takes OLD=NEW, got 'Hoechst'$"):
+        _alias("Hoechst")
+
+
+def test_channel_options_help():
+    parser = argparse.ArgumentParser(prog="chada embed")
+    add_channel_args(parser)
+    text = " ".join(parser.format_help().split())
+    assert "channel names: --channel-order A,B,C canonical channel order: the channel named A goes to slot 0, B to slot 1, ... whatever order an image lists them in (default: the names the checkpoint recorded, else slot = position)" in text
+    assert "--strict-channels refuse images with a channel name outside the canonical order (default: warn and give it the next spare slot after the known ones)" in text
+    assert "--channel-alias OLD=NEW treat channel OLD as NEW (repeatable), e.g. Hoechst=DAPI" in text
+    assert parser.parse_args([]).channel_alias is None and parser.parse_args([]).channel_order is None
+
+
+def test_describe_channels_and_to_dict():
+    with pytest.raises(ValueError, match=r"^2 names for 1 slots$"):
+        describe_channels(["a", "b"], [0])
+    pol = ChannelPolicy(["DAPI", " Actin "], unknown="append", aliases={"Hoechst": "DAPI"}, max_slots=5)
+    assert pol.to_dict() == {
+        "canonical": ["DAPI", "Actin"],
+        "unknown": "append",
+        "case_insensitive": True,
+        "aliases": {"hoechst": "DAPI"},
+        "max_slots": 5,
+    }
+    assert pol.to_dict()["canonical"] is not pol.canonical
+    assert ChannelPolicy(None, case_insensitive=False).to_dict() == {
+        "canonical": None, "unknown": "warn", "case_insensitive": False, "aliases": None, "max_slots": None,
+    }  # fmt: skip
+    assert repr(pol) == "ChannelPolicy(canonical=['DAPI', 'Actin'], unknown='append', case_insensitive=True, max_slots=5)"
+
+
+def test_collate_warns_with_the_image_ids(tmp_path):
+    from chada.data import synth
+    from chada.data.dataset import ManifestDataset
+
+    m = synth.generate(tmp_path / "s", n_per_assay=1, size=32, seed=0, assays=["coloc_5ch"])
+    ds = ManifestDataset(m)
+    sample = ds[0]
+    pol = ChannelPolicy(["DAPI"])
+    with pytest.warns(UnknownChannelWarning, match=rf"^image '{sample['image_id']}': channel"):
+        out = collate_with_policy([sample], pol)
+    assert out["batch"].channel_ids.dtype == torch.long
+    assert out["batch"].channel_ids.tolist() == out["channel_slots"][0]
+
+
+def test_validate_channel_names_details():
+    from chada.data.channels import validate_channel_names
+
+    with pytest.raises(TypeError, match=r"^names must be a list of channel names, not one string$"):
+        validate_channel_names("DAPI")
+    with pytest.raises(ChannelNameError, match=r"^image has no channels$"):
+        validate_channel_names([])
+    with pytest.raises(ChannelNameError) as err:
+        validate_channel_names(["DAPI", " DAPI "])  # names are stripped before comparing
+    assert str(err.value) == (
+        "image: channel ' DAPI ' appears twice (positions 0 and 1); every channel of an image needs its own name"
+    )
+    with pytest.raises(ChannelNameError, match=r"^image 'r1': channel 1 has an empty name$"):
+        validate_channel_names(["DAPI", ""], "r1")
+    # the keys as compared (after aliasing) decide, the names as written are what the message shows
+    with pytest.raises(ChannelNameError, match=r"^image: channel 'Hoechst' appears twice \(positions 0 and 1\)"):
+        validate_channel_names(["DAPI", "Hoechst"], keys=["dapi", "dapi"])
+    validate_channel_names(["DAPI", "DAPI"], keys=["a", "b"])

@@ -10,6 +10,7 @@ zero tokens for missing channels, key-padding mask, post-norm blocks with norm1 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -381,3 +382,166 @@ def test_corrupt_safetensors_checkpoint_is_a_clean_error(student_sd, tmp_path, c
         read_checkpoint(f)
     assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ details pinned by mutation testing
+@pytest.mark.parametrize("content", [b"hello world", b"", b"PK\x03\x04 not a zip"])
+def test_unreadable_checkpoint_is_a_clean_error(tmp_path, capsys, content):
+    """A text file, an empty file or a broken zip: one ValueError naming the file (exit 2 from the
+    CLI), whatever the unpickler raised (KeyError and EOFError used to escape as internal errors)."""
+    f = tmp_path / "w.ckpt"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=r"could not read .*w\.ckpt as a torch checkpoint: \w+"):
+        read_checkpoint(f)
+    assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"^checkpoint .*missing\.ckpt not found$"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_fallback_failure_message(tmp_path, monkeypatch):
+    import pickle
+
+    calls = []
+
+    def fake_load(path, map_location=None, weights_only=None, pickle_module=None):
+        calls.append((map_location, weights_only, pickle_module))
+        if weights_only:
+            raise pickle.UnpicklingError("Weights only load failed.\nsecond line")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch, "load", fake_load)
+    f = tmp_path / "x.ckpt"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(f)
+    assert str(err.value) == (
+        f"could not read {f}: the weights-only loader refused it (Weights only load failed.) and the "
+        "tensors-only fallback failed (RuntimeError: boom). In the authors' environment, save just the "
+        "weights with: torch.save(torch.load(CKPT, map_location='cpu')['state_dict'], 'state_dict.pt') "
+        "and convert that file."
+    )
+    assert calls[0] == ("cpu", True, None) and calls[1][:2] == ("cpu", False)
+
+
+def test_safetensors_read_error_message(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+
+    def fail(*a, **k):
+        raise OSError()
+
+    monkeypatch.setattr(safetensors.torch, "load_file", fail)
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(f)
+    assert str(err.value) == (
+        f"{f} is not a readable safetensors file (OSError): it is truncated or corrupt; download or copy it again"
+    )
+
+
+class half:  # noqa: N801 - a foreign class that happens to share a torch dtype's name
+    def __init__(self) -> None:
+        self.x = 1
+
+
+class _Args:
+    def __reduce__(self):
+        return (_Args, (1, "two"))
+
+
+def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_path):
+    small = {k: v for k, v in ckpt_sd.items() if k.startswith("backbone.")}
+    ckpt = tmp_path / "hp.ckpt"
+    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args()}
+    torch.save({"state_dict": small, "hyper_parameters": hp}, ckpt)
+    obj = read_checkpoint(ckpt)["hyper_parameters"]
+    assert obj["dtype"] is torch.bfloat16  # torch's own dtypes resolve
+    assert type(obj["cfg"]).__module__ == f"chada.opaque.{_HyperParams.__module__}"
+    assert type(obj["cfg"]).__name__ == "_HyperParams" and obj["cfg"]._state == {"lr": 1e-4, "name": "dino"}
+    assert type(obj["half"]).__module__.startswith("chada.opaque.")  # not torch.half: only module "torch" resolves
+    assert obj["args"]._args == (1, "two")
+
+
+def test_reshape_and_unwrap_errors(student_sd):
+    for bad in (torch.zeros(1, 2, 5, D), torch.zeros(2, 1, 5, D), torch.zeros(1, 5, D)):
+        sd = dict(student_sd, pos_embed=bad)
+        message = f"official pos_embed must be [1, 1, 1+N, D], got {tuple(bad.shape)}"
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            convert_official_state_dict(sd)
+    for bad in (torch.zeros(1, CMAX, 2, D), torch.zeros(2, CMAX, 1, D), torch.zeros(CMAX, 1, D)):
+        sd = dict(student_sd, channel_token=bad)
+        with pytest.raises(ValueError, match=r"^official channel_token must be \[1, C_max, 1, D\], got "):
+            convert_official_state_dict(sd)
+    with pytest.raises(TypeError, match=r"^expected a state dict or a Lightning checkpoint dict, got list$"):
+        convert_official_state_dict([1, 2])
+    with pytest.raises(TypeError, match=r"^official key 'norm\.bias' holds a int, not a tensor$"):
+        convert_official_state_dict(dict(student_sd, **{"norm.bias": 3}))
+    sd = dict(student_sd, **{"head.a": torch.zeros(1), "head.b": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"no counterpart in chada_vit_moyen_official\): \['head\.a', 'head\.b'\]$"):
+        convert_official_state_dict(sd)
+
+
+def test_backbone_selection_messages(ckpt_sd, student_sd):
+    assert select_official_backbone(ckpt_sd)[1] == "backbone."  # student by default
+    with pytest.raises(ValueError) as err:
+        select_official_backbone({"b": 1, "a": 2, **{f"k{i}": i for i in range(9)}})
+    assert str(err.value) == (
+        "no ChAda-ViT backbone found: no key ends with 'token_learner.proj.weight' (first keys: "
+        "['a', 'b', 'k0', 'k1', 'k2', 'k3', 'k4', 'k5']); is this the authors' checkpoint?"
+    )
+    student_only = {f"backbone.{k}": v for k, v in student_sd.items()}
+    with pytest.raises(ValueError, match=r"no teacher backbone .*use --student / which='student'$"):
+        select_official_backbone(student_only, "teacher")
+    two = {f"a.{k}": v for k, v in student_sd.items()} | {f"b.{k}": v for k, v in student_sd.items()}
+    with pytest.raises(ValueError, match=r"^several backbones in the checkpoint \(\['a\.', 'b\.'\]\) and none is the student's; cannot choose$"):
+        select_official_backbone(two)
+
+
+def test_load_report_and_in_memory_source(ckpt_sd, tmp_path):
+    report = {}
+    model = load_official_checkpoint(ckpt_sd, report=report)  # the student by default
+    assert torch.equal(model.cls_token, ckpt_sd["backbone.cls_token"])
+    assert (report["source"], report["which"], report["prefix"]) == (None, "student", "backbone.")
+    assert report["model_name"] == "chada_vit_moyen_official" and report["overrides"] == {}
+    assert report["mapped"]["blocks.3.linear1.bias"] == "blocks.3.mlp.fc1.bias"
+    assert report["ignored"] == {"momentum_backbone": len(official_backbone(1)), "projector": 2, "momentum_projector": 1, "classifier": 1}
+    ckpt = tmp_path / "s.ckpt"
+    torch.save({"state_dict": ckpt_sd}, ckpt)
+    report = {}
+    load_official_checkpoint(ckpt, "teacher", report=report, num_heads=4)
+    assert report["source"] == str(ckpt) and report["prefix"] == "momentum_backbone." and report["overrides"] == {"num_heads": 4}
+    sd = dict(ckpt_sd)
+    bad = sd["backbone.norm.weight"].clone()
+    bad[0] = float("inf")
+    sd["backbone.norm.weight"] = bad
+    with pytest.raises(ValueError, match=r"^the checkpoint: NaN or inf weights in backbone\.norm\.weight"):
+        load_official_checkpoint(sd)
+    sd = dict(ckpt_sd)
+    sd["backbone.blocks.2.linear1.weight"] = torch.zeros(1024, D)
+    sd["backbone.blocks.5.linear2.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"fc1\.weight: checkpoint \(1024, 192\) vs model \(2048, 192\); blocks\.5\.mlp\.fc2\.bias"):
+        load_official_checkpoint(sd)
+
+
+def test_non_persistent_buffers_are_initialised(ckpt_sd, monkeypatch):
+    """A target whose model has a non-persistent buffer (not in any state dict) is built normally, not
+    on the meta device, so the buffer holds its value and not uninitialised memory."""
+    from chada.models import registry
+    from chada.models.chada_vit import ChAdaViT
+
+    monkeypatch.setattr(registry, "_ARCHS", dict(registry._ARCHS))
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+
+    class WithBuffer(ChAdaViT):
+        def __init__(self, config=None):
+            super().__init__(config)
+            self.register_buffer("scale", torch.full((64,), 2.5), persistent=False)
+
+    registry.register_arch("chada_vit_with_buffer")(WithBuffer)
+    arch, cfg, _ = registry.model_spec("chada_vit_moyen_official")
+    registry.register_model("official_with_buffer", "chada_vit_with_buffer", **cfg)
+    model = load_official_checkpoint(ckpt_sd, model_name="official_with_buffer")
+    assert torch.equal(model.scale, torch.full((64,), 2.5))
+    assert torch.equal(model.blocks[0].attn.qkv.weight, ckpt_sd["backbone.blocks.0.self_attn.in_proj_weight"])

@@ -412,3 +412,71 @@ def test_load_refuses_damaged_config(tmp_path, edit, match: str) -> None:
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         chada.load_model(folder)
+
+
+# ------------------------------------------------------------------ config and checks (mutation testing)
+def test_config_derived_sizes() -> None:
+    cfg = ChAdaViTConfig(embed_dim=20, mlp_ratio=2.5, patch_size=8, img_size=48, max_channels=3)
+    assert (cfg.grid_size, cfg.num_patches, cfg.hidden_dim, cfg.tokens(2)) == (6, 36, 50, 73)
+    assert ChAdaViTConfig(mlp_hidden=64).hidden_dim == 64
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"qkv_bias": False},
+        {"layer_scale": 0.1},
+        {"layer_scale": 0.1, "block": "official"},  # the official block has no layer scale
+        {"mlp_hidden": 40, "max_channels": 3, "img_size": 48, "depth": 3},
+    ],
+)
+def test_parameter_count_closed_form_with_options(overrides: dict) -> None:
+    model = chada.create_model("chada_vit_test", **overrides)
+    assert model.num_params() == model.config.expected_num_params()
+    D, depth = model.embed_dim, model.config.depth
+    counted = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+    ls = 2 * D if (overrides.get("layer_scale") and overrides.get("block", "prenorm") == "prenorm") else 0
+    qkv_bias = 0 if overrides.get("qkv_bias") is False else 3 * D
+    H = model.config.hidden_dim
+    assert counted == depth * (3 * D * D + qkv_bias + D * D + D + D * H + H + H * D + D + 4 * D + ls)
+
+
+def test_model_options_and_small_api() -> None:
+    with pytest.raises(ValueError, match=r"^img_size 36 is not a multiple of patch_size 8$"):
+        chada.create_model("chada_vit_test", img_size=36)
+    with pytest.raises(ValueError, match=r"^more channel_names than max_channels$"):
+        chada.create_model("chada_vit_test", max_channels=2, channel_names=["a", "b", "c"])
+    chada.create_model("chada_vit_test", max_channels=2, channel_names=["a", "b"])
+    model = make()
+    assert model.set_attention("varlen") is model and model.config.attention == "varlen"
+    assert model.attention_mode == "varlen"
+    assert model.no_weight_decay() == {"pos_embed", "cls_token", "channel_embed"}
+    assert (model.embedding_dim(), model.embedding_dim("all"), model.max_channels) == (32, 64, 10)
+    assert isinstance(make(block="official").blocks[0], chada.models.layers.OfficialBlock)
+    assert make(qkv_bias=False).blocks[1].attn.qkv.bias is None
+    assert make(block_norm_eps=1e-3).blocks[0].norm2.eps == 1e-3 and make(norm_eps=1e-4).norm.eps == 1e-4
+    out = model.forward_features(imgs(2))
+    with pytest.raises(ValueError, match=r"^pool must be 'cls' or 'all', got 'mean'$"):
+        model.forward_head(out, "mean")
+
+
+def test_input_check_messages() -> None:
+    model = make(max_channels=4)
+    with pytest.raises(ValueError) as err:
+        model(imgs(2, 5, 1, 6))
+    assert str(err.value) == "images [1, 3] have more than C_max=4 channels (largest: 6); this model cannot take them"
+    for ids in ([0, 4], [-1, 0]):
+        with pytest.raises(ValueError, match=r"^channel_ids must lie in 0\.\.3$"):
+            model(ChannelBatch.from_images(imgs(2), channel_ids=[ids]))
+    model(ChannelBatch.from_images(imgs(2), channel_ids=[[3, 0]]))
+    with pytest.raises(ValueError, match=r"^image size 32x36 is not divisible by the patch size 8; crop or resize to a multiple of 8$"):
+        model([torch.rand(1, 32, 36)])
+    x = imgs(1, 2, 3)
+    x[2][2, 0, 0] = float("inf")
+    x[1][0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"^NaN or inf pixels in images \[1, 2\]$"):
+        model(x)
+    batch = ChannelBatch.from_images(imgs(2))
+    batch.pixels = batch.pixels.to(torch.int32)  # changed after the batch checked it
+    with pytest.raises(TypeError, match=r"^pixels must be floating point, got torch\.int32$"):
+        model(batch)

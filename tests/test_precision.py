@@ -131,3 +131,103 @@ def test_bf16_inference_takes_the_explicit_path(monkeypatch) -> None:
     with autocast(torch.bfloat16, "cpu"):
         model(x).float().sum().backward()  # training keeps SDPA (it has a backward)
     assert not calls
+
+
+# ------------------------------------------------------------------ detection details (mutation testing)
+def test_reasons_name_the_deciding_fact() -> None:
+    assert resolve_precision("auto", cpu_flags=AVX2_ONLY) == (
+        torch.float32,
+        "fp32 (auto: the CPU reports neither amx_bf16 nor avx512_bf16)",
+    )
+    assert resolve_precision("auto", cpu_flags=ZEN4)[1] == "bf16 (auto: the CPU reports avx512_bf16)"
+    assert resolve_precision(" BF16 ", cpu_flags=ZEN4)[1] == "bf16 (as asked; the CPU reports avx512_bf16)"
+    assert resolve_precision("32", cpu_flags=ZEN4)[0] == torch.float32
+    assert resolve_precision("auto", "cuda", cuda_bf16=True)[1] == "bf16 (auto: this CUDA device supports bf16)"
+    assert resolve_precision("auto", "cuda", cuda_bf16=False)[1] == "fp32 (auto: this CUDA device has no native bf16)"
+    assert resolve_precision("bf16", "cuda", cuda_bf16=False)[1] == (
+        "bf16 (as asked, but this CUDA device has no native bf16: it is emulated and may run slower than fp32)"
+    )
+    assert resolve_precision("auto", "meta")[1] == "fp32 (auto: chada does not check bf16 support on meta devices)"
+
+
+def test_cuda_check_is_asked_for_the_given_device(monkeypatch) -> None:
+    """Without an override the CUDA device itself is asked, for native (not emulated) bf16."""
+    from chada.models import precision
+
+    real = precision.cuda_bf16_supported
+    asked = []
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device: asked.append(device) or True)
+    assert resolve_precision("auto", "cuda:1")[0] == torch.bfloat16
+    assert asked == [torch.device("cuda:1")]
+
+    calls = []
+
+    class FakeDevice:
+        def __init__(self, device):
+            calls.append(("device", device))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: calls.append(including_emulation) or True)
+    assert real(torch.device("cuda:1")) is True
+    assert calls == [("device", torch.device("cuda:1")), False]  # inside the device, emulation not counted
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert real(torch.device("cuda:0")) is False
+
+
+def test_cpu_feature_unites_cpuinfo_and_torch_probe(monkeypatch) -> None:
+    from chada.models import precision
+
+    monkeypatch.setattr(precision, "read_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(precision, "_torch_cpu_probe", lambda: frozenset({"avx512_bf16"}))
+    assert cpu_bf16_feature() == "avx512_bf16"
+    monkeypatch.setattr(precision, "read_cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(precision, "_torch_cpu_probe", lambda: frozenset())
+    assert cpu_bf16_feature() == "amx_bf16"
+    assert cpu_bf16_feature([]) is None  # an explicit empty set is not "read this machine"
+
+
+def test_torch_probe_maps_each_probe_to_its_flag(monkeypatch) -> None:
+    from chada.models import precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert precision._torch_cpu_probe() == {"amx_bf16"}
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert precision._torch_cpu_probe() == {"avx512_bf16"}
+
+    def broken():
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert precision._torch_cpu_probe() == frozenset()  # a failing or missing private probe is no flag
+
+
+def test_cpuinfo_aarch64_features_and_colons(tmp_path, monkeypatch) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\nmodel name\t: Vendor: Chip 3000 @ 2:1\n")
+    assert read_cpu_flags(info) == {"fp", "asimd", "bf16"}
+    assert cpu_model_name(info) == "Vendor: Chip 3000 @ 2:1"
+    import platform
+
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    assert cpu_model_name(tmp_path / "missing") == "riscv64"
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64 proc")
+    assert cpu_model_name(tmp_path / "missing") == "x86_64 proc"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "")
+    assert cpu_model_name(tmp_path / "missing") == "unknown CPU"
+
+
+def test_precision_name_of_other_dtypes() -> None:
+    assert precision_name(torch.float32) == "fp32" and precision_name(torch.bfloat16) == "bf16"
+    assert precision_name(torch.float16) == "float16" and precision_name(torch.float64) == "float64"

@@ -302,8 +302,8 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
                 f"save just the weights with: torch.save(torch.load(CKPT, map_location='cpu')['state_dict'], "
                 f"'state_dict.pt') and convert that file."
             ) from exc
-    except RuntimeError as exc:
-        raise ValueError(f"could not read {path} as a torch checkpoint: {exc}") from exc
+    except Exception as exc:  # a corrupt file makes the unpickler raise anything (KeyError, EOFError, ...)
+        raise ValueError(f"could not read {path} as a torch checkpoint: {type(exc).__name__}: {exc}") from exc
 
 
 def load_official_checkpoint(

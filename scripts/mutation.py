@@ -1,0 +1,162 @@
+"""Mutation testing of one chada module with mutmut 3 (see docs/testing.md).
+
+    pip install -e ".[test,mutation]"                 # mutmut, into your dev environment only
+    flock /tmp/chada-cpu.lock python scripts/mutation.py models/layers.py
+    python scripts/mutation.py --list                  # the modules and the tests each one runs
+    python scripts/mutation.py models/layers.py --survivors   # diffs of the survivors of the last run
+
+Each module runs in its own scratch folder ``.mutation/<module>/`` (git-ignored): a fresh copy of
+``src/`` and ``tests/`` and a ``pyproject.toml`` whose ``[tool.mutmut]`` section mutates that one file
+and runs only the test files listed for it in ``MODULES`` below (the fast ones, ``-m "not slow"``).
+mutmut then runs, for each mutant, only the tests that called the mutated function, and stops at
+the first failure. A fresh folder every run (unless ``--resume``) keeps mutmut's result cache from
+reporting verdicts that tests added since then would change.
+
+The summary line (total / killed / survived / timeout / other, and the killed share) is printed and
+written to ``.mutation/<module>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+
+# module (relative to src/chada) -> the test files that exercise it
+_MODEL_CORE = ["tests/test_model.py", "tests/test_packed.py", "tests/test_model_math.py"]
+MODULES: dict[str, list[str]] = {
+    "models/layers.py": _MODEL_CORE + ["tests/test_layers.py", "tests/test_precision.py", "tests/test_convert.py"],
+    "models/chada_vit.py": _MODEL_CORE + ["tests/test_precision.py", "tests/test_convert.py"],
+    "models/batch.py": _MODEL_CORE + ["tests/test_batch.py"],
+    "models/dense.py": _MODEL_CORE + ["tests/test_dense.py", "tests/test_baselines.py"],
+    "models/precision.py": ["tests/test_precision.py"],
+    "models/registry.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py"],
+    "models/hub.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py", "tests/test_channels.py"],
+    "models/convert.py": ["tests/test_convert.py"],
+    "models/baselines.py": [
+        "tests/test_baselines.py",
+        "tests/test_baselines_math.py",
+        "tests/test_baselines_attention.py",
+        "tests/test_model.py",
+    ],
+    "data/channels.py": ["tests/test_channels.py"],
+    "data/channel_names.py": ["tests/test_channels.py", "tests/test_data_manifest.py"],
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+          37: "caught by type check", -11: "segfault", -9: "segfault", None: "not checked"}  # fmt: skip
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(module: str, fresh: bool) -> Path:
+    """Scratch folder for ``module``: copies of src/ and tests/, pyproject.toml with [tool.mutmut]."""
+    work = WORK / module.replace("/", "__").removesuffix(".py")
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("src", "tests"):
+        if not (work / name).exists():
+            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    tests = [t for t in MODULES[module] if (ROOT / t).exists()]
+    section = f"""
+[tool.mutmut]
+source_paths = ["src"]
+only_mutate = ["src/chada/{module}"]
+pytest_add_cli_args_test_selection = {_toml_list(tests)}
+pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+use_git_change_detection = false
+"""
+    text = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(text + section)
+    return work
+
+
+def summarise(work: Path, module: str) -> dict:
+    meta = work / "mutants" / "src" / "chada" / f"{module}.meta"
+    data = json.loads(meta.read_text())
+    statuses = {k: STATUS.get(v, "suspicious") for k, v in data["exit_code_by_key"].items()}
+    counts = Counter(statuses.values())
+    total = len(statuses)
+    killed = counts.get("killed", 0)
+    return {
+        "module": f"chada/{module}",
+        "total": total,
+        "killed": killed,
+        "survived": counts.get("survived", 0),
+        "timeout": counts.get("timeout", 0),
+        "other": {k: v for k, v in counts.items() if k not in ("killed", "survived", "timeout")},
+        "killed_pct": round(100.0 * killed / total, 1) if total else None,
+        "survivors": sorted(k for k, s in statuses.items() if s != "killed"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("module", nargs="?", help="path under src/chada, e.g. models/layers.py")
+    p.add_argument("--list", action="store_true", help="list the modules and their tests")
+    p.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
+    p.add_argument("--resume", action="store_true", help="keep the scratch folder and mutmut's cache")
+    p.add_argument("--survivors", action="store_true", help="show the diff of every surviving mutant")
+    p.add_argument("--table", action="store_true", help="markdown rows of every module's last summary.json")
+    args = p.parse_args(argv)
+    if args.table:
+        for m in MODULES:
+            f = WORK / m.replace("/", "__").removesuffix(".py") / "summary.json"
+            if f.exists():
+                s = json.loads(f.read_text())
+                other = ", ".join(f"{k} {v}" for k, v in s["other"].items()) or "0"
+                print(f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']} | {s['timeout']} | {other} "
+                      f"| {s['killed_pct']} % | {s['wall_s']} s |")
+        return 0
+    if args.list or not args.module:
+        for m, tests in MODULES.items():
+            print(f"{m:24s} {' '.join(tests)}")
+        return 0
+    if args.module not in MODULES:
+        p.error(f"unknown module {args.module!r}; known: {', '.join(MODULES)}")
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
+    if args.survivors:
+        work = WORK / args.module.replace("/", "__").removesuffix(".py")
+        summary = summarise(work, args.module)
+        for name in summary["survivors"]:
+            subprocess.run([mutmut, "show", name], cwd=work, check=False)
+        return 0
+    work = prepare(args.module, fresh=not args.resume)
+    # one torch thread per worker: --max-children workers share the machine's cores
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    start = time.time()
+    cmd = [mutmut, "run", "--max-children", str(args.max_children)]
+    if sys.stdout.isatty():
+        rc = subprocess.run(cmd, cwd=work, env=env).returncode
+    else:  # mutmut's progress spinner is one long line: keep it out of logs
+        print(f"running mutmut on {args.module} in {work} (progress: {work / 'mutmut.log'})", flush=True)
+        with open(work / "mutmut.log", "w") as log:
+            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    summary = summarise(work, args.module)
+    summary["wall_s"] = round(time.time() - start)
+    summary["mutmut_rc"] = rc
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    other = ", ".join(f"{k} {v}" for k, v in summary["other"].items()) or "-"
+    print(
+        f"\n{summary['module']}: {summary['total']} mutants, killed {summary['killed']}, survived "
+        f"{summary['survived']}, timeout {summary['timeout']}, other {other}: {summary['killed_pct']} % killed "
+        f"({summary['wall_s']} s)"
+    )
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
