@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from chada.pipeline.dense_stage import dense_section
 from chada.pipeline.report import Section, machine_description, write_report
 from chada.pipeline.settings import ENCODERS, TASKS
 
@@ -94,6 +95,7 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
             "layers (the paper's BBBC021 protocol, decoder size scaled to 32 px, equal for every encoder)",
         ),
         Section("Headline: 100 % labels, CLS features (accuracy % / R² x 100)", headline_table(summary)),
+        *[sec for sec in (dense_section(s.out),) if sec is not None],
         Section(
             "All results and diagnostics",
             results_md,
