@@ -22,7 +22,7 @@
         otsu_channel: null       # channel for Otsu (default: the first nuclear stain by name, else channel 0)
         heads: [linear, mlp]
         hidden: 64               # units of the mlp head
-        steps: 500               # Adam steps per head
+        steps: 300               # Adam steps per head
         lr: 3.0e-2               # cosine-decayed
         batch_size: 64           # tiles per step (token-resolution features)
         seeds: 3                 # head initialisation and batch order (default: the config's seeds)
@@ -75,7 +75,7 @@ class DenseTask:
     otsu_channel: str | int | None = None
     heads: list[str] = field(default_factory=lambda: list(HEADS))
     hidden: int = 64
-    steps: int = 500
+    steps: int = 300
     lr: float = 3e-2
     batch_size: int = 64
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -184,7 +184,7 @@ def _parse_one(i: int, t: Any, base: Path, seeds: list[int]) -> DenseTask:
         channels=str(t.get("channels", "each")),
         baselines=_choices(label, t.get("baselines", list(BASELINES)), BASELINES, "baselines"),
         otsu_channel=t.get("otsu_channel"), heads=heads, hidden=_int(t.get("hidden", 64), "hidden"),
-        steps=_int(t.get("steps", 500), "steps"), lr=float(t.get("lr", 3e-2)),
+        steps=_int(t.get("steps", 300), "steps"), lr=float(t.get("lr", 3e-2)),
         batch_size=_int(t.get("batch_size", 64), "batch_size"), seeds=s, size_bins=bins,
         bootstrap=_int(t.get("bootstrap", 2000), "bootstrap"),
         figure_head=(t.get("figure_head") or heads[-1]) if heads else None,

@@ -80,9 +80,10 @@ def fit_head(
     steps: int = 300,
     batch_size: int = 64,
     pixels_per_step: int = 8192,
-    lr: float = 5e-3,
+    lr: float = 3e-2,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    num_threads: int | None = 1,
 ) -> DenseHead:
     """Train a head on training features ``maps [N, F, h, w]`` against ``labels [N, T, T]``.
 
@@ -90,10 +91,25 @@ def fit_head(
     initialisation and the draws. Token-resolution features (``h < T``): each step takes
     ``batch_size`` tiles (a seeded shuffle) and scores the resized logits on all their pixels.
     Pixel-resolution features (``h == T``): each step takes ``pixels_per_step`` labelled pixels drawn
-    from the whole training set, since every pixel is its own sample there.
+    from the whole training set, since every pixel is its own sample there. The learning rate
+    follows a cosine decay. ``num_threads``: torch threads during the fit (None: unchanged); these
+    steps are tiny, and on a loaded 2-core machine 2 threads ran a 150-step fit in 6.9 s, 1 in 0.1 s.
     """
     if len(maps) != len(labels) or len(maps) == 0:
         raise ValueError(f"{len(maps)} feature maps for {len(labels)} label tiles")
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _fit(maps, labels, kind, hidden, steps, batch_size, pixels_per_step, lr, weight_decay, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(
+    maps: np.ndarray, labels: np.ndarray, kind: str, hidden: int, steps: int, batch_size: int,
+    pixels_per_step: int, lr: float, weight_decay: float, seed: int,
+) -> DenseHead:  # fmt: skip
     torch.manual_seed(seed)
     head = DenseHead(maps.shape[1], kind, hidden)
     _standardise(head, maps)
