@@ -76,12 +76,12 @@ def model_maps(
     if size % p:
         raise ValueError(f"image size {size} is not a multiple of the model's patch size {p}; set image_size")
     policy = ChannelPolicy.from_model(module)
-    names = [list(channel_names)] * 1
+    names = list(channel_names)
     module.eval()
     out: list[np.ndarray] = []
     for s in range(0, len(tiles), batch_size):
         x = _resize(torch.from_numpy(np.ascontiguousarray(tiles[s : s + batch_size])), size).to(device)
-        batch = policy.batch(list(x), names * len(x))
+        batch = policy.batch(list(x), [names] * len(x))
         maps = module.forward_dense(batch, channels=channels).maps.float()
         if channels == "each":
             maps = maps.flatten(1, 2)  # [B, C, D, h, w] -> [B, C*D, h, w], channel-major
