@@ -20,11 +20,13 @@ def quickstart_dir(tmp_path_factory):
 
 def test_report_files_exist_and_are_not_empty(quickstart_dir) -> None:
     for name in ("report.md", "report.html", "figures/attention.png", "figures/projection.png",
-                 "evaluation/fig1_cls.png", "evaluation/fig4_cls.png", "evaluation/results_summary.csv"):  # fmt: skip
+                 "evaluation/fig1_cls.png", "evaluation/fig4_cls.png", "evaluation/results_summary.csv",
+                 "dense/dense_dsb2018_nuclei.png", "dense/probes/dsb2018_nuclei/chada_vit_mlp.safetensors"):  # fmt: skip
         path = quickstart_dir / name
         assert path.exists() and path.stat().st_size > 1000, name
     html = (quickstart_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 4  # pictures are embedded, the file stands alone
+    assert html.count("data:image/png;base64,") >= 5  # pictures are embedded, the file stands alone
+    assert "## Dense: nuclei segmentation" in (quickstart_dir / "report.md").read_text()
 
 
 def test_report_table_has_every_model_and_task(quickstart_dir) -> None:

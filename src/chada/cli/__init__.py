@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "pretrain",
     "evaluate",
     "attention",
+    "segment",
     "project",
     "convert",
     "features",

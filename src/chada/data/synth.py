@@ -29,6 +29,11 @@ Labels (manifest columns):
   spot counts, sizes, intensities, haze and noise are drawn independently of the class, so EACH
   channel's distribution is exactly the same in both classes: only the relation between the two
   channels carries the label.
+
+Masks: every image comes with its ground truth (:data:`MASK_NAMES`: ``cell``, ``nucleus``, ``MarkerA``,
+``MarkerB`` and ``MarkerB_in_MarkerA``, the relation mask), in ``SynthInfo.masks`` and, from
+:func:`generate`, as ``<image_id>_masks.tif`` beside the image (manifest columns ``mask_file``,
+``mask_names``). The dense segmentation task (:mod:`chada.tasks.dense`) scores probes against them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "ASSAYS",
     "SIZE_CLASSES",
     "MARKER_PATTERNS",
+    "MASK_NAMES",
     "SynthInfo",
     "render_cell",
     "generate",
@@ -71,6 +77,11 @@ SPOT_SIGMA = (0.8, 1.6)
 SPOT_SEPARATION = 2.5
 SPOT_AMPLITUDE = (0.5, 1.0)
 DOMAIN_WIDTH = (0.45, 0.65)
+# The ground-truth masks every rendered cell comes with (planes of its ``*_masks.tif``, in this order).
+# "MarkerB_in_MarkerA" is defined only by the relation of the two marker channels: MarkerB's region
+# inside MarkerA's. With the "domain" pattern it is MarkerB's sector when the markers co-localise
+# (label 1) and empty when they sit in opposite sectors (label 0).
+MASK_NAMES = ("cell", "nucleus", "MarkerA", "MarkerB", "MarkerB_in_MarkerA")
 
 
 @dataclass
@@ -81,6 +92,7 @@ class SynthInfo:
     radius: float
     coloc: int
     n_spots: int
+    masks: dict[str, np.ndarray] | None = None  # name (MASK_NAMES) -> bool [size, size]
 
 
 def _gauss_blobs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, sig: np.ndarray, amp: np.ndarray) -> np.ndarray:
@@ -208,7 +220,32 @@ def render_cell(
         p = p + 0.03 + rng.normal(0, 0.02, (size, size))
         planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
     img = np.stack(planes, 0)
-    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1)
+    if pattern == "domain":
+        regions = [_sector(phi, ang, wid) & (body > 0.5) for ang, wid in ((ang_a, wid_a), (ang_b, wid_b))]
+    else:
+        regions = [_discs(yy, xx, pos, 1.5 * sig) for pos, sig in ((pos_a, sig_a), (pos_b, sig_b))]
+    masks = dict(zip(MASK_NAMES, (dist < radius, nuc_d < n_r, *regions, regions[0] & regions[1])))
+    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1, masks=masks)
+
+
+def _sector(phi: np.ndarray, angle: float, width: float) -> np.ndarray:
+    """Pixels within one angular sigma of a marker domain's centre angle (where it is above 61 % of its peak)."""
+    return np.abs(np.angle(np.exp(1j * (phi - angle)))) < width
+
+
+def _discs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    out = np.zeros(yy.shape, bool)
+    for (py, px), r in zip(pos, radius):
+        out |= (yy - py) ** 2 + (xx - px) ** 2 < r * r
+    return out
+
+
+def write_masks(path: str | Path, masks: dict[str, np.ndarray]) -> None:
+    """The masks of one cell as a ``[len(MASK_NAMES), H, W]`` uint8 (0/1) TIFF, planes in MASK_NAMES order."""
+    import tifffile
+
+    data = np.stack([np.asarray(masks[n], np.uint8) for n in MASK_NAMES])
+    tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
 
 
 def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
@@ -247,6 +284,7 @@ def generate(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     manifest_name: str = "manifest.csv",
     marker_pattern: str | None = None,
+    masks: bool = True,
 ) -> Path:
     """Write synthetic images + ``manifest.csv`` into ``out_dir``; return the manifest path.
 
@@ -258,6 +296,9 @@ def generate(
             (custom assays with >1 channel are stored as per-channel TIFFs, 1 channel as 16-bit PNG).
         marker_pattern: ``"spots"`` or ``"domain"`` for MarkerA/MarkerB (None: the module's
             ``MARKER_PATTERN``); recorded in the manifest's ``marker_pattern`` column.
+        masks: also write each image's ground-truth masks beside it (``<image_id>_masks.tif``,
+            planes :data:`MASK_NAMES`, uint8 0/1), named in the columns ``mask_file`` and
+            ``mask_names``. The images themselves are the same either way.
     """
     import pandas as pd
 
@@ -317,6 +358,10 @@ def generate(
                 n_spots=info.n_spots if has_pair else None,
                 marker_pattern=pattern if has_pair else None,
             )
+            if masks and info.masks is not None:
+                row["mask_file"] = f"{assay}/{iid}_masks.tif"
+                row["mask_names"] = ";".join(MASK_NAMES)
+                write_masks(out / row["mask_file"], info.masks)
             rows.append(row)
     df = pd.DataFrame(rows)
     df["interchannel_label"] = df["interchannel_label"].astype("Int64")

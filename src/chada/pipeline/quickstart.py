@@ -14,7 +14,9 @@ long ones resume from their own checkpoints/chunks):
    CKA, effective dimensionality, shortcut analyses).
 5. ``figures``: attention grid (ChAda-ViT vs One-Channel ViT) on a 5-channel image, joint PCA/UMAP
    of all datasets with the ChAda-ViT embedding.
-6. ``report``: ``OUT/report.md`` and ``OUT/report.html``.
+6. ``dense``: nucleus segmentation probes on the frozen encoders' dense maps, on the real DSB2018
+   image (:mod:`.dense_stage`).
+7. ``report``: ``OUT/report.md`` and ``OUT/report.html``.
 
 Modules: :mod:`.settings` (encoders, tasks, settings, stage markers), :mod:`.stages` (data, embed,
 evaluate, figures), :mod:`.pretraining` (the parallel DINO runs), :mod:`.summary` and :mod:`.report`
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from chada.io import atomic_write_bytes
 from chada.pipeline.console import quickstart_console
+from chada.pipeline.dense_stage import stage_dense
 from chada.pipeline.pretraining import pretrain_all
 from chada.pipeline.settings import QuickstartSettings, Stages
 from chada.pipeline.stages import stage_data, stage_embed, stage_evaluate, stage_figures
@@ -60,6 +63,7 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
         emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers, untrained, log))
         ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained, log))
         figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"], log))
+        stages.run("dense", lambda: stage_dense(s, teachers, untrained))
     timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
     timings["total (this run)"] = time.perf_counter() - t_all
     run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}

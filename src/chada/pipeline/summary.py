@@ -12,6 +12,7 @@ import pandas as pd
 from chada.eval.report import FAMILY_ORDER, format_score
 from chada.io import atomic_write_bytes
 from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
+from chada.pipeline.dense_stage import dense_section
 from chada.pipeline.report import Section, machine_description, write_report
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
@@ -137,6 +138,7 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
             headline_table(summary),
         ),
         *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
+        *[sec for sec in (dense_section(s.out),) if sec is not None],
         Section(
             "All results and diagnostics",
             results_md,

@@ -17,6 +17,15 @@ Sections read here on top of :mod:`chada.eval.config`::
         models: {chada: runs/chada/final, chada_untrained: {model: chada_vit_moyen, seed: 0}}
         image_size: 224
 
+    dense:                         # segmentation probes on frozen dense features, see chada.tasks.dense
+      - name: dsb2018_nuclei
+        source: dsb2018
+        models: {chada: runs/chada/final, handmade: handmade}
+
+Dense tasks (:mod:`chada.tasks.dense`) add rows of kind ``"dense"`` (metrics ``dense_iou``,
+``dense_dice``; ``feature`` = the probe head; chance = all background, 0), and write
+``dense_<name>.md/.csv/.png`` with 95 % bootstrap intervals and the probes for ``chada segment``.
+
 Reconstruction tasks (parsed by :func:`chada.tasks.reconstruction.parse_reconstruction_tasks`) run
 frozen encoders on a manifest and add rows of kind ``"reconstruction"`` (metrics ``recon_mse``,
 ``recon_mae``, ``recon_r2``; fraction 1.0; chance = the metric of predicting the training mean,
@@ -46,6 +55,8 @@ from chada.eval.config import (
 )
 from chada.eval.diagnostics_table import compute_diagnostics
 from chada.eval.protocol import RESULT_COLUMNS, Loader, run_feature_tasks
+from chada.io import atomic_write_text
+from chada.tasks.dense import dense_markdown, parse_dense_tasks, run_dense_task, write_dense_outputs
 from chada.tasks.reconstruction import (
     parse_reconstruction_tasks,
     plot_reconstruction_examples,
@@ -80,8 +91,9 @@ def normalize_config(
         test_fraction=float(settings["test_fraction"]),
         num_threads=None if settings["torch_threads"] is None else int(settings["torch_threads"]),
     )
-    if not raw.get("tasks") and not settings["reconstruction"]:
-        raise ValueError("the config names no tasks (neither tasks: nor reconstruction:)")
+    settings["dense"] = parse_dense_tasks(raw.get("dense"), base, seeds=seed_list(settings["seeds"]))
+    if not raw.get("tasks") and not settings["reconstruction"] and not settings["dense"]:
+        raise ValueError("the config names no tasks (neither tasks:, reconstruction: nor dense:)")
     return settings, models, parse_tasks(raw, base, settings, models)
 
 
@@ -120,6 +132,8 @@ def run_evaluation(
         results = _run(settings, models, tasks, progress, log)
     if print_table:
         report.print_tables(results, results.attrs["diagnostics"])
+        for outcome in results.attrs.get("dense") or []:
+            print(dense_markdown(outcome))
     if write:
         extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
         if results.attrs.get("reconstruction_info"):
@@ -130,6 +144,7 @@ def run_evaluation(
                 plot_results(report.summarize(results), out)
                 for ex in results.attrs.get("reconstruction_examples") or []:
                     plot_reconstruction_examples(ex, out)
+        _write_dense(results.attrs.get("dense") or [], out, plots)
     return results
 
 
@@ -150,6 +165,17 @@ def _step(log: Callable[[str], None], what: str) -> Iterator[None]:
     log(f"{what}: done in {time.perf_counter() - t0:.0f} s")
 
 
+def _write_dense(outcomes: list[Any], out: Path, plots: bool) -> None:
+    """Each dense task's interval table, figure and probes (chada.tasks.dense.report), also in results.md."""
+    for outcome in outcomes:
+        write_dense_outputs(outcome, out, plots=plots)
+    if outcomes:
+        md = out / "results.md"
+        text = md.read_text() if md.exists() else ""
+        parts = [text.rstrip(), "\n## Dense segmentation (IoU / Dice with 95 % intervals)\n"]
+        atomic_write_text(md, "\n".join(parts + [dense_markdown(o) for o in outcomes]))
+
+
 def _run(
     settings: dict[str, Any], models: dict[str, ModelSpec], tasks: list[TaskSpec], progress: bool,
     log: Callable[[str], None],
@@ -167,11 +193,16 @@ def _run(
         rows.extend(outcome.rows)
         recon_info.extend(outcome.info)
         recon_examples.append(outcome.examples)
+    dense = [run_dense_task(dtask, progress=progress) for dtask in settings.get("dense") or []]
+    for d in dense:
+        rows.extend(d.rows)
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     with _step(log, "diagnostics (baseline ratios, CKA, participation ratio, shortcut probes)"):
         diagnostics = compute_diagnostics(results, settings, models, tasks, loader)
     results.attrs["diagnostics"] = diagnostics
     results.attrs["elapsed_s"] = time.perf_counter() - t0
+    if dense:
+        results.attrs["dense"] = dense
     if recon_info:
         results.attrs["reconstruction_info"] = recon_info
         results.attrs["reconstruction_examples"] = recon_examples
