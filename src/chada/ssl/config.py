@@ -144,6 +144,9 @@ class DataConfig:
     split: str | None = "train"  # null = every row of the manifest
     datasets: list[str] | None = None
     normalize: str = "percentile"
+    # NaN/inf pixels: "error" names the image, channel and file; "replace" fills them with the channel's
+    # median (a warning per image). Shards hold pixels checked when `chada data shard` wrote them.
+    nan_policy: str = "error"
     size: int | None = None  # resize every image to this size before cropping
     channel_vocab: list[str] | str | None = None  # null: slot = position (paper); "auto": names in the corpus
     num_workers: int = 2
@@ -203,6 +206,7 @@ class PretrainConfig:
         from chada.data.normalize import METHODS
 
         _choice("data.normalize", self.data.normalize, METHODS)
+        _choice("data.nan_policy", self.data.nan_policy, ("error", "replace"))
         from chada.models.registry import model_spec
 
         model_spec(self.model.name)  # unknown model: ValueError listing the registered names

@@ -499,6 +499,7 @@ class Trainer:
             base = ManifestDataset(
                 cfg.data.manifest, root=cfg.data.root, split=cfg.data.split, datasets=cfg.data.datasets,
                 transform=self.augment, size=cfg.data.size, normalize=cfg.data.normalize,
+                nan_policy=cfg.data.nan_policy,
             )  # fmt: skip
             if len(base) < bs * world:
                 raise ValueError(
