@@ -11,7 +11,7 @@ def test_build_parser_does_not_import_torch():
         "import sys\n"
         "from chada.cli import build_parser\n"
         "build_parser().format_help()\n"
-        "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn', 'scipy', 'pandas') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -17,10 +17,12 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs ~0.2 s, and `chada --help` builds the import parsers
+    import pandas as pd
 
 __all__ = [
     "IMPORTERS",
@@ -129,6 +131,8 @@ def grouped_split(
 
 def finish_manifest(rows: list[dict[str, Any]], out: Path, dataset: str, name: str = "manifest.csv") -> Path:
     """Write ``rows`` as ``OUT/manifest.csv`` atomically (temp file + rename); return its path."""
+    import pandas as pd
+
     from chada.data.manifest import write_manifest
 
     if not rows:
