@@ -48,6 +48,9 @@ def test_evaluate_writes_the_dense_table_figure_and_probes(trained) -> None:
     assert set(long.model) == {"vit", "handmade", "otsu", "all_background"}
     meta = json.loads((ev / "probes/nuclei/vit_linear.json").read_text())
     assert meta["channel_names"] == ["Nuclei"] and meta["tile"] == 32 and len(meta["fingerprint"]) == 40
+    from chada.models.precision import precision_name, resolve_precision
+
+    assert meta["precision"] == precision_name(resolve_precision("auto", "cpu")[0])  # evaluate's default
 
 
 @pytest.mark.parametrize("model", ["vit", "handmade"])

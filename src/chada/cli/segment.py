@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.attention import load_image
     from chada.encode.encoders import resolve_model
-    from chada.models.precision import resolve_precision
+    from chada.models.precision import precision_name, resolve_precision
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
@@ -121,5 +121,7 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {threshold:g})"
     )
     if module is not None:  # said once the probe accepted the model: a refused model's error stays one line
-        print(f"precision: {reason}")
+        trained = probe.meta.get("precision")
+        other = trained and trained != precision_name(dtype)
+        print(f"precision: {reason}" + (f"; note: the probe was fitted on {trained} features" if other else ""))
     return 0
