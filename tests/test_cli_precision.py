@@ -201,3 +201,31 @@ def test_evaluate_of_feature_files_runs_no_model_and_says_no_precision(data, tmp
                  "--test-fraction", "0.5", "--out", str(tmp_path / "ev"), "--quiet", "--no-plots"]) == 0  # fmt: skip
     assert "precision:" not in capfd.readouterr().err
     assert "precision" not in json.loads((tmp_path / "ev" / "results.json").read_text())["extra"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
+def test_quickstart_option_reaches_its_settings(tmp_path, monkeypatch, argv, expected):
+    import chada.pipeline.quickstart as qs
+
+    got = []
+    monkeypatch.setattr(qs, "run_quickstart", lambda s: got.append(s) or tmp_path / "report.md")
+    assert main(["quickstart", "--fast", "--out", str(tmp_path / "qs"), *argv]) == 0
+    assert got[0].precision == expected
+
+
+def test_quickstart_embedding_stage_runs_in_its_precision(data, tmp_path, monkeypatch):
+    import chada.encode.embed as embed_api
+    import chada.encode.handmade as handmade
+    from chada.pipeline.settings import QuickstartSettings
+    from chada.pipeline.stages import EMBED_GROUPS, stage_embed
+
+    root, manifest = data
+    seen: list = []
+    monkeypatch.setattr(embed_api, "embed_manifest", lambda *a, **k: seen.append(k["dtype"]))
+    monkeypatch.setattr(handmade, "features_for_manifest", lambda *a, **k: None)
+    lines: list[str] = []
+    model = {"chada_vit": str(root / "packed")}
+    s = QuickstartSettings.make(tmp_path, precision="bf16")
+    result = stage_embed(s, dict.fromkeys(EMBED_GROUPS, str(manifest)), model, model, log=lines.append)
+    assert seen == [torch.bfloat16] * (2 * len(EMBED_GROUPS))  # trained + untrained, every group
+    assert result["precision"] == "bf16" and "[embed] precision: bf16 (as asked" in lines[0]
