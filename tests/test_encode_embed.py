@@ -52,8 +52,8 @@ def test_cli_embed_chada(mixed, tmp_path, capsys):
     out = tmp_path / "emb.npz"
     rc = main(
         ["embed", "--model", "chada_vit_test", "--manifest", str(mixed), "--out", str(out),
-         "--batch-size", "4", "--seed", "7", "--quiet"]
-    )
+         "--batch-size", "4", "--seed", "7", "--precision", "fp32", "--quiet"]
+    )  # fp32: compared with the model run directly below
     assert rc == 0
     assert "12 images" in capsys.readouterr().out
     emb = load_embeddings(out)
@@ -194,7 +194,7 @@ def test_recorded_image_size_is_used_and_said(tmp_path, capsys, caplog):
     capsys.readouterr()
     with caplog.at_level("INFO"):
         assert main(["embed", "--model", str(run / "teacher"), "--manifest", str(man), "--out",
-                     str(tmp_path / "r.npz"), "--quiet"]) == 0  # fmt: skip
+                     str(tmp_path / "r.npz"), "--precision", "fp32", "--quiet"]) == 0  # fmt: skip
     assert "image size: 16 x 16 px (recorded by the model" in capsys.readouterr().out
     assert "the size the model was trained at" in caplog.text
     rec = load_embeddings(tmp_path / "r.npz")

@@ -46,6 +46,8 @@ def test_report_table_has_every_model_and_task(quickstart_dir) -> None:
 def test_rerun_reuses_finished_stages(quickstart_dir, capsys) -> None:
     stages = {p.stem: json.loads(p.read_text()) for p in (quickstart_dir / "stages").glob("*.json")}
     assert {"data", "embed", "evaluate", "figures"} <= set(stages)
+    settings = json.loads((quickstart_dir / "settings.json").read_text())
+    assert settings["precision"] == stages["embed"]["precision"] == "fp32"  # the README's numbers are fp32
     assert main(["quickstart", "--fast", "--out", str(quickstart_dir)]) == 0
     out = capsys.readouterr().out
     assert out.count("already done") == len(stages)

@@ -119,10 +119,20 @@ def test_reordered_files_and_mixed_channel_sets(coloc, tmp_path):
         load_subset_data(tmp_path / "bad.csv", root=coloc.parent, progress=False)
 
 
-def test_cli_subsets(coloc, tmp_path, capsys):
+def test_cli_subsets(coloc, tmp_path, capsys, monkeypatch):
     import argparse
+    import json
 
+    import chada.tasks.channel_subsets.data as subset_data
     from chada.cli import subsets
+
+    real, seen = subset_data.embed_images, set()
+
+    def spy(*a, **k):  # the dtype --precision resolves to reaches every forward pass
+        seen.add(k.get("dtype"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(subset_data, "embed_images", spy)
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -130,13 +140,16 @@ def test_cli_subsets(coloc, tmp_path, capsys):
     args = parser.parse_args(["subsets", "--manifest", str(coloc), "--models", "untrained=chada_vit_test",
                               "--out", str(tmp_path / "o"), "--seeds", "1", "--max-subsets", "1",
                               "--metrics", "knn", "--train-split", "train", "val", "--quiet",
-                              "--channel-order", "MarkerB,DAPI,Actin,Mito,MarkerA"])  # fmt: skip
+                              "--channel-order", "MarkerB,DAPI,Actin,Mito,MarkerA", "--precision", "bf16"])  # fmt: skip
     assert args.func(args) == 0
+    assert seen == {torch.bfloat16}
+    assert json.loads((tmp_path / "o" / "channel_subsets.json").read_text())["precision"] == "bf16"
     out = pd.read_csv(tmp_path / "o" / "channel_subsets.csv")
     assert sorted(out["k"].unique()) == [1, 2, 3, 4, 5]
     assert out.loc[out["k"] == 5, "subset"].iloc[0] == "MarkerB+DAPI+Actin+Mito+MarkerA"
     assert out.loc[out["k"] == 5, "slots"].iloc[0] == "0;1;2;3;4"
-    assert "k=5" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "k=5" in captured.out and "precision: bf16 (as asked" in captured.err
     assert subsets.parse_models(["a=x", "runs/b/"]) == {"a": "x", "b": "runs/b/"}
     with pytest.raises(ValueError):
         subsets.parse_models(["a=x", "a=y"])

@@ -48,17 +48,29 @@ def test_evaluate_writes_the_dense_table_figure_and_probes(trained) -> None:
     assert set(long.model) == {"vit", "handmade", "otsu", "all_background"}
     meta = json.loads((ev / "probes/nuclei/vit_linear.json").read_text())
     assert meta["channel_names"] == ["Nuclei"] and meta["tile"] == 32 and len(meta["fingerprint"]) == 40
+    from chada.models.precision import precision_name, resolve_precision
+
+    assert meta["precision"] == precision_name(resolve_precision("auto", "cpu")[0])  # evaluate's default
 
 
 @pytest.mark.parametrize("model", ["vit", "handmade"])
-def test_segment_reproduces_the_task_score(trained, model) -> None:
-    """The whole image through chada segment: on the test half, the mask scores what the task scored."""
+def test_segment_reproduces_the_task_score(trained, model, capsys, monkeypatch) -> None:
+    """The whole image through chada segment: on the test half, the mask scores what the task scored
+    (both ran at the default --precision auto, so in the same precision)."""
+    import chada.tasks.dense.features as dense_features
+    from chada.models.precision import resolve_precision
+
+    real, seen = dense_features.model_maps, []
+    monkeypatch.setattr(dense_features, "model_maps", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
     root, image = trained
     out = root / f"mask_{model}.png"
     ref = str(root / "vit") if model == "vit" else "handmade"
     probe = root / "ev" / "probes" / "nuclei" / f"{model}_linear"
     assert main(["segment", "--model", ref, "--image", str(image), "--channel-names", "nuclei",
                  "--probe", str(probe), "--out", str(out)]) == 0  # fmt: skip
+    auto = resolve_precision("auto", "cpu")[0]
+    assert seen == ([auto] if model == "vit" else [])
+    assert ("precision: " in capsys.readouterr().out) == (model == "vit")
     from PIL import Image
 
     mask = np.asarray(Image.open(out)) == 255

@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a multiple of the patch size if needed",
     )
     o.add_normalize(p)
+    o.add_precision(p)
     p.add_argument(
         "--channel-ids",
         nargs="+",
@@ -109,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import chada
+    from chada.cli.options import precision_dtype
     from chada.data.normalize import normalize_channels
     from chada.io import check_writable_file
+    from chada.models.precision import autocast
     from chada.viz.attention import (
         channel_mass_table,
         compute_model_attention,
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channel_ids is not None and len(args.channel_ids) != C:
         raise ValueError(f"{len(args.channel_ids)} --channel-ids for {C} channels")
     image = torch.from_numpy(normalize_channels(raw, args.normalize))
+    dtype = precision_dtype(args, "cpu")  # the models run on the CPU
 
     specs = [args.model] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [Path(s).name or s for s in specs]
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 "pass --image-size S with S a multiple of both patch sizes"
             )
         print(f"{label}: image {C}x{img.shape[1]}x{img.shape[2]}, patch {patch}")
-        results.append(compute_model_attention(model, img, label, args.channel_ids, upsample=args.upsample))
+        with torch.inference_mode(), autocast(dtype, "cpu"):  # maps come back as float32
+            results.append(compute_model_attention(model, img, label, args.channel_ids, upsample=args.upsample))
 
     paths = plot_attention_grid(
         fitted, results, names, args.out, title=args.title, show_heads=not args.no_heads

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--pool", default="cls", help="feature kind of the model head (default cls)")
     o.add_normalize(c)
     o.add_device(c)
+    o.add_precision(c)
     c.add_argument("--datasets", nargs="+", default=["Allen", "HPA", "CP"], choices=["Allen", "HPA", "CP"])
     o.add_seed(c)
     c.add_argument("--overwrite", action="store_true", help="re-embed even if feature files exist")
@@ -51,10 +52,12 @@ def run_chammi(args: argparse.Namespace) -> int:
 
     out = check_writable_dir(args.out, what="--out")  # before any model runs
     if not args.score_only:
+        from chada.cli.options import precision_dtype
+
         embed_chammi(
             args.model, args.root, out, name=name, image_size=args.image_size, batch_size=args.batch_size,
             pool=args.pool, normalize=args.normalize, device=args.device, datasets=args.datasets,
-            overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
+            overwrite=args.overwrite, seed=args.seed, progress=not args.quiet, dtype=precision_dtype(args),
         )  # fmt: skip
     feature_file = args.feature_file or f"{name}.npy"
     table, reports = score_features(args.root, out / "features", feature_file, args.metric, args.datasets)

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_seed(p)
     o.add_workers(p)
     o.add_device(p)
+    o.add_precision(p)
     o.add_dataset_filter(p)
     p.add_argument("--split", nargs="+", default=None, help="embed only these splits (train/val/test)")
     o.add_normalize(p)
@@ -67,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from collections import Counter
 
-    from chada.cli.options import channel_kwargs, nan_kwargs
+    from chada.cli.options import channel_kwargs, nan_kwargs, precision_dtype
     from chada.io import check_writable_file
 
     check_writable_file(args.out, what="--out")  # before any model is loaded
     nan = nan_kwargs(args)
+    dtype = precision_dtype(args) if args.model != "handmade" else None
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
 
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_batches=args.chunk_batches,
         progress=not args.quiet,
         verify_inputs=args.verify_inputs,
+        **({} if dtype is None else {"dtype": dtype}),
         **nan,
         **channel_kwargs(args),
     )

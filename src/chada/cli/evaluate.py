@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chada.cli.options import add_debug, add_quiet
+from chada.cli.options import add_debug, add_precision, add_quiet
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reconstruction", action="store_true", help="skip the config's reconstruction tasks")
     p.add_argument("--out", default=None, help="output folder (default: config's out_dir or ./eval_results)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    add_precision(p)
     add_quiet(p)
     add_debug(p)
     p.set_defaults(func=run)
@@ -78,6 +79,19 @@ def _quick_config(args: argparse.Namespace) -> dict:
     if args.shortcut_features:
         cfg["diagnostics"] = {"shortcut_features": str(Path(args.shortcut_features).resolve())}
     return cfg
+
+
+def _precision(args: argparse.Namespace, cfg: dict) -> str | None:
+    """``"fp32"`` / ``"bf16"`` for the encoders of the config's reconstruction and dense tasks (said on
+    stderr); None when the evaluation only reads feature files and runs no model."""
+    if not (cfg.get("reconstruction") or cfg.get("dense")):
+        return None
+    from chada.cli.options import precision_dtype
+    from chada.models.precision import precision_name
+
+    tasks = cfg.get("reconstruction") or []
+    first = tasks[0] if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict) else {}
+    return precision_name(precision_dtype(args, str(first.get("device", "cpu"))))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.pop("reconstruction", None)
     out = args.out or cfg.get("out_dir") or "eval_results"
     check_writable_dir(out, what="output folder")  # before any file is read
-    results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots)
+    results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots,
+                             precision=_precision(args, cfg))  # fmt: skip
     elapsed = results.attrs.get("elapsed_s", float("nan"))
     print(f"{len(results)} result rows in {elapsed:.1f} s; report in {Path(out).resolve()}")
     return 0

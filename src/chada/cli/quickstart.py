@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chada.cli.options import add_debug
+from chada.cli.options import add_debug, add_precision
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic MarkerA/MarkerB design (default: domain; spots is finer and not learned at this budget)",
     )  # fmt: skip
     p.add_argument("--no-umap", action="store_true", help="PCA only in the joint projection")
+    add_precision(
+        p, default="fp32",
+        why="the numbers in the README's quickstart section were measured in fp32; the option sets the "
+        "embedding stage's forward pass and is recorded in OUT/settings.json",
+    )  # fmt: skip
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, fast=args.fast, epochs=args.epochs, n_per_assay=args.n_per_assay, seeds=args.seeds,
         pretrain_seeds=args.pretrain_seeds,
         threads=args.threads, umap=False if args.no_umap else None, jobs=args.jobs, marker_pattern=args.marker_pattern,
+        precision=args.precision,
     )  # fmt: skip
     if settings.pretrain_seeds < 1:
         raise ValueError(f"--pretrain-seeds must be >= 1, got {settings.pretrain_seeds}")

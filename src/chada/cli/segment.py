@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     o.add_model(p, handmade=True)
     o.add_seed(p)
+    o.add_precision(p)
     p.add_argument(
         "--image",
         nargs="+",
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.attention import load_image
     from chada.encode.encoders import resolve_model
+    from chada.models.precision import precision_name, resolve_precision
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     raw, _ = load_image(args.image, None, None)
     order = order_channels(probe, _names(args.channel_names), raw.shape[0])
     module, _info = resolve_model(args.model, seed=args.seed)
-    prob = segment_image(probe, module, raw[order], model_label=f"--model {args.model}")
+    dtype, reason = resolve_precision(args.precision, "cpu")  # the model runs on the CPU
+    prob = segment_image(probe, module, raw[order], model_label=f"--model {args.model}", dtype=dtype)
     threshold = float(probe.meta.get("threshold", 0.5) if args.threshold is None else args.threshold)
     mask = prob > threshold
     _write(args.out, np.where(mask, 255, 0), as_mask=True)
@@ -117,4 +120,8 @@ def run(args: argparse.Namespace) -> int:
         f"(probe {probe.meta.get('task')}/{probe.meta.get('model_label')}, {probe.meta.get('mask')}, "
         f"threshold {threshold:g})"
     )
+    if module is not None:  # said once the probe accepted the model: a refused model's error stays one line
+        trained = probe.meta.get("precision")
+        other = trained and trained != precision_name(dtype)
+        print(f"precision: {reason}" + (f"; note: the probe was fitted on {trained} features" if other else ""))
     return 0

@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_batch_size(p, default=128)
     o.add_normalize(p)
     o.add_device(p)
+    o.add_precision(p)
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     o.add_quiet(p)
     o.add_debug(p)
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from chada.cli.options import channel_kwargs
+    from chada.cli.options import channel_kwargs, precision_dtype
     from chada.io import check_writable_dir
     from chada.tasks.channel_subsets import run_channel_subsets
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     models = parse_models(args.models)
+    dtype = precision_dtype(args)
     results = run_channel_subsets(
         models,
         args.manifest,
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         normalize=args.normalize,
         device=args.device,
+        dtype=dtype,
         plot=not args.no_plot,
         progress=not args.quiet,
     )

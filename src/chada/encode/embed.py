@@ -101,6 +101,7 @@ def embed_manifest(
     nan_policy: str = "error",
     nan_fill: float | None = None,
     verify_inputs: str = "stat",
+    dtype: torch.dtype = torch.float32,
 ) -> EmbeddingSet:
     """Embed every image of ``manifest`` with a frozen ``model`` and write ``out`` (``.npz``).
 
@@ -132,6 +133,9 @@ def embed_manifest(
             ``"replace"`` by ``nan_fill`` (None: the channel's finite median), with a warning per image.
         verify_inputs: how a resumed run checks that a finished chunk's files are unchanged:
             ``"stat"`` (size + mtime, default) or ``"hash"`` (SHA-256 of the content).
+        dtype: precision of the model's forward pass (``torch.bfloat16``: autocast, see
+            :mod:`chada.models.precision`); features are stored as float32 either way, and the
+            precision is recorded in ``info`` and in the resume settings (fp32 and bf16 chunks never mix).
 
     Returns:
         the :class:`EmbeddingSet` that was written: ``features[pool]`` ``[N, D_pool]``, ``meta`` (one
@@ -150,7 +154,9 @@ def embed_manifest(
     pools, out, image_size = _check_args(out, pools, batch_size, chunk_batches, image_size, verify_inputs)
     check_writable_file(out, what="embeddings file")
     t0 = time.time()
-    encoder = resolve_encoder(model, seed=seed)
+    encoder = resolve_encoder(model, seed=seed, dtype=dtype)
+    if encoder.module is not None:
+        encoder.dtype = dtype  # also for an encoder passed in
     size, size_source = _image_size(encoder, image_size)
     dev = torch.device(device)
     if encoder.module is not None:
@@ -168,7 +174,8 @@ def embed_manifest(
     pool_map = encoder.pool_map(pools, counts)
     settings = _run_settings(encoder, seed, manifest, ds, pool_map, size, batch_size, chunk_batches,
                              normalize, policy)  # fmt: skip
-    settings.update(nan_policy=nan_policy, nan_fill=nan_fill, verify_inputs=verify_inputs)
+    settings.update(nan_policy=nan_policy, nan_fill=nan_fill, verify_inputs=verify_inputs,
+                    precision=_precision(encoder))  # fmt: skip
     inputs = row_signatures(ds._rows, ds.root, verify_inputs, progress=progress)
     store = ChunkStore(out, settings, resume=resume)
     chunk_rows = batch_size * chunk_batches
@@ -190,6 +197,7 @@ def embed_manifest(
             "nan_fill": nan_fill,
             "batch_size": batch_size,
             "device": str(dev),
+            "precision": settings["precision"],
             "manifest": settings["manifest"],
             "datasets": list(datasets) if datasets is not None else None,
             "split": split,
@@ -208,6 +216,13 @@ def embed_manifest(
     save_embeddings(emb, out)
     store.remove()
     return emb
+
+
+def _precision(encoder: Encoder) -> str | None:
+    """``"fp32"`` / ``"bf16"`` of a model's forward pass; None for hand-made features (no model)."""
+    from chada.models.precision import precision_name
+
+    return precision_name(encoder.dtype) if encoder.module is not None else None
 
 
 def _image_size(encoder: Encoder, image_size: int | str | None) -> tuple[int | None, str]:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.precision import autocast
 
 __all__ = [
     "DEFAULT_POOLS",
@@ -57,6 +58,8 @@ class Encoder(ABC):
 
     info: dict[str, Any]
     module: nn.Module | None = None
+    #: Precision of the model's forward pass (:mod:`chada.models.precision`); features are float32 anyway.
+    dtype: torch.dtype = torch.float32
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool actually computed (a model may fall back to a fixed-size pool)."""
@@ -152,9 +155,10 @@ class Encoder(ABC):
 class ModelEncoder(Encoder):
     """A frozen model with ``forward_features`` / ``forward_head`` (every chada encoder)."""
 
-    def __init__(self, module: nn.Module, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, module: nn.Module, info: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> None:
         self.module = module
         self.info = dict(info or {})
+        self.dtype = dtype
 
     @property
     def max_channels(self) -> int | None:
@@ -212,8 +216,10 @@ class ModelEncoder(Encoder):
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
         model.eval()
-        out = model.forward_features(batch.to(device))
-        return {p: model.forward_head(out, pool=p).float().cpu().numpy() for p in pools}
+        with autocast(self.dtype, device):
+            out = model.forward_features(batch.to(device))
+            heads = {p: model.forward_head(out, pool=p) for p in pools}
+        return {p: h.float().cpu().numpy() for p, h in heads.items()}
 
 
 class FeatureKindEncoder(Encoder):
@@ -343,12 +349,15 @@ def _describe(module: nn.Module) -> dict[str, Any]:
     }
 
 
-def resolve_encoder(model: nn.Module | str | os.PathLike | Encoder, seed: int = 0) -> Encoder:
-    """The :class:`Encoder` for what a user names (see :func:`resolve_model`); an encoder passes through."""
+def resolve_encoder(
+    model: nn.Module | str | os.PathLike | Encoder, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Encoder:
+    """The :class:`Encoder` for what a user names (see :func:`resolve_model`), running its model in
+    ``dtype`` (:func:`chada.models.precision.resolve_precision`); an encoder passes through."""
     if isinstance(model, Encoder):
         return model
     module, info = resolve_model(model, seed=seed)
-    return FeatureKindEncoder(HANDMADE) if module is None else ModelEncoder(module, info)
+    return FeatureKindEncoder(HANDMADE) if module is None else ModelEncoder(module, info, dtype=dtype)
 
 
 def embed_images(
@@ -356,6 +365,7 @@ def embed_images(
     images: Sequence[Tensor] | ChannelBatch | Tensor,
     pools: Sequence[str] = DEFAULT_POOLS,
     device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, np.ndarray]:
     """Embed one batch: ``{pool: float32 [B, D_pool]}``.
 
@@ -364,6 +374,7 @@ def embed_images(
         images: list of ``[C_i, H, W]`` tensors, ``[B, C, H, W]`` or a :class:`ChannelBatch`.
         pools: e.g. ``("cls", "all")``; the backbone runs once, each pool is a head on its output.
         device: where to run (default: the model's device).
+        dtype: precision of the forward pass (``torch.bfloat16``: autocast); features are float32.
     """
     pools = list(pools)
     if not pools:
@@ -374,4 +385,4 @@ def embed_images(
         return FeatureKindEncoder(HANDMADE).encode_batch(as_channel_batch(images), pools)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or {HANDMADE!r}, got {type(model).__name__}")
-    return ModelEncoder(model).encode_batch(as_channel_batch(images), pools, device=device)
+    return ModelEncoder(model, dtype=dtype).encode_batch(as_channel_batch(images), pools, device=device)

@@ -98,8 +98,11 @@ def stage_embed(
     import chada
     from chada.encode.embed import embed_manifest
     from chada.encode.handmade import features_for_manifest
+    from chada.models.precision import precision_name, resolve_precision
 
     emb_dir = s.out / "embeddings"
+    dtype, reason = resolve_precision(s.precision)
+    log(f"[embed] precision: {reason}")
     mixed = mean_pooled_groups(manifests)
     pooled: dict[str, list[str]] = {}
     for run, teacher in teachers.items():
@@ -121,14 +124,15 @@ def stage_embed(
             for tag, model in ((run, teacher), (f"{run}_untrained", untrained[run])):
                 out = emb_dir / group / f"{tag}.npz"
                 if not out.exists():
-                    embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast)
+                    embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast,
+                                   dtype=dtype)  # fmt: skip
                 files[group][tag] = str(out)
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
                 features_for_manifest(m, kind, out, image_size=s.synth_size, progress=not s.fast)
             files[group][kind] = str(out)
-    return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed}
+    return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed, "precision": precision_name(dtype)}
 
 
 def evaluation_config(

@@ -285,13 +285,15 @@ def embed_chammi(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    dtype: Any = None,
 ) -> dict[str, Path]:
     """Embed every CHAMMI image; write ``OUT/features/<dataset>/<name>.npy`` (``[N, D]`` float32).
 
     Rows follow ``enriched_meta.csv``. Each side-by-side image is split into ``[C, H, W]``, normalised
     per channel, resized to ``image_size`` and fed with its true channel count (batches mix nothing:
     one sub-dataset at a time). A feature file whose row count already matches is kept unless
-    ``overwrite``. Uses :func:`chada.encode.encoders.embed_images`.
+    ``overwrite``. Uses :func:`chada.encode.encoders.embed_images`; ``dtype`` is the precision of the
+    forward pass (default float32; ``torch.bfloat16`` runs it under autocast, features stay float32).
     """
     import torch
     from tqdm.auto import tqdm
@@ -328,7 +330,7 @@ def embed_chammi(
             img = torch.from_numpy(normalize_channels(arr.astype(np.float32), normalize))
             batch.append(resize_image(img, image_size))
             if len(batch) == batch_size or i == len(rows) - 1:
-                feats.append(embed_images(encoder, batch, [pool], device=device)[pool])
+                feats.append(embed_images(encoder, batch, [pool], device=device, dtype=dtype or torch.float32)[pool])
                 batch = []
         atomic_write_npy(dest, np.concatenate(feats).astype(np.float32))
         written[ds] = dest

@@ -34,6 +34,7 @@ R2 ~ 0) to the same results table; a config may hold only reconstruction tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -106,6 +107,7 @@ def run_evaluation(
     write: bool = True,
     plots: bool = True,
     log: Callable[[str], None] | None = None,
+    precision: str | None = None,
 ) -> pd.DataFrame:
     """Run the whole protocol; return long-format results (columns ``RESULT_COLUMNS``).
 
@@ -117,12 +119,17 @@ def run_evaluation(
     (:class:`chada.tasks.reconstruction.ReconstructionExamples`, one per task).
 
     ``log`` gets one line as each step starts and ends (default: stderr when ``progress``).
+    ``precision`` (``"fp32"`` / ``"bf16"``; None: each task's own, fp32 by default) is the precision of
+    the encoders that reconstruction and dense tasks run; it is recorded in ``results.json``.
     """
     from threadpoolctl import threadpool_limits
 
     from chada.eval import report
 
     settings, models, tasks = normalize_config(config)
+    if precision is not None:
+        for key in ("reconstruction", "dense"):
+            settings[key] = [dataclasses.replace(t, precision=precision) for t in settings.get(key) or []]
     out = Path(out_dir or settings.get("out_dir") or "eval_results")
     if log is None:
         log = _stderr if progress else _silent
@@ -136,6 +143,9 @@ def run_evaluation(
             print(dense_markdown(outcome))
     if write:
         extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
+        ran = [t.precision for key in ("reconstruction", "dense") for t in settings.get(key) or []]
+        if ran:  # encoders ran here (not only feature files were read)
+            extra["precision"] = sorted(set(ran))
         if results.attrs.get("reconstruction_info"):
             extra["reconstruction"] = results.attrs["reconstruction_info"]
         report.write_report(results, results.attrs["diagnostics"], out, extra=extra)

@@ -180,6 +180,7 @@ def embed_subsets(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     progress: Any = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[tuple[int, ...], np.ndarray]:
     """Features ``{subset: [N, D]}`` of every image restricted to each subset's channels.
 
@@ -189,6 +190,7 @@ def embed_subsets(
         slots: ``[N, C]`` channel-embedding slot of reference channel j in image i.
         pool: pool already mapped by the caller to a fixed-size one.
         progress: a tqdm bar to advance by one per subset (or None).
+        dtype: precision of the forward pass (``torch.bfloat16``: autocast); features are float32.
     """
     model: nn.Module | str = module if module is not None else HANDMADE
     slots_t = torch.as_tensor(slots, dtype=torch.long)
@@ -210,7 +212,7 @@ def embed_subsets(
                     slots_t[torch.as_tensor(idx)][:, cols].reshape(-1),
                 )
                 try:
-                    f = embed_images(model, batch, [pool], device=device)[pool]
+                    f = embed_images(model, batch, [pool], device=device, dtype=dtype)[pool]
                 except (ValueError, RuntimeError) as exc:
                     names = "+".join(data.channels[j] for j in subset)
                     raise ValueError(f"{type(module).__name__ if module is not None else HANDMADE} failed on "

@@ -20,6 +20,7 @@ from torch import nn
 from chada.data.channels import ChannelPolicy
 from chada.encode.encoders import HANDMADE, resolve_model
 from chada.io import atomic_write_text
+from chada.models.precision import precision_name
 from chada.tasks.channel_subsets.data import (
     SubsetData,
     _pool_for,
@@ -103,6 +104,7 @@ def run_channel_subsets(
     blas_threads: int | None = 1,
     plot: bool = True,
     progress: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> pd.DataFrame:
     """Score every model on channel subsets (protocol in the module docstring).
 
@@ -127,6 +129,7 @@ def run_channel_subsets(
         probe: keyword arguments of the linear probe (``C``, ``max_iter``, ``max_dim``).
         knn: keyword arguments of the kNN (``k``, ``temperature``).
         blas_threads: BLAS/OpenMP threads while fitting probes (None: library default).
+        dtype: precision of the models' forward pass (``torch.bfloat16``: autocast; recorded in the info).
 
     Returns:
         long DataFrame: ``model, source, setting, metric, k, subset, channels, slots, seed, score,
@@ -156,7 +159,7 @@ def run_channel_subsets(
     run = _Run(
         data=data, subsets=subsets, full=full, seeds=seed_list, splits=splits,
         fixed_split=all(v[2] for v in splits.values()), settings=settings, metrics=metrics, probe=probe_kw,
-        knn=knn_kw, pool=pool, batch_size=batch_size, device=device, blas_threads=blas_threads,
+        knn=knn_kw, pool=pool, batch_size=batch_size, device=device, dtype=dtype, blas_threads=blas_threads,
         channel_order=channel_order, unknown_channels=unknown_channels, channel_aliases=channel_aliases,
     )  # fmt: skip
     # resolve each model once per distinct weights: registered names get one init per seed
@@ -214,6 +217,7 @@ def _info(
         "probe": run.probe,
         "knn": run.knn,
         "image_size": settings["image_size"],
+        "precision": precision_name(run.dtype),
         "label_column": settings["label_column"],
         "seconds": {"read": round(t_read, 3), **timings, "total": round(time.time() - t0, 3)},
     }
@@ -236,6 +240,7 @@ class _Run:
     pool: str
     batch_size: int
     device: str | torch.device
+    dtype: torch.dtype
     blas_threads: int | None
     channel_order: Sequence[str] | None
     unknown_channels: str
@@ -257,7 +262,8 @@ class _Run:
                                    max_slots=policy.max_slots)  # fmt: skip
         slots = _slots_for(policy, self.data)
         used_pool = _pool_for(module, self.pool)
-        feats = embed_subsets(module, self.data, self.subsets, slots, used_pool, self.batch_size, self.device, bar)
+        feats = embed_subsets(module, self.data, self.subsets, slots, used_pool, self.batch_size, self.device, bar,
+                              dtype=self.dtype)  # fmt: skip
         meta_models[name] = {
             "source": source, "pool": used_pool, "policy": policy.to_dict(),
             "slots": dict(zip(self.data.channels, slots[0].tolist())), "model": info.get("model"),

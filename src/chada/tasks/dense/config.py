@@ -85,6 +85,8 @@ class DenseTask:
     save_probes: bool = True
     normalize: str = "percentile"
     num_threads: int | None = 1
+    #: ``"fp32"`` or ``"bf16"`` (autocast) for the encoders' forward pass (``chada evaluate --precision``).
+    precision: str = "fp32"
 
 
 _KEYS = {

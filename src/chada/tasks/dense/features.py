@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from chada.models.precision import autocast
+
 __all__ = ["fingerprint", "handmade_maps", "model_maps", "patch_size"]
 
 
@@ -58,12 +60,14 @@ def model_maps(
     channels: str = "each",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """``forward_dense`` maps of ``tiles [N, C, T, T]`` (normalised): ``[N, F, h, w]`` float32.
 
     Tiles are resized to ``image_size`` (default: their own size), which must be a multiple of the
     patch size. Channel slots come from the model's recorded channel names when it has them
-    (:class:`chada.data.channels.ChannelPolicy`, as ``chada embed``), else from positions.
+    (:class:`chada.data.channels.ChannelPolicy`, as ``chada embed``), else from positions. ``dtype``:
+    precision of the forward pass (``torch.bfloat16``: autocast); the maps are float32 either way.
     """
     from chada.data.channels import ChannelPolicy
 
@@ -82,7 +86,8 @@ def model_maps(
     for s in range(0, len(tiles), batch_size):
         x = _resize(torch.from_numpy(np.ascontiguousarray(tiles[s : s + batch_size])), size).to(device)
         batch = policy.batch(list(x), [names] * len(x))
-        maps = module.forward_dense(batch, channels=channels).maps.float()
+        with autocast(dtype, device):
+            maps = module.forward_dense(batch, channels=channels).maps.float()
         if channels == "each":
             maps = maps.flatten(1, 2)  # [B, C, D, h, w] -> [B, C*D, h, w], channel-major
         out.append(maps.cpu().numpy())

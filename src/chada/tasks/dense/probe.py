@@ -137,11 +137,13 @@ def order_channels(probe: DenseProbe, names: list[str] | None, n_channels: int) 
 
 
 def segment_image(
-    probe: DenseProbe, module: nn.Module | None, image: np.ndarray, *, model_label: str = "--model"
+    probe: DenseProbe, module: nn.Module | None, image: np.ndarray, *, model_label: str = "--model",
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Foreground probability ``[H, W]`` of a raw ``[C, H, W]`` image whose channels are already in the
     probe's order: normalised as a whole, cut into the probe's tiles (the border padded by
-    reflection), each tile probed, the tiles put back together."""
+    reflection), each tile probed, the tiles put back together. ``dtype``: precision of the model's
+    forward pass (``torch.bfloat16``: autocast)."""
     from chada.data.normalize import normalize_channels
     from chada.tasks.dense.features import handmade_maps, model_maps
 
@@ -165,6 +167,7 @@ def segment_image(
                 probe.channel_names,
                 image_size=m.get("image_size"),
                 channels=m.get("channels", "each"),
+                dtype=dtype,
             )
     if maps.shape[1] != probe.head.in_dim:
         raise InputError(

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chada.models.precision import resolve_precision
 from chada.tasks.dense.config import DenseTask
 from chada.tasks.dense.data import DenseData, load_masked_manifest, tile_bundled_nuclei
 from chada.tasks.dense.features import fingerprint, handmade_maps, model_maps, patch_size
@@ -159,11 +160,12 @@ def _model_features(spec: Any, data: DenseData, task: DenseTask) -> tuple[np.nda
                          "output (forward_dense); use ChAda-ViT or the One-Channel ViT")  # fmt: skip
     module.eval()
     size = task.image_size or data.tile
-    maps = model_maps(module, data.images, data.channel_names, image_size=size, channels=task.channels)
+    dtype, _ = resolve_precision(task.precision)
+    maps = model_maps(module, data.images, data.channel_names, image_size=size, channels=task.channels, dtype=dtype)
     meta = {
         "features": "vit", "model": str(spec.model), "model_seed": info.get("seed"), "arch": spec.arch or info.get("arch"),
         "model_name": info.get("model_name"), "fingerprint": fingerprint(module), "image_size": size,
-        "channels": task.channels, "patch": patch_size(module), "family": infer_family(spec.name, info, spec.family),
+        "channels": task.channels, "precision": task.precision, "patch": patch_size(module), "family": infer_family(spec.name, info, spec.family),
     }  # fmt: skip
     return maps, meta
 

@@ -63,6 +63,8 @@ class ReconstructionTask:
     num_workers: int = 0
     device: str = "cpu"
     root: Path | None = None
+    #: ``"fp32"`` or ``"bf16"`` (autocast) for the encoders' forward pass (``chada evaluate --precision``).
+    precision: str = "fp32"
 
 
 @dataclass(eq=False)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from chada.encode.encoders import embed_images, resolve_model
 from chada.eval.config import infer_family
+from chada.models.precision import autocast, resolve_precision
 from chada.tasks.reconstruction.config import (
     ReconstructionExamples,
     ReconstructionOutcome,
@@ -61,10 +62,11 @@ def _splits(
 
 
 @torch.inference_mode()
-def _embed(module: nn.Module, inputs: list[Tensor], pool: str, device: torch.device) -> Tensor:
+def _embed(module: nn.Module, inputs: list[Tensor], pool: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     if hasattr(module, "forward_features") and hasattr(module, "forward_head"):
-        return torch.from_numpy(embed_images(module, inputs, [pool], device=device)[pool])
-    z = module([x.to(device) for x in inputs])
+        return torch.from_numpy(embed_images(module, inputs, [pool], device=device, dtype=dtype)[pool])
+    with autocast(dtype, device):
+        z = module([x.to(device) for x in inputs])
     return z.float().cpu()
 
 
@@ -173,6 +175,7 @@ def _encode_all(
 
     n = len(rows)
     dev = torch.device(task.device)
+    dtype, _ = resolve_precision(task.precision, dev)
     feats: dict[str, Tensor] = {}
     targets: Tensor | None = None
     first_row = str(ds._rows[rows[0]].get("image_id"))
@@ -208,7 +211,7 @@ def _encode_all(
             )
         targets[pos : pos + len(ys)] = torch.stack(ys)
         for name, (module, _info) in modules.items():
-            _store(feats, name, _embed(module, inputs, task.pool, dev), len(inputs), pos, n)
+            _store(feats, name, _embed(module, inputs, task.pool, dev, dtype), len(inputs), pos, n)
         pos += len(ys)
         bar.advance(read, len(ys))
     assert targets is not None
