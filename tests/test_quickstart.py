@@ -53,6 +53,14 @@ def test_rerun_reuses_finished_stages(quickstart_dir, capsys) -> None:
     assert out.count("already done") == len(stages)
 
 
+def test_rerun_with_other_settings_is_refused_before_any_work(quickstart_dir, capsys) -> None:
+    before = (quickstart_dir / "settings.json").read_bytes()
+    assert main(["quickstart", "--fast", "--out", str(quickstart_dir), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "precision: 'fp32' -> 'bf16'" in err and "another --out" in err and "Traceback" not in err
+    assert (quickstart_dir / "settings.json").read_bytes() == before
+
+
 def test_encoders_pretrain_with_one_recipe_and_untrained_copies_are_their_init(quickstart_dir) -> None:
     import chada
     from chada.ssl.config import load_config

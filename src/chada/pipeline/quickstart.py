@@ -51,6 +51,7 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     s.out.mkdir(parents=True, exist_ok=True)
     if s.threads:
         torch.set_num_threads(s.threads)
+    _refuse_changed_settings(s)
     atomic_write_bytes(s.out / "settings.json", json.dumps(asdict(s), indent=2, default=str).encode())
     stages = Stages(s.out, log)
     t_all = time.perf_counter()
@@ -69,3 +70,29 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
     atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
     return build_report(s, data, teachers, ev, figs, timings, emb)
+
+
+# Settings that only change how fast a run goes, not its numbers (jobs: pretrainings side by side,
+# each on one thread either way).
+_SAFE_TO_CHANGE = frozenset({"out", "timings", "jobs"})
+
+
+def _refuse_changed_settings(s: QuickstartSettings) -> None:
+    """A folder's finished stages are reused on a rerun, so a rerun with other settings would mix
+    results made two ways (e.g. fp32 embeddings under a report that says bf16): refuse it, naming the
+    settings that differ."""
+    path = s.out / "settings.json"
+    if not path.exists() or not (s.out / "stages").is_dir():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable settings: the stage markers decide, as before
+    new = json.loads(json.dumps(asdict(s), default=str))
+    changed = {k: (old.get(k), v) for k, v in new.items() if k not in _SAFE_TO_CHANGE and old.get(k, v) != v}
+    if changed:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ValueError(
+            f"{s.out} holds a quickstart run made with other settings ({what}); its finished stages would "
+            "be reused. Give another --out, or delete the folder to start over."
+        )
