@@ -40,22 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from chada.tasks.dense.heads import HEADS
+from chada.tasks.model_specs import TaskModelSpec, parse_task_models
 
 __all__ = ["BASELINES", "DenseModelSpec", "DenseTask", "parse_dense_tasks"]
 
 BASELINES = ("otsu", "background")
-FAMILIES = ("learned", "untrained", "handmade")
-
-
-@dataclass
-class DenseModelSpec:
-    """One feature source: a ViT (folder or registered name with ``seed``) or ``"handmade"``."""
-
-    name: str
-    model: Any
-    family: str | None = None
-    arch: str | None = None
-    seed: int = 0
+DenseModelSpec = TaskModelSpec  # the name this module exported before the shared parser
 
 
 @dataclass
@@ -94,7 +84,6 @@ _KEYS = {
     "channels", "models", "baselines", "otsu_channel", "heads", "hidden", "steps", "lr", "batch_size",
     "seeds", "size_bins", "bootstrap", "figure_head", "save_probes", "normalize", "num_threads",
 }  # fmt: skip
-_MODEL_KEYS = {"model", "path", "family", "arch", "seed"}
 
 
 def _int(value: Any, what: str, low: int = 1) -> int:
@@ -105,46 +94,6 @@ def _int(value: Any, what: str, low: int = 1) -> int:
     if v < low or v != float(value):
         raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
     return v
-
-
-def _model_ref(ref: Any, base: Path) -> Any:
-    """A folder relative to the config's folder becomes absolute; registered names and ``handmade`` stay."""
-    from chada.models.registry import list_models
-
-    if not isinstance(ref, (str, os.PathLike)):
-        return ref  # an nn.Module (Python API)
-    if str(ref) == "handmade":
-        return "handmade"
-    p = Path(os.path.expanduser(str(ref)))
-    full = p if p.is_absolute() else base / p
-    if full.exists():
-        return str(full.resolve())
-    return str(ref) if str(ref) in list_models() else str(full)  # a missing folder fails later, naming its path
-
-
-def _models(label: str, raw: Any, base: Path) -> dict[str, DenseModelSpec]:
-    if not raw or not isinstance(raw, dict):
-        raise ValueError(
-            f"dense task {label!r}: models is required (name -> folder, registered name or handmade)"
-        )
-    out = {}
-    for name, m in raw.items():
-        m = m if isinstance(m, dict) else {"model": m}
-        bad = sorted(set(m) - _MODEL_KEYS)
-        if bad:
-            raise ValueError(f"dense task {label!r}, model {name!r}: unknown keys {bad}")
-        ref = m.get("model", m.get("path"))
-        if ref is None:
-            raise ValueError(f"dense task {label!r}, model {name!r}: 'model' is required")
-        fam = m.get("family")
-        if fam is not None and fam not in FAMILIES:
-            raise ValueError(
-                f"dense task {label!r}, model {name!r}: family must be one of {FAMILIES}, got {fam!r}"
-            )
-        out[str(name)] = DenseModelSpec(
-            str(name), _model_ref(ref, base), fam, m.get("arch"), _int(m.get("seed", 0), "seed", 0)
-        )
-    return out
 
 
 def _choices(label: str, values: Any, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -177,7 +126,8 @@ def _parse_one(i: int, t: Any, base: Path, seeds: list[int]) -> DenseTask:
     heads = _choices(label, t.get("heads", list(HEADS)), HEADS, "heads")
     bins = sorted(float(b) for b in t.get("size_bins", [1, 2, 3, 4]))
     task = DenseTask(
-        name=label, models=_models(label, t.get("models"), base), source=t.get("source"),
+        name=label, source=t.get("source"),
+        models=parse_task_models("dense", label, t.get("models"), base, True, "folder, registered name or handmade"),
         manifest=None if t.get("manifest") is None else base / Path(str(t["manifest"])),
         mask=t.get("mask"), datasets=[str(d) for d in t["datasets"]] if t.get("datasets") else None,
         max_images=None if t.get("max_images") is None else _int(t["max_images"], "max_images"),

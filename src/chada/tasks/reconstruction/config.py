@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from chada.eval.config import FAMILIES
+from chada.tasks.model_specs import TaskModelSpec, parse_task_models
 from chada.tasks.reconstruction.decoder import _image_size
 
 __all__ = [
@@ -22,17 +21,7 @@ __all__ = [
 ]
 
 
-@dataclass
-class ReconstructionModelSpec:
-    """One encoder of a reconstruction task: ``model`` is a saved-model folder, a registered name
-    (random weights from ``seed``: the untrained baseline) or an in-memory ``nn.Module`` (Python API)
-    that either has ``forward_features``/``forward_head`` or maps a list of ``[C_i, H, W]`` to ``[B, D]``."""
-
-    name: str
-    model: Any
-    family: str | None = None
-    arch: str | None = None
-    seed: int = 0
+ReconstructionModelSpec = TaskModelSpec  # the name this module exported before the shared parser
 
 
 @dataclass
@@ -105,35 +94,12 @@ _TASK_KEYS = {
     "normalize", "datasets", "max_images", "n_examples", "num_threads", "torch_threads", "num_workers",
     "device", "root",
 }  # fmt: skip
-_MODEL_KEYS = {"model", "path", "name", "family", "arch", "seed"}
-
-
 def _number(value: Any, what: str, cast: type = float) -> Any:
     # PyYAML reads 5.2e6 / 1e-3 (no dot or no exponent sign) as strings
     try:
         return cast(float(value)) if cast is int else cast(value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a number, got {value!r}") from None
-
-
-def _resolve_model_ref(ref: Any, base: Path) -> Any:
-    """A folder relative to ``base`` (the config's folder) becomes absolute; a registered model name
-    stays a name unless such a folder exists; modules pass through."""
-    if isinstance(ref, nn.Module):
-        return ref
-    if not isinstance(ref, (str, os.PathLike)):
-        raise ValueError(
-            f"model must be a saved-model folder, a registered model name or an nn.Module, got {ref!r}"
-        )
-    from chada.models.registry import list_models
-
-    if str(ref) == "handmade":
-        raise ValueError("hand-made features are not an encoder a decoder can be put on; use a model")
-    p = Path(os.path.expanduser(str(ref)))
-    full = p if p.is_absolute() else base / p
-    if full.exists() or str(ref) not in list_models():
-        return str(full)  # a missing folder fails later in resolve_model with its full path
-    return str(ref)
 
 
 def parse_reconstruction_tasks(
@@ -187,34 +153,6 @@ def parse_reconstruction_tasks(
     return tasks
 
 
-def _parse_models(label: str, raw_models: Any, base: Path) -> dict[str, ReconstructionModelSpec]:
-    if not raw_models:
-        raise ValueError(
-            f"reconstruction task {label!r}: models is required (name -> folder or registered name)"
-        )
-    if isinstance(raw_models, list):
-        raw_models = {m["name"]: m for m in raw_models}
-    models: dict[str, ReconstructionModelSpec] = {}
-    for name, m in raw_models.items():
-        if not isinstance(m, dict):
-            m = {"model": m}
-        bad = sorted(set(m) - _MODEL_KEYS)
-        if bad:
-            raise ValueError(f"reconstruction task {label!r}, model {name!r}: unknown keys {bad}")
-        ref = m.get("model", m.get("path"))
-        if ref is None:
-            raise ValueError(f"reconstruction task {label!r}, model {name!r}: 'model' is required")
-        fam = m.get("family")
-        if fam is not None and fam not in FAMILIES:
-            raise ValueError(
-                f"model {name!r}: family must be learned, untrained or handmade, got {fam!r}"
-            )
-        models[str(name)] = ReconstructionModelSpec(
-            str(name), _resolve_model_ref(ref, base), fam, m.get("arch"), int(m.get("seed", 0))
-        )
-    return models
-
-
 def _parse_task(
     i: int, t: Any, base: Path, default_seeds: list[int], test_fraction: float, num_threads: int | None
 ) -> ReconstructionTask:
@@ -232,7 +170,7 @@ def _parse_task(
     if not hasattr(manifest, "columns"):  # a path, not a DataFrame
         manifest = Path(os.path.expanduser(str(manifest)))
         manifest = manifest if manifest.is_absolute() else base / manifest
-    models = _parse_models(label, t.get("models"), base)
+    models = parse_task_models("reconstruction", label, t.get("models"), base, False, "folder or registered name")
     tc = t.get("target_channel")
     if tc is not None and not isinstance(tc, (int, str)):
         raise ValueError(
