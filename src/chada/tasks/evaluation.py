@@ -150,7 +150,9 @@ def run_evaluation(
             extra["reconstruction"] = results.attrs["reconstruction_info"]
         report.write_report(results, results.attrs["diagnostics"], out, extra=extra)
         if plots:
-            with _step(log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
+            # a dense-only config has no bars or curves to draw: no step line for it
+            fig_log = log if tasks or settings.get("reconstruction") else _silent
+            with _step(fig_log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
                 plot_results(report.summarize(results), out)
                 for ex in results.attrs.get("reconstruction_examples") or []:
                     plot_reconstruction_examples(ex, out)
@@ -193,7 +195,9 @@ def _run(
     loader = Loader()
     t0 = time.perf_counter()
     n_models = len({n for t in tasks for n in t.embeddings})
-    with _step(log, f"probes, kNN and 1-NN: {len(tasks)} task(s) x {n_models} model(s)"):
+    # a config with only dense or reconstruction tasks says nothing of the steps it does not have
+    feature_log = log if tasks else _silent
+    with _step(feature_log, f"probes, kNN and 1-NN: {len(tasks)} task(s) x {n_models} model(s)"):
         rows = run_feature_tasks(settings, models, tasks, loader, progress)
     recon_info: list[dict[str, Any]] = []
     recon_examples = []
@@ -203,11 +207,14 @@ def _run(
         rows.extend(outcome.rows)
         recon_info.extend(outcome.info)
         recon_examples.append(outcome.examples)
-    dense = [run_dense_task(dtask, progress=progress) for dtask in settings.get("dense") or []]
+    dense = []
+    for dtask in settings.get("dense") or []:
+        with _step(log, f"dense {dtask.name}: {len(dtask.models)} model(s), heads {', '.join(dtask.heads)}"):
+            dense.append(run_dense_task(dtask, progress=progress))
     for d in dense:
         rows.extend(d.rows)
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    with _step(log, "diagnostics (baseline ratios, CKA, participation ratio, shortcut probes)"):
+    with _step(feature_log, "diagnostics (baseline ratios, CKA, participation ratio, shortcut probes)"):
         diagnostics = compute_diagnostics(results, settings, models, tasks, loader)
     results.attrs["diagnostics"] = diagnostics
     results.attrs["elapsed_s"] = time.perf_counter() - t0
