@@ -109,6 +109,8 @@ def test_readme_results_block_is_regenerated_from_the_run(quickstart_dir, tmp_pa
     machine = json.loads((quickstart_dir / "machine.json").read_text())
     block = text.split(BEGIN)[1].split(END)[0]
     assert machine["cpu"] in block and "smoke run" in block and "The whole run took" in block
+    dense_s = json.loads((quickstart_dir / "stages" / "dense.json").read_text())["seconds"]
+    assert f"figures and {dense_s:.0f} s of dense probes." in block
     assert "| chada_vit | learned |" in block and "| chance | constant |" in block
     for name in ("fig1_cls.png", "fig4_cls.png", "attention.png", "projection.png"):
         assert (tmp_path / "docs" / "images" / name).stat().st_size > 1000

@@ -57,13 +57,15 @@ def _load(run: Path) -> tuple[pd.DataFrame, dict, dict, dict, dict]:
 
 def _timing_sentence(run_info: dict, settings: dict, stages: dict) -> str:
     pre = [v.get("seconds", 0.0) for k, v in stages.items() if k.startswith("pretrain_")]
-    sec = {k: stages.get(k, {}).get("seconds", 0.0) for k in ("data", "embed", "evaluate", "figures")}
+    sec = {k: stages.get(k, {}).get("seconds", 0.0) for k in ("data", "embed", "evaluate", "figures", "dense")}
     text = f"**The whole run took {_minutes(run_info['total_s'])}** (the run's own clock)"
     if pre:
+        parts = [f"{sec['data']:.0f} s of data preparation", f"{sec['embed']:.0f} s of embedding",
+                 f"{sec['evaluate']:.0f} s of evaluation", f"{sec['figures']:.0f} s of figures"]  # fmt: skip
+        if "dense" in stages:  # runs made before the dense stage existed have no stages/dense.json
+            parts.append(f"{sec['dense']:.0f} s of dense probes")
         text += (f": {len(pre)} DINO pretrainings ({settings.get('epochs')} epochs each, at most 3 at once) "
-                 f"ended after {min(pre):.0f}-{max(pre):.0f} s, then {sec['data']:.0f} s of data preparation, "
-                 f"{sec['embed']:.0f} s of embedding, {sec['evaluate']:.0f} s of evaluation and "
-                 f"{sec['figures']:.0f} s of figures")  # fmt: skip
+                 f"ended after {min(pre):.0f}-{max(pre):.0f} s, then {', '.join(parts[:-1])} and {parts[-1]}")  # fmt: skip
     text += "."
     if run_info.get("reused_stages"):
         text += (f" (A resumed run: {', '.join(run_info['reused_stages'])} came from an earlier invocation, so "
