@@ -145,6 +145,7 @@ def test_knn_defaults_are_dinos_k20_t007() -> None:
     names = np.array(["a", "b", "c"])
     assert knn_accuracy(train, names[labels], q, ["a"]) == 1.0
     assert knn_accuracy(train, names[labels], q, ["b"], k=21) == 1.0
+    assert knn_accuracy(train, names[labels], q, ["b"], temperature=1.07) == 1.0
     # regression with the same defaults: the weighted mean of the 20 nearest targets
     t = np.arange(25, dtype=float) ** 1.5
     want = _knn_reference(train, t, q, 20, 0.07, regress=True)
@@ -156,6 +157,13 @@ def test_knn_defaults_are_dinos_k20_t007() -> None:
     assert knn_r2(tr, t, te, y_test) == pytest.approx(_r2(y_test, pred), rel=1e-5)
     pred = _knn_reference(tr, t, te, 3, 0.5, regress=True)
     assert knn_r2(tr, t, te, y_test, k=3, temperature=0.5) == pytest.approx(_r2(y_test, pred), rel=1e-5)
+    # queries whose 21st neighbour (target 100) is the s=0.78 row: k=20 leaves it out
+    t = np.r_[0.0, np.arange(1.0, 20.0), 100.0, np.zeros(4)]
+    qs = np.array([[1.0, 0.0], [np.cos(0.05), -np.sin(0.05)]])
+    y_q = np.array([0.5, 2.0])
+    pred = _knn_reference(train, t, qs, 20, 0.07, regress=True)
+    assert knn_r2(train, t, qs, y_q) == pytest.approx(_r2(y_q, pred), rel=1e-5)
+    assert knn_r2(train, t, qs, y_q, k=21) != pytest.approx(_r2(y_q, pred), rel=1e-3)
 
 
 def test_knn_neighbour_set_is_exactly_the_k_nearest() -> None:
@@ -213,6 +221,8 @@ def test_knn_rejects_bad_input() -> None:
     x, y = np.eye(3), np.array([0, 1, 1])
     with pytest.raises(ValueError, match="^features contain NaN or inf$"):
         knn_predict(x, y, np.full((1, 3), np.inf))
+    with pytest.raises(ValueError, match=r"^features must be 2-D \[N, D\], got shape \(3,\)$"):
+        knn_predict(x, y, np.ones(3))
     with pytest.raises(ValueError, match="^empty train or test set$"):
         knn_predict(x, y, np.zeros((0, 3)))
     with pytest.raises(ValueError, match="^empty train or test set$"):
@@ -254,14 +264,18 @@ def test_knn_chunk_bounds_the_similarity_block_memory() -> None:
     rng = np.random.default_rng(1)
     train, test = rng.normal(size=(4000, 4)).astype(np.float32), rng.normal(size=(500, 4)).astype(np.float32)
     labels = rng.integers(0, 3, 4000)
-    tracemalloc.start()
-    try:
-        knn_predict(train, labels, test, k=5, chunk=10)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    # 10 x 4000 pairs x 12 bytes = 0.5 MB per chunk; all 500 rows at once would be 24 MB
-    assert peak < 3 * 2**20
+    for run in (
+        lambda: knn_predict(train, labels, test, k=5, chunk=10),
+        lambda: knn_regress(train, labels.astype(float), test, k=5, chunk=10),
+    ):
+        tracemalloc.start()
+        try:
+            run()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # 10 x 4000 pairs x 12 bytes = 0.5 MB per chunk; all 500 rows at once would be 24 MB
+        assert peak < 3 * 2**20
 
 
 # ------------------------------------------------------------------------------------ probes
@@ -373,17 +387,17 @@ def test_logistic_probe_c_grid_by_stratified_3_fold_cv(monkeypatch: pytest.Monke
     real = probes_mod.cross_val_score
 
     def spy(est, xx, yy, cv):
-        calls.append((est.C, cv.n_splits, cv.shuffle, cv.random_state, type(cv).__name__))
+        calls.append((est.C, est.max_iter, cv.n_splits, cv.shuffle, cv.random_state, type(cv).__name__))
         return real(est, xx, yy, cv=cv)
 
     monkeypatch.setattr(probes_mod, "cross_val_score", spy)
     # exactly 3 rows in the smallest class: cross-validated; a test-only class "b" does not count
     got = linear_probe_classification(x, y, x, np.r_[y[:-1], ["b"]], C=[1e-8, 1.0], seed=4)
     assert got["C"] == 1.0
-    assert calls == [(1e-8, 3, True, 4, "StratifiedKFold"), (1.0, 3, True, 4, "StratifiedKFold")]
+    assert calls == [(1e-8, 300, 3, True, 4, "StratifiedKFold"), (1.0, 300, 3, True, 4, "StratifiedKFold")]
     calls.clear()
-    assert linear_probe_classification(x, y, x, y, C=[1.0, 1e-8])["C"] == 1.0
-    assert [c[3] for c in calls] == [0, 0]  # default seed 0
+    assert linear_probe_classification(x, y, x, y, C=[1.0, 1e-8], max_iter=50)["C"] == 1.0
+    assert [(c[1], c[4]) for c in calls] == [(50, 0), (50, 0)]  # default seed 0
     calls.clear()
     # fewer than 3 rows in a class: no CV, the first C
     assert linear_probe_classification(x[:-1], y[:-1], x, y, C=[1e-8, 1.0])["C"] == 1e-8
@@ -391,6 +405,24 @@ def test_logistic_probe_c_grid_by_stratified_3_fold_cv(monkeypatch: pytest.Monke
     # a single C: fit once, no CV
     assert linear_probe_classification(x, y, x, y, C=2.0)["C"] == 2.0
     assert calls == []
+
+
+def test_probes_pass_max_dim_and_seed_to_the_feature_prep(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    class Spy(FeaturePrep):
+        def fit(self, x):
+            seen.append((self.max_dim, self.seed))
+            return super().fit(x)
+
+    monkeypatch.setattr(probes_mod, "FeaturePrep", Spy)
+    x, y = _imbalanced()
+    x = np.c_[x, x**2]
+    linear_probe_classification(x, y, x, y)
+    linear_probe_classification(x, y, x, y, max_dim=1, seed=5)
+    ridge_probe_regression(x, x[:, 0], x, x[:, 0])
+    assert ridge_probe_regression(x, x[:, 0], x, x[:, 0], max_dim=1, seed=6)["dim"] == 1
+    assert seen == [(256, 0), (1, 5), (256, 0), (1, 6)]
 
 
 def test_probes_project_above_256_dims_by_default() -> None:
@@ -424,6 +456,11 @@ def test_probes_reject_each_bad_input() -> None:
         ridge_probe_regression(x, y, x, [0.0, np.inf, 1.0, 2.0])
     with pytest.raises(ValueError, match="^regression targets contain NaN or inf$"):
         ridge_probe_regression(x, [0.0, np.nan, 1.0, 2.0], x, y)
+    # None for a missing value is NaN as well, in either list
+    with pytest.raises(ValueError, match="^regression targets contain NaN or inf$"):
+        ridge_probe_regression(x, [0.0, None, 1.0, 2.0], x, y)
+    with pytest.raises(ValueError, match="^regression targets contain NaN or inf$"):
+        ridge_probe_regression(x, y, x, [0.0, 1.0, None, 2.0])
 
 
 def test_ridge_probe_is_the_closed_form() -> None:
@@ -451,7 +488,7 @@ def test_ridge_probe_is_the_closed_form() -> None:
 def test_ridge_probe_with_one_or_two_training_rows() -> None:
     xt, yt = np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([1.0, 3.0])
     one = ridge_probe_regression(np.array([[1.0, 2.0]]), [4.0], xt, yt, return_predictions=True)
-    assert np.isnan(one["alpha"]) and one["predictions"].tolist() == [4.0, 4.0]
+    assert np.isnan(one["alpha"]) and one["predictions"].tolist() == [4.0, 4.0] and one["dim"] == 2
     assert one["r2"] == pytest.approx(_r2(yt, np.array([4.0, 4.0])))
     x2, y2 = np.array([[0.0, 0.0], [2.0, 4.0]]), np.array([1.0, 5.0])
     two = ridge_probe_regression(x2, y2, xt, yt, alphas=[1.0], return_predictions=True)
@@ -545,6 +582,9 @@ def test_shortcut_probes_is_cross_validated_ridge_r2() -> None:
     assert got["ramp"] == pytest.approx(_cv_r2_reference(emb, ramp, 5, 0)[0], rel=1e-9)
     ok = np.isfinite(holes)
     assert got["holes"] == pytest.approx(_cv_r2_reference(emb[ok], holes[ok], 5, 0)[0], rel=1e-9)
+    # a Python list with None for missing values: the same rows dropped
+    as_list = [None if np.isnan(v) else float(v) for v in holes]
+    assert shortcut_probes(emb, {"holes": as_list})["holes"] == got["holes"]
     assert shortcut_probes(emb, {"c": count}, folds=3, seed=2)["c"] == pytest.approx(
         _cv_r2_reference(emb, count, 3, 2)[0], rel=1e-9
     )
@@ -599,8 +639,18 @@ def test_shortcut_explained_is_variance_weighted_cv_r2_of_the_top_pcs() -> None:
 
 
 def test_cv_r2_needs_two_rows_and_uses_at_most_one_fold_per_row() -> None:
-    x, t = np.array([[0.0], [1.0], [3.0], [4.5], [7.0]]), np.array([0.0, 1.1, 2.9, 4.0, 7.5])
-    assert diag_mod._cv_r2(x, t, 10, 0) == pytest.approx(_cv_r2_reference(x, t, 5, 0), rel=1e-9)
-    assert diag_mod._cv_r2(x[:2], t[:2], 2, 0).shape == (1,)
+    x, t = np.array([[0.0], [1.0], [3.0], [4.5], [7.0], [8.0]]), np.array([0.0, 1.1, 2.9, 4.0, 7.5, 7.0])
+    assert diag_mod._cv_r2(x, t, 10, 0) == pytest.approx(_cv_r2_reference(x, t, 6, 0), rel=1e-9)
+    two = diag_mod._cv_r2(x, np.stack([t, t**2], 1), 2, 1)  # 2 folds are enough; one R2 per column
+    np.testing.assert_allclose(two, _cv_r2_reference(x, np.stack([t, t**2], 1), 2, 1), rtol=1e-9)
     with pytest.raises(ValueError, match="^cross-validation needs at least 2 rows$"):
         diag_mod._cv_r2(x[:1], t[:1], 5, 0)
+
+
+def test_shortcut_analyses_are_reproducible_with_the_randomised_pca() -> None:
+    # N or D above 500 with few components: scikit-learn picks the randomised solver, seeded by `seed`
+    rng = np.random.default_rng(13)
+    emb, s = rng.normal(size=(40, 600)), rng.normal(size=(40, 2))
+    t = {"t": emb[:, 0] + rng.normal(size=40)}
+    assert shortcut_explained(s, emb, n_components=4, seed=3) == shortcut_explained(s, emb, n_components=4, seed=3)
+    assert shortcut_probes(emb, t, max_dim=8, seed=3) == shortcut_probes(emb, t, max_dim=8, seed=3)
