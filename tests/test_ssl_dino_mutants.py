@@ -6,6 +6,7 @@ docs/testing.md, "Mutation scores: ssl/ and eval/" (``python scripts/mutation.py
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -147,6 +148,8 @@ def test_concat_keeps_the_single_batch_and_positional_ids() -> None:
     a2 = ChannelBatch.from_images([torch.rand(2, 4, 4)], channel_ids=[[5, 6]])
     b2 = ChannelBatch.from_images([torch.rand(1, 4, 4)], channel_ids=[[9]])
     assert concat_channel_batches([a2, b2]).channel_ids.tolist() == [5, 6, 9]
+    with pytest.raises(ValueError, match=r"^cannot concatenate ChannelBatches of different sizes \[\(4, 4\), \(8, 8\)\]$"):
+        concat_channel_batches([a, ChannelBatch.from_images([torch.rand(1, 8, 8)])])
     with pytest.raises(ValueError, match="^no batches to concatenate$"):
         concat_channel_batches([])
 
@@ -181,6 +184,12 @@ def test_wrapper_runs_consecutive_same_size_views_together_in_view_order() -> No
     out = MultiCropWrapper(bb, nn.Identity())(views)
     # runs of consecutive equal sizes only: the last 8-px view is its own call
     assert bb.calls == [(8, 4, {}), (4, 6, {}), (8, 2, {})]
+    torch.testing.assert_close(out, _expected(views))
+    # a lone view before a size change is a run of its own
+    views = [_view(8, 0), _view(4, 1), _view(4, 2), _view(8, 3), _view(4, 4)]
+    bb = _Probe()
+    out = MultiCropWrapper(bb, nn.Identity())(views)
+    assert [c[:2] for c in bb.calls] == [(8, 2), (4, 4), (8, 2), (4, 2)]
     torch.testing.assert_close(out, _expected(views))
 
 
@@ -251,6 +260,15 @@ def test_loss_view_pairing(n_global: int, n_views: int) -> None:
     torch.testing.assert_close(loss_fn.center, 0.5 * teacher.mean(0, keepdim=True))
 
 
+def test_loss_and_stats_run_without_warnings() -> None:
+    # every softmax names its dimension (an implicit one warns, once per training step)
+    loss_fn = DINOLoss(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(torch.randn(6, 4), torch.randn(4, 4), 0.04)
+        loss_fn.stats(torch.randn(6, 4), torch.randn(4, 4), 0.04)
+
+
 def test_loss_without_center_update_and_in_bf16() -> None:
     torch.manual_seed(1)
     K = 4
@@ -271,9 +289,9 @@ def test_loss_rejects_each_bad_shape() -> None:
         loss_fn(torch.randn(6, 4), torch.randn(4, 4, 1), 0.04)
     with pytest.raises(ValueError, match="expected student"):
         loss_fn(torch.randn(6, 5), torch.randn(4, 4), 0.04)
-    with pytest.raises(ValueError, match="not a multiple of n_global=2"):
+    with pytest.raises(ValueError, match=r"^teacher rows \(5\) are not a multiple of n_global=2$"):
         loss_fn(torch.randn(6, 4), torch.randn(5, 4), 0.04)
-    with pytest.raises(ValueError, match="not a multiple of the batch size 2"):
+    with pytest.raises(ValueError, match=r"^student rows \(7\) are not a multiple of the batch size 2$"):
         loss_fn(torch.randn(7, 4), torch.randn(4, 4), 0.04)
     with pytest.raises(ValueError, match="^DINO needs at least 2 views"):
         DINOLoss(4, n_global=1)(torch.randn(2, 4), torch.randn(2, 4), 0.04)
@@ -342,8 +360,12 @@ def test_stats_of_a_one_hot_teacher_are_finite_zeros() -> None:
     assert st["teacher_entropy"] == 0.0 and st["teacher_batch_entropy"] == 0.0 and st["kl"] == 0.0
 
 
+H = 2.0  # log K of the made-up statistics below; the thresholds are fractions of it
+
+
 def _st(ent: float, kl: float, batch_ent: float) -> dict[str, float]:
-    return {"teacher_entropy": ent, "kl": kl, "teacher_batch_entropy": batch_ent, "max_entropy": 1.0}
+    """Statistics with entropies given as fractions of log K."""
+    return {"teacher_entropy": ent * H, "kl": kl, "teacher_batch_entropy": batch_ent * H, "max_entropy": H}
 
 
 def test_collapse_kind_thresholds_are_strict() -> None:
