@@ -50,6 +50,11 @@ MODULES: dict[str, list[str]] = {
     ],
     "data/channels.py": ["tests/test_channels.py"],
     "data/channel_names.py": ["tests/test_channels.py", "tests/test_data_manifest.py"],
+    "ssl/dino.py": ["tests/test_ssl_dino.py", "tests/test_ssl_dino_mutants.py", "tests/test_ssl_recipe.py"],
+    "ssl/schedules.py": ["tests/test_ssl_schedules.py", "tests/test_ssl_dino_mutants.py", "tests/test_ssl_recipe.py"],
+    "eval/knn.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
+    "eval/probes.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
+    "eval/diagnostics.py": ["tests/test_eval_diagnostics.py", "tests/test_eval_mutants.py"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",

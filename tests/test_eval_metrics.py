@@ -1,13 +1,16 @@
-"""Linear probes, kNN and low-data subsets checked against scikit-learn / hand-made answers."""
+"""Linear probes, kNN and low-data subsets checked against hand-made answers.
+
+The probes wrap scikit-learn estimators, so their expectations are closed forms (ridge normal
+equations, leave-one-out from the hat matrix, separable sets) in tests/test_eval_mutants.py, not the
+same estimators again. The 1-NN test below compares our numpy kNN with scikit-learn's, an independent
+implementation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.metrics import accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 
 from chada.eval.knn import knn_accuracy, knn_predict, knn_r2, knn_regress
 from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
@@ -30,17 +33,6 @@ def _blobs(n=300, d=20, k=4, sep=1.0, seed=0):
     return x, y
 
 
-def test_linear_probe_matches_sklearn_pipeline():
-    x, y = _blobs(sep=0.5)
-    xtr, ytr, xte, yte = x[:200], y[:200], x[200:], y[200:]
-    got = linear_probe_classification(xtr, ytr, xte, yte, C=1.0, max_iter=500)
-    sc = StandardScaler().fit(xtr)
-    ref = LogisticRegression(C=1.0, max_iter=500).fit(sc.transform(xtr), ytr)
-    expected = accuracy_score(yte, ref.predict(sc.transform(xte)))
-    assert got["accuracy"] == pytest.approx(expected)
-    assert 0.3 < got["accuracy"] < 1.0  # not trivial on this overlap
-
-
 def test_linear_probe_string_labels_unseen_test_class_counts_as_error():
     x, y = _blobs(n=100, k=2, sep=5.0)
     labels = np.array(["a", "b"])[y]
@@ -58,17 +50,6 @@ def test_linear_probe_cv_grid_and_pca():
     z = prep.transform(x[:150])
     assert z.shape == (150, 64)
     assert np.allclose(z.mean(0), 0, atol=1e-8)
-
-
-def test_ridge_probe_matches_sklearn():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(200, 10))
-    t = x @ rng.normal(size=10) + 0.5 * rng.normal(size=200)
-    got = ridge_probe_regression(x[:150], t[:150], x[150:], t[150:], alphas=[1.0])
-    sc = StandardScaler().fit(x[:150])
-    ref = Ridge(alpha=1.0).fit(sc.transform(x[:150]), t[:150])
-    assert got["r2"] == pytest.approx(r2_score(t[150:], ref.predict(sc.transform(x[150:]))), abs=1e-9)
-    assert got["r2"] > 0.8
 
 
 def test_probes_reject_bad_input():
