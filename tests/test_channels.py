@@ -291,7 +291,7 @@ def test_alias_option_parsing():
     add_channel_args(parser)
     args = parser.parse_args(["--channel-alias", " Hoechst = DAPI ", "--channel-alias", "a=b=c"])
     assert args.channel_alias == [("Hoechst", "DAPI"), ("a", "b=c")]
-    from chada.data.channels import _alias
+    from chada.data.channel_names import _alias
 
     for bad in ("=DAPI", "Hoechst=", " = "):
         with pytest.raises(argparse.ArgumentTypeError, match=rf"^--channel-alias takes OLD=NEW with both names, got '{bad}'$"):
