@@ -364,3 +364,7 @@ def test_validate_channel_names_details():
     with pytest.raises(ChannelNameError, match=r"^image: channel 'Hoechst' appears twice \(positions 0 and 1\)"):
         validate_channel_names(["DAPI", "Hoechst"], keys=["dapi", "dapi"])
     validate_channel_names(["DAPI", "DAPI"], keys=["a", "b"])
+    # case folding is str.lower(), as the policy's look-up: "Straße" and "STRASSE" are two names
+    # (upper-casing would fold both to "STRASSE")
+    validate_channel_names(["Straße", "STRASSE"])
+    assert ChannelPolicy().resolve(["Straße", "STRASSE"]) == [0, 1]
