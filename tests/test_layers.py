@@ -108,6 +108,14 @@ def test_varlen_kernel_selection_rule() -> None:
         assert not layers._varlen_kernel_available(bad)
 
 
+def test_varlen_kernel_unavailable_without_the_varlen_module(monkeypatch) -> None:
+    """A torch without ``torch.nn.attention.varlen`` (an older release) falls back to grouped attention."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # makes the import fail
+    assert not layers._varlen_kernel_available(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 2, 64)))
+
+
 def test_bf16_cpu_kernel_choice_follows_gradients(monkeypatch) -> None:
     """bf16 on CPU takes the explicit kernel unless a gradient is needed through q, k or v; grad mode
     alone (tensors that need no gradient) does not count."""
