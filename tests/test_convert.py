@@ -457,10 +457,14 @@ class _Args:
         return (_Args, (1, "two"))
 
 
+class HyperStorage:
+    """A foreign class whose name ends like a torch storage's."""
+
+
 def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_path):
     small = {k: v for k, v in ckpt_sd.items() if k.startswith("backbone.")}
     ckpt = tmp_path / "hp.ckpt"
-    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args()}
+    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args(), "foreign": HyperStorage()}
     torch.save({"state_dict": small, "hyper_parameters": hp}, ckpt)
     obj = read_checkpoint(ckpt)["hyper_parameters"]
     assert obj["dtype"] is torch.bfloat16  # torch's own dtypes resolve
@@ -468,6 +472,7 @@ def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_pa
     assert type(obj["cfg"]).__name__ == "_HyperParams" and obj["cfg"]._state == {"lr": 1e-4, "name": "dino"}
     assert type(obj["half"]).__module__.startswith("chada.opaque.")  # not torch.half: only module "torch" resolves
     assert obj["args"]._args == (1, "two")
+    assert type(obj["foreign"]).__module__.startswith("chada.opaque.")  # a "...Storage" name outside torch
 
 
 def test_reshape_and_unwrap_errors(student_sd):
