@@ -61,7 +61,8 @@ def test_blocks_pass_their_options_on() -> None:
     off = OfficialBlock(8, 2, 16)
     assert (off.norm1.eps, off.norm2.eps) == (1e-5, 1e-5) and off.attn.qkv.bias is not None
     assert isinstance(off.mlp.act, torch.nn.ReLU)
-    assert OfficialBlock(8, 2, 16, norm_eps=1e-3).norm2.eps == 1e-3
+    off = OfficialBlock(8, 2, 16, norm_eps=1e-3)
+    assert (off.norm1.eps, off.norm2.eps) == (1e-3, 1e-3)
 
 
 @pytest.mark.parametrize("make", [lambda: Attention(8, 2), lambda: Block(8, 2, 16), lambda: OfficialBlock(8, 2, 16)])
