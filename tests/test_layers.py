@@ -154,6 +154,10 @@ def test_explicit_attention_default_chunk_and_mask() -> None:
         got = layers._explicit_attention(q, k, v, mask, chunk=chunk)
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(layers._explicit_attention(q, k, v, None), logits.softmax(-1) @ v, atol=1e-12, rtol=0)
+    # more batch x heads than keys: the default chunk is still a whole number of rows
+    q, k, v = (torch.randn(4, 2, 3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = (q @ k.transpose(-2, -1) / 2.0).softmax(-1) @ v
+    torch.testing.assert_close(layers._explicit_attention(q, k, v, None), ref, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("part", ["attn", "mlp"])
