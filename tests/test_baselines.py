@@ -243,3 +243,59 @@ def test_gradients_equal_finite_differences(name, pool, images):
         analytic = float((p.grad * d).sum())
         assert abs(numeric) > 1e-6, pname
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), pname
+
+
+# ------------------------------------------------------------------ details pinned by mutation testing
+@pytest.mark.parametrize("name", BASELINES)
+def test_forward_head_and_embedding_dim_default_to_cls(name):
+    m = _model(name)
+    x = torch.rand(2, 3, 32, 32)
+    feats = m.forward_features(x)
+    cls = feats.cls.reshape(2, -1)  # one-channel ViT: the 3 per-channel CLS tokens concatenated
+    assert torch.equal(m.forward_head(feats), cls)
+    assert m.embedding_dim(channels=3) == cls.shape[1] == (3 * 32 if name.startswith("one") else 32)
+
+
+def test_inter_channel_padded_mode_masks_and_packed_mode_does_not(monkeypatch):
+    """Equal values (tested above) hide which path ran: padded runs every block once on ``1 + C_max``
+    tokens with a key mask, packed once per channel count on ``1 + C`` tokens with none."""
+    from chada.models import layers
+
+    seen = []
+    real = layers.Block.forward
+    monkeypatch.setattr(
+        layers.Block, "forward", lambda self, x, key_mask=None, *a, **k: seen.append((x.shape[1], key_mask is not None)) or real(self, x, key_mask, *a, **k)
+    )
+    images = [torch.rand(2, 32, 32), torch.rand(3, 32, 32)]
+    _model("inter_channel_vit_test", attention="padded")(images)
+    assert seen == [(1 + C_MAX, True)] * 2
+    seen.clear()
+    _model("inter_channel_vit_test")(images)
+    assert seen == [(3, False), (3, False), (4, False), (4, False)]
+
+
+def test_drop_path_rates_rise_linearly_to_the_last_block():
+    for name in BASELINES:
+        m = create_model(name, drop_path_rate=0.3)  # depth 2: 0, then the full rate
+        assert [b.drop_path for b in m.blocks] == [0.0, 0.3]
+    m = create_model("one_channel_vit_test", drop_path_rate=0.3, depth=3)
+    assert [b.drop_path for b in m.blocks] == [0.0, 0.15, 0.3]
+    assert [b.drop_path for b in create_model("one_channel_vit_test", drop_path_rate=0.3, depth=1).blocks] == [0.0]
+
+
+def test_one_channel_tokens_is_an_int_and_bf16_positions_stay_bf16():
+    n = OneChannelViT.config_class(img_size=32, patch_size=8).tokens(3)
+    assert n == 17 and type(n) is int  # 1 + (32 / 8)^2 tokens per channel sequence
+    m = _model("one_channel_vit_test").to(torch.bfloat16)
+    pos = m.interpolate_pos_embed(3, 2)
+    assert pos.shape == (1 + 6, 32) and pos.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("upsample, size", [(True, (32, 40)), ((12, 20), (12, 20))])
+def test_one_channel_dense_upsampling(upsample, size):
+    m = _model("one_channel_vit_test")
+    images = [torch.rand(2, 32, 40), torch.rand(1, 32, 40)]
+    out = m.forward_dense(images, upsample=upsample)
+    assert out.maps.shape == (2, 2, 32, *size) and out.grid == (4, 5)
+    assert out.channel_mask.tolist() == [[True, True], [True, False]]
+    assert out.maps[1, 1].abs().max() == 0  # the missing channel stays zero after upsampling

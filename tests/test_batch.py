@@ -140,3 +140,13 @@ def test_pin_memory_pins_every_tensor(monkeypatch) -> None:
     pinned.clear()
     q = ChannelBatch.from_images(_imgs(1)).pin_memory()
     assert len(pinned) == 2 and q.channel_ids is None
+
+
+def test_counts_and_ids_follow_the_pixels_device() -> None:
+    """Counts and channel ids given on the CPU move to the pixels' device (``meta`` stands in for a GPU:
+    it has no data, so only the devices are compared)."""
+    b = ChannelBatch(torch.empty(3, 4, 4, device="meta"), torch.tensor([2, 1]), [0, 1, 5])
+    assert (b.counts.device.type, b.channel_ids.device.type) == ("meta", "meta")
+    assert b.channel_ids.dtype == torch.long
+    cpu = ChannelBatch(torch.rand(3, 4, 4), torch.tensor([2, 1]))
+    assert cpu.counts.device.type == "cpu"

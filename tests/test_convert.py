@@ -391,8 +391,10 @@ def test_unreadable_checkpoint_is_a_clean_error(tmp_path, capsys, content):
     CLI), whatever the unpickler raised (KeyError and EOFError used to escape as internal errors)."""
     f = tmp_path / "w.ckpt"
     f.write_bytes(content)
-    with pytest.raises(ValueError, match=r"could not read .*w\.ckpt as a torch checkpoint: \w+"):
+    with pytest.raises(ValueError, match=r"could not read .*w\.ckpt as a torch checkpoint: \w+") as err:
         read_checkpoint(f)
+    cause = err.value.__cause__  # the unpickler's own error, named by its type then its text
+    assert str(err.value).endswith(f" as a torch checkpoint: {type(cause).__name__}: {cause}")
     assert cli.main(["convert", str(f), str(tmp_path / "out")]) == 2
     assert "Traceback" not in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"^checkpoint .*missing\.ckpt not found$"):
@@ -424,20 +426,24 @@ def test_fallback_failure_message(tmp_path, monkeypatch):
     assert calls[0] == ("cpu", True, None) and calls[1][:2] == ("cpu", False)
 
 
-def test_safetensors_read_error_message(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "error, shown", [(OSError(), "OSError"), (ValueError("header too large\nat byte 8"), "header too large")]
+)
+def test_safetensors_read_error_message(tmp_path, monkeypatch, error, shown):
+    """The reader's error: its first line, or its type when it has no text."""
     import safetensors.torch
 
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"x")
 
     def fail(*a, **k):
-        raise OSError()
+        raise error
 
     monkeypatch.setattr(safetensors.torch, "load_file", fail)
     with pytest.raises(ValueError) as err:
         read_checkpoint(f)
     assert str(err.value) == (
-        f"{f} is not a readable safetensors file (OSError): it is truncated or corrupt; download or copy it again"
+        f"{f} is not a readable safetensors file ({shown}): it is truncated or corrupt; download or copy it again"
     )
 
 
@@ -451,10 +457,14 @@ class _Args:
         return (_Args, (1, "two"))
 
 
+class HyperStorage:
+    """A foreign class whose name ends like a torch storage's."""
+
+
 def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_path):
     small = {k: v for k, v in ckpt_sd.items() if k.startswith("backbone.")}
     ckpt = tmp_path / "hp.ckpt"
-    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args()}
+    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args(), "foreign": HyperStorage()}
     torch.save({"state_dict": small, "hyper_parameters": hp}, ckpt)
     obj = read_checkpoint(ckpt)["hyper_parameters"]
     assert obj["dtype"] is torch.bfloat16  # torch's own dtypes resolve
@@ -462,6 +472,7 @@ def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_pa
     assert type(obj["cfg"]).__name__ == "_HyperParams" and obj["cfg"]._state == {"lr": 1e-4, "name": "dino"}
     assert type(obj["half"]).__module__.startswith("chada.opaque.")  # not torch.half: only module "torch" resolves
     assert obj["args"]._args == (1, "two")
+    assert type(obj["foreign"]).__module__.startswith("chada.opaque.")  # a "...Storage" name outside torch
 
 
 def test_reshape_and_unwrap_errors(student_sd):
@@ -542,6 +553,7 @@ def test_non_persistent_buffers_are_initialised(ckpt_sd, monkeypatch):
     registry.register_arch("chada_vit_with_buffer")(WithBuffer)
     arch, cfg, _ = registry.model_spec("chada_vit_moyen_official")
     registry.register_model("official_with_buffer", "chada_vit_with_buffer", **cfg)
-    model = load_official_checkpoint(ckpt_sd, model_name="official_with_buffer")
+    model = load_official_checkpoint(ckpt_sd, model_name="official_with_buffer", num_heads=4)
     assert torch.equal(model.scale, torch.full((64,), 2.5))
+    assert model.config.num_heads == 4 and model.blocks[0].attn.num_heads == 4  # overrides reach this path too
     assert torch.equal(model.blocks[0].attn.qkv.weight, ckpt_sd["backbone.blocks.0.self_attn.in_proj_weight"])

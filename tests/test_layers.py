@@ -61,7 +61,8 @@ def test_blocks_pass_their_options_on() -> None:
     off = OfficialBlock(8, 2, 16)
     assert (off.norm1.eps, off.norm2.eps) == (1e-5, 1e-5) and off.attn.qkv.bias is not None
     assert isinstance(off.mlp.act, torch.nn.ReLU)
-    assert OfficialBlock(8, 2, 16, norm_eps=1e-3).norm2.eps == 1e-3
+    off = OfficialBlock(8, 2, 16, norm_eps=1e-3)
+    assert (off.norm1.eps, off.norm2.eps) == (1e-3, 1e-3)
 
 
 @pytest.mark.parametrize("make", [lambda: Attention(8, 2), lambda: Block(8, 2, 16), lambda: OfficialBlock(8, 2, 16)])
@@ -108,6 +109,14 @@ def test_varlen_kernel_selection_rule() -> None:
         assert not layers._varlen_kernel_available(bad)
 
 
+def test_varlen_kernel_unavailable_without_the_varlen_module(monkeypatch) -> None:
+    """A torch without ``torch.nn.attention.varlen`` (an older release) falls back to grouped attention."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # makes the import fail
+    assert not layers._varlen_kernel_available(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 2, 64)))
+
+
 def test_bf16_cpu_kernel_choice_follows_gradients(monkeypatch) -> None:
     """bf16 on CPU takes the explicit kernel unless a gradient is needed through q, k or v; grad mode
     alone (tensors that need no gradient) does not count."""
@@ -145,6 +154,10 @@ def test_explicit_attention_default_chunk_and_mask() -> None:
         got = layers._explicit_attention(q, k, v, mask, chunk=chunk)
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(layers._explicit_attention(q, k, v, None), logits.softmax(-1) @ v, atol=1e-12, rtol=0)
+    # more batch x heads than keys: the default chunk is still a whole number of rows
+    q, k, v = (torch.randn(4, 2, 3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = (q @ k.transpose(-2, -1) / 2.0).softmax(-1) @ v
+    torch.testing.assert_close(layers._explicit_attention(q, k, v, None), ref, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("part", ["attn", "mlp"])

@@ -463,7 +463,7 @@ def test_model_options_and_small_api() -> None:
 def test_input_check_messages() -> None:
     model = make(max_channels=4)
     with pytest.raises(ValueError) as err:
-        model(imgs(2, 5, 1, 6))
+        model(imgs(4, 5, 1, 6))  # exactly C_max channels is fine: image 0 is not named
     assert str(err.value) == "images [1, 3] have more than C_max=4 channels (largest: 6); this model cannot take them"
     for ids in ([0, 4], [-1, 0]):
         with pytest.raises(ValueError, match=r"^channel_ids must lie in 0\.\.3$"):
@@ -480,3 +480,50 @@ def test_input_check_messages() -> None:
     batch.pixels = batch.pixels.to(torch.int32)  # changed after the batch checked it
     with pytest.raises(TypeError, match=r"^pixels must be floating point, got torch\.int32$"):
         model(batch)
+
+
+# ------------------------------------------------------------------ details pinned by mutation testing
+@pytest.mark.parametrize("mode", ["padded", "packed", "varlen"])
+def test_attention_and_hidden_states_only_when_asked(mode: str) -> None:
+    model = make(attention=mode)
+    out = model.forward_features(imgs(2, 1))
+    assert (out.attention, out.cls_self_attention, out.hidden_states) == (None, None, None)
+    assert torch.equal(model.forward_head(out), out.cls)  # pool defaults to "cls"
+
+
+@pytest.mark.parametrize("mode", ["padded", "packed", "varlen"])
+def test_each_attention_mode_runs_its_own_path(mode: str, monkeypatch) -> None:
+    """The three modes give equal values (test_packed.py), so only the path taken tells them apart."""
+    model = make(attention=mode)
+    ran = []
+    for name in ("_forward_packed", "_forward_varlen"):
+        real = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *a, _n=name, _r=real, **k: ran.append(_n) or _r(*a, **k))
+    model(imgs(2, 1))
+    assert ran == {"padded": [], "packed": ["_forward_packed"], "varlen": ["_forward_varlen"]}[mode]
+    with pytest.raises(ValueError, match=r"^attention must be one of 'padded', 'packed', 'varlen'; got 'flash'$"):
+        model.set_attention("flash")
+
+
+def test_drop_path_rates_rise_linearly_to_the_last_block() -> None:
+    assert [b.drop_path for b in make(drop_path_rate=0.3).blocks] == [0.0, 0.3]  # depth 2
+    assert [b.drop_path for b in make(drop_path_rate=0.3, depth=3).blocks] == [0.0, 0.15, 0.3]
+    assert [b.drop_path for b in make(drop_path_rate=0.3, depth=1).blocks] == [0.0]
+
+
+@pytest.mark.parametrize("interp", ["bicubic", "dino_bicubic"])
+def test_resized_positions_keep_the_model_dtype(interp: str) -> None:
+    model = make(pos_interpolation=interp).to(torch.bfloat16)
+    pos = model.interpolate_pos_embed(3, 5)
+    assert pos.shape == (1 + 15, 32) and pos.dtype == torch.bfloat16
+
+
+def test_dino_bicubic_grid_check_names_both_sizes(monkeypatch) -> None:
+    """The +0.1 makes DINO's floor land on (h, w); were an interpolation to miss it, the error says so."""
+    import torch.nn.functional as F
+
+    model = make(pos_interpolation="dino_bicubic")
+    real = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, **k: real(x, **k)[..., :-1])
+    with pytest.raises(ValueError, match=r"^dino_bicubic interpolation gave grid \(3, 4\), expected \(3, 5\)$"):
+        model.interpolate_pos_embed(3, 5)

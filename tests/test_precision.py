@@ -231,3 +231,17 @@ def test_cpuinfo_aarch64_features_and_colons(tmp_path, monkeypatch) -> None:
 def test_precision_name_of_other_dtypes() -> None:
     assert precision_name(torch.float32) == "fp32" and precision_name(torch.bfloat16) == "bf16"
     assert precision_name(torch.float16) == "float16" and precision_name(torch.float64) == "float64"
+
+
+def test_cpuinfo_readers_default_to_proc_cpuinfo(monkeypatch, tmp_path) -> None:
+    """Without an argument both readers open ``/proc/cpuinfo`` (here a fake file standing in for it)."""
+    from chada.models import precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Fake CPU 7\nflags\t\t: fpu avx512_bf16\n")
+    opened = []
+    real_open = open
+    monkeypatch.setattr(precision, "open", lambda path, *a: opened.append(path) or real_open(info, *a), raising=False)
+    assert read_cpu_flags() == {"fpu", "avx512_bf16"}
+    assert cpu_model_name() == "Fake CPU 7"
+    assert opened == ["/proc/cpuinfo", "/proc/cpuinfo"]
