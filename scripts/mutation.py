@@ -115,16 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
     p.add_argument("--resume", action="store_true", help="keep the scratch folder and mutmut's cache")
     p.add_argument("--survivors", action="store_true", help="show the diff of every surviving mutant")
-    p.add_argument("--table", action="store_true", help="markdown rows of every module's last summary.json")
+    p.add_argument("--table", action="store_true", help="markdown rows of every module's last summary.json (the columns of docs/testing.md)")
     args = p.parse_args(argv)
     if args.table:
         for m in MODULES:
             f = WORK / m.replace("/", "__").removesuffix(".py") / "summary.json"
             if f.exists():
                 s = json.loads(f.read_text())
-                other = ", ".join(f"{k} {v}" for k, v in s["other"].items()) or "0"
-                print(f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']} | {s['timeout']} | {other} "
-                      f"| {s['killed_pct']} % | {s['wall_s']} s |")
+                # the columns of docs/testing.md's tables; timeouts and other verdicts in their own cells
+                no_tests = s["other"].get("no tests", 0)
+                rest = ", ".join(f"{k} {v}" for k, v in s["other"].items() if k != "no tests")
+                extra = f" (+{s['timeout']} timeout)" if s["timeout"] else ""
+                print(f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']}{extra} | {no_tests} "
+                      f"| {s['killed_pct']:.1f} % | {s['wall_s']} | `flock /tmp/chada-cpu.lock python "
+                      f"scripts/mutation.py {m}` |" + (f" {rest} |" if rest else ""))
         return 0
     if args.list or not args.module:
         for m, tests in MODULES.items():
