@@ -15,14 +15,7 @@ from chada.eval.diagnostics import (
     shortcut_probes,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Small fits: multi-threaded BLAS on a loaded 2-core machine only adds spin-wait time.
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def test_cka_identity_rotation_scaling():

@@ -16,14 +16,7 @@ from chada.eval.knn import knn_accuracy, knn_predict, knn_r2, knn_regress
 from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
 from chada.eval.probes import FeaturePrep, encode_labels, linear_probe_classification, ridge_probe_regression
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Small fits: multi-threaded BLAS on a loaded 2-core machine only adds spin-wait time.
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _blobs(n=300, d=20, k=4, sep=1.0, seed=0):

@@ -30,13 +30,7 @@ from chada.eval.diagnostics import (
 from chada.eval.knn import chunk_rows, knn_accuracy, knn_predict, knn_r2, knn_regress
 from chada.eval.probes import DEFAULT_ALPHAS, FeaturePrep, linear_probe_classification, ridge_probe_regression
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 # ------------------------------------------------------------------------------- references
