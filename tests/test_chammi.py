@@ -145,3 +145,35 @@ def test_benchmark_cli_end_to_end(tmp_path, capsys):
     oracle = json.loads((out / "results" / "oracle_1nn_cosine_results.json").read_text())
     assert all(t["accuracy"] == 1.0 and t["f1_score_macro"] == 1.0 for t in oracle["tasks"])
     assert oracle["chammi_score"] == pytest.approx(1.0)
+
+
+def test_feature_files_made_another_way_are_embedded_again(tmp_path, capsys):
+    """A kept feature file must have been made with the same weights, size, pool, normalisation and
+    precision: a rerun with another precision (or an older file with no record) embeds again."""
+    from chada.cli import main
+
+    root = tmp_path / "CHAMMI"
+    _make_chammi(root, n_train=3, n_per_task=1)
+    out = tmp_path / "bench"
+    feat = out / "features" / "CP" / "chada_vit_test.npy"
+
+    def run(*extra: str) -> str:
+        assert main(["benchmark", "chammi", "--model", "chada_vit_test", "--root", str(root), "--out", str(out),
+                     "--image-size", "16", "--datasets", "CP", *extra]) == 0  # fmt: skip
+        return capsys.readouterr().err
+
+    run("--precision", "fp32")
+    made = json.loads(feat.with_suffix(".json").read_text())
+    assert made["settings"]["precision"] == "fp32" and made["settings"]["image_size"] == 16
+    assert len(made["settings"]["weights_sha1"]) == 40 and made["rows"] == len(np.load(feat))
+    first = feat.read_bytes()
+    assert "embedding again" not in run("--precision", "fp32")  # same settings: kept
+    assert feat.read_bytes() == first
+    err = run("--precision", "bf16")
+    assert "was made with other settings (precision: 'fp32' -> 'bf16'); embedding again" in err
+    assert feat.read_bytes() != first
+    assert "(pool: 'cls' -> 'all')" in run("--precision", "bf16", "--pool", "all")
+    feat.with_suffix(".json").unlink()
+    assert "has no record of the settings it was made with; embedding again" in run("--precision", "bf16")
+    assert "embedding again" not in run("--precision", "bf16", "--seed", "0")
+    assert "weights_sha1" in run("--precision", "bf16", "--seed", "1")  # other random weights

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -302,23 +303,30 @@ def embed_chammi(
     from chada.data.importers.chammi import N_CHANNELS, chammi_image_path, load_meta, read_chammi_image
     from chada.data.normalize import normalize_channels
     from chada.encode.encoders import embed_images, resolve_model
-    from chada.io import atomic_write_npy
+    from chada.io import atomic_write_json, atomic_write_npy
+    from chada.models.precision import precision_name
+    from chada.tasks.dense.features import fingerprint
 
     module, info = resolve_model(model, seed=seed) if not isinstance(model, torch.nn.Module) else (model, {})
     name = name or model_label(model if not isinstance(model, torch.nn.Module) else type(model).__name__)
     if module is not None:
         module = module.to(device).eval()
+    # What the features depend on, kept beside each .npy: a file made another way is embedded again.
+    settings = {
+        "weights_sha1": fingerprint(module) if module is not None else "handmade", "image_size": image_size,
+        "pool": pool, "normalize": normalize, "precision": precision_name(dtype or torch.float32),
+    }  # fmt: skip
     written = {}
     for ds in datasets:
         meta = load_meta(Path(root), ds)
         dest = Path(out_dir) / "features" / ds / f"{name}.npy"
         if dest.exists() and not overwrite:
-            try:
-                if len(np.load(dest, mmap_mode="r")) == len(meta):
-                    written[ds] = dest
-                    continue
-            except (OSError, ValueError):
-                pass
+            why = _stale_features(dest, settings, len(meta))
+            if why is None:
+                written[ds] = dest
+                continue
+            if progress:
+                print(f"CHAMMI {ds}: {dest} {why}; embedding again", file=sys.stderr, flush=True)
         feats: list[np.ndarray] = []
         batch: list[torch.Tensor] = []
         encoder = module if module is not None else "handmade"
@@ -333,5 +341,22 @@ def embed_chammi(
                 feats.append(embed_images(encoder, batch, [pool], device=device, dtype=dtype or torch.float32)[pool])
                 batch = []
         atomic_write_npy(dest, np.concatenate(feats).astype(np.float32))
+        atomic_write_json(dest.with_suffix(".json"), {"settings": settings, "rows": len(meta)}, indent=1)
         written[ds] = dest
     return written
+
+
+def _stale_features(dest: Path, settings: dict[str, Any], rows: int) -> str | None:
+    """None when ``dest`` holds ``rows`` features made with ``settings``; else why it cannot be reused."""
+    try:
+        n = len(np.load(dest, mmap_mode="r"))
+    except (OSError, ValueError):
+        return "is unreadable"
+    if n != rows:
+        return f"has {n} rows, not {rows}"
+    try:
+        made = json.loads(dest.with_suffix(".json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has no record of the settings it was made with"
+    changed = [f"{k}: {made.get(k)!r} -> {v!r}" for k, v in settings.items() if made.get(k) != v]
+    return f"was made with other settings ({', '.join(changed)})" if changed else None
