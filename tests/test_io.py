@@ -134,3 +134,23 @@ def test_temp_owner_parses_names():
     assert cio.temp_owner(".x.npz.123.abcd_123.tmp") == ("x.npz", 123)
     assert cio.temp_owner(".x.npz.abcd_123.tmp") == ("x.npz", None)
     assert cio.temp_owner("x.npz") is None and cio.temp_owner(".hidden") is None
+
+
+def test_safe_filename_keeps_only_portable_characters():
+    assert cio.safe_filename("dsb2018_nuclei-v1.2") == "dsb2018_nuclei-v1.2"
+    assert cio.safe_filename("a/b c:d*é") == "a_b_c_d_é"  # str.isalnum keeps letters of any script
+
+
+def test_save_figure_writes_png_and_svg_or_only_the_formats_asked(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chada.viz.style import save_figure
+
+    both = save_figure(plt.figure(), tmp_path / "a.png")
+    assert [p.name for p in both] == ["a.png", "a.svg"] and all(p.stat().st_size > 0 for p in both)
+    only = save_figure(plt.figure(), tmp_path / "b.png", formats=("png",))
+    assert only == [tmp_path / "b.png"] and not (tmp_path / "b.svg").exists()
+    assert only[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

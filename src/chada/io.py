@@ -53,6 +53,7 @@ __all__ = [
     "check_writable_dir",
     "check_writable_file",
     "remove_stale_temps",
+    "safe_filename",
     "temp_owner",
 ]
 
@@ -272,3 +273,9 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder", 
     if clean and p.is_dir():
         remove_stale_temps(p, depth=_CLEAN_DEPTH)
     return p
+
+
+def safe_filename(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_`` (task and
+    model names become file names)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

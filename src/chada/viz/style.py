@@ -140,8 +140,11 @@ def figure_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".png"), p.with_name(p.name + ".svg")
 
 
-def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 150, close: bool = True) -> list[Path]:
-    """Write ``fig`` as PNG and SVG next to each other, atomically; returns both paths.
+def save_figure(
+    fig: Any, out: str | os.PathLike, dpi: int = 150, close: bool = True, formats: tuple[str, ...] = ("png", "svg")
+) -> list[Path]:
+    """Write ``fig`` as PNG and SVG (or only ``formats``) next to each other, atomically; returns the
+    paths written.
 
     The canvas is rendered to memory first, so a failure while drawing leaves no partial file.
     """
@@ -150,6 +153,8 @@ def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 150, close: bool = 
     png, svg = figure_paths(out)
     written = []
     for path, fmt in ((png, "png"), (svg, "svg")):
+        if fmt not in formats:
+            continue
         buf = io.BytesIO()
         # SVG text stays text (editable, searchable) instead of glyph outlines.
         with plt.rc_context({"svg.fonttype": "none"}):

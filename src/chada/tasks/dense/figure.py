@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chada.io import atomic_write_bytes
+from chada.io import safe_filename
+from chada.viz.style import save_figure
 
 __all__ = ["composite", "error_map", "plot_dense_examples"]
 
@@ -78,10 +78,4 @@ def plot_dense_examples(
         fontsize=8,
     )
     fig.tight_layout()
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in outcome.task)
-    path = Path(out_dir) / f"dense_{safe}.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, Path(out_dir) / f"dense_{safe_filename(outcome.task)}.png", dpi=130, formats=("png",))[0]

@@ -17,16 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from chada.io import atomic_write_text
+from chada.io import atomic_write_text, safe_filename
 from chada.tasks.dense.figure import plot_dense_examples
 
 __all__ = ["dense_markdown", "dense_table_markdown", "write_dense_outputs"]
 
 _ORDER = {"learned": 0, "untrained": 1, "handmade": 2, "chance": 3}
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +90,7 @@ def write_dense_outputs(outcome: Any, out_dir: str | os.PathLike, plots: bool = 
     """Write the files listed in the module docstring; returns ``{name: path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = _safe(outcome.task)
+    name = safe_filename(outcome.task)
     files: dict[str, Path] = {}
     for fname, text in ((f"dense_{name}.md", dense_markdown(outcome)),
                         (f"dense_{name}.csv", _sorted(outcome.table).to_csv(index=False)),
@@ -102,7 +98,7 @@ def write_dense_outputs(outcome: Any, out_dir: str | os.PathLike, plots: bool = 
         atomic_write_text(out / fname, text)
         files[fname] = out / fname
     for key, probe in outcome.probes.items():
-        st, js = probe.save(out / "probes" / name / _safe(key))
+        st, js = probe.save(out / "probes" / name / safe_filename(key))
         files[st.name] = st
     if plots:
         best = outcome.table[

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from chada.io import atomic_write_bytes
+from chada.io import safe_filename
+from chada.viz.style import save_figure
 
 __all__ = ["plot_reconstruction_examples"]
 
@@ -21,7 +22,6 @@ def plot_reconstruction_examples(examples: Any, out_dir: str | os.PathLike) -> P
     ``examples`` is a :class:`chada.tasks.reconstruction.ReconstructionExamples`; writes
     ``reconstruction_<task>.png`` and returns its path (None when there is nothing to draw).
     """
-    import io
 
     from chada.viz.style import model_styles, use_agg
 
@@ -64,10 +64,5 @@ def plot_reconstruction_examples(examples: Any, out_dir: str | os.PathLike) -> P
     fig.suptitle(f"Channel reconstruction: {examples.task} (test images; targets in [0, 1]; "
                  "frame colour = model, as in every figure)", fontsize=9)  # fmt: skip
     fig.tight_layout()
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in examples.task)
-    path = Path(out_dir) / f"reconstruction_{safe}.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    out = Path(out_dir) / f"reconstruction_{safe_filename(examples.task)}.png"
+    return save_figure(fig, out, dpi=120, formats=("png",))[0]
