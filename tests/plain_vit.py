@@ -157,3 +157,23 @@ def group_norm_1(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> 
     mu = x.mean()
     var = ((x - mu) ** 2).mean()
     return (x - mu) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+
+
+def assert_directional_derivatives(
+    model: torch.nn.Module, loss, generator: torch.Generator, eps: float = 1e-6
+) -> None:
+    """For each parameter tensor: the gradient already in ``p.grad`` (from ``loss().backward()``),
+    along a random direction, equals a central finite difference of ``loss`` (float64), and that
+    difference is not ~0 (the parameter really moves the loss)."""
+    for name, p in model.named_parameters():
+        direction = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        with torch.no_grad():
+            p.add_(eps * direction)
+            up = loss().item()
+            p.sub_(2 * eps * direction)
+            down = loss().item()
+            p.add_(eps * direction)
+        numeric = (up - down) / (2 * eps)
+        analytic = float((p.grad * direction).sum())
+        assert abs(numeric) > 1e-6, name
+        assert math.isclose(analytic, numeric, rel_tol=1e-5, abs_tol=1e-8), (name, analytic, numeric)

@@ -7,6 +7,7 @@ import torch
 
 from chada.models import ChannelBatch, create_model, list_models, load_model
 from chada.models.baselines import FixedChannelViT, InterChannelViT, OneChannelViT
+from plain_vit import assert_directional_derivatives
 
 C_MAX = 10
 BASELINES = ["one_channel_vit_test", "inter_channel_vit_test", "fixed_channel_vit_test"]
@@ -230,19 +231,7 @@ def test_gradients_equal_finite_differences(name, pool, images):
         # every entry moves the loss: a term dropped from the forward pass (a positional slot, a
         # channel embedding, a bias) leaves zeros here even when the tensor as a whole gets a gradient
         assert bool((grad.abs() > 1e-12).all()), pname
-    eps = 1e-6
-    for pname, p in m.named_parameters():
-        d = torch.randn(p.shape, generator=g, dtype=p.dtype)
-        with torch.no_grad():
-            p.add_(eps * d)
-            up = loss().item()
-            p.sub_(2 * eps * d)
-            down = loss().item()
-            p.add_(eps * d)
-        numeric = (up - down) / (2 * eps)
-        analytic = float((p.grad * d).sum())
-        assert abs(numeric) > 1e-6, pname
-        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), pname
+    assert_directional_derivatives(m, loss, g)
 
 
 # ------------------------------------------------------------------ details pinned by mutation testing

@@ -12,8 +12,6 @@ F.interpolate, no SDPA).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +19,15 @@ import torch
 import chada
 from chada.models import ChannelBatch
 from chada.models.layers import Block, VarlenSegments
-from plain_vit import antialias_matrix, dino_matrix, layer_norm, patches, positions, prenorm_blocks
+from plain_vit import (
+    antialias_matrix,
+    assert_directional_derivatives,
+    dino_matrix,
+    layer_norm,
+    patches,
+    positions,
+    prenorm_blocks,
+)
 
 # ----------------------------------------------------------------------- reference resampling
 
@@ -193,19 +199,7 @@ def test_gradients_equal_finite_differences(mode: str) -> None:
 
     model.zero_grad()
     loss().backward()
-    eps = 1e-6
-    for name, p in model.named_parameters():
-        direction = torch.randn(p.shape, generator=g, dtype=p.dtype)
-        with torch.no_grad():
-            p.add_(eps * direction)
-            up = loss().item()
-            p.sub_(2 * eps * direction)
-            down = loss().item()
-            p.add_(eps * direction)
-        numeric = (up - down) / (2 * eps)
-        analytic = float((p.grad * direction).sum())
-        assert abs(numeric) > 1e-6, name  # every parameter really moves the loss
-        assert math.isclose(analytic, numeric, rel_tol=1e-5, abs_tol=1e-8), (name, analytic, numeric)
+    assert_directional_derivatives(model, loss, g)
 
 
 # ----------------------------------------------------------------------- init, drop path
