@@ -148,11 +148,12 @@ def test_pixel_features_shape_names_and_blob_response() -> None:
         pixel_features(np.full((1, 8, 8), np.nan, np.float32))
 
 
-def test_a_dense_only_config_logs_only_its_own_steps(trained) -> None:
+def test_a_dense_only_config_logs_only_its_own_steps(trained, capfd) -> None:
     from chada.tasks.evaluation import run_evaluation
 
     root, _ = trained
     lines: list[str] = []
-    run_evaluation(str(root / "cfg.yaml"), root / "ev_log", progress=False, print_table=False, log=lines.append)
+    run_evaluation(str(root / "cfg.yaml"), root / "ev_log", progress=True, print_table=False, log=lines.append)
+    assert "feature tasks" not in capfd.readouterr().err  # no empty progress bar for the absent steps
     assert lines[0] == "dense nuclei: 2 model(s), heads linear ..." and lines[1].startswith("dense nuclei: 2 model(s), heads linear: done in")
     assert not any("probes, kNN" in x or "diagnostics" in x or "Fig. 1" in x for x in lines), lines

@@ -266,7 +266,7 @@ def run_feature_tasks(
     rows: list[dict[str, Any]] = []
     cache: dict[str, dict[str, Any]] = {}
     # tqdm rather than a rich live display: it also shows progress when the output is a log file.
-    with tqdm(total=len(units), desc="feature tasks", unit="model", disable=not progress, leave=False,
+    with tqdm(total=len(units), desc="feature tasks", unit="model", disable=not progress or not units, leave=False,
               dynamic_ncols=True, mininterval=0.5) as bar:  # fmt: skip
         for task, name in units:
             bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
