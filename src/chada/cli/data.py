@@ -199,6 +199,68 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ scan
+def _add_scan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="a manifest from a plate folder, by a filename pattern (+ platemap, label images)",
+        description=(
+            "Write a manifest from the files under ROOT, one row per image (the pattern's fields other "
+            "than {channel} are the image key), its channel files in channel order. Errors (each listed by "
+            "name, exit 2, nothing written): image files matching no pattern, unnamed channel values, "
+            "duplicate keys, images missing a channel or a label image, wells absent from the platemap. "
+            "Files that are not images (CSV, JSON, ...) are skipped. See docs/plates.md."
+        ),
+    )
+    p.add_argument("root", metavar="ROOT", help="the plate folder")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--pattern", help="parse-style pattern of the path below ROOT, e.g. '{plate}/{well}_s{site}_w{channel}.tif'")
+    how.add_argument("--regex", help="a Python regular expression with named groups instead, e.g. '(?P<well>[A-P]\\d+)_(?P<channel>w\\d)\\.tif'")
+    p.add_argument("--out", required=True, help="manifest to write (.csv, .tsv or .parquet)")
+    p.add_argument("--channel-names", default=None, metavar="V=NAME,...",
+                   help="name and order the channel values, e.g. 'w1=DAPI,w2=Tubulin' (default: the values, natural order)")
+    p.add_argument("--platemap", default=None, help="CSV with a well column (and optionally plate) to join")
+    p.add_argument("--objects-pattern", default=None,
+                   help="pattern (same syntax) of the label images, e.g. '{plate}/{well}_s{site}_cp_masks.tif' -> objects_file")
+    p.add_argument("--metadata-prefix", default="", metavar="PREFIX",
+                   help="prefix of the metadata columns (fields and platemap), e.g. Metadata_ (pycytominer)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="drop images missing a channel, a label image or a platemap row (and skip unmatched files) instead of failing")
+    p.add_argument("--dataset", default=None, help="the dataset column (default: ROOT's folder name)")
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                   help="skip files whose path or name matches GLOB, e.g. '*_thumb*' (repeatable)")
+    p.add_argument("--absolute-paths", action="store_true", help="write absolute paths (default: relative to the manifest)")
+    p.set_defaults(func=_run_scan)  # fmt: skip
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from chada.data.scan import ScanError, scan_folder, write_table
+    from chada.io import check_writable_file
+
+    out = check_writable_file(args.out, what="--out")
+    try:
+        res = scan_folder(
+            args.root, args.pattern or args.regex, regex=args.regex is not None, channel_names=args.channel_names,
+            platemap=args.platemap, objects_pattern=args.objects_pattern, metadata_prefix=args.metadata_prefix,
+            allow_incomplete=args.allow_incomplete, dataset=args.dataset, ignore=tuple(args.ignore),
+            base=None if args.absolute_paths else Path(out).parent,
+        )  # fmt: skip
+    except ScanError as exc:
+        for problem in exc.problems:
+            print(f"chada data scan: {problem.message}", file=sys.stderr)
+        hint = "" if args.allow_incomplete else " (--allow-incomplete keeps the complete images)"
+        print(f"chada data scan: {args.root}: {len(exc.problems)} problem(s), nothing written{hint}", file=sys.stderr)
+        return 2
+    write_table(res.table, out)
+    print(f"{out}: {len(res.table)} images x {len(res.channel_names)} channels ({', '.join(res.channel_names)}) "
+          f"from {res.n_files} files under {args.root}")  # fmt: skip
+    for reason, n in res.skipped.items():
+        print(f"  skipped {n} file(s): {reason}")
+    for reason, n in res.dropped.items():
+        print(f"  dropped {n} image(s) {reason} (--allow-incomplete)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- shard
 def _add_shard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shard", help="convert a manifest into WebDataset tar shards")
@@ -234,6 +296,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_summary,
     _add_synth,
     _add_shard,
+    _add_scan,
     add_import,
     add_build_corpus,
 ]
@@ -241,7 +304,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` and its sub-commands to the top-level ``chada`` parser."""
-    p = subparsers.add_parser("data", help="datasets: check, summary, synth, shard, import, build-corpus", description=__doc__)
+    p = subparsers.add_parser("data", help="datasets: check, summary, synth, synth-plate, scan, shard, import, build-corpus", description=__doc__)
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
