@@ -199,6 +199,73 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- synth-plate
+def _pair(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(",")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_synth_plate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth-plate",
+        help="write a synthetic screen: per-channel TIFFs by plate/well/site, label images, platemap, ground truth",
+        description=(
+            "Write OUT/images/PLATE/{well}_s{site}_w{n}.tif (uint16, one per channel), {well}_s{site}_cp_masks.tif "
+            "(uint16 cell labels), OUT/platemap.csv (plate, well, compound, dose, moa, control_type) and "
+            "OUT/ground_truth.json (each compound's MoA, affected channel, effect per dose; plate effects; cells "
+            "per field). Compounds change one named feature per MoA with dose; DMSO wells on every plate."
+        ),
+    )
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--plates", type=int, default=2)
+    p.add_argument("--wells", type=int, default=24, help="wells per plate (A01, A02, ...; default 24)")
+    p.add_argument("--sites", type=int, default=2, help="fields per well (default 2)")
+    p.add_argument("--channels", type=int, default=3, help="1..5 of DAPI, Tubulin, Actin, Mito, ER (default 3)")
+    p.add_argument("--size", type=int, default=128, help="field side in pixels (default 128)")
+    p.add_argument("--cells", type=_pair, default=None, metavar="LO,HI", help="cells per field (default 10,20 per 128x128 px)")
+    p.add_argument("--moas", type=int, default=3, help="MoA classes (default 3)")
+    p.add_argument("--compounds-per-moa", type=int, default=2)
+    p.add_argument("--inactive", type=int, default=2, help="inactive compounds (default 2)")
+    p.add_argument("--doses", type=_floats, default=(1.0, 10.0), metavar="D1,D2,...", help="doses in uM (default 1,10)")
+    p.add_argument("--no-plate-effects", action="store_true", help="no plate gain, illumination gradient or stain shift")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_synth_plate)
+
+
+def _run_synth_plate(args: argparse.Namespace) -> int:
+    import json
+
+    from chada.data.plate_synth import PlateSpec, generate_plate
+    from chada.io import check_writable_dir
+
+    spec = PlateSpec(
+        n_plates=args.plates, n_wells=args.wells, n_sites=args.sites, n_channels=args.channels, size=args.size,
+        cells=args.cells, n_moas=args.moas, compounds_per_moa=args.compounds_per_moa, n_inactive=args.inactive,
+        doses=args.doses, plate_effects=not args.no_plate_effects, seed=args.seed,
+    )  # fmt: skip
+    spec.check()
+    check_writable_dir(args.out, what="OUT")
+    truth_path = generate_plate(args.out, spec)
+    truth = json.loads(truth_path.read_text())
+    out, scan = Path(args.out), truth["scan"]
+    print(f"{spec.n_plates} plate(s) x {spec.n_wells} wells x {spec.n_sites} site(s) x {spec.n_channels} channels "
+          f"({', '.join(truth['channels'])}), {sum(truth['cells'].values())} cells, in {out / 'images'}")
+    print(f"platemap {out / 'platemap.csv'}, ground truth {truth_path}")
+    print(f"next: chada data scan {out / 'images'} --pattern '{scan['pattern']}' --channel-names {scan['channel_names']} "
+          f"--objects-pattern '{scan['objects_pattern']}' --platemap {out / 'platemap.csv'} --out {out / 'manifest.csv'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ scan
 def _add_scan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -295,6 +362,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_check,
     _add_summary,
     _add_synth,
+    _add_synth_plate,
     _add_shard,
     _add_scan,
     add_import,
