@@ -15,8 +15,8 @@ One file per channel, named by its fields, e.g. ImageXpress' ``PLATE/B03_s2_w1.t
 
 The ``channel`` field is required. The other fields form the image key: one manifest row per key,
 its channel files in channel order. ``channel_names`` (``"w1=DAPI,w2=Tubulin"``) names the channel
-values and fixes their order; a key may be the value itself (``1=DAPI``) or, as ImageXpress writes
-it, the value with the letters just before the field (``w1=DAPI`` for ``_w{channel}``). Without it
+values and fixes their order; a key is the value itself (``1=DAPI``) or, as ImageXpress writes it,
+letters and the value (``w1=DAPI`` for ``_w{channel}`` matching ``1``). Without it
 the values are the channel names, in natural order. ``objects_pattern`` (same syntax, the key's
 fields and no ``channel``) finds one label image per key, written to ``objects_file``; a file that
 matches both patterns is a label image.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,21 +148,26 @@ def _column(name: str, prefix: str) -> str:
     return name if not prefix or name.lower().startswith(prefix.lower()) else prefix + name
 
 
-def _resolve_channels(found: _Found, pairs: list[tuple[str, str]], prefix: str) -> tuple[list[str], list[ScanProblem]]:
+def _channel_name(value: str, pairs: list[tuple[str, str]]) -> list[str]:
+    """The names ``pairs`` gives ``value``: a key equal to it, or (when none is) equal to letters + it."""
+    exact = [n for k, n in pairs if k.lower() == value.lower()]
+    return exact or [n for k, n in pairs if re.fullmatch(r"[A-Za-z]+" + re.escape(value), k, flags=re.I)]
+
+
+def _resolve_channels(found: _Found, pairs: list[tuple[str, str]]) -> tuple[list[str], list[ScanProblem]]:
     """Rename channel values to channel names in place; return the channel order and any problem."""
     values = sorted({v for chans in found.images.values() for v in chans}, key=natural_key)
     if not pairs:
         return values, []
-    by_key = {k.lower(): n for k, n in pairs}
-    name_of = {v: by_key.get(v.lower(), by_key.get((prefix + v).lower())) for v in values}
-    unknown = [v for v, n in name_of.items() if n is None]
+    name_of = {v: _channel_name(v, pairs) for v in values}
+    unknown = [v for v, n in name_of.items() if len(n) != 1]
     if unknown:
         files = [f for chans in found.images.values() for v in unknown for f in chans.get(v, [])]
         named = ", ".join(k for k, _ in pairs)
-        return [], [ScanProblem("unknown_channel", f"channel value(s) {unknown} not named in --channel-names "
-                                f"({named}), in {len(files)} file(s): {_listing(files, 5)}", tuple(files))]  # fmt: skip
+        return [], [ScanProblem("unknown_channel", f"channel value(s) {unknown} not named (or named twice) in "
+                                f"--channel-names ({named}), in {len(files)} file(s): {_listing(files, 5)}", tuple(files))]  # fmt: skip
     for key in list(found.images):
-        found.images[key] = {name_of[v]: files for v, files in found.images[key].items()}
+        found.images[key] = {name_of[v][0]: files for v, files in found.images[key].items()}
     return [n for _, n in pairs], []
 
 
@@ -273,7 +279,7 @@ def scan_folder(
     if not found.images:
         example = f" (unmatched image files: {_listing(found.unmatched, 3)})" if found.unmatched else ""
         raise InputError(f"{root}: no file matches --pattern {pattern!r}{example}")
-    channels, problems = _resolve_channels(found, pairs, image.channel_prefix)
+    channels, problems = _resolve_channels(found, pairs)
     more, incomplete = _file_problems(found, channels, objects is not None)
     problems += more
     orphans = sorted((_key_text(k) for k in found.objects if k not in found.images), key=natural_key)

@@ -36,7 +36,6 @@ class Matcher:
             except re.error as exc:
                 raise InputError(f"{what} {pattern!r}: not a valid regular expression ({exc})") from exc
             self.fields = list(self._re.groupindex)
-            self.channel_prefix = ""
         else:
             import parse
 
@@ -48,8 +47,6 @@ class Matcher:
             except (ValueError, KeyError, parse.RepeatedNameError) as exc:
                 raise InputError(f"{what} {pattern!r}: not a valid pattern ({exc})") from exc
             self.fields = list(self._parser.named_fields)
-            before = pattern.split("{channel", 1)[0] if "{channel" in pattern else ""
-            self.channel_prefix = re.search(r"[A-Za-z]*$", before).group(0)
         if not self.fields:
             raise InputError(f"{what} {pattern!r} has no named field; write e.g. '{{well}}_s{{site}}_w{{channel}}.tif'")
 
