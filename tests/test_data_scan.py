@@ -72,9 +72,9 @@ def test_channel_keys_with_or_without_the_letters_and_the_stain_as_field(plate, 
     b = scan_folder(plate / "images", PATTERN, channel_names=NAMES, ignore=masks).table
     pd.testing.assert_frame_equal(a, b)
     # the channel order follows --channel-names, not the file names
-    c = scan_folder(plate / "images", PATTERN, channel_names="w3=Actin,w1=DAPI,w2=Tubulin", ignore=masks).table
-    assert c["channel_names"].iloc[0] == "Actin;DAPI;Tubulin"
-    assert c["channel_files"].iloc[0].split(";")[0].endswith("_w3.tif")
+    c = scan_folder(plate / "images", PATTERN, channel_names="w2=Tubulin,w3=Actin,w1=DAPI", ignore=masks).table
+    assert c["channel_names"].iloc[0] == "Tubulin;Actin;DAPI"
+    assert [f[-6:] for f in c["channel_files"].iloc[0].split(";")] == ["w2.tif", "w3.tif", "w1.tif"]
     # without names the values are the channel names, in natural order
     d = scan_folder(plate / "images", "{plate}/{well}_s{site}_{channel}.tif", ignore=masks)
     assert d.channel_names == ["w1", "w2", "w3"]
@@ -135,9 +135,12 @@ def test_wells_absent_from_the_platemap(copy, tmp_path, capsys):
     assert _scan(copy, out) == 2
     err = capsys.readouterr().err
     assert "1 well(s) absent from the platemap" in err and "P1/A04" in err and "(2 image(s))" in err
+    (copy / "images" / "P2" / "A05_s1_w3.tif").unlink()  # and one image of another well misses a channel
     assert _scan(copy, out, "--allow-incomplete") == 0
-    assert "dropped 2 image(s) with a well absent from the platemap" in capsys.readouterr().out
-    assert len(load_manifest(out)) == SPEC.n_plates * SPEC.n_wells * SPEC.n_sites - 2
+    printed = capsys.readouterr().out
+    assert "dropped 2 image(s) with a well absent from the platemap" in printed
+    assert "dropped 1 image(s) missing a channel" in printed
+    assert len(load_manifest(out)) == SPEC.n_plates * SPEC.n_wells * SPEC.n_sites - 3
 
 
 def test_duplicate_keys_unknown_channels_and_label_images(copy, tmp_path, capsys):
