@@ -262,7 +262,8 @@ def _run_synth_plate(args: argparse.Namespace) -> int:
           f"({', '.join(truth['channels'])}), {sum(truth['cells'].values())} cells, in {out / 'images'}")
     print(f"platemap {out / 'platemap.csv'}, ground truth {truth_path}")
     print(f"next: chada data scan {out / 'images'} --pattern '{scan['pattern']}' --channel-names {scan['channel_names']} "
-          f"--objects-pattern '{scan['objects_pattern']}' --platemap {out / 'platemap.csv'} --out {out / 'manifest.csv'}")
+          f"--objects-pattern '{scan['objects_pattern']}' --platemap {out / 'platemap.csv'} --dataset synth_plate "
+          f"--out {out / 'manifest.csv'}")
     return 0
 
 
@@ -315,7 +316,9 @@ def _run_scan(args: argparse.Namespace) -> int:
     except ScanError as exc:
         for problem in exc.problems:
             print(f"chada data scan: {problem.message}", file=sys.stderr)
-        hint = "" if args.allow_incomplete else " (--allow-incomplete keeps the complete images)"
+        droppable = {"unmatched", "missing_channel", "missing_objects", "orphan_objects", "not_in_platemap"}
+        fixable = not args.allow_incomplete and any(p.kind in droppable for p in exc.problems)
+        hint = " (--allow-incomplete keeps the complete images)" if fixable else ""
         print(f"chada data scan: {args.root}: {len(exc.problems)} problem(s), nothing written{hint}", file=sys.stderr)
         return 2
     write_table(res.table, out)
