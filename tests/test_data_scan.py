@@ -195,3 +195,13 @@ def test_patterns_do_not_span_folders_and_wells_normalise():
     assert m.match("P1/B03_s1_w1.tif") is None
     assert m.match("B03_s1_w1.TIF") == {"well": "B03", "site": "1", "channel": "1"}
     assert [normalize_well(w) for w in ("B3", "b03", "B003", "r02c03", "AF48", "x")] == ["B03", "B03", "B03", "B03", "AF48", "x"]
+
+
+def test_walk_skips_hidden_entries_keeps_zarr_folders_and_sorts_naturally(tmp_path):
+    from chada.data.scan_patterns import natural_key, walk_files
+
+    for rel in ("s10.tif", "s2.tif", ".hidden.tif", ".cache/x.tif", "img.zarr/0/.zarray", "sub/s1.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert walk_files(tmp_path) == ["img.zarr", "s2.tif", "s10.tif", "sub/s1.tif"]
+    assert sorted(["B10", "B2", "A11"], key=natural_key) == ["A11", "B2", "B10"]
