@@ -184,3 +184,28 @@ def test_cli_writes_a_plate_that_its_printed_scan_command_reads(tmp_path, capsys
     assert "the design needs 16 treatment wells" in capsys.readouterr().err
     assert main(["data", "synth-plate", str(tmp_path / "y"), "--channels", "1", "--moas", "2"]) == 2
     assert "1 channel(s) allow 0..1 MoA classes" in capsys.readouterr().err
+
+
+def test_mito_and_er_moas_on_five_channels(tmp_path):
+    spec = PlateSpec(n_plates=1, n_wells=9, n_sites=2, n_channels=5, n_moas=5, compounds_per_moa=1, n_inactive=0,
+                     doses=(10.0,), plate_effects=False, seed=1)  # fmt: skip
+    truth = json.loads(generate_plate(tmp_path, spec).read_text())
+    pm = pd.read_csv(tmp_path / "platemap.csv")
+    rows = []
+    for r in pm.to_dict("records"):
+        for s in (1, 2):
+            stem = tmp_path / "images" / r["plate"] / f"{r['well']}_s{s}"
+            lab = tifffile.imread(f"{stem}_cp_masks.tif")
+            idx = np.arange(1, lab.max() + 1)
+            for c, name in ((4, "Mito"), (5, "ER")):
+                img = tifffile.imread(f"{stem}_w{c}.tif") / 65535.0 - BACKGROUND
+                rows += [{"compound": r["compound"], "channel": name, "value": v} for v in ndimage.mean(img, lab, idx)]
+    cells = pd.DataFrame(rows)
+    for name, t in truth["compounds"].items():
+        if t["channels"][0] not in ("Mito", "ER"):
+            continue
+        ch = t["channels"][0]
+        sel = cells[cells["channel"] == ch]
+        measured = sel[sel["compound"] == name]["value"].mean() / sel[sel["compound"] == "DMSO"]["value"].mean() - 1
+        recorded = t["effect_by_dose"]["10"]
+        assert abs(measured - recorded) < 0.08 + 0.15 * abs(recorded), (name, ch, measured, recorded)
