@@ -205,3 +205,15 @@ def test_walk_skips_hidden_entries_keeps_zarr_folders_and_sorts_naturally(tmp_pa
         (tmp_path / rel).write_text("")
     assert walk_files(tmp_path) == ["img.zarr", "s2.tif", "s10.tif", "sub/s1.tif"]
     assert sorted(["B10", "B2", "A11"], key=natural_key) == ["A11", "B2", "B10"]
+
+
+def test_chada_embed_takes_the_scanned_manifest_unchanged(plate, tmp_path):
+    out = tmp_path / "m.csv"
+    assert _scan(plate, out) == 0
+    emb = tmp_path / "emb.npz"
+    assert main(["embed", "--model", "chada_vit_test", "--manifest", str(out), "--out", str(emb), "--quiet"]) == 0
+    from chada.encode.store import load_embeddings
+
+    res = load_embeddings(emb)
+    assert res.features["cls"].shape[0] == len(load_manifest(out))
+    assert {"plate", "well", "compound", "objects_file"} <= set(res.meta.columns), res.meta.columns
