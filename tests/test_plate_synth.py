@@ -209,3 +209,18 @@ def test_mito_and_er_moas_on_five_channels(tmp_path):
         measured = sel[sel["compound"] == name]["value"].mean() / sel[sel["compound"] == "DMSO"]["value"].mean() - 1
         recorded = t["effect_by_dose"]["10"]
         assert abs(measured - recorded) < 0.08 + 0.15 * abs(recorded), (name, ch, measured, recorded)
+
+
+def test_split_design_puts_the_compounds_of_one_moa_on_different_plates(tmp_path):
+    spec = PlateSpec(n_plates=2, n_wells=16, n_sites=1, size=64, cells=(2, 3), n_moas=2, compounds_per_moa=2,
+                     n_inactive=2, doses=(1.0, 10.0), replicates=2, design="split")  # fmt: skip
+    truth = json.loads(generate_plate(tmp_path, spec).read_text())
+    pm = pd.read_csv(tmp_path / "platemap.csv")
+    for name, t in truth["compounds"].items():
+        rows = pm[pm["compound"] == name]
+        assert sorted(rows["plate"].unique()) == t["plates"] and len(t["plates"]) == 1
+        assert len(rows) == 2 * 2  # 2 doses x 2 replicate wells, all on its one plate
+    for moa in ("nuclear_swelling", "tubulin_gain", ""):
+        plates = [t["plates"][0] for t in truth["compounds"].values() if t["moa"] == moa]
+        assert sorted(plates) == ["P1", "P2"], moa
+    assert (pm.groupby("plate")["control_type"].apply(lambda c: (c == "negcon").sum()) >= 2).all()

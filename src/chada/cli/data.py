@@ -237,6 +237,9 @@ def _add_synth_plate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compounds-per-moa", type=int, default=2)
     p.add_argument("--inactive", type=int, default=2, help="inactive compounds (default 2)")
     p.add_argument("--doses", type=_floats, default=(1.0, 10.0), metavar="D1,D2,...", help="doses in uM (default 1,10)")
+    p.add_argument("--replicates", type=int, default=1, help="wells per (compound, dose) on a plate that holds it (default 1)")
+    p.add_argument("--design", choices=("all", "split"), default="all",
+                   help="all: every compound on every plate (default); split: the i-th compound of each MoA on plate i mod PLATES")
     p.add_argument("--no-plate-effects", action="store_true", help="no plate gain, illumination gradient or stain shift")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_synth_plate)
@@ -251,7 +254,8 @@ def _run_synth_plate(args: argparse.Namespace) -> int:
     spec = PlateSpec(
         n_plates=args.plates, n_wells=args.wells, n_sites=args.sites, n_channels=args.channels, size=args.size,
         cells=args.cells, n_moas=args.moas, compounds_per_moa=args.compounds_per_moa, n_inactive=args.inactive,
-        doses=args.doses, plate_effects=not args.no_plate_effects, seed=args.seed,
+        doses=args.doses, replicates=args.replicates, design=args.design, plate_effects=not args.no_plate_effects,
+        seed=args.seed,
     )  # fmt: skip
     spec.check()
     check_writable_dir(args.out, what="OUT")

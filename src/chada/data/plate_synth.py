@@ -15,9 +15,12 @@ a textured cytoplasm, Actin a cortex ring, Mito cytoplasmic spots, ER a perinucl
 feature of one channel by a relative ``effect`` at a saturating dose (nuclear area on DAPI, cytoplasm
 intensity on Tubulin, cortex intensity on Actin, spot intensity on Mito, haze intensity on ER). A
 compound's effect at dose ``d`` is ``max_effect * d^h / (d^h + ec50^h)`` (Hill, ``h`` = 1.5), its own
-``max_effect`` and ``ec50`` drawn per compound; inactive compounds change nothing. Every plate holds
-each (compound, dose) once (so plates are replicates) and DMSO (``control_type`` ``negcon``, dose 0)
-in the other wells, at least two; well positions are shuffled per plate.
+``max_effect`` and ``ec50`` drawn per compound; inactive compounds change nothing. Design ``all``
+(default): every plate holds each (compound, dose) ``replicates`` times, so plates are replicates;
+``split``: the i-th compound of each MoA (and of the inactive ones) is on plate ``i mod n_plates``
+only, so compounds of one MoA sit on different plates (batches), as BBBC021's NSCB assumes. DMSO
+(``control_type`` ``negcon``, dose 0) fills the other wells, at least two per plate; well positions
+are shuffled per plate.
 
 **Plate effects** (``plate_effects=False`` switches them off, so plates are identically distributed):
 an intensity gain of the whole plate, an illumination gradient across every field (a plane of given
@@ -47,6 +50,7 @@ CHANNELS = ("DAPI", "Tubulin", "Actin", "Mito", "ER")
 HILL = 1.5
 CELL_RADIUS = 9.0  # pixels: a fixed magnification, so a larger field holds more cells
 BACKGROUND, NOISE = 0.03, 0.015
+DESIGNS = ("all", "split")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class PlateSpec:
     n_moas: int = 3
     compounds_per_moa: int = 2
     n_inactive: int = 2
+    replicates: int = 1  # wells per (compound, dose) on each plate that holds the compound
+    design: str = "all"  # "all": every compound on every plate; "split": each compound on one plate
     doses: tuple[float, ...] = (1.0, 10.0)
     plate_effects: bool = True
     seed: int = 0
@@ -100,11 +106,16 @@ class PlateSpec:
             raise InputError(f"--size must be >= 48 px (cells are ~{2 * CELL_RADIUS:.0f} px wide), got {self.size}")
         if not self.doses or any(d <= 0 for d in self.doses) or len(set(self.doses)) != len(self.doses):
             raise InputError(f"--doses must be distinct positive numbers, got {list(self.doses)}")
-        need = (self.n_moas * self.compounds_per_moa + self.n_inactive) * len(self.doses) + 2
+        if self.design not in DESIGNS or self.replicates < 1:
+            raise InputError(f"--design must be one of {DESIGNS} and --replicates >= 1, got {self.design!r}, {self.replicates}")
+        per_plate = self.n_moas * self.compounds_per_moa + self.n_inactive
+        if self.design == "split":  # compound i of each group on plate i mod n_plates
+            per_plate = self.n_moas * -(-self.compounds_per_moa // self.n_plates) + -(-self.n_inactive // self.n_plates)
+        need = per_plate * len(self.doses) * self.replicates + 2
         if not need <= self.n_wells <= 1536:
             raise InputError(
                 f"--wells {self.n_wells}: the design needs {need - 2} treatment wells + at least 2 DMSO wells "
-                f"per plate, so {need}..1536 wells (or fewer compounds/doses)"
+                f"per plate, so {need}..1536 wells (or fewer compounds/doses/replicates)"
             )
 
     def cell_range(self) -> tuple[int, int]:
@@ -157,9 +168,18 @@ def _plate_effects(spec: PlateSpec, plate: int) -> dict[str, Any]:
     }
 
 
+def _assign_plates(spec: PlateSpec, compounds: dict[str, dict[str, Any]]) -> None:
+    """Record each compound's ``plates``: all of them, or (``split``) the i-th of its MoA on plate i mod n."""
+    seen: dict[str, int] = {}
+    for t in compounds.values():
+        i = seen[t["moa"]] = seen.get(t["moa"], -1) + 1
+        t["plates"] = [f"P{p + 1}" for p in range(spec.n_plates)] if spec.design == "all" else [f"P{i % spec.n_plates + 1}"]
+
+
 def _layout(spec: PlateSpec, compounds: dict[str, dict[str, Any]], plate: int) -> list[tuple[str, float]]:
-    """(compound, dose) per well of one plate: every treatment once, DMSO elsewhere, shuffled."""
-    treat = [(c, float(d)) for c in compounds for d in spec.doses]
+    """(compound, dose) per well of one plate: its treatments ``replicates`` times, DMSO elsewhere, shuffled."""
+    here = [c for c, t in compounds.items() if f"P{plate + 1}" in t["plates"]]
+    treat = [(c, float(d)) for c in here for d in spec.doses for _ in range(spec.replicates)]
     treat += [("DMSO", 0.0)] * (spec.n_wells - len(treat))
     order = np.random.default_rng([spec.seed, 31, plate]).permutation(len(treat))
     return [treat[i] for i in order]
@@ -258,6 +278,7 @@ def generate_plate(out_dir: str | Path, spec: PlateSpec | None = None) -> Path:
     if (out / "images").exists():
         raise InputError(f"{out / 'images'} already exists; write the plate into a new folder")
     compounds = _compounds(spec)
+    _assign_plates(spec, compounds)
     wells = well_names(spec.n_wells)
     rows, counts, plates = [], {}, {}
     comp = "zlib" if spec.compress else None
