@@ -217,3 +217,12 @@ def test_chada_embed_takes_the_scanned_manifest_unchanged(plate, tmp_path):
     res = load_embeddings(emb)
     assert res.features["cls"].shape[0] == len(load_manifest(out))
     assert {"plate", "well", "compound", "objects_file"} <= set(res.meta.columns), res.meta.columns
+
+
+def test_an_output_of_the_wrong_kind_is_refused(plate, tmp_path, capsys):
+    (tmp_path / "m.csv").mkdir()
+    assert _scan(plate, tmp_path / "m.csv") == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "synth-plate", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
