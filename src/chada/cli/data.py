@@ -247,6 +247,7 @@ def _add_synth_plate(sub: argparse._SubParsersAction) -> None:
 
 def _run_synth_plate(args: argparse.Namespace) -> int:
     import json
+    import shlex
 
     from chada.data.plate_synth import PlateSpec, generate_plate
     from chada.io import check_writable_dir
@@ -265,9 +266,10 @@ def _run_synth_plate(args: argparse.Namespace) -> int:
     print(f"{spec.n_plates} plate(s) x {spec.n_wells} wells x {spec.n_sites} site(s) x {spec.n_channels} channels "
           f"({', '.join(truth['channels'])}), {sum(truth['cells'].values())} cells, in {out / 'images'}")
     print(f"platemap {out / 'platemap.csv'}, ground truth {truth_path}")
-    print(f"next: chada data scan {out / 'images'} --pattern '{scan['pattern']}' --channel-names {scan['channel_names']} "
-          f"--objects-pattern '{scan['objects_pattern']}' --platemap {out / 'platemap.csv'} --dataset synth_plate "
-          f"--out {out / 'manifest.csv'}")
+    argv = ["chada", "data", "scan", str(out / "images"), "--pattern", scan["pattern"], "--channel-names",
+            scan["channel_names"], "--objects-pattern", scan["objects_pattern"], "--platemap", str(out / "platemap.csv"),
+            "--dataset", "synth_plate", "--out", str(out / "manifest.csv")]  # fmt: skip
+    print(f"next: {shlex.join(argv)}")
     return 0
 
 
