@@ -29,12 +29,12 @@ from chada.errors import InputError
 
 __all__ = ["METADATA_NAMES", "read_feature_table", "split_columns"]
 
-METADATA_NAMES = frozenset(
-    """plate well site field row column col channel image image_id id label split dataset path
-    compound dose concentration moa control is_control batch day replicate object_id object_number
-    centroid_y centroid_x centroid_row centroid_col area bbox_y0 bbox_x0 bbox_y1 bbox_x1 n_cells
-    count object_count""".split()
-)
+METADATA_NAMES = frozenset((
+    "plate", "well", "site", "field", "row", "column", "col", "channel", "image", "image_id", "id", "label",
+    "split", "dataset", "path", "compound", "dose", "concentration", "moa", "control", "is_control", "batch",
+    "day", "replicate", "object_id", "object_number", "centroid_y", "centroid_x", "centroid_row",
+    "centroid_col", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "n_cells", "count", "object_count",
+))  # fmt: skip
 
 
 def _metadata_like(name: str) -> bool:

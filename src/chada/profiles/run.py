@@ -12,7 +12,13 @@ from chada.errors import InputError
 from chada.profiles.aggregate import aggregate_rows
 from chada.profiles.config import ProfileConfig
 from chada.profiles.normalize import control_mask, correct_batches, normalize_plates, select_features
-from chada.profiles.readouts import Q_RETRIEVED, activity_map, bootstrap_mean, consistency_map, nn_moa_accuracy
+from chada.profiles.readouts import (
+    Q_RETRIEVED,
+    activity_map,
+    bootstrap_mean,
+    consistency_map,
+    nn_moa_accuracy,
+)
 
 __all__ = ["ProfileResult", "profile_table", "summarize"]
 
