@@ -185,22 +185,22 @@ def test_one_replicate_treatment_is_named():
 
 # ----------------------------------------------------------------------------------- NSC / NSCB
 def test_nsc_nscb_equal_a_hand_computation():
-    """5 treatments on a circle (degrees): a1 0 (MoA X, batch 1), a2 20 (compound a, X, batch 1),
-    b 40 (X, batch 1), c 8 (Y, batch 2), d 70 (X, batch 2). Angles between them:
-    NSC (another compound): a1 -> c (8: Y, miss); a2 -> c (12: miss); b -> a2 (20: hit);
-    c -> a1 (8: miss); d -> b (30: hit).
-    NSCB (also another batch): a1 -> c (miss); a2 -> c (miss); b -> d (30, not a2: hit);
-    c -> a1 (miss); d -> b (hit). Same hits, b's neighbour differs."""
-    deg = np.radians([0, 20, 40, 8, 70])
+    """6 treatments on a circle, angle in degrees (compound, MoA, batch): a1 0 (a, X, 1), a2 5 (a, X, 1),
+    b 40 (b, X, 1), c 8 (c, Y, 2), d 68 (d, Y, 2), e 45 (e, X, 1).
+    NSC, nearest other compound: a1 -> c (8 deg, miss; a2 at 5 is the same compound); a2 -> c (3, miss);
+    b -> e (5, hit); c -> a2 (3, miss); d -> e (23, miss); e -> b (5, hit)  => 2/6.
+    NSCB, also another batch: a1 -> c; a2 -> c; b -> d (28, miss); c -> a2; d -> e; e -> d (23, miss)
+    => 0/6."""
+    deg = np.radians([0, 5, 40, 8, 68, 45])
     X = np.c_[np.cos(deg), np.sin(deg)]
-    moa = ["X", "X", "X", "Y", "X"]
-    cpd = ["a", "a", "b", "c", "d"]
-    batches = [frozenset({"1"})] * 3 + [frozenset({"2"})] * 2
+    moa = ["X", "X", "X", "Y", "Y", "X"]
+    cpd = ["a", "a", "b", "c", "d", "e"]
+    batches = [frozenset({"1"})] * 3 + [frozenset({"2"})] * 2 + [frozenset({"1"})]
     hit, nn = nn_moa_accuracy(X, moa, cpd)
-    assert nn.tolist() == [3, 3, 1, 0, 2] and hit.tolist() == [False, False, True, False, True]
+    assert nn.tolist() == [3, 3, 5, 1, 5, 2] and hit.tolist() == [False, False, True, False, False, True]
     hit_b, nn_b = nn_moa_accuracy(X, moa, cpd, batches)
-    assert nn_b.tolist() == [3, 3, 4, 0, 2] and hit_b.tolist() == [False, False, True, False, True]
-    only_b1 = [frozenset({"1"})] * 5  # no other batch anywhere: no neighbour allowed
+    assert nn_b.tolist() == [3, 3, 4, 1, 5, 4] and not hit_b.any()
+    only_b1 = [frozenset({"1"})] * 6  # no other batch anywhere: no neighbour allowed
     assert (nn_moa_accuracy(X, moa, cpd, only_b1)[1] == -1).all()
 
 
@@ -210,10 +210,12 @@ def test_paired_bootstrap_and_model_comparison():
     d, lo, hi = paired_bootstrap(a, b, n_boot=500, seed=1)
     assert d == pytest.approx(0.5) and 0 < lo < d < hi <= 1
     keys = ["compound", "dose"]
-    A = pd.DataFrame({"compound": list("uvwxyz"), "dose": 1.0, "nsc": a})
-    B = pd.DataFrame({"compound": list("zyxwvu"), "dose": 1.0, "nsc": b[::-1]})  # same items, other order
+    va = np.array([0.9, 0.2, 0.5, 0.7, 0.1, 0.4])
+    A = pd.DataFrame({"compound": list("uvwxyz"), "dose": 1.0, "nsc": va})
+    B = pd.DataFrame({"compound": list("zyxwvu"), "dose": 1.0, "nsc": (va - 0.1)[::-1]})  # same items, other order
     B.loc[0, "nsc"] = np.nan  # z unscored by B: left out of the pairs
     out = compare_models({"learned": A, "untrained": B}, keys, ["nsc"], n_boot=200)
     row = out.iloc[0]
     assert (row.model_a, row.model_b, row.n) == ("learned", "untrained", 5)
-    assert row["diff"] == pytest.approx(a[:5].mean() - b[:5].mean())
+    # every pair differs by exactly 0.1: a zero-width interval only when items are paired by key
+    assert row["diff"] == pytest.approx(0.1) and row.ci_low == pytest.approx(0.1) and row.ci_high == pytest.approx(0.1)
