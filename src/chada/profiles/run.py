@@ -86,6 +86,7 @@ def profile_table(cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig)
     tr = aggregate_rows(treated, names, cfg.treatment_cols, cfg.aggregate, count_col="n_wells", weight_col="n_cells")
     if cfg.moa_col not in tr.columns:
         raise InputError(f"MoA column {cfg.moa_col!r} takes several values within one treatment; one per compound x dose")
+    tr.insert(len(cfg.treatment_cols), "batches", ["+".join(sorted(b)) for b in _batch_sets(treated, tr, cfg)])
     known = tr[~tr[cfg.moa_col].isin(cfg.exclude_moa) & tr[cfg.moa_col].notna()].reset_index(drop=True)
     ap_c, cons = consistency_map(known, names, cfg.compound_col, cfg.moa_col, cfg.null_size, cfg.seed)
     per = act[cfg.treatment_cols + ["mean_average_precision", "corrected_p_value"]].rename(
