@@ -1,0 +1,74 @@
+"""``chada profile`` end to end on synthetic feature tables, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pandas as pd
+import pytest
+
+from chada.cli import main
+from chada.profiles.synth import synthetic_cells
+
+FAST = ["--null-size", "200", "--n-boot", "100", "--projection", "pca", "--batch-col", "batch",
+        "--exclude-moa", "inactive"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tables")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on, _, _ = synthetic_cells(plate_effects=True)
+        off, _, _ = synthetic_cells(plate_effects=False)
+    on.to_parquet(d / "on.parquet", index=False)
+    off.to_csv(d / "off.csv", index=False)
+    return d, on
+
+
+def test_two_models_readouts_comparisons_figures(tables, tmp_path, capsys):
+    d, _ = tables
+    out = tmp_path / "prof"
+    rc = main(["profile", str(d / "on.parquet"), str(d / "off.csv"), "--names", "on", "off", "--out", str(out),
+               "--normalize", "none", *FAST])  # fmt: skip
+    assert rc == 0
+    got = json.loads((out / "readouts.json").read_text())
+    on, off = got["readouts"]["on"], got["readouts"]["off"]
+    assert on["nscb"]["value"] < on["nsc"]["value"] and off["nscb"]["value"] == 1.0
+    comp = pd.read_csv(out / "comparisons.csv").set_index("readout")
+    assert comp.loc["nscb", "diff"] == pytest.approx(on["nscb"]["value"] - off["nscb"]["value"])
+    assert comp.loc["nscb", "ci_high"] < 0  # effects off is better on NSCB, paired over 24 treatments
+    wells = pd.read_parquet(out / "on" / "wells.parquet")
+    assert len(wells) == 4 * 36 and wells["n_cells"].eq(12).all()
+    tr = pd.read_parquet(out / "on" / "treatments.parquet")
+    assert len(tr) == 1 + 14 * 2 - 1 and set(tr["batches"]) == {"B1", "B2"}  # treated only: 14 compounds x 2 doses
+    for f in ("map_scatter.png", "map_scatter.svg", "treatment_map.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    md = (out / "profiles.md").read_text()
+    assert "| on | " in md and "Paired differences" in md and "figures/treatment_map.png" in md
+    assert "nscb" in capsys.readouterr().out
+
+
+def _one_well_left(t: pd.DataFrame, compound: str, dose: float) -> pd.DataFrame:
+    sel = (t.compound == compound) & (t.dose == dose)
+    first = t.loc[sel, ["plate", "well"]].iloc[0]
+    return t[~sel | ((t.plate == first.plate) & (t.well == first.well))]
+
+
+@pytest.mark.parametrize(
+    "change, args, message",
+    [
+        (lambda t: t, ["--batch-col", "day"], "'day' (batch 1) not in the feature table"),
+        (lambda t: t[~((t.plate == "P2") & (t.compound == "DMSO"))], [], "plate 'P2': no negative-control well"),
+        (lambda t: _one_well_left(t, "cpd_m0_0", 1.0), [], "one replicate well, no mAP possible: cpd_m0_0/1.0"),
+        (lambda t: t, ["--control-query", "compound == 'PBS'"], "no negative-control well"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line(tables, tmp_path, capsys, change, args, message):
+    d, on = tables
+    path = tmp_path / "t.parquet"
+    change(on).to_parquet(path, index=False)
+    rc = main(["profile", str(path), "--out", str(tmp_path / "o"), *FAST, *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "Traceback" not in err, err
