@@ -219,3 +219,22 @@ def test_paired_bootstrap_and_model_comparison():
     assert (row.model_a, row.model_b, row.n) == ("learned", "untrained", 5)
     # every pair differs by exactly 0.1: a zero-width interval only when items are paired by key
     assert row["diff"] == pytest.approx(0.1) and row.ci_low == pytest.approx(0.1) and row.ci_high == pytest.approx(0.1)
+
+
+def test_feature_select_drops_redundant_and_flat_features():
+    from chada.profiles.normalize import select_features
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=40), rng.normal(size=40)
+    df = pd.DataFrame({"plate": "P1", "a": a, "a_copy": 2 * a + 1e-3 * rng.normal(size=40), "b": b,
+                       "flat": np.r_[np.ones(39), 1.0 + 1e-9]})  # fmt: skip
+    out, kept = select_features(df, ["a", "a_copy", "b", "flat"], ["variance_threshold", "correlation_threshold"])
+    assert kept in (["a", "b"], ["a_copy", "b"]) and "plate" in out.columns
+    assert select_features(df, ["a", "b"], [])[1] == ["a", "b"]
+
+
+def test_config_names_unknown_keys():
+    with pytest.raises(InputError, match="unknown key.*batch_col;"):
+        ProfileConfig.from_dict({"batch_col": "plate"})
+    with pytest.raises(InputError, match="normalize='zscore'"):
+        ProfileConfig(normalize="zscore")
