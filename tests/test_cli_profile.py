@@ -72,3 +72,22 @@ def test_bad_input_is_one_line(tables, tmp_path, capsys, change, args, message):
     rc = main(["profile", str(path), "--out", str(tmp_path / "o"), *FAST, *args])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def test_evaluate_config_profiles_section(tables, tmp_path):
+    """``chada evaluate`` runs a ``profiles:`` section alone: chada profile's folder + a results.md section."""
+    import yaml
+
+    d, _ = tables
+    cfg = {"out_dir": str(tmp_path / "ev"), "profiles": {
+        "tables": {"on": str(d / "on.parquet"), "off": str(d / "off.csv")}, "normalize": "none",
+        "batch_cols": ["batch"], "exclude_moa": ["inactive"], "projection": "none", "null_size": 200, "n_boot": 100}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", "--config", str(tmp_path / "c.yaml")]) == 0
+    got = json.loads((tmp_path / "ev" / "profiles" / "readouts.json").read_text())
+    assert got["readouts"]["on"]["nscb"]["value"] < got["readouts"]["on"]["nsc"]["value"]
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "## Profiles" in md and "](profiles/figures/map_scatter.png)" in md
+    cfg["profiles"]["batch_col"] = "batch"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", "--config", str(tmp_path / "c.yaml")]) == 2

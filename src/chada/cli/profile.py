@@ -75,50 +75,21 @@ def _config(args: argparse.Namespace):
     return ProfileConfig.from_dict(section)
 
 
-def _figures(results, cfg, out, method: str) -> dict[str, str]:
-    from chada.viz.profile_figures import embed_2d, plot_map_scatter, plot_treatment_map
-
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    plot_map_scatter({m: r.activity for m, r in results.items()}, figs / "map_scatter.png")
-    shown = {"activity mAP vs -log10 p": "figures/map_scatter.png"}
-    if method != "none":
-        coords = {m: embed_2d(r.treatments[r.names].to_numpy(), method, cfg.seed) for m, r in results.items()}
-        labels = {m: r.treatments for m, r in results.items()}
-        plot_treatment_map(coords, labels, [cfg.moa_col, "batches"], figs / "treatment_map.png", method)
-        shown[f"treatment {method} by MoA and batch"] = "figures/treatment_map.png"
-    return shown
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from chada.errors import InputError
-    from chada.io import atomic_write_text, check_writable_dir
+    from chada.io import check_writable_dir
 
     names = args.names or [Path(t).stem for t in args.tables]
     if len(names) != len(args.tables) or len(set(names)) != len(names):
         raise InputError(f"--names: give {len(args.tables)} distinct names, one per table (got {names})")
     cfg = _config(args)
     out = check_writable_dir(args.out, what="--out")
-    out.mkdir(parents=True, exist_ok=True)
-    from chada.profiles.aggregate import to_frame
-    from chada.profiles.compare import compare_models
-    from chada.profiles.io import read_feature_table
-    from chada.profiles.report import markdown_section, write_outputs
-    from chada.profiles.run import READOUTS, profile_table
+    from chada.tasks.profiling import ProfilingTask, run_profiling
 
-    results = {}
-    for name, table in zip(names, args.tables):
-        print(f"{name}: reading {table}", file=sys.stderr, flush=True)
-        meta, X, feats = read_feature_table(table, pool=args.pool)
-        results[name] = profile_table(to_frame(meta, X, feats), feats, cfg)
-    keys = cfg.treatment_cols
-    comparisons = compare_models({m: r.per_treatment for m, r in results.items()}, keys, list(READOUTS),
-                                 cfg.n_boot, cfg.seed)  # fmt: skip
-    write_outputs(out, results, comparisons, cfg)
-    figures = _figures(results, cfg, out, args.projection)
-    atomic_write_text(out / "profiles.md", markdown_section(results, comparisons, cfg, figures))
+    task = ProfilingTask({n: Path(t) for n, t in zip(names, args.tables)}, cfg, args.projection, args.pool)
+    results, _, _ = run_profiling(task, out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     for m, r in results.items():
         print(f"{m}: " + ", ".join(f"{k} {v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
                                    for k, v in r.readouts.items()))  # fmt: skip
