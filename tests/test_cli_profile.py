@@ -91,3 +91,25 @@ def test_evaluate_config_profiles_section(tables, tmp_path):
     cfg["profiles"]["batch_col"] = "batch"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["evaluate", "--config", str(tmp_path / "c.yaml")]) == 2
+
+
+def test_bbbc021_config_profiles_section_fits_the_importers_columns(tmp_path):
+    """The BBBC021 config's profiles section on a table with the BBBC021 importer's columns (per-image rows)."""
+    from pathlib import Path
+
+    from chada.profiles.run import profile_table
+    from chada.tasks.evaluation import normalize_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "eval" / "bbbc021.yaml"
+    settings, models, _ = normalize_config(config)
+    task = settings["profiles"]
+    assert set(task.tables) == set(models)  # default: the models' embedding files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cells, names, _ = synthetic_cells(plate_effects=True, cells_per_well=3)
+    cells = cells.rename(columns={"dose": "concentration"}).drop(columns="object_id")
+    cells["moa"] = cells["moa"].replace({"control": "DMSO", "inactive": None})
+    cfg = task.config
+    cfg.null_size, cfg.n_boot = 100, 50
+    res = profile_table(cells, names, cfg)
+    assert res.readouts["nsc"]["n"] == 24 and res.readouts["activity_map"]["n"] == 28
