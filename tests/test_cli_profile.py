@@ -113,3 +113,17 @@ def test_bbbc021_config_profiles_section_fits_the_importers_columns(tmp_path):
     cfg.null_size, cfg.n_boot = 100, 50
     res = profile_table(cells, names, cfg)
     assert res.readouts["nsc"]["n"] == 24 and res.readouts["activity_map"]["n"] == 28
+
+
+def test_npz_feature_file_with_list_metadata(tables, tmp_path):
+    """A ``chada embed`` .npz (features 'cls', list-valued channel names in its meta) profiles as is."""
+    from chada.encode.store import EmbeddingSet
+
+    _, on = tables
+    names = [c for c in on.columns if c.startswith("f")]
+    meta = on.drop(columns=names).assign(channel_names=[["DNA", "Actin"]] * len(on))
+    EmbeddingSet({"cls": on[names].to_numpy()}, meta).save(tmp_path / "e.npz")
+    out = tmp_path / "o"
+    assert main(["profile", str(tmp_path / "e.npz"), "--out", str(out), "--normalize", "none", *FAST]) == 0
+    wells = pd.read_parquet(out / "e" / "wells.parquet")
+    assert (wells["channel_names"] == "DNA;Actin").all() and "cls_0000" in wells.columns

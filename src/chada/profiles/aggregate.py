@@ -25,6 +25,10 @@ def to_frame(meta: pd.DataFrame, X: np.ndarray, names: Sequence[str]) -> pd.Data
     clash = sorted(set(meta.columns) & set(names))
     if clash:
         raise InputError(f"feature name(s) also used as metadata columns: {clash[:5]}; rename them")
+    meta = meta.copy()
+    for c in meta.columns:  # list cells (channel names of a feature file) cannot be grouped: join them
+        if meta[c].dtype == object and meta[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            meta[c] = meta[c].map(lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
     feats = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(names), index=meta.index)
     return pd.concat([meta, feats], axis=1)
 
