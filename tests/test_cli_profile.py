@@ -127,3 +127,15 @@ def test_npz_feature_file_with_list_metadata(tables, tmp_path):
     assert main(["profile", str(tmp_path / "e.npz"), "--out", str(out), "--normalize", "none", *FAST]) == 0
     wells = pd.read_parquet(out / "e" / "wells.parquet")
     assert (wells["channel_names"] == "DNA;Actin").all() and "cls_0000" in wells.columns
+
+
+def test_no_moa_column_scores_activity_only(tables, tmp_path):
+    d, on = tables
+    on.drop(columns="moa").to_parquet(tmp_path / "nomoa.parquet", index=False)
+    out = tmp_path / "o"
+    rc = main(["profile", str(tmp_path / "nomoa.parquet"), str(d / "on.parquet"), "--names", "a", "b", "--out", str(out),
+               "--moa-col", "none", *FAST])  # fmt: skip
+    assert rc == 0
+    got = json.loads((out / "readouts.json").read_text())["readouts"]["a"]
+    assert got["nsc"]["n"] == 0 and got["activity_map"]["n"] == 28 and got["retrieved"]["value"] > 0.5
+    assert set(pd.read_csv(out / "comparisons.csv").readout) == {"activity_map", "retrieved"}

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML with the settings (top level or a 'profiles:' section)")
     p.add_argument("--pool", default="cls", help=".npz tables: the feature array to read (default cls)")
     for col, default in (("plate", "plate"), ("well", "well"), ("compound", "compound"), ("dose", "dose"), ("moa", "moa")):
-        p.add_argument(f"--{col}-col", dest=f"{col}_col", default=None, help=f"column of the {col} (default {default})")
+        p.add_argument(f"--{col}-col", dest=f"{col}_col", default=None, help=f"column of the {col} (default {default}; dose, moa: 'none' for no such column)")
     p.add_argument("--control-query", default=None, help="pandas query of the negative controls (default \"compound == 'DMSO'\")")
     p.add_argument("--batch-col", dest="batch_cols", nargs="+", default=None, help="batch column(s) for NSCB and Harmony (default plate)")
     p.add_argument("--aggregate", default=None, choices=["median", "mean"], help="cells -> wells (default median)")
@@ -71,7 +71,7 @@ def _config(args: argparse.Namespace):
     for f in _FIELDS:
         value = getattr(args, f)
         if value is not None:
-            section[f] = None if f == "dose_col" and value == "none" else value
+            section[f] = None if f in ("dose_col", "moa_col") and value == "none" else value
     return ProfileConfig.from_dict(section)
 
 

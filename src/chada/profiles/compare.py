@@ -42,6 +42,8 @@ def compare_models(
     rows = []
     for ma, mb in combinations(per_treatment, 2):
         for r in readouts:
+            if r not in per_treatment[ma].columns or r not in per_treatment[mb].columns:
+                continue  # a readout one of the two did not score (no MoA column)
             left = per_treatment[ma][keys + [r]].dropna()
             right = per_treatment[mb][keys + [r]].dropna()
             both = left.merge(right, on=keys, suffixes=("_a", "_b"))

@@ -20,7 +20,7 @@ class ProfileConfig:
     well_col: str = "well"
     compound_col: str = "compound"
     dose_col: str | None = "dose"
-    moa_col: str = "moa"
+    moa_col: str | None = "moa"  # None: no MoA annotation, phenotypic activity only
     control_query: str = "compound == 'DMSO'"
     batch_cols: list[str] = field(default_factory=lambda: ["plate"])
     aggregate: str = "median"  # cells -> wells

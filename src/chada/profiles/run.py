@@ -38,7 +38,9 @@ class ProfileResult:
 
 
 def _check_columns(df: pd.DataFrame, cfg: ProfileConfig) -> None:
-    need = {"plate": cfg.plate_col, "well": cfg.well_col, "compound": cfg.compound_col, "moa": cfg.moa_col}
+    need = {"plate": cfg.plate_col, "well": cfg.well_col, "compound": cfg.compound_col}
+    if cfg.moa_col:
+        need["moa"] = cfg.moa_col
     if cfg.dose_col:
         need["dose"] = cfg.dose_col
     for i, b in enumerate(cfg.batch_cols):
@@ -77,25 +79,39 @@ def _nn_readouts(wells: pd.DataFrame, tr: pd.DataFrame, names: list[str], cfg: P
     return out
 
 
+def _moa_readouts(
+    per: pd.DataFrame, treated: pd.DataFrame, tr: pd.DataFrame, names: list[str], cfg: ProfileConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Consistency AP and NSC/NSCB hits joined to ``per`` (one row per treatment); ``(per, per-MoA mAP)``."""
+    if cfg.moa_col not in tr.columns:
+        raise InputError(f"MoA column {cfg.moa_col!r} takes several values within one treatment; one per compound x dose")
+    known = tr[~tr[cfg.moa_col].isin(cfg.exclude_moa) & tr[cfg.moa_col].notna()].reset_index(drop=True)
+    ap_c, cons = consistency_map(known, names, cfg.compound_col, cfg.moa_col, cfg.null_size, cfg.seed)
+    per = per.merge(_nn_readouts(treated, known, names, cfg), on=cfg.treatment_cols, how="left")
+    ap_c = ap_c.assign(**{c: known.loc[ap_c.index, c].to_numpy() for c in cfg.treatment_cols})
+    per = per.merge(ap_c[cfg.treatment_cols + ["average_precision"]].rename(
+        columns={"average_precision": "consistency_ap"}), on=cfg.treatment_cols, how="left")  # fmt: skip
+    return per, cons
+
+
 def profile_table(cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig) -> ProfileResult:
-    """The whole chain for one feature table ``cells [N rows]`` (cells, images or wells)."""
+    """The whole chain for one feature table ``cells [N rows]`` (cells, images or wells).
+
+    Without an MoA column (``cfg.moa_col`` None) only phenotypic activity is scored; the MoA
+    readouts are NaN with ``n`` 0.
+    """
     wells, names = well_profiles(cells, names, cfg)
     ctrl = control_mask(wells, cfg.control_query)
     _, act = activity_map(wells, names, cfg.treatment_cols, ctrl, cfg.null_size, cfg.seed)
     treated = wells.loc[~ctrl].reset_index(drop=True)
     tr = aggregate_rows(treated, names, cfg.treatment_cols, cfg.aggregate, count_col="n_wells", weight_col="n_cells")
-    if cfg.moa_col not in tr.columns:
-        raise InputError(f"MoA column {cfg.moa_col!r} takes several values within one treatment; one per compound x dose")
     tr.insert(len(cfg.treatment_cols), "batches", ["+".join(sorted(b)) for b in _batch_sets(treated, tr, cfg)])
-    known = tr[~tr[cfg.moa_col].isin(cfg.exclude_moa) & tr[cfg.moa_col].notna()].reset_index(drop=True)
-    ap_c, cons = consistency_map(known, names, cfg.compound_col, cfg.moa_col, cfg.null_size, cfg.seed)
     per = act[cfg.treatment_cols + ["mean_average_precision", "corrected_p_value"]].rename(
         columns={"mean_average_precision": "activity_map", "corrected_p_value": "activity_q"})
     per["retrieved"] = (per["activity_q"] < Q_RETRIEVED).astype(float)
-    per = per.merge(_nn_readouts(treated, known, names, cfg), on=cfg.treatment_cols, how="left")
-    ap_c = ap_c.assign(**{c: known.loc[ap_c.index, c].to_numpy() for c in cfg.treatment_cols})
-    per = per.merge(ap_c[cfg.treatment_cols + ["average_precision"]].rename(
-        columns={"average_precision": "consistency_ap"}), on=cfg.treatment_cols, how="left")  # fmt: skip
+    cons = pd.DataFrame()
+    if cfg.moa_col:
+        per, cons = _moa_readouts(per, treated, tr, names, cfg)
     res = ProfileResult(wells, tr, names, act, cons, per)
     res.readouts = summarize(per, cfg.n_boot, cfg.seed)
     return res
@@ -114,7 +130,7 @@ def summarize(per: pd.DataFrame, n_boot: int, seed: int) -> dict[str, dict[str, 
     """``{readout: {value, ci_low, ci_high, n}}``, intervals by bootstrap over treatments."""
     out = {}
     for col in READOUTS:
-        v = per[col].dropna().to_numpy(dtype=float)
+        v = per[col].dropna().to_numpy(dtype=float) if col in per.columns else np.zeros(0)
         mean, lo, hi = bootstrap_mean(v, n_boot, seed)
         out[col] = {"value": mean, "ci_low": lo, "ci_high": hi, "n": int(v.size)}
     return out

@@ -68,8 +68,9 @@ def _figures(results: Mapping[str, Any], cfg: ProfileConfig, out: Path, method: 
     if method != "none":
         coords = {m: embed_2d(r.treatments[r.names].to_numpy(), method, cfg.seed) for m, r in results.items()}
         labels = {m: r.treatments for m, r in results.items()}
-        plot_treatment_map(coords, labels, [cfg.moa_col, "batches"], figs / "treatment_map.png", method)
-        shown[f"treatment {method} by MoA and batch"] = "figures/treatment_map.png"
+        colour_by = ([cfg.moa_col] if cfg.moa_col else []) + ["batches"]
+        plot_treatment_map(coords, labels, colour_by, figs / "treatment_map.png", method)
+        shown[f"treatment {method} by {' and '.join(colour_by)}"] = "figures/treatment_map.png"
     return shown
 
 
