@@ -4,7 +4,7 @@ Every module under ``src/chada`` is parsed with ``ast``: every ``import`` / ``fr
 depth (function-level imports included) and every ``importlib.import_module("chada...")`` is an
 edge. The layer order (docs/architecture.md) is::
 
-    io, errors -> models -> data -> {features, ssl} -> encode -> eval -> viz -> tasks -> pipeline -> cli
+    io, errors -> models -> data -> {features, ssl} -> encode -> eval -> profiles -> viz -> tasks -> pipeline -> cli
 
 A module may import from its own package or from a lower layer, never upward, never sideways into a
 peer package of its layer, and ``chada.eval`` reads only feature files (``chada.encode.store``).
@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("chada.features", "chada.ssl"),
     ("chada.encode",),
     ("chada.eval",),
+    ("chada.profiles",),
     ("chada.viz",),
     ("chada.tasks",),
     ("chada.pipeline",),
@@ -36,6 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
 ONLY: dict[str, tuple[str, ...]] = {
     # protocols that see only feature files: no model, no hand-made extractor, no figure toolkit
     "chada.eval": ("chada.io", "chada.encode.store"),
+    # profiles read feature tables only, like eval: no model, no image, no figure toolkit
+    "chada.profiles": ("chada.io", "chada.errors", "chada.encode.store", "chada.eval"),
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80  # body lines after the docstring

@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = [
     "project",
     "convert",
     "features",
+    "profile",
     "import_",
     "subsets",
     "benchmark",

@@ -22,6 +22,14 @@ Sections read here on top of :mod:`chada.eval.config`::
         source: dsb2018
         models: {chada: runs/chada/final, handmade: handmade}
 
+    profiles:                      # image-based profiling of feature tables, see chada.tasks.profiling
+      tables: {chada: emb/cells_chada.parquet, cp_measure: emb/cells_cp.parquet}  # default: models:
+      batch_cols: [batch]
+      exclude_moa: [inactive]
+
+The profiles section writes ``profiles/`` (chada profile's folder) and adds its section to
+``results.md``; a config may hold only a profiles section.
+
 Dense tasks (:mod:`chada.tasks.dense`) add rows of kind ``"dense"`` (metrics ``dense_iou``,
 ``dense_dice``; ``feature`` = the probe head; chance = all background, 0), and write
 ``dense_<name>.md/.csv/.png`` with 95 % bootstrap intervals and the probes for ``chada segment``.
@@ -58,6 +66,7 @@ from chada.eval.diagnostics_table import compute_diagnostics
 from chada.eval.protocol import RESULT_COLUMNS, Loader, run_feature_tasks
 from chada.io import atomic_write_text
 from chada.tasks.dense import dense_markdown, parse_dense_tasks, run_dense_task, write_dense_outputs
+from chada.tasks.profiling import ProfilingTask, parse_profiles_section, run_profiling
 from chada.tasks.reconstruction import (
     parse_reconstruction_tasks,
     plot_reconstruction_examples,
@@ -93,8 +102,10 @@ def normalize_config(
         num_threads=None if settings["torch_threads"] is None else int(settings["torch_threads"]),
     )
     settings["dense"] = parse_dense_tasks(raw.get("dense"), base, seeds=seed_list(settings["seeds"]))
-    if not raw.get("tasks") and not settings["reconstruction"] and not settings["dense"]:
-        raise ValueError("the config names no tasks (neither tasks:, reconstruction: nor dense:)")
+    model_paths = {n: m.path for n, m in models.items() if m.path is not None}
+    settings["profiles"] = parse_profiles_section(raw.get("profiles"), base, model_paths)
+    if not raw.get("tasks") and not settings["reconstruction"] and not settings["dense"] and not settings["profiles"]:
+        raise ValueError("the config names no tasks (neither tasks:, reconstruction:, dense: nor profiles:)")
     return settings, models, parse_tasks(raw, base, settings, models)
 
 
@@ -157,6 +168,8 @@ def run_evaluation(
                 for ex in results.attrs.get("reconstruction_examples") or []:
                     plot_reconstruction_examples(ex, out)
         _write_dense(results.attrs.get("dense") or [], out, plots)
+        if settings.get("profiles"):
+            _write_profiles(settings["profiles"], out, log)
     return results
 
 
@@ -186,6 +199,15 @@ def _write_dense(outcomes: list[Any], out: Path, plots: bool) -> None:
         text = md.read_text() if md.exists() else ""
         parts = [text.rstrip(), "\n## Dense segmentation (IoU / Dice with 95 % intervals)\n"]
         atomic_write_text(md, "\n".join(parts + [dense_markdown(o) for o in outcomes]))
+
+
+def _write_profiles(task: ProfilingTask, out: Path, log: Callable[[str], None]) -> None:
+    """The ``profiles:`` section (chada.tasks.profiling) into ``out/profiles/``, also in results.md."""
+    with _step(log, f"profiles: {len(task.tables)} model(s), mAP and NSC/NSCB"):
+        _, _, section = run_profiling(task, out / "profiles", log=log)
+    md = out / "results.md"
+    text = md.read_text() if md.exists() else ""
+    atomic_write_text(md, text.rstrip() + "\n\n" + section.replace("](figures/", "](profiles/figures/"))
 
 
 def _run(
