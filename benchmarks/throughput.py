@@ -115,7 +115,15 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def select_device(device: str) -> None:
+    """Make ``device`` the current CUDA device: ``synchronize`` and the memory statistics without an
+    argument act on the current device, so ``--device cuda:1`` would otherwise time kernel launches
+    on GPU 1 while waiting for GPU 0 and read GPU 0's memory."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
 
 
 # --------------------------------------------------------------------------- memory
@@ -148,6 +156,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from chada.models.precision import autocast as precision_autocast
 
     device, mode, attention = spec["device"], spec["mode"], spec["attention"]
+    select_device(device)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else torch.float32
@@ -155,8 +164,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     model.train(mode == "train")
     counts = spec["counts"]
     S = spec["image_size"]
-    pixels = torch.randn(sum(counts), S, S, device=device)
-    batch = ChannelBatch(pixels, torch.tensor(counts, device=device))
+    batch = ChannelBatch(torch.randn(sum(counts), S, S), torch.tensor(counts)).to(device)  # checked on the CPU
     fwd = torch.compile(model.forward_features, dynamic=True) if spec["compile"] else model.forward_features
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
@@ -180,18 +188,18 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     # Load the kernels/thread pools once on a one-channel image (a few MB) so the measured step's
     # peak is the workload's, not library initialisation; the measured step is still the first of
     # this size, so no allocator cache from an earlier identical step hides anything.
-    tiny = ChannelBatch(torch.randn(1, S, S, device=device), torch.tensor([1], device=device))
+    tiny = ChannelBatch(torch.randn(1, S, S), torch.tensor([1])).to(device)
     with torch.inference_mode(), autocast():
         fwd(tiny)
     del tiny
     # Peak memory: first full step, fresh process.
     method = ""
     if dev_type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         step()
-        peak_bytes = torch.cuda.max_memory_allocated() - base
+        peak_bytes = torch.cuda.max_memory_allocated(device) - base
         method = "cuda.max_memory_allocated"
     else:
         base_kb = _proc_status_kb("VmRSS")
@@ -256,7 +264,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
         "load": "n/a",
     }
     if args.device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     return info
 
 
@@ -264,23 +272,8 @@ def render(rows: list[dict[str, Any]], peaks: dict[str, float], info: dict[str, 
     """Markdown table (also readable as plain text)."""
     ref = {(r["mode"], r["mix"], r["dtype"]): r for r in rows if r["attention"] == "padded"}
     fp32 = {(r["mode"], r["mix"], r["attention"]): r for r in rows if r["dtype"] == "float32"}
-    head = [
-        "mode",
-        "mix",
-        "B",
-        "mean C",
-        "attention",
-        "dtype",
-        "img/s",
-        "x fp32",
-        "x padded",
-        "peak MB",
-        "mem / padded",
-        "GFLOP/s",
-        "% matmul peak",
-        "CPU-s/step",
-        "x padded (CPU-s)",
-    ]
+    head = ["mode", "mix", "B", "mean C", "attention", "dtype", "img/s", "x fp32", "x padded", "peak MB",
+            "mem / padded", "GFLOP/s", "% matmul peak", "CPU-s/step", "x padded (CPU-s)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = ref.get((r["mode"], r["mix"], r["dtype"]))
@@ -377,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from chada.models import create_model
 
+    select_device(args.device)
     torch.set_num_threads(args.threads)
     cfg = create_model(args.model).config
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -398,22 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             counts = mix_counts(mix, bs, cfg.max_channels, args.seed)
             for att in attentions:
                 for dt in dtypes:
-                    configs.append(
-                        dict(
-                            model=args.model,
-                            image_size=args.image_size,
-                            device=args.device,
-                            dtype=dt,
-                            mode=mode,
-                            mix=mix,
-                            attention=att,
-                            counts=counts,
-                            repeats=args.repeats,
-                            warmup=args.warmup,
-                            threads=args.threads,
-                            compile=args.compile,
-                        )
-                    )
+                    configs.append(dict(
+                        model=args.model, image_size=args.image_size, device=args.device, dtype=dt, mode=mode,
+                        mix=mix, attention=att, counts=counts, repeats=args.repeats, warmup=args.warmup,
+                        threads=args.threads, compile=args.compile,
+                    ))  # fmt: skip
     print(f"matmul peaks: {peaks}; {len(configs)} configurations", file=sys.stderr)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
