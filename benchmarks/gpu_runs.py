@@ -59,31 +59,36 @@ def kill_group(proc: subprocess.Popen) -> None:
             return
 
 
-# torchrun's summary block around the real error: borders and "key : value" lines about the launch
+# torchrun's summary block around the real error: borders, "key : value" lines about the launch, the
+# launcher's own traceback (ChildFailedError), warnings and log-prefixed launcher lines
 _NOISE = re.compile(
-    r"^\s*(?:[=*\-_]{3,}|\[?W\d|\[?I\d|warnings\.warn|Traceback|File \"|Failures:|Root Cause|<NO_OTHER_FAILURES>"
-    r"|(?:time|host|rank|exitcode|error_file|traceback)\s*:|torch\.distributed\.elastic|To enable traceback"
-    r"|\*{5,}|Setting OMP_NUM_THREADS|$)"
+    r"^\s*(?:[=*\-_]{3,}|[WIE]\d{4}\s|warnings\.warn|Traceback|File \"|Failures:|Root Cause|<NO_OTHER_FAILURES>"
+    r"|\[\d+\]:$|(?:time|host|rank|exitcode|error_file|traceback)\s*:|torch\.distributed\.elastic|To enable traceback"
+    r"|.* FAILED$|Setting OMP_NUM_THREADS|$)"
 )
-_EXCEPTION = re.compile(r"(?:^|\s|\]:?\s*)((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt|Failure)\b:?.*)")
+_CHADA = re.compile(r"chada [\w-]+: (?:internal )?error:")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b:?")
+_RANK = re.compile(r"^\[(?:default|rank)\d*\]:\s*")
 
 
 def error_line(stderr: str, stdout: str = "") -> str:
     """The line that says what went wrong in a failed run (torchrun's last line is its ``=====`` border).
 
-    Prefers, from the end, an exception line (``ValueError: ...``, ``torch.distributed.DistBackendError:``)
-    or chada's one-line ``error:`` message; falls back to the last line that is not torchrun's summary.
+    In order of preference, from the end: chada's one-line ``chada CMD: error: ...``; the workers'
+    last exception line (``torch.distributed.DistBackendError: ...``), followed by that worker's last
+    line when it adds something (NCCL's "Duplicate GPU detected ..."); the last line that is not
+    torchrun's summary.
     """
-    lines = [ln.strip() for ln in (stderr + "\n" + stdout).splitlines()]
-    for ln in reversed(lines):
-        if _NOISE.match(ln):
-            continue
-        if "error:" in ln.lower() or _EXCEPTION.search(ln):
-            return re.sub(r"^\[(?:default|rank)\d*\]:\s*", "", ln)[:300]
-    for ln in reversed(lines):
-        if not _NOISE.match(ln):
+    lines = [_RANK.sub("", ln.strip()) for ln in (stderr + "\n" + stdout).splitlines()]
+    kept = [ln for ln in lines if not _NOISE.match(ln)]
+    for ln in reversed(kept):
+        if _CHADA.search(ln):
             return ln[:300]
-    return "no output"
+    for i in range(len(kept) - 1, -1, -1):
+        if _EXCEPTION.match(kept[i]):
+            after = [ln for ln in kept[i + 1 :] if not _EXCEPTION.match(ln) and not ln.endswith(":")]
+            return (kept[i] + (f" / {after[-1]}" if after else ""))[:300]
+    return kept[-1][:300] if kept else "no output"
 
 
 def chada_cmd() -> list[str]:
