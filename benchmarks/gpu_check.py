@@ -56,7 +56,7 @@ from gpu_runs import error_line, run_group  # noqa: E402
 
 SECTIONS = ("parity", "ddp", "embed", "train", "compile", "grid")
 # Shares of the budget (of what is left when the section starts, over the sections still to run).
-SHARES = {"parity": 0.06, "ddp": 0.36, "embed": 0.12, "train": 0.12, "compile": 0.16, "grid": 0.18}
+SHARES = {"parity": 0.05, "ddp": 0.4, "embed": 0.1, "train": 0.13, "compile": 0.16, "grid": 0.16}
 
 
 # ----------------------------------------------------------------------------- settings
