@@ -126,3 +126,14 @@ def test_varlen_falls_back_below_compute_capability_8(monkeypatch: pytest.Monkey
     assert not varlen_mod.varlen_kernel_supported(torch.device("cuda", 0))
     assert varlen_mod.varlen_kernel_supported("cuda:1") and varlen_mod.varlen_kernel_supported("cuda:2")
     assert not varlen_mod.varlen_kernel_supported("cpu")
+
+
+def test_pinning_checks_the_pixels_off_the_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DataLoader's pin-memory thread runs ``pin_memory``: the check happens there, once."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: self.clone())  # pinning needs CUDA
+    pinned = _views(32).pin_memory()
+    assert pinned.finite_checked
+    bad = _views(32)
+    bad.pixels[0, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf pixels in images \[0\]"):
+        bad.pin_memory()

@@ -164,11 +164,13 @@ class ChannelBatch:
         )
 
     def pin_memory(self) -> ChannelBatch:
+        """Page-locked copy (a DataLoader's pin-memory thread calls this); the pixels are checked there,
+        off the training loop's thread, so the following :meth:`to` has nothing left to check."""
+        self.check_finite()
         ids = None if self.channel_ids is None else self.channel_ids.pin_memory()
         return ChannelBatch(
-            self.pixels.pin_memory(), self.counts.pin_memory(), ids, self.host_counts, self.host_id_range,
-            self.finite_checked,
-        )  # fmt: skip
+            self.pixels.pin_memory(), self.counts.pin_memory(), ids, self.host_counts, self.host_id_range, True
+        )
 
     # ------------------------------------------------------------ constructors
     @classmethod
