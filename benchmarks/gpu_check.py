@@ -23,7 +23,7 @@ Sections, most important first, each in its share of ``--budget`` (default 300 s
    a group at the time box.
 3. ``embed``: ``chada embed --device cuda`` and ``--device cuda:N`` of the exported teacher, against
    ``--device cpu`` (CLS cosine).
-4. ``train``: a short DINO run with ``model.attention=varlen``, drop path 0.1 and ``run.compile=true``.
+4. ``train``: a short DINO run with ``model.overrides.attention=varlen``, drop path 0.1 and ``run.compile=true``.
 5. ``compile``: forward(+backward) with the trainer's per-block compile (``compile_blocks``), each
    row in its own process with a timeout; reports the time of a second batch mix and the graphs it added.
 6. ``grid``: images/s and peak memory for mixes idrcell/all1/all10, fp32/bf16, packed/padded/varlen.

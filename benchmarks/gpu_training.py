@@ -155,14 +155,14 @@ def embed(s: dict[str, Any], left: Callable[[], float], work: Path, run_dir: Pat
 
 # ----------------------------------------------------------------------------- varlen + drop path
 def varlen_training(s: dict[str, Any], left: Callable[[], float], work: Path, add: Row) -> None:
-    """A short 1-process DINO run with ``model.attention=varlen``, drop path 0.1 and, on CUDA,
+    """A short 1-process DINO run with ``model.overrides.attention=varlen``, drop path 0.1 and, on CUDA,
     ``run.compile=true`` (the trainer's own per-block compile), to its teacher export."""
     shards = work / "shards"
     if not shards.exists():
         add("train", "varlen + drop path", "skipped: the ddp section made no shards")
         return
     steps = s["total_steps"] // 2
-    over = pretrain_overrides(s, shards, 1) + ["model.attention=varlen", "model.drop_path_rate=0.1"]
+    over = pretrain_overrides(s, shards, 1) + ["model.overrides.attention=varlen", "model.drop_path_rate=0.1"]
     over += ["run.compile=false"] if s["device"] == "cpu" else ["run.compile=true"]
     label = "varlen + drop path 0.1" + (", run.compile=true" if s["device"] != "cpu" else " (dry run: eager)")
     out = work / "run_varlen"
