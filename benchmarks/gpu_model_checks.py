@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from throughput import mix_counts, model_flops
+from throughput import mix_counts, model_flops, select_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MIXES = ("idrcell", "all1", "all10")
@@ -169,8 +169,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from chada.models import ChannelBatch, create_model
 
     device, mode = spec["device"], spec["mode"]
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
+    select_device(device)
     torch.manual_seed(0)
     drop = 0.1 if spec["compile"] and mode == "train" else 0.0
     model = create_model(spec["model"], attention=spec["attention"], drop_path_rate=drop).to(device).train(mode == "train")

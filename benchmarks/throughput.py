@@ -121,9 +121,11 @@ def _sync(device: str) -> None:
 def select_device(device: str) -> None:
     """Make ``device`` the current CUDA device: ``synchronize`` and the memory statistics without an
     argument act on the current device, so ``--device cuda:1`` would otherwise time kernel launches
-    on GPU 1 while waiting for GPU 0 and read GPU 0's memory."""
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    on GPU 1 while waiting for GPU 0 and read GPU 0's memory. Plain ``cuda`` keeps the current device
+    (``set_device`` refuses a device without an index)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
 
 
 # --------------------------------------------------------------------------- memory

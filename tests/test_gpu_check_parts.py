@@ -97,11 +97,16 @@ def test_a_sticky_cuda_error_loses_only_the_number() -> None:
 
 
 def test_throughput_on_cuda_n_acts_on_gpu_n(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, object]] = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", d)))
+    """The fakes read the device argument as torch does (``_get_device_index``): ``set_device`` refuses a
+    device without an index, so plain ``cuda`` must not reach it."""
+    from torch.cuda._utils import _get_device_index
+
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", _get_device_index(d))))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", _get_device_index(d))))
     throughput.select_device("cuda:1")
     throughput._sync("cuda:1")
+    throughput.select_device("cuda")  # the current device stays
     throughput.select_device("cpu")
     throughput._sync("cpu")
-    assert calls == [("set_device", torch.device("cuda", 1)), ("synchronize", "cuda:1")]
+    assert calls == [("set_device", 1), ("synchronize", 1)]
