@@ -115,7 +115,17 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def select_device(device: str) -> None:
+    """Make ``device`` the current CUDA device: ``synchronize`` and the memory statistics without an
+    argument act on the current device, so ``--device cuda:1`` would otherwise time kernel launches
+    on GPU 1 while waiting for GPU 0 and read GPU 0's memory. Plain ``cuda`` keeps the current device
+    (``set_device`` refuses a device without an index)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
 
 
 # --------------------------------------------------------------------------- memory
@@ -148,6 +158,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from chada.models.precision import autocast as precision_autocast
 
     device, mode, attention = spec["device"], spec["mode"], spec["attention"]
+    select_device(device)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else torch.float32
@@ -155,9 +166,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     model.train(mode == "train")
     counts = spec["counts"]
     S = spec["image_size"]
-    pixels = torch.randn(sum(counts), S, S, device=device)
-    batch = ChannelBatch(pixels, torch.tensor(counts, device=device))
-    fwd = torch.compile(model.forward_features, dynamic=True) if spec["compile"] else model.forward_features
+    batch = ChannelBatch(torch.randn(sum(counts), S, S), torch.tensor(counts)).to(device)  # checked on the CPU
+    if spec["compile"]:  # as the trainer's run.compile=true: per block (a whole-model compile fails, see there)
+        from chada.ssl.trainer import compile_blocks
+
+        compile_blocks(model)
+    fwd = model.forward_features
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def autocast():  # a fresh context per use (generator-based context managers are single-use)
@@ -180,18 +194,18 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     # Load the kernels/thread pools once on a one-channel image (a few MB) so the measured step's
     # peak is the workload's, not library initialisation; the measured step is still the first of
     # this size, so no allocator cache from an earlier identical step hides anything.
-    tiny = ChannelBatch(torch.randn(1, S, S, device=device), torch.tensor([1], device=device))
+    tiny = ChannelBatch(torch.randn(1, S, S), torch.tensor([1])).to(device)
     with torch.inference_mode(), autocast():
         fwd(tiny)
     del tiny
     # Peak memory: first full step, fresh process.
     method = ""
     if dev_type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         step()
-        peak_bytes = torch.cuda.max_memory_allocated() - base
+        peak_bytes = torch.cuda.max_memory_allocated(device) - base
         method = "cuda.max_memory_allocated"
     else:
         base_kb = _proc_status_kb("VmRSS")
@@ -256,82 +270,8 @@ def machine_info(args: argparse.Namespace) -> dict[str, str]:
         "load": "n/a",
     }
     if args.device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     return info
-
-
-def render(rows: list[dict[str, Any]], peaks: dict[str, float], info: dict[str, str], args: argparse.Namespace) -> str:
-    """Markdown table (also readable as plain text)."""
-    ref = {(r["mode"], r["mix"], r["dtype"]): r for r in rows if r["attention"] == "padded"}
-    fp32 = {(r["mode"], r["mix"], r["attention"]): r for r in rows if r["dtype"] == "float32"}
-    head = [
-        "mode",
-        "mix",
-        "B",
-        "mean C",
-        "attention",
-        "dtype",
-        "img/s",
-        "x fp32",
-        "x padded",
-        "peak MB",
-        "mem / padded",
-        "GFLOP/s",
-        "% matmul peak",
-        "CPU-s/step",
-        "x padded (CPU-s)",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        p = ref.get((r["mode"], r["mix"], r["dtype"]))
-        f = fp32.get((r["mode"], r["mix"], r["attention"]))
-        speed = f"{r['images_per_s'] / p['images_per_s']:.2f}" if p else "-"
-        vs32 = f"{r['images_per_s'] / f['images_per_s']:.2f}" if f else "-"
-        cpu_speed = f"{p['cpu_seconds'] / r['cpu_seconds']:.2f}" if p else "-"
-        mem = f"{r['peak_mb'] / p['peak_mb']:.2f}" if p and p["peak_mb"] > 0 else "-"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["mode"],
-                    r["mix"],
-                    str(r["batch_size"]),
-                    f"{r['mean_channels']:.2f}",
-                    r["attention"],
-                    "bf16" if r["dtype"] == "bfloat16" else "fp32",
-                    f"{r['images_per_s']:.2f}",
-                    vs32,
-                    speed,
-                    f"{r['peak_mb']:.0f}",
-                    mem,
-                    f"{r['gflop_per_s']:.1f}",
-                    f"{100 * r['gflop_per_s'] / peaks[r['dtype']]:.0f}%",
-                    f"{r['cpu_seconds']:.2f}",
-                    cpu_speed,
-                ]
-            )
-            + " |"
-        )
-    methods = sorted({r["memory_method"] for r in rows})
-    notes = [
-        "",
-        f"- {args.model}, {args.image_size}x{args.image_size}, {args.device}"
-        + (", torch.compile" if args.compile else "")
-        + f"; CPU {info['cpu']}; torch {info['torch']}; {info['threads']} threads; {info['date']}"
-        + (f"; GPU {info['gpu']}" if "gpu" in info else ""),
-        "- torch.matmul peak (2048^3, same run, same threads): "
-        + ", ".join(f"{'bf16' if d == 'bfloat16' else 'fp32'} {v:.1f} GFLOP/s" for d, v in peaks.items())
-        + "; bf16 rows run under torch.autocast, % matmul peak is against their own dtype's peak.",
-        "- img/s: batch size / median wall-clock step time over the timed repeats; each row in a fresh "
-        "process. CPU-s/step: median process CPU time (user+sys, all threads) of a step, less sensitive "
-        f"than wall time to other load on the machine (1-min load average {info['load']}).",
-        "- GFLOP/s: useful FLOPs of the real tokens (same count for both paths; formula in "
-        "benchmarks/throughput.py), train = 3x forward.",
-        "- peak MB: increase above model + input batch during one step ("
-        + ", ".join(methods)
-        + "; CPU: peak resident set size of a fresh process, reset via /proc/self/clear_refs).",
-    ]
-    return "\n".join(lines + notes)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -360,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps after the memory step")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--compile", action="store_true", help="torch.compile(forward_features, dynamic=True)")
+    ap.add_argument("--compile", action="store_true", help="compile every block as run.compile=true does")
     ap.add_argument("--seed", type=int, default=0, help="seed of the uniform/idrcell mixes")
     ap.add_argument("--json", type=Path, default=None, help="also save raw results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -377,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from chada.models import create_model
 
+    select_device(args.device)
     torch.set_num_threads(args.threads)
     cfg = create_model(args.model).config
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -398,22 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             counts = mix_counts(mix, bs, cfg.max_channels, args.seed)
             for att in attentions:
                 for dt in dtypes:
-                    configs.append(
-                        dict(
-                            model=args.model,
-                            image_size=args.image_size,
-                            device=args.device,
-                            dtype=dt,
-                            mode=mode,
-                            mix=mix,
-                            attention=att,
-                            counts=counts,
-                            repeats=args.repeats,
-                            warmup=args.warmup,
-                            threads=args.threads,
-                            compile=args.compile,
-                        )
-                    )
+                    configs.append(dict(
+                        model=args.model, image_size=args.image_size, device=args.device, dtype=dt, mode=mode,
+                        mix=mix, attention=att, counts=counts, repeats=args.repeats, warmup=args.warmup,
+                        threads=args.threads, compile=args.compile,
+                    ))  # fmt: skip
     print(f"matmul peaks: {peaks}; {len(configs)} configurations", file=sys.stderr)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
@@ -429,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info["load"] = f"{load_start:.1f} at start, {load_end:.1f} at end"
+    from throughput_report import render
+
     table = render(rows, peaks, info, args)
     print(table)
     if args.json is not None:

@@ -278,7 +278,7 @@ def test_varlen_calls_the_cuda_kernel_api_correctly(monkeypatch) -> None:
     contract (``[T, h, hd]`` inputs, int32 cumulative lengths, max lengths): same result as padded."""
     import torch.nn.attention.varlen as varlen_mod
 
-    from chada.models import layers
+    from chada.models import varlen as varlen_segments
 
     calls = []
 
@@ -295,7 +295,8 @@ def test_varlen_calls_the_cuda_kernel_api_correctly(monkeypatch) -> None:
         return torch.cat(out)
 
     monkeypatch.setattr(varlen_mod, "varlen_attn", fake_varlen_attn)
-    monkeypatch.setattr(layers, "_varlen_kernel_available", lambda q: True)
+    monkeypatch.setattr(varlen_segments, "_varlen_kernel_available", lambda q: True)
+    monkeypatch.setattr(varlen_segments, "varlen_kernel_supported", lambda device: True)
     model = _model().eval()
     batch = _mix([3, 1, 10, 3], 32, 4)
     with torch.no_grad():

@@ -217,7 +217,7 @@ class ModelEncoder(Encoder):
             device = param.device if param is not None else torch.device("cpu")
         model.eval()
         with autocast(self.dtype, device):
-            out = model.forward_features(batch.to(device))
+            out = model.forward_features(batch.to(device, non_blocking=True))  # pinned by the loader on CUDA
             heads = {p: model.forward_head(out, pool=p) for p in pools}
         return {p: h.float().cpu().numpy() for p, h in heads.items()}
 

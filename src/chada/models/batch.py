@@ -25,12 +25,12 @@ is materialised in memory; the padded view is built inside the model only when t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["ChannelBatch", "as_channel_batch", "check_pixel_dtype"]
+__all__ = ["ChannelBatch", "as_channel_batch", "check_pixel_dtype", "host_to_device"]
 
 
 def check_pixel_dtype(pixels: Tensor, what: str = "pixels") -> None:
@@ -51,11 +51,19 @@ class ChannelBatch:
         counts: ``[B]`` long tensor, number of channels of each image (all >= 1).
         channel_ids: optional ``[sum C_i]`` long tensor of channel-embedding slots; ``None`` means
             ``0..C_i-1`` for each image.
+        host_counts: ``counts`` as Python ints, kept on the host so that nothing reads them back from
+            a GPU (filled at construction; :meth:`to` carries it over).
+        host_id_range: ``(min, max)`` of ``channel_ids`` when they were seen on the CPU, else None.
+        finite_checked: the pixels were checked finite (on the CPU before :meth:`to`, or once by the
+            model), so the model does not read a GPU tensor back to check them again.
     """
 
     pixels: Tensor
     counts: Tensor
     channel_ids: Tensor | None = None
+    host_counts: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    host_id_range: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    finite_checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pixels, Tensor):
@@ -68,21 +76,26 @@ class ChannelBatch:
         counts = torch.as_tensor(self.counts, dtype=torch.long)
         if counts.ndim != 1 or counts.numel() == 0:
             raise ValueError(f"ChannelBatch.counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}")
-        if bool((counts <= 0).any()):
-            bad = torch.nonzero(counts <= 0).flatten().tolist()
-            raise ValueError(f"every image needs at least one channel; images {bad} have C_i = 0")
-        if int(counts.sum()) != self.pixels.shape[0]:
-            raise ValueError(
-                f"counts sum to {int(counts.sum())} channels but pixels holds {self.pixels.shape[0]}"
-            )
+        if self.host_counts is None:  # validated on the host: one read-back only if counts live on a GPU
+            host = counts.cpu()
+            if bool((host <= 0).any()):
+                bad = torch.nonzero(host <= 0).flatten().tolist()
+                raise ValueError(f"every image needs at least one channel; images {bad} have C_i = 0")
+            self.host_counts = tuple(host.tolist())
+        elif len(self.host_counts) != counts.numel():
+            raise ValueError(f"host_counts has {len(self.host_counts)} entries for {counts.numel()} images")
+        if sum(self.host_counts) != self.pixels.shape[0]:
+            raise ValueError(f"counts sum to {sum(self.host_counts)} channels but pixels holds {self.pixels.shape[0]}")
         self.counts = counts.to(self.pixels.device) if counts.device != self.pixels.device else counts
         if self.channel_ids is not None:
-            ids = torch.as_tensor(self.channel_ids, dtype=torch.long, device=self.pixels.device)
+            ids = torch.as_tensor(self.channel_ids, dtype=torch.long)
             if ids.shape != (self.pixels.shape[0],):
                 raise ValueError(
                     f"channel_ids must have one entry per channel ({self.pixels.shape[0]}), got {tuple(ids.shape)}"
                 )
-            self.channel_ids = ids
+            if self.host_id_range is None and ids.device.type == "cpu":
+                self.host_id_range = (int(ids.min()), int(ids.max()))
+            self.channel_ids = ids.to(self.pixels.device) if ids.device != self.pixels.device else ids
 
     # ------------------------------------------------------------------ views
     @property
@@ -98,28 +111,66 @@ class ChannelBatch:
 
     @property
     def max_channels(self) -> int:
-        return int(self.counts.max())
+        assert self.host_counts is not None  # set by __post_init__
+        return max(self.host_counts)
 
     def resolved_channel_ids(self) -> Tensor:
         """``[sum C_i]`` slots, filling the default ``0..C_i-1`` when none were given."""
         if self.channel_ids is not None:
             return self.channel_ids
+        n, dev = self.pixels.shape[0], self.counts.device
         offsets = torch.cumsum(self.counts, 0) - self.counts
-        image_of = torch.repeat_interleave(torch.arange(self.batch_size, device=self.counts.device), self.counts)
-        return torch.arange(self.pixels.shape[0], device=self.counts.device) - offsets[image_of]
+        # output_size: the result's length is known on the host, so no read-back of counts from a GPU
+        image_of = torch.repeat_interleave(torch.arange(self.batch_size, device=dev), self.counts, output_size=n)
+        return torch.arange(n, device=dev) - offsets[image_of]
 
     def split(self) -> list[Tensor]:
         """The images as a list of ``[C_i, H, W]`` tensors (views, no copy)."""
-        return list(torch.split(self.pixels, self.counts.tolist(), dim=0))
+        return list(torch.split(self.pixels, list(self.host_counts or ()), dim=0))
+
+    def nonfinite_images(self) -> list[int]:
+        """Indices of the images holding a NaN or an infinite pixel (reads the pixels' device)."""
+        bad_channel = ~torch.isfinite(self.pixels).flatten(1).all(1)
+        if not bool(bad_channel.any()):
+            return []
+        image_of = [i for i, c in enumerate(self.host_counts or ()) for _ in range(c)]
+        return sorted({image_of[j] for j in torch.nonzero(bad_channel).flatten().tolist()})
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the images with NaN/inf pixels; remembered once passed."""
+        if self.finite_checked:
+            return
+        bad = self.nonfinite_images()
+        if bad:
+            raise ValueError(f"NaN or inf pixels in images {bad}")
+        self.finite_checked = True
 
     def to(self, *args, **kwargs) -> ChannelBatch:
-        ids = self.channel_ids.to(self.pixels.to(*args, **kwargs).device) if self.channel_ids is not None else None
+        """The batch on another device/dtype (``Tensor.to`` arguments; ``non_blocking`` applies to
+        counts and ids too). Moving off the CPU checks the pixels there first, so that the model
+        needs no read-back from the GPU; pixels are copied once."""
+        device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and torch.device(device) != self.pixels.device and self.pixels.device.type == "cpu":
+            self.check_finite()
         pixels = self.pixels.to(*args, **kwargs)
-        return ChannelBatch(pixels, self.counts.to(pixels.device), None if ids is None else ids.to(pixels.device))
+        dev = pixels.device
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(dev, non_blocking=non_blocking) if t.device != dev else t
+
+        ids = None if self.channel_ids is None else move(self.channel_ids)
+        return ChannelBatch(
+            pixels, move(self.counts), ids, self.host_counts, self.host_id_range, self.finite_checked
+        )
 
     def pin_memory(self) -> ChannelBatch:
+        """Page-locked copy (a DataLoader's pin-memory thread calls this); the pixels are checked there,
+        off the training loop's thread, so the following :meth:`to` has nothing left to check."""
+        self.check_finite()
         ids = None if self.channel_ids is None else self.channel_ids.pin_memory()
-        return ChannelBatch(self.pixels.pin_memory(), self.counts.pin_memory(), ids)
+        return ChannelBatch(
+            self.pixels.pin_memory(), self.counts.pin_memory(), ids, self.host_counts, self.host_id_range, True
+        )
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -152,7 +203,7 @@ class ChannelBatch:
         for i, img in enumerate(images):
             check_pixel_dtype(img, f"image {i}")
         counts = torch.tensor([img.shape[0] for img in images], dtype=torch.long)
-        pixels = torch.cat(images, dim=0)
+        pixels = _cat_keep_pinned(images)
         ids = None
         if channel_ids is not None:
             if len(channel_ids) != len(images):
@@ -162,6 +213,26 @@ class ChannelBatch:
                     raise ValueError(f"image {i}: {len(cid)} channel ids for {img.shape[0]} channels")
             ids = torch.tensor([c for cid in channel_ids for c in cid], dtype=torch.long)
         return cls(pixels, counts.to(pixels.device), None if ids is None else ids.to(pixels.device))
+
+
+def _cat_keep_pinned(images: list[Tensor]) -> Tensor:
+    """``torch.cat(images)``; into page-locked memory when every image is page-locked (a DataLoader
+    with ``pin_memory=True`` pins samples before a collate that stacks them), so the later
+    ``.to(cuda, non_blocking=True)`` is a real asynchronous copy and not a staged, blocking one."""
+    first = images[0]
+    if first.device.type != "cpu" or not all(img.dtype == first.dtype and img.is_pinned() for img in images):
+        return torch.cat(images, dim=0)
+    out = torch.empty((sum(img.shape[0] for img in images), *first.shape[1:]), dtype=first.dtype, pin_memory=True)
+    return torch.cat(images, dim=0, out=out)
+
+
+def host_to_device(values: list[int], device: torch.device) -> Tensor:
+    """A long tensor of ``values`` on ``device``, copied from page-locked memory without blocking the
+    host (a plain ``torch.tensor(values, device=cuda)`` waits for the GPU's queue to drain)."""
+    t = torch.tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def as_channel_batch(images: ChannelBatch | Tensor | Sequence[Tensor]) -> ChannelBatch:

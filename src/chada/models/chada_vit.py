@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.batch import ChannelBatch, as_channel_batch, host_to_device
 from chada.models.dense import DenseOutput, dense_from_tokens
 from chada.models.hub import PretrainedMixin
 from chada.models.layers import (
@@ -242,22 +242,22 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"image size {H}x{W} is not divisible by the patch size {p}; crop or resize to a multiple of {p}"
             )
-        if batch.max_channels > self.config.max_channels:
-            too_many = torch.nonzero(batch.counts > self.config.max_channels).flatten().tolist()
+        # Everything below reads host-side copies (counts, id range) or checks the pixels once on the
+        # CPU (ChannelBatch.to), so a forward on a GPU never waits for the GPU to answer a question.
+        Cmax = self.config.max_channels
+        if batch.max_channels > Cmax:
+            too_many = [i for i, c in enumerate(batch.host_counts or ()) if c > Cmax]
             raise ValueError(
-                f"images {too_many} have more than C_max={self.config.max_channels} channels "
+                f"images {too_many} have more than C_max={Cmax} channels "
                 f"(largest: {batch.max_channels}); this model cannot take them"
             )
         if batch.channel_ids is not None:
-            ids = batch.channel_ids
-            if bool(((ids < 0) | (ids >= self.config.max_channels)).any()):
-                raise ValueError(f"channel_ids must lie in 0..{self.config.max_channels - 1}")
+            lo, hi = batch.host_id_range or (int(batch.channel_ids.min()), int(batch.channel_ids.max()))
+            if lo < 0 or hi >= Cmax:
+                raise ValueError(f"channel_ids must lie in 0..{Cmax - 1}")
         if not batch.pixels.is_floating_point():
             raise TypeError(f"pixels must be floating point, got {batch.pixels.dtype}")
-        if not bool(torch.isfinite(batch.pixels).all()):
-            bad = torch.nonzero(~torch.isfinite(batch.pixels).flatten(1).all(1)).flatten()
-            image_of = torch.repeat_interleave(torch.arange(batch.batch_size, device=bad.device), batch.counts)
-            raise ValueError(f"NaN or inf pixels in images {sorted(set(image_of[bad].tolist()))}")
+        batch.check_finite()
 
     def interpolate_pos_embed(self, h: int, w: int) -> Tensor:
         """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm).
@@ -340,7 +340,8 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         B, Cmax, N, D = batch.batch_size, self.config.max_channels, h * w, self.embed_dim
         dev = tokens.device
         counts = batch.counts.to(dev)
-        image_of = torch.repeat_interleave(torch.arange(B, device=dev), counts)
+        host_counts = list(batch.host_counts or ())
+        image_of = torch.repeat_interleave(torch.arange(B, device=dev), counts, output_size=tokens.shape[0])
         slot_of = torch.arange(tokens.shape[0], device=dev) - (torch.cumsum(counts, 0) - counts)[image_of]
         channel_mask = torch.arange(Cmax, device=dev)[None, :] < counts[:, None]
         channel_ids = torch.full((B, Cmax), -1, dtype=torch.long, device=dev)
@@ -349,11 +350,11 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         heads = self.config.num_heads
         if self.attention_mode == "packed":
             cls_out, patch, cls_attn, hidden = self._forward_packed(
-                tokens, cls, counts, return_attention, return_hidden_states
+                tokens, cls, host_counts, return_attention, return_hidden_states
             )
         elif self.attention_mode == "varlen":
             cls_out, patch, cls_attn, hidden = self._forward_varlen(
-                tokens, cls, counts, image_of, slot_of, return_attention, return_hidden_states
+                tokens, cls, (counts, host_counts), image_of, slot_of, return_attention, return_hidden_states
             )
         else:
             grid_tokens = tokens.new_zeros(B, Cmax, N, D)
@@ -385,7 +386,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         )
 
     def _forward_packed(
-        self, tokens: Tensor, cls: Tensor, counts: Tensor, want_attn: bool, want_hidden: bool
+        self, tokens: Tensor, cls: Tensor, counts_list: list[int], want_attn: bool, want_hidden: bool
     ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
         """Pad-free transformer: every same-channel-count group runs unmasked at its true length.
 
@@ -397,16 +398,15 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         Args:
             tokens: ``[sum C_i, N, D]`` embedded channel tokens, images in batch order.
             cls: ``[1, D]`` CLS token plus its position.
-            counts: ``[B]`` channels per image.
+            counts_list: channels per image (host ints: the grouping is Python, read from no GPU).
         Returns:
             ``cls [B, D]``, ``patch [B, C_max, N, D]`` (zeros on padding), the last layer's CLS
             attention ``[B, heads, 1 + C_max*N]`` or None, and the per-block hidden states in the
             padded layout (empty unless ``want_hidden``).
         """
         _, N, D = tokens.shape
-        B, Cmax, heads = counts.numel(), self.config.max_channels, self.config.num_heads
+        B, Cmax, heads = len(counts_list), self.config.max_channels, self.config.num_heads
         dev, full_len = tokens.device, 1 + self.config.max_channels * N
-        counts_list = counts.tolist()
         groups: dict[int, list[int]] = {}
         for i, c in enumerate(counts_list):
             groups.setdefault(c, []).append(i)
@@ -422,8 +422,8 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             if single:  # the stacked tokens already are [B, c*N, D] in batch order
                 seq, idx = tokens.reshape(B, c * N, D), slice(None)
             else:
-                rows = torch.tensor([starts[i] + j for i in members for j in range(c)], device=dev)
-                seq, idx = tokens.index_select(0, rows).reshape(G, c * N, D), torch.tensor(members, device=dev)
+                rows = host_to_device([starts[i] + j for i in members for j in range(c)], dev)
+                seq, idx = tokens.index_select(0, rows).reshape(G, c * N, D), host_to_device(members, dev)
             xg = torch.cat([cls.expand(G, 1, D), seq], dim=1)
             xg, attn_g, hid_g = self._run_blocks(xg, None, want_attn, want_hidden)
             if cls_attn is not None and attn_g is not None:
@@ -449,7 +449,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         self,
         tokens: Tensor,
         cls: Tensor,
-        counts: Tensor,
+        counts: tuple[Tensor, list[int]],
         image_of: Tensor,
         slot_of: Tensor,
         want_attn: bool,
@@ -459,18 +459,19 @@ class ChAdaViT(PretrainedMixin, nn.Module):
 
         Packed row layout: image 0's CLS, its ``C_0 * N`` channel tokens, image 1's CLS, ... The
         channel tokens keep the stacked order of ``tokens``, so building the sequence is one gather.
-        Same arguments and returns as :meth:`_forward_packed` (plus ``image_of``/``slot_of``, the image
-        and channel position of every stacked channel).
+        ``counts`` is ``([B]`` on the tokens' device, the same as host ints``)``; every index is computed
+        on the device (no host-to-device copy, no read-back). Same returns as :meth:`_forward_packed`
+        (``image_of``/``slot_of``: the image and channel position of every stacked channel).
         """
         n_ch, N, D = tokens.shape
-        B, Cmax, heads = counts.numel(), self.config.max_channels, self.config.num_heads
+        counts_dev, counts_list = counts
+        B, Cmax, heads = len(counts_list), self.config.max_channels, self.config.num_heads
         dev, full_len = tokens.device, 1 + Cmax * N
-        seg = VarlenSegments.from_lengths([1 + c * N for c in counts.tolist()], dev)
+        seg = VarlenSegments.from_lengths([1 + c * N for c in counts_list], dev, seq_lengths=1 + counts_dev * N)
         T = seg.total
         cls_rows = seg.cls_rows()
-        is_cls = torch.zeros(T, dtype=torch.bool, device=dev)
-        is_cls[cls_rows] = True
-        tok_rows = torch.nonzero(~is_cls).flatten()  # channel tokens, in stacked order
+        # stacked channel token t of image i sits after i + 1 CLS rows (image 0's .. image i's)
+        tok_rows = torch.arange(n_ch * N, device=dev) + (image_of + 1).repeat_interleave(N, output_size=n_ch * N)
         source = torch.empty(T, dtype=torch.long, device=dev)
         source[tok_rows] = torch.arange(n_ch * N, device=dev)
         source[cls_rows] = n_ch * N
@@ -483,9 +484,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             cls_attn[:, :, : attn.shape[-1]] = attn
         hidden: list[Tensor] = []
         if hid:
-            seq_of_row = torch.repeat_interleave(
-                torch.arange(B, device=dev), torch.tensor(seg.lengths, device=dev)
-            )
+            seq_of_row = torch.repeat_interleave(torch.arange(B, device=dev), seg.seq_lengths, output_size=T)
             dst = seq_of_row * full_len + torch.arange(T, device=dev) - seg.cu_seqlens.long()[seq_of_row]
             hidden = [h.new_zeros(B * full_len, D).index_copy(0, dst, h).view(B, full_len, D) for h in hid]
         x = self.norm(x)

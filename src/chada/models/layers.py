@@ -18,11 +18,11 @@ Attention kernels (:func:`attention`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from chada.models.varlen import VarlenSegments, _varlen_kernel_available, varlen_kernel_supported  # noqa: F401
 
 __all__ = [
     "PatchEmbed",
@@ -34,6 +34,7 @@ __all__ = [
     "VarlenSegments",
     "attention",
     "init_pos_embed",
+    "varlen_kernel_supported",
     "ACTIVATIONS",
     "POS_INTERPOLATIONS",
     "check_choice",
@@ -99,106 +100,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) 
     ):
         return _explicit_attention(q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-
-
-def _varlen_kernel_available(q: Tensor) -> bool:
-    """``varlen_attn`` (FlashAttention varlen) runs on CUDA in fp16/bf16 only (torch 2.13), for head
-    widths that are a multiple of 8 up to 256."""
-    hd = q.shape[-1]
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and hd % 8 == 0 and hd <= 256):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@dataclass
-class VarlenSegments:
-    """How a packed ``[T, ...]`` token sequence splits into independent sequences (one per image).
-
-    Sequence ``i`` holds rows ``cu_seqlens[i]:cu_seqlens[i + 1]``. The CPU (and CUDA fp32) fallback
-    gathers the rows of all sequences of one length into a dense ``[G, L]`` batch: ``order`` lists the
-    rows group after group, ``groups`` gives ``(L, G)`` per group in that order, and ``inverse`` puts
-    the concatenated group outputs back into packed order.
-    """
-
-    lengths: list[int]
-    cu_seqlens: Tensor  # int32 [S + 1], on the tokens' device
-    max_len: int
-    order: Tensor | None  # long [T]; None when the packed order already is group order
-    inverse: Tensor | None
-    groups: list[tuple[int, int]]
-
-    @classmethod
-    def from_lengths(cls, lengths: list[int], device: torch.device | str) -> VarlenSegments:
-        if not lengths or min(lengths) < 1:
-            raise ValueError(f"every sequence needs at least one token, got lengths {lengths}")
-        starts = [0]
-        for n in lengths:
-            starts.append(starts[-1] + n)
-        cu = torch.tensor(starts, dtype=torch.int32, device=device)
-        by_len: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            by_len.setdefault(n, []).append(i)
-        groups = [(n, len(members)) for n, members in sorted(by_len.items())]
-        rows = [r for n, members in sorted(by_len.items()) for i in members for r in range(starts[i], starts[i] + n)]
-        order = inverse = None
-        if rows != list(range(starts[-1])):
-            order = torch.tensor(rows, dtype=torch.long, device=device)
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(order.numel(), device=device)
-        return cls(list(lengths), cu, max(lengths), order, inverse, groups)
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.lengths))
-
-    def cls_rows(self) -> Tensor:
-        """``[S]`` long: the first row of every sequence."""
-        return self.cu_seqlens[:-1].long()
-
-    def grouped_attention(self, q: Tensor, k: Tensor, v: Tensor, want_cls_row: bool) -> tuple[Tensor, Tensor | None]:
-        """Reference varlen attention: ``q, k, v [T, h, hd]`` -> ``out [T, h, hd]`` and, when asked, the
-        softmax row of every sequence's first query (its CLS) over its own keys, ``[S, h, max_len]``
-        (zeros past each sequence's end)."""
-        if self.order is not None:
-            q, k, v = (t.index_select(0, self.order) for t in (q, k, v))
-        outs: list[Tensor] = []
-        cls_rows: list[Tensor] = []
-        start = 0
-        for n, G in self.groups:
-            sl = slice(start, start + n * G)
-            qg, kg, vg = (t[sl].reshape(G, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # [G, h, n, hd]
-            if want_cls_row:
-                w = ((qg * qg.shape[-1] ** -0.5) @ kg.transpose(-2, -1)).softmax(dim=-1)
-                og = w @ vg
-                cls_rows.append(F.pad(w[:, :, 0, :], (0, self.max_len - n)))
-            else:
-                og = attention(qg, kg, vg)
-            outs.append(og.transpose(1, 2).reshape(G * n, *q.shape[1:]))
-            start += n * G
-        out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
-        if self.inverse is not None:
-            out = out.index_select(0, self.inverse)
-        cls_w = None
-        if want_cls_row:
-            cls_w = torch.cat(cls_rows, dim=0)  # sequences in group order
-            seq_order = [i for n, _ in self.groups for i, m in enumerate(self.lengths) if m == n]
-            inv = torch.empty(len(seq_order), dtype=torch.long, device=cls_w.device)
-            inv[torch.tensor(seq_order, device=cls_w.device)] = torch.arange(len(seq_order), device=cls_w.device)
-            cls_w = cls_w.index_select(0, inv)
-        return out, cls_w
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, want_cls_row: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Varlen attention of ``q, k, v [T, h, hd]``: the fused varlen kernel where it exists."""
-        if not want_cls_row and _varlen_kernel_available(q):
-            from torch.nn.attention.varlen import varlen_attn
-
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-            return varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_len, self.max_len), None
-        return self.grouped_attention(q, k, v, want_cls_row)
 
 
 def init_pos_embed(pos_embed: Tensor, patch_std: float = 0.02, cls_std: float = 0.02) -> None:
@@ -269,7 +170,7 @@ class Attention(nn.Module):
         if segments is not None:
             T, D = x.shape
             q, k, v = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim).unbind(1)
-            out, cls_w = segments.attention(q, k, v, want_cls_row=return_attention)
+            out, cls_w = segments.attention(q, k, v, want_cls_row=return_attention, dense=attention)
             return self.proj(out.reshape(T, D)), cls_w
         B, L, D = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -339,9 +240,10 @@ class Block(nn.Module):
             return x
         keep = 1.0 - self.drop_path
         if segments is not None:  # one draw per packed sequence, not per token
-            mask = x.new_empty(len(segments.lengths)).bernoulli_(keep)
-            lengths = torch.tensor(segments.lengths, device=x.device)
-            return x * mask.repeat_interleave(lengths)[:, None] / keep
+            # Lengths already on the device and a sized repeat: no host-to-device copy, no read-back,
+            # and nothing per batch mix for a compiled block to guard on.
+            mask = x.new_empty(segments.seq_lengths.shape[0]).bernoulli_(keep)
+            return x * mask.repeat_interleave(segments.seq_lengths, output_size=x.shape[0])[:, None] / keep
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 

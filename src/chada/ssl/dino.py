@@ -136,9 +136,16 @@ def concat_channel_batches(batches: Sequence[ChannelBatch]) -> ChannelBatch:
     ids = None
     if any(b.channel_ids is not None for b in batches):
         ids = torch.cat([b.resolved_channel_ids() for b in batches])
+    # host-side counts and id ranges carried over: checking the concatenation reads nothing back from a GPU
+    ranges = [b.host_id_range if b.channel_ids is not None else (0, b.max_channels - 1) for b in batches]
+    host_range = None
+    if ids is not None and all(r is not None for r in ranges):
+        host_range = (min(r[0] for r in ranges if r), max(r[1] for r in ranges if r))
     return ChannelBatch(
-        torch.cat([b.pixels for b in batches]), torch.cat([b.counts for b in batches]), ids
-    )
+        torch.cat([b.pixels for b in batches]), torch.cat([b.counts for b in batches]), ids,
+        host_counts=sum((tuple(b.host_counts or ()) for b in batches), ()), host_id_range=host_range,
+        finite_checked=all(b.finite_checked for b in batches),
+    )  # fmt: skip
 
 
 class MultiCropWrapper(nn.Module):
@@ -241,7 +248,7 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_out: Tensor) -> None:
         """EMA of the teacher's mean output, averaged over every process when distributed."""
         batch_center = teacher_out.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([float(teacher_out.shape[0])], device=teacher_out.device)
+        count = batch_center.new_full((1,), float(teacher_out.shape[0]))  # filled on the device: no copy
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             dist.all_reduce(count)

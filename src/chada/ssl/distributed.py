@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from chada.errors import InputError
+
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "barrier", "cleanup", "broadcast_object"]
 
 
@@ -39,17 +41,35 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU: one per process on a node, never shared. Two ranks on one GPU make NCCL
+    fail with "Duplicate GPU detected" (or hang), so more processes on a node than visible GPUs is
+    refused here, with what to do. One exception: each process sees exactly one GPU and
+    ``CUDA_VISIBLE_DEVICES`` is set, the way a scheduler binds one GPU per task; that GPU is used."""
+    n_gpus = torch.cuda.device_count()
+    per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), local_rank + 1)
+    if per_node <= n_gpus:
+        return torch.device("cuda", local_rank)
+    if n_gpus == 1 and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return torch.device("cuda", 0)
+    raise InputError(
+        f"{per_node} processes on this node but {n_gpus} visible GPU(s): ranks cannot share a GPU; launch "
+        f"with torchrun --nproc_per_node={max(n_gpus, 1)} (or fewer), or bind one GPU per process with "
+        "CUDA_VISIBLE_DEVICES, or set run.device=cpu"
+    )
+
+
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("run.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+            raise InputError("run.device is 'cuda' but no CUDA device is available")
+        return _cuda_device(local_rank)
     if device != "auto":
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise InputError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return _cuda_device(local_rank)
     return torch.device("cpu")
 
 
@@ -59,17 +79,21 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     Args:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         backend: force a backend; default NCCL for CUDA, gloo for CPU.
+    Raises:
+        InputError: more processes on this node than visible GPUs, or ``"cuda"`` without a GPU.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     dev = _pick_device(device, local_rank)
     if world > 1:
+        extra: dict[str, object] = {}
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+            extra["device_id"] = dev  # binds NCCL's communicator to this GPU at once (no guessing)
         if not dist.is_initialized():
             dist.init_process_group(
-                backend=backend or ("nccl" if dev.type == "cuda" else "gloo"), rank=rank, world_size=world
+                backend=backend or ("nccl" if dev.type == "cuda" else "gloo"), rank=rank, world_size=world, **extra
             )
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
