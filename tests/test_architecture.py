@@ -41,11 +41,12 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80  # body lines after the docstring
 REASON = "# long:"  # a module or function over the limit says why with this comment at its top
 # Over the limits in code that other work streams own at the time of the split; to be split by them.
-KNOWN_LONG = {
-    "chada/models/baselines.py",
-    "chada/models/chada_vit.py",
-    "chada/ssl/trainer.py",
-    "chada/data/corpus.py:build_corpus",
+# Each exception is capped at its size when it was listed (lines of the file, or body lines of the
+# function): it may shrink, never grow. A file's entry does not exempt its functions.
+KNOWN_LONG: dict[str, tuple[int, str]] = {
+    "chada/models/baselines.py": (699, "three model families in one file (issue 27 item 3: one file per family)"),
+    "chada/models/chada_vit.py": (575, "padded, packed and varlen paths together (issue 27 item 3)"),
+    "chada/data/corpus.py:build_corpus": (83, "one pass over the corpus sources; to be split with its owner"),
 }
 
 
@@ -182,6 +183,8 @@ def size_violations(src: Path = SRC) -> tuple[list[str], set[str]]:
             first_code = tree.body[1].lineno if len(tree.body) > 1 else len(lines)
             if rel in KNOWN_LONG:
                 hit.add(rel)
+                if len(lines) > KNOWN_LONG[rel][0]:
+                    bad.append(f"{rel}: {len(lines)} lines > its cap of {KNOWN_LONG[rel][0]} in KNOWN_LONG; split it")
             elif not _has_reason(lines, 0, first_code):
                 bad.append(f"{rel}: {len(lines)} lines > {MAX_MODULE_LINES}; split it or say why ({REASON} ...)")
         for node in ast.walk(tree):
@@ -194,8 +197,11 @@ def size_violations(src: Path = SRC) -> tuple[list[str], set[str]]:
             if n <= MAX_FUNCTION_LINES:
                 continue
             key = f"{rel}:{node.name}"
-            if key in KNOWN_LONG or rel in KNOWN_LONG:
-                hit.add(key if key in KNOWN_LONG else rel)
+            if key in KNOWN_LONG:
+                hit.add(key)
+                if n > KNOWN_LONG[key][0]:
+                    bad.append(f"{key} (line {node.lineno}): {n} body lines > its cap of {KNOWN_LONG[key][0]} in "
+                               "KNOWN_LONG; split it")  # fmt: skip
             elif not _has_reason(lines, node.lineno - 1, first.lineno):
                 bad.append(f"{key} (line {node.lineno}): {n} body lines > {MAX_FUNCTION_LINES}; split it or say "
                            f"why ({REASON} ...) at its top")  # fmt: skip
@@ -221,7 +227,7 @@ def test_no_import_cycle():
 def test_files_and_functions_are_small():
     bad, hit = size_violations()
     assert not bad, "\n".join(bad)
-    stale = KNOWN_LONG - hit
+    stale = set(KNOWN_LONG) - hit
     assert not stale, f"no longer over the limits, remove from KNOWN_LONG: {sorted(stale)}"
 
 
@@ -262,6 +268,23 @@ def test_checks_catch_what_they_claim(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("chada/cli/main.py:g ")
     (src / "chada/cli/main.py").write_text(f"def g():\n    {REASON} a flat table\n" + "    pass\n" * 90)
     assert size_violations(src)[0] == []
+
+
+def test_known_long_entries_are_capped(tmp_path, monkeypatch):
+    """A listed file or function may not grow past its cap; at its cap it passes."""
+    over = MAX_MODULE_LINES + 10
+    src = _write(tmp_path, {
+        "__init__.py": "",
+        "models/__init__.py": "",
+        "models/big.py": "x = 1\n" * over,
+        "models/f.py": "def g():\n" + "    pass\n" * (MAX_FUNCTION_LINES + 5),
+    })  # fmt: skip
+    at_cap = {"chada/models/big.py": (over, "r"), "chada/models/f.py:g": (MAX_FUNCTION_LINES + 5, "r")}
+    monkeypatch.setitem(globals(), "KNOWN_LONG", at_cap)
+    assert size_violations(src) == ([], set(at_cap))
+    monkeypatch.setitem(globals(), "KNOWN_LONG", {k: (cap - 1, r) for k, (cap, r) in at_cap.items()})
+    problems, _ = size_violations(src)
+    assert len(problems) == 2 and all("cap" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("module", ["chada.eval.protocol", "chada.tasks.reconstruction.task", "chada.pipeline.summary"])

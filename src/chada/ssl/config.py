@@ -12,6 +12,7 @@ parsed as YAML (``true``, ``[1, 2]``, ``null``) and then coerced to the field's 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -38,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "save_config",
+    "as_config",
 ]
 
 
@@ -372,3 +374,14 @@ def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     atomic_write_bytes(path, text.encode())
     return Path(path)
+
+
+def as_config(config: PretrainConfig | dict[str, Any] | str | Path, overrides: list[str] | None) -> PretrainConfig:
+    """A :class:`PretrainConfig` from a config (copied), a nested dict or a YAML path, with ``overrides``."""
+    if isinstance(config, PretrainConfig):
+        return apply_overrides(copy.deepcopy(config), overrides)
+    if isinstance(config, dict):
+        return apply_overrides(config_from_dict(config), overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    raise TypeError(f"config must be a PretrainConfig, a dict or a YAML path, got {type(config).__name__}")
