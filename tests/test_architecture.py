@@ -299,3 +299,56 @@ def test_former_cycles_are_gone(module):
                 reach.add(dep)
                 todo.append(dep)
     assert module not in reach
+
+
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def _package_rows(text: str) -> dict[str, list[str]]:
+    """``{package: backticked names in its row}`` of the package table in docs/architecture.md."""
+    import re
+
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `([a-z_]+)(?:/|\.py)` \|(.*)", line)
+        if m:
+            rows[m.group(1)] = re.findall(r"`([^`]+)`", m.group(2))
+    return rows
+
+
+def unlisted_modules(text: str, src: Path = SRC) -> list[str]:
+    """Modules of ``src/chada`` that the package table does not name: a top-level module needs its own
+    row, ``pkg/mod.py`` needs ``mod`` in ``pkg``'s row, ``pkg/sub/mod.py`` needs ``sub/`` and ``mod``."""
+    rows = _package_rows(text)
+    missing = []
+    for f in sorted((src / "chada").rglob("*.py")):
+        parts = f.relative_to(src / "chada").with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not parts:
+            continue
+        names = rows.get(parts[0])
+        if names is None:
+            missing.append(f"{'/'.join(parts)}: no row for {parts[0]}")
+            continue
+        if len(parts) == 1:  # a top-level module: its row is enough
+            continue
+        listed = parts[1] in names or f"{parts[1]}/" in names if len(parts) == 2 else f"{parts[1]}/" in names
+        if not listed or (len(parts) == 3 and parts[2] not in names):
+            missing.append("/".join(parts))
+    return missing
+
+
+def test_every_module_is_in_the_architecture_table():
+    missing = unlisted_modules(ARCHITECTURE.read_text())
+    assert not missing, f"add these modules to the package table of docs/architecture.md: {missing}"
+
+
+def test_the_table_check_sees_a_missing_module(tmp_path):
+    src = _write(tmp_path, {"__init__.py": "", "io.py": "", "ssl/__init__.py": "", "ssl/dino.py": "",
+                            "tasks/__init__.py": "", "tasks/dense/__init__.py": "", "tasks/dense/heads.py": ""})  # fmt: skip
+    table = "| `io.py` | x | |\n| `ssl/` | x | `dino` |\n| `tasks/` | x | `dense/` (`heads`) |\n"
+    assert unlisted_modules(table, src) == []
+    assert unlisted_modules(table.replace("`dino`", "`config`"), src) == ["ssl/dino"]
+    assert unlisted_modules(table.replace("(`heads`)", ""), src) == ["tasks/dense/heads"]
+    assert unlisted_modules(table.replace("| `io.py` | x | |\n", ""), src) == ["io: no row for io"]
