@@ -4,7 +4,8 @@ Every module under ``src/chada`` is parsed with ``ast``: every ``import`` / ``fr
 depth (function-level imports included) and every ``importlib.import_module("chada...")`` is an
 edge. The layer order (docs/architecture.md) is::
 
-    io, errors -> models -> data -> {features, ssl} -> encode -> eval -> profiles -> viz -> tasks -> pipeline -> cli
+    io, errors, config_reader -> models -> data -> {features, ssl} -> encode -> eval -> profiles -> viz -> tasks
+    -> pipeline -> cli
 
 A module may import from its own package or from a lower layer, never upward, never sideways into a
 peer package of its layer, and ``chada.eval`` reads only feature files (``chada.encode.store``).
@@ -21,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first.
 LAYERS: list[tuple[str, ...]] = [
-    ("chada.io", "chada.errors"),
+    ("chada.io", "chada.errors", "chada.config_reader"),
     ("chada.models",),
     ("chada.data",),
     ("chada.features", "chada.ssl"),
@@ -36,19 +37,20 @@ LAYERS: list[tuple[str, ...]] = [
 # Packages that may import only these modules (besides their own package and the standard library).
 ONLY: dict[str, tuple[str, ...]] = {
     # protocols that see only feature files: no model, no hand-made extractor, no figure toolkit
-    "chada.eval": ("chada.io", "chada.encode.store"),
+    "chada.eval": ("chada.io", "chada.config_reader", "chada.encode.store"),
     # profiles read feature tables only, like eval: no model, no image, no figure toolkit
-    "chada.profiles": ("chada.io", "chada.errors", "chada.encode.store", "chada.eval"),
+    "chada.profiles": ("chada.io", "chada.errors", "chada.config_reader", "chada.encode.store", "chada.eval"),
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80  # body lines after the docstring
 REASON = "# long:"  # a module or function over the limit says why with this comment at its top
 # Over the limits in code that other work streams own at the time of the split; to be split by them.
-KNOWN_LONG = {
-    "chada/models/baselines.py",
-    "chada/models/chada_vit.py",
-    "chada/ssl/trainer.py",
-    "chada/data/corpus.py:build_corpus",
+# Each exception is capped at its size when it was listed (lines of the file, or body lines of the
+# function): it may shrink, never grow. A file's entry does not exempt its functions.
+KNOWN_LONG: dict[str, tuple[int, str]] = {
+    "chada/models/baselines.py": (699, "three model families in one file (issue 27 item 3: one file per family)"),
+    "chada/models/chada_vit.py": (575, "padded, packed and varlen paths together (issue 27 item 3)"),
+    "chada/data/corpus.py:build_corpus": (83, "one pass over the corpus sources; to be split with its owner"),
 }
 
 
@@ -185,6 +187,8 @@ def size_violations(src: Path = SRC) -> tuple[list[str], set[str]]:
             first_code = tree.body[1].lineno if len(tree.body) > 1 else len(lines)
             if rel in KNOWN_LONG:
                 hit.add(rel)
+                if len(lines) > KNOWN_LONG[rel][0]:
+                    bad.append(f"{rel}: {len(lines)} lines > its cap of {KNOWN_LONG[rel][0]} in KNOWN_LONG; split it")
             elif not _has_reason(lines, 0, first_code):
                 bad.append(f"{rel}: {len(lines)} lines > {MAX_MODULE_LINES}; split it or say why ({REASON} ...)")
         for node in ast.walk(tree):
@@ -197,8 +201,11 @@ def size_violations(src: Path = SRC) -> tuple[list[str], set[str]]:
             if n <= MAX_FUNCTION_LINES:
                 continue
             key = f"{rel}:{node.name}"
-            if key in KNOWN_LONG or rel in KNOWN_LONG:
-                hit.add(key if key in KNOWN_LONG else rel)
+            if key in KNOWN_LONG:
+                hit.add(key)
+                if n > KNOWN_LONG[key][0]:
+                    bad.append(f"{key} (line {node.lineno}): {n} body lines > its cap of {KNOWN_LONG[key][0]} in "
+                               "KNOWN_LONG; split it")  # fmt: skip
             elif not _has_reason(lines, node.lineno - 1, first.lineno):
                 bad.append(f"{key} (line {node.lineno}): {n} body lines > {MAX_FUNCTION_LINES}; split it or say "
                            f"why ({REASON} ...) at its top")  # fmt: skip
@@ -224,7 +231,7 @@ def test_no_import_cycle():
 def test_files_and_functions_are_small():
     bad, hit = size_violations()
     assert not bad, "\n".join(bad)
-    stale = KNOWN_LONG - hit
+    stale = set(KNOWN_LONG) - hit
     assert not stale, f"no longer over the limits, remove from KNOWN_LONG: {sorted(stale)}"
 
 
@@ -267,6 +274,23 @@ def test_checks_catch_what_they_claim(tmp_path):
     assert size_violations(src)[0] == []
 
 
+def test_known_long_entries_are_capped(tmp_path, monkeypatch):
+    """A listed file or function may not grow past its cap; at its cap it passes."""
+    over = MAX_MODULE_LINES + 10
+    src = _write(tmp_path, {
+        "__init__.py": "",
+        "models/__init__.py": "",
+        "models/big.py": "x = 1\n" * over,
+        "models/f.py": "def g():\n" + "    pass\n" * (MAX_FUNCTION_LINES + 5),
+    })  # fmt: skip
+    at_cap = {"chada/models/big.py": (over, "r"), "chada/models/f.py:g": (MAX_FUNCTION_LINES + 5, "r")}
+    monkeypatch.setitem(globals(), "KNOWN_LONG", at_cap)
+    assert size_violations(src) == ([], set(at_cap))
+    monkeypatch.setitem(globals(), "KNOWN_LONG", {k: (cap - 1, r) for k, (cap, r) in at_cap.items()})
+    problems, _ = size_violations(src)
+    assert len(problems) == 2 and all("cap" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("module", ["chada.eval.protocol", "chada.tasks.reconstruction.task", "chada.pipeline.summary"])
 def test_former_cycles_are_gone(module):
     """eval/protocol <-> reconstruction and pipeline/quickstart <-> summary used to import each other."""
@@ -279,3 +303,56 @@ def test_former_cycles_are_gone(module):
                 reach.add(dep)
                 todo.append(dep)
     assert module not in reach
+
+
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def _package_rows(text: str) -> dict[str, list[str]]:
+    """``{package: backticked names in its row}`` of the package table in docs/architecture.md."""
+    import re
+
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `([a-z_]+)(?:/|\.py)` \|(.*)", line)
+        if m:
+            rows[m.group(1)] = re.findall(r"`([^`]+)`", m.group(2))
+    return rows
+
+
+def unlisted_modules(text: str, src: Path = SRC) -> list[str]:
+    """Modules of ``src/chada`` that the package table does not name: a top-level module needs its own
+    row, ``pkg/mod.py`` needs ``mod`` in ``pkg``'s row, ``pkg/sub/mod.py`` needs ``sub/`` and ``mod``."""
+    rows = _package_rows(text)
+    missing = []
+    for f in sorted((src / "chada").rglob("*.py")):
+        parts = f.relative_to(src / "chada").with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not parts:
+            continue
+        names = rows.get(parts[0])
+        if names is None:
+            missing.append(f"{'/'.join(parts)}: no row for {parts[0]}")
+            continue
+        if len(parts) == 1:  # a top-level module: its row is enough
+            continue
+        listed = parts[1] in names or f"{parts[1]}/" in names if len(parts) == 2 else f"{parts[1]}/" in names
+        if not listed or (len(parts) == 3 and parts[2] not in names):
+            missing.append("/".join(parts))
+    return missing
+
+
+def test_every_module_is_in_the_architecture_table():
+    missing = unlisted_modules(ARCHITECTURE.read_text())
+    assert not missing, f"add these modules to the package table of docs/architecture.md: {missing}"
+
+
+def test_the_table_check_sees_a_missing_module(tmp_path):
+    src = _write(tmp_path, {"__init__.py": "", "io.py": "", "ssl/__init__.py": "", "ssl/dino.py": "",
+                            "tasks/__init__.py": "", "tasks/dense/__init__.py": "", "tasks/dense/heads.py": ""})  # fmt: skip
+    table = "| `io.py` | x | |\n| `ssl/` | x | `dino` |\n| `tasks/` | x | `dense/` (`heads`) |\n"
+    assert unlisted_modules(table, src) == []
+    assert unlisted_modules(table.replace("`dino`", "`config`"), src) == ["ssl/dino"]
+    assert unlisted_modules(table.replace("(`heads`)", ""), src) == ["tasks/dense/heads"]
+    assert unlisted_modules(table.replace("| `io.py` | x | |\n", ""), src) == ["io: no row for io"]

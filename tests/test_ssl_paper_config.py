@@ -220,7 +220,7 @@ def test_options_change_what_fit_does(data: dict[str, Path], tmp_path: Path) -> 
 
 
 def test_options_change_the_data_loader(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import chada.ssl.trainer as tr
+    import chada.ssl.train_data as tr
 
     seen: list[dict[str, Any]] = []
     real = tr.DataLoader

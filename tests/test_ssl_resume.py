@@ -174,8 +174,11 @@ def test_resume_gives_cpu_rng_byte_tensors_whatever_the_device(
     finished_run: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a GPU run, mapping the checkpoint to the device would hand CUDA tensors to set_rng_state
-    (which needs CPU ByteTensors). Simulated: CUDA "available", a CUDA RNG state in the checkpoint, and
-    a torch.load that refuses any map_location but CPU."""
+    (which needs CPU ByteTensors). Simulated: CUDA "available", a CUDA RNG state in the checkpoint (the
+    old every-visible-GPU list and the per-rank entry), and a torch.load that refuses any map_location
+    but CPU; the rank's own device is cuda:0 (the Trainer itself runs on CPU here)."""
+    from chada.ssl.checkpoint import restore_rank_rng
+
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     state = torch.load(run / CHECKPOINT_NAME, weights_only=True)
@@ -194,9 +197,13 @@ def test_resume_gives_cpu_rng_byte_tensors_whatever_the_device(
     monkeypatch.setattr(torch, "load", load)
     monkeypatch.setattr(torch, "set_rng_state", lambda t: seen["torch"].append(t))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda ts: seen["cuda"].extend(ts))
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t, device="cuda": seen["cuda"].append(t))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     Trainer(cfg, resume=True)
-    assert seen["torch"] and seen["cuda"]
+    loaded = load_checkpoint(run / CHECKPOINT_NAME)
+    restore_rank_rng(loaded["rng"], 0, cfg.run.seed, torch.device("cuda", 0))  # the old list form
+    loaded["rng"][0]["cuda"] = {"device": 0, "state": loaded["rng"][0]["cuda"][0]}
+    restore_rank_rng(loaded["rng"], 0, cfg.run.seed, torch.device("cuda", 0))  # the per-rank form
+    assert seen["torch"] and len(seen["cuda"]) == 2
     for t in seen["torch"] + seen["cuda"]:
         assert t.device.type == "cpu" and t.dtype == torch.uint8

@@ -381,7 +381,14 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` and its sub-commands to the top-level ``chada`` parser."""
-    p = subparsers.add_parser("data", help="datasets: check, summary, synth, synth-plate, scan, shard, import, build-corpus", description=__doc__)
+    p = subparsers.add_parser(
+        "data",
+        help="datasets: check, summary, synth, synth-plate, scan, shard, import, build-corpus",
+        description="Datasets: validate a manifest (check), describe it (summary), write synthetic assays "
+        "(synth), a synthetic screen with known answers (synth-plate), a manifest from a plate folder "
+        "(scan), WebDataset shards (shard), import a published dataset (import), build a pretraining "
+        "corpus (build-corpus). `chada data COMMAND --help` describes each.",
+    )
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -121,6 +121,14 @@ def run(args: argparse.Namespace) -> int:
         cfg["torch_threads"] = args.torch_threads
     if args.no_reconstruction:
         cfg.pop("reconstruction", None)
+    if args.config:  # config mistakes name the file (config_reader's format), before any work
+        from chada.config_reader import in_file
+        from chada.tasks.evaluation import normalize_config
+
+        try:
+            normalize_config(dict(cfg))
+        except (ValueError, TypeError) as exc:
+            raise in_file(args.config, exc) from None
     out = args.out or cfg.get("out_dir") or "eval_results"
     check_writable_dir(out, what="output folder")  # before any file is read
     results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots,

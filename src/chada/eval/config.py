@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chada.config_reader import check_keys, choice, expected, integer, number
+
 __all__ = [
     "DEFAULTS",
     "FAMILIES",
@@ -78,6 +80,16 @@ DEFAULTS: dict[str, Any] = {
     # is tested instead: stratified k-fold, repeated once per seed.
     "small_data": {"max_images": 200, "folds": 5},
 }
+# Every top-level key of an evaluation config; reconstruction:, dense:, profiles: and torch_threads: are
+# read by chada.tasks.evaluation (the sections that run models or profile feature tables).
+TOP_KEYS = (*DEFAULTS, "models", "tasks", "diagnostics", "out_dir", "base_dir", "reconstruction", "dense",
+            "profiles", "torch_threads")  # fmt: skip
+DIAGNOSTICS_KEYS = ("cka_pairs", "shortcut_features", "shortcut_targets", "n_components", "max_rows")
+MODEL_KEYS = ("name", "path", "family", "arch", "untrained_of")
+TASK_KEYS = (
+    "name", "label_column", "label", "kind", "train_split", "test_split", "test_fraction", "split_fraction",
+    "embeddings", "models", "cross_validation", "feature_kinds", "fractions", "seeds",
+)  # fmt: skip
 
 
 @dataclass
@@ -104,13 +116,11 @@ class TaskSpec:
     cross_validation: bool | None = None  # None: k-fold when the task has fewer than small_data.max_images
 
 
-def seed_list(v: Any) -> list[int]:
+def seed_list(v: Any, where: str = "seeds") -> list[int]:
     """``5`` -> ``[0, 1, 2, 3, 4]``; a list of ints stays as it is."""
-    if isinstance(v, int):
-        if v < 1:
-            raise ValueError(f"seeds must be >= 1, got {v}")
-        return list(range(v))
-    return [int(s) for s in v]
+    if isinstance(v, (list, tuple)):
+        return [integer(s, where, 0) for s in v]
+    return list(range(integer(v, where, 1)))
 
 
 def _path(p: Any, base: Path) -> Path:
@@ -141,12 +151,28 @@ def load_config(config: dict | str | os.PathLike) -> tuple[dict[str, Any], Path]
 
 def parse_settings(config: dict[str, Any], base: Path) -> dict[str, Any]:
     """The run-wide settings: :data:`DEFAULTS` overridden by the config, paths made absolute."""
+    check_keys(config, TOP_KEYS)
     settings = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
-    settings["probe"] = {**DEFAULTS["probe"], **(config.get("probe") or {})}
-    settings["knn"] = {**DEFAULTS["knn"], **(config.get("knn") or {})}
-    settings["small_data"] = {**DEFAULTS["small_data"], **(config.get("small_data") or {})}
-    if int(settings["small_data"]["folds"]) < 2:
-        raise ValueError(f"small_data.folds must be >= 2, got {settings['small_data']['folds']}")
+    for section in ("probe", "knn", "small_data"):
+        given = config.get(section) or {}
+        if not isinstance(given, dict):
+            raise expected(section, "a mapping", given)
+        check_keys(given, DEFAULTS[section], section)
+        settings[section] = {**DEFAULTS[section], **given}
+    seed_list(settings["seeds"])  # checked here; kept as written (5, or a list) for the run record
+    settings["max_dim"] = integer(settings["max_dim"], "max_dim", 1)
+    settings["test_fraction"] = number(settings["test_fraction"], "test_fraction", 0, strict_low=True)
+    if settings["blas_threads"] is not None:
+        settings["blas_threads"] = integer(settings["blas_threads"], "blas_threads", 1)
+    settings["probe"]["max_iter"] = integer(settings["probe"]["max_iter"], "probe.max_iter", 1)
+    settings["knn"]["k"] = integer(settings["knn"]["k"], "knn.k", 1)
+    settings["knn"]["temperature"] = number(settings["knn"]["temperature"], "knn.temperature", 0, strict_low=True)
+    small = settings["small_data"]
+    small["folds"] = integer(small["folds"], "small_data.folds", 2)
+    small["max_images"] = integer(small["max_images"], "small_data.max_images", 0)
+    if not isinstance(config.get("diagnostics") or {}, dict):
+        raise expected("diagnostics", "a mapping", config["diagnostics"])
+    check_keys(config.get("diagnostics") or {}, DIAGNOSTICS_KEYS, "diagnostics")
     settings["diagnostics"] = dict(config.get("diagnostics") or {})
     if "shortcut_features" in settings["diagnostics"] and settings["diagnostics"]["shortcut_features"]:
         settings["diagnostics"]["shortcut_features"] = _path(
@@ -171,10 +197,11 @@ def parse_models(config: dict[str, Any], base: Path) -> dict[str, ModelSpec]:
         if isinstance(m, (str, os.PathLike)):
             m = {"path": m}
         if not isinstance(m, dict):
-            raise ValueError(f"model {name!r}: expected a path or a mapping, got {m!r}")
+            raise expected(f"models.{name}", "a path or a mapping", m)
+        check_keys(m, MODEL_KEYS, f"models.{name}")
         fam = m.get("family")
-        if fam is not None and fam not in FAMILIES:
-            raise ValueError(f"model {name!r}: family must be one of {FAMILIES}, got {fam!r}")
+        if fam is not None:
+            choice(fam, f"models.{name}.family", FAMILIES)
         models[str(name)] = ModelSpec(
             str(name),
             _path(m["path"], base) if m.get("path") else None,
@@ -196,11 +223,11 @@ def parse_tasks(
     for i, t in enumerate(raw_tasks):
         if not isinstance(t, dict):
             raise ValueError(f"task {i}: expected a mapping with name, label_column, kind, got {t!r}")
+        check_keys(t, TASK_KEYS, f"tasks.{t.get('name', i)}")
         if "label_column" not in t and "label" not in t:
             raise ValueError(f"task {i} ({t.get('name')}): label_column is required")
-        kind = t.get("kind", "classification")
-        if kind not in ("classification", "regression"):
-            raise ValueError(f"task {t.get('name')}: kind must be classification or regression, got {kind!r}")
+        where = f"tasks.{t.get('name', i)}"
+        kind = choice(t.get("kind", "classification"), f"{where}.kind", ("classification", "regression"))
         if t.get("embeddings"):
             emb = {str(k): _path(v, base) for k, v in t["embeddings"].items()}
             for k in emb:
@@ -216,7 +243,7 @@ def parse_tasks(
         label = t.get("label_column", t.get("label"))
         cv = t.get("cross_validation", "auto")
         if cv not in ("auto", None, True, False):
-            raise ValueError(f"task {t.get('name')}: cross_validation must be true, false or auto, got {cv!r}")
+            raise expected(f"{where}.cross_validation", "true, false or auto", cv)
         tasks.append(
             TaskSpec(
                 name=str(t.get("name", label)),
@@ -227,14 +254,14 @@ def parse_tasks(
                 test_split=t.get("test_split", "test"),
                 test_fraction=t.get("test_fraction", t.get("split_fraction")),
                 feature_kinds=list(t.get("feature_kinds", settings["feature_kinds"])),
-                fractions=[float(f) for f in t.get("fractions", settings["fractions"])],
-                seeds=seed_list(t.get("seeds", settings["seeds"])),
+                fractions=[number(f, f"{where}.fractions", 0, strict_low=True) for f in t.get("fractions", settings["fractions"])],
+                seeds=seed_list(t.get("seeds", settings["seeds"]), f"{where}.seeds"),
                 cross_validation=None if cv in ("auto", None) else bool(cv),
             )
         )
     for f in {f for t in tasks for f in t.fractions}:
         if not 0 < f <= 1:
-            raise ValueError(f"fractions must be in (0, 1], got {f}")
+            raise expected("fractions", "numbers in (0, 1]", f)
     return tasks
 
 

@@ -21,7 +21,7 @@ Two attention implementations, one set of weights (``attention=`` / :meth:`ChAda
   buffer), the final norm runs per group, and only the normed outputs are written into the padded
   output layout; a batch with one channel count needs no gather or scatter. No FLOP is spent on
   padding. Why this and not a single packed sequence: measured on this project's CPU target
-  (torch 2.13, 2 threads; see ``shared/notes/dependencies.md`` and ``benchmarks/throughput.py``),
+  (torch 2.13, 2 threads; ``benchmarks/throughput.py``, results in ``benchmarks/README.md``),
   grouping ran 3x faster than padded+mask, while nested/jagged tensors were ~9x *slower* than padded
   and FlexAttention has no CPU backward. Groups are exact (no cross-image attention to mask), need no
   special kernel, and run every block as one dense batched matmul, which is what both CPU and GPU

@@ -12,8 +12,8 @@ parsed as YAML (``true``, ``[1, 2]``, ``null``) and then coerced to the field's 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from chada.ssl.typed_config import coerce, fill, unknown_key_error
+from chada.config_reader import choice, coerce, expected, fill, in_file, unknown_key_error
 
 __all__ = [
     "ModelConfig",
@@ -38,6 +38,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "save_config",
+    "as_config",
 ]
 
 
@@ -221,13 +222,13 @@ class PretrainConfig:
             ("run.save_every_steps", self.run.save_every_steps), ("run.log_every_steps", self.run.log_every_steps),
         ):  # fmt: skip
             if v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+                raise expected(name, "an integer >= 1", v)
         for name, v in (
             ("optim.lr", o.lr), ("dino.student_temp", d.student_temp), ("dino.teacher_temp", d.teacher_temp),
             ("dino.warmup_teacher_temp", d.warmup_teacher_temp),
         ):  # fmt: skip
             if not v > 0:  # also refuses NaN
-                raise ValueError(f"{name} must be > 0, got {v}")
+                raise expected(name, "a number > 0", v)
         for name, v in (
             ("optim.min_lr", o.min_lr), ("optim.weight_decay", o.weight_decay),
             ("optim.weight_decay_end", o.weight_decay_end), ("optim.clip_grad", o.clip_grad),
@@ -236,7 +237,7 @@ class PretrainConfig:
             ("data.num_workers", self.data.num_workers), ("data.shard_shuffle", self.data.shard_shuffle),
         ):  # fmt: skip
             if not v >= 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
+                raise expected(name, "a number >= 0", v)
         for name, v in (("optim.warmup_epochs", o.warmup_epochs), ("dino.warmup_teacher_temp_epochs", d.warmup_teacher_temp_epochs)):
             if v > o.epochs:
                 raise ValueError(f"{name} ({v}) must be <= optim.epochs ({o.epochs})")
@@ -251,7 +252,7 @@ class PretrainConfig:
             ("optim.betas[1]", o.betas[1]), ("model.drop_path_rate", self.model.drop_path_rate),
         ):  # fmt: skip
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
+                raise expected(name, "a number in [0, 1]", v)
         for name, (lo, hi) in (("augment.global_scale", a.global_scale), ("augment.local_scale", a.local_scale)):
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
@@ -261,21 +262,18 @@ class PretrainConfig:
         _choice("data.channel_sampling.scheme", cs.scheme, ("none", "discard_one", "hierarchical"))
         _choice("data.channel_sampling.per", cs.per, ("sample", "batch"))
         if not 0.0 <= cs.discard_p <= 1.0:
-            raise ValueError(f"data.channel_sampling.discard_p must be in [0, 1], got {cs.discard_p}")
+            raise expected("data.channel_sampling.discard_p", "a number in [0, 1]", cs.discard_p)
         if self.data.cache and self.data.shards is not None:
             raise ValueError("data.cache works with data.manifest only (shards are streamed)")
         for name, v in (("data.size", self.data.size), ("run.threads", self.run.threads),
                         ("run.max_steps", self.run.max_steps), ("data.shard_samples_per_epoch", self.data.shard_samples_per_epoch)):  # fmt: skip
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 (or null), got {v}")
+                raise expected(name, "an integer >= 1 or null", v)
         return self
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}{hint}")
+    choice(value, name, allowed)
 
 
 def config_from_dict(values: dict[str, Any] | None) -> PretrainConfig:
@@ -346,8 +344,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = config_from_dict(values)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{p}: {exc}") from exc
-    # Validation errors name the key (which may come from the file or from an override).
-    return apply_overrides(cfg, overrides).validate(require_data=False)
+    cfg = apply_overrides(cfg, overrides)
+    if overrides:  # the bad value may come from the file or from an override: the key alone is named
+        return cfg.validate(require_data=False)
+    try:
+        return cfg.validate(require_data=False)
+    except (ValueError, TypeError) as exc:
+        raise (exc if p is None else in_file(p, exc)) from None
 
 
 def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
@@ -372,3 +375,14 @@ def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     atomic_write_bytes(path, text.encode())
     return Path(path)
+
+
+def as_config(config: PretrainConfig | dict[str, Any] | str | Path, overrides: list[str] | None) -> PretrainConfig:
+    """A :class:`PretrainConfig` from a config (copied), a nested dict or a YAML path, with ``overrides``."""
+    if isinstance(config, PretrainConfig):
+        return apply_overrides(copy.deepcopy(config), overrides)
+    if isinstance(config, dict):
+        return apply_overrides(config_from_dict(config), overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    raise TypeError(f"config must be a PretrainConfig, a dict or a YAML path, got {type(config).__name__}")

@@ -55,8 +55,8 @@ TASK_NUM = {"Task_one": 1, "Task_two": 2, "Task_three": 3, "Task_four": 4}
 SCORE_TERMS = {("Allen", "Task_two"): 1 / 3, ("HPA", "Task_two"): 1 / 6, ("HPA", "Task_three"): 1 / 6,
                ("CP", "Task_two"): 1 / 9, ("CP", "Task_three"): 1 / 9, ("CP", "Task_four"): 1 / 9}  # fmt: skip
 
-# Published macro-F1 (1-NN) per task, from /work/shared/notes/peers.md: DINOv2 ViT-S/14 with registers
-# (MorphEm README) and Channel-Adaptive DINO (its paper, given there in %).
+# Published macro-F1 (1-NN) per task: DINOv2 ViT-S/14 with registers (the README of
+# broadinstitute/MorphEm) and Channel-Adaptive DINO (its paper, TMLR 2025, given there in %).
 ANCHORS: dict[str, dict[tuple[str, str], float]] = {
     "DINOv2 ViT-S/14-reg (MorphEm README)": {
         ("Allen", "Task_one"): 0.61, ("Allen", "Task_two"): 0.46,

@@ -53,6 +53,7 @@ from typing import Any
 
 import pandas as pd
 
+from chada.config_reader import in_file
 from chada.eval.config import (
     ModelSpec,
     TaskSpec,
@@ -91,6 +92,13 @@ def normalize_config(
     their torch thread count.
     """
     raw, base = load_config(config)
+    try:
+        return _normalize(raw, base)
+    except (ValueError, TypeError) as exc:  # name the file, as every config reader does
+        raise (exc if isinstance(config, dict) else in_file(config, exc)) from None
+
+
+def _normalize(raw: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, ModelSpec], list[TaskSpec]]:
     settings = parse_settings(raw, base)
     settings["torch_threads"] = raw.get("torch_threads", DEFAULT_TORCH_THREADS)
     models = parse_models(raw, base)

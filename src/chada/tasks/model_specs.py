@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chada.config_reader import check_keys, choice, integer
 from chada.eval.config import FAMILIES
 
 __all__ = ["MODEL_KEYS", "TaskModelSpec", "parse_task_models", "resolve_model_ref"]
@@ -57,16 +58,6 @@ def resolve_model_ref(ref: Any, base: Path, handmade: bool) -> Any:
     return str(ref)
 
 
-def _seed(value: Any, where: str) -> int:
-    try:
-        v = int(float(value))
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: seed must be an integer, got {value!r}") from None
-    if v < 0 or v != float(value):
-        raise ValueError(f"{where}: seed must be an integer >= 0, got {value!r}")
-    return v
-
-
 def parse_task_models(
     task: str, label: str, raw: Any, base: Path, handmade: bool, expected: str
 ) -> dict[str, TaskModelSpec]:
@@ -83,21 +74,19 @@ def parse_task_models(
     if isinstance(raw, list) and all(isinstance(m, dict) and "name" in m for m in raw):
         raw = {m["name"]: m for m in raw}
     if not raw or not isinstance(raw, dict):
-        raise ValueError(f"{task} task {label!r}: models is required (name -> {expected})")
+        raise ValueError(f"{task}.{label}.models: required (name -> {expected})")
     out: dict[str, TaskModelSpec] = {}
     for name, m in raw.items():
-        where = f"{task} task {label!r}, model {name!r}"
+        where = f"{task}.{label}.models.{name}"
         m = m if isinstance(m, dict) else {"model": m}
-        bad = sorted(set(m) - MODEL_KEYS)
-        if bad:
-            raise ValueError(f"{where}: unknown keys {bad} (known: {sorted(MODEL_KEYS)})")
+        check_keys(m, sorted(MODEL_KEYS), where)
         ref = m.get("model", m.get("path"))
         if ref is None:
             raise ValueError(f"{where}: 'model' is required")
         fam = m.get("family")
-        if fam is not None and fam not in FAMILIES:
-            raise ValueError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {fam!r}")
+        if fam is not None:
+            choice(fam, f"{where}.family", FAMILIES)
         out[str(name)] = TaskModelSpec(
-            str(name), resolve_model_ref(ref, base, handmade), fam, m.get("arch"), _seed(m.get("seed", 0), where)
+            str(name), resolve_model_ref(ref, base, handmade), fam, m.get("arch"), integer(m.get("seed", 0), f"{where}.seed", 0)
         )
     return out

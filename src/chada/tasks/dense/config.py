@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chada.config_reader import check_keys, choice, expected, integer, number
 from chada.tasks.dense.heads import HEADS
 from chada.tasks.model_specs import TaskModelSpec, parse_task_models
 
@@ -86,71 +87,53 @@ _KEYS = {
 }  # fmt: skip
 
 
-def _int(value: Any, what: str, low: int = 1) -> int:
-    try:
-        v = int(float(value))
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-    if v < low or v != float(value):
-        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-    return v
-
-
-def _choices(label: str, values: Any, allowed: tuple[str, ...], what: str) -> list[str]:
+def _choices(where: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
     values = [values] if isinstance(values, str) else list(values or [])
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"dense task {label!r}: {what} must be among {allowed}, got {bad}")
+    for v in values:
+        choice(v, where, allowed)
     return values
 
 
 def _parse_one(i: int, t: Any, base: Path, seeds: list[int]) -> DenseTask:
     if not isinstance(t, dict):
-        raise ValueError(f"dense task #{i}: expected a mapping, got {type(t).__name__}")
+        raise expected(f"dense.#{i}", "a mapping", t)
     label = str(t.get("name", f"#{i}"))
-    bad = sorted(set(t) - _KEYS)
-    if bad:
-        raise ValueError(f"dense task {label!r}: unknown keys {bad}; known: {sorted(_KEYS)}")
+    w = f"dense.{label}"
+    check_keys(t, sorted(_KEYS), w)
     if "name" not in t:
-        raise ValueError(f"dense task #{i}: 'name' is required")
+        raise ValueError(f"dense.#{i}.name: required")
     if (t.get("source") is None) == (t.get("manifest") is None):
-        raise ValueError(f"dense task {label!r}: give exactly one of source: dsb2018 or manifest: FILE")
+        raise ValueError(f"{w}: give exactly one of source: dsb2018 or manifest: FILE")
     if t.get("source") is not None and t["source"] != "dsb2018":
-        raise ValueError(
-            f"dense task {label!r}: source must be 'dsb2018' (or use manifest:), got {t['source']!r}"
-        )
+        raise expected(f"{w}.source", "'dsb2018' (or use manifest:)", t["source"])
     s = t.get("seeds", seeds)
-    s = list(range(_int(s, "seeds"))) if isinstance(s, (int, float)) else [_int(v, "seed", 0) for v in s]
+    s = list(range(integer(s, f"{w}.seeds", 1))) if isinstance(s, (int, float)) else [integer(v, f"{w}.seeds", 0) for v in s]
     if not s:
-        raise ValueError(f"dense task {label!r}: seeds is empty")
-    heads = _choices(label, t.get("heads", list(HEADS)), HEADS, "heads")
+        raise expected(f"{w}.seeds", "at least one seed", s)
+    heads = _choices(f"{w}.heads", t.get("heads", list(HEADS)), HEADS)
     bins = sorted(float(b) for b in t.get("size_bins", [1, 2, 3, 4]))
     task = DenseTask(
         name=label, source=t.get("source"),
         models=parse_task_models("dense", label, t.get("models"), base, True, "folder, registered name or handmade"),
         manifest=None if t.get("manifest") is None else base / Path(str(t["manifest"])),
         mask=t.get("mask"), datasets=[str(d) for d in t["datasets"]] if t.get("datasets") else None,
-        max_images=None if t.get("max_images") is None else _int(t["max_images"], "max_images"),
-        tile=_int(t.get("tile", 32), "tile"), split_axis=str(t.get("split_axis", "x")),
-        image_size=None if t.get("image_size") is None else _int(t["image_size"], "image_size"),
-        channels=str(t.get("channels", "each")),
-        baselines=_choices(label, t.get("baselines", list(BASELINES)), BASELINES, "baselines"),
-        otsu_channel=t.get("otsu_channel"), heads=heads, hidden=_int(t.get("hidden", 64), "hidden"),
-        steps=_int(t.get("steps", 300), "steps"), lr=float(t.get("lr", 3e-2)),
-        batch_size=_int(t.get("batch_size", 64), "batch_size"), seeds=s, size_bins=bins,
-        bootstrap=_int(t.get("bootstrap", 2000), "bootstrap"),
+        max_images=None if t.get("max_images") is None else integer(t["max_images"], f"{w}.max_images", 1),
+        tile=integer(t.get("tile", 32), f"{w}.tile", 1),
+        split_axis=choice(str(t.get("split_axis", "x")), f"{w}.split_axis", ("x", "y")),
+        image_size=None if t.get("image_size") is None else integer(t["image_size"], f"{w}.image_size", 1),
+        channels=choice(str(t.get("channels", "each")), f"{w}.channels", ("each", "pooled")),
+        baselines=_choices(f"{w}.baselines", t.get("baselines", list(BASELINES)), BASELINES),
+        otsu_channel=t.get("otsu_channel"), heads=heads, hidden=integer(t.get("hidden", 64), f"{w}.hidden", 1),
+        steps=integer(t.get("steps", 300), f"{w}.steps", 1),
+        lr=number(t.get("lr", 3e-2), f"{w}.lr", 0, strict_low=True),
+        batch_size=integer(t.get("batch_size", 64), f"{w}.batch_size", 1), seeds=s, size_bins=bins,
+        bootstrap=integer(t.get("bootstrap", 2000), f"{w}.bootstrap", 1),
         figure_head=(t.get("figure_head") or heads[-1]) if heads else None,
         save_probes=bool(t.get("save_probes", True)), normalize=str(t.get("normalize", "percentile")),
-        num_threads=None if t.get("num_threads", 1) is None else _int(t.get("num_threads", 1), "num_threads"),
+        num_threads=None if t.get("num_threads", 1) is None else integer(t.get("num_threads", 1), f"{w}.num_threads", 1),
     )  # fmt: skip
-    if task.channels not in ("each", "pooled"):
-        raise ValueError(f"dense task {label!r}: channels must be 'each' or 'pooled', got {task.channels!r}")
-    if task.split_axis not in ("x", "y"):
-        raise ValueError(f"dense task {label!r}: split_axis must be 'x' or 'y', got {task.split_axis!r}")
-    if not task.lr > 0:
-        raise ValueError(f"dense task {label!r}: lr must be > 0, got {task.lr}")
-    if task.figure_head is not None and task.figure_head not in heads:
-        raise ValueError(f"dense task {label!r}: figure_head {task.figure_head!r} is not among heads {heads}")
+    if task.figure_head is not None:
+        choice(task.figure_head, f"{w}.figure_head", heads)
     return task
 
 

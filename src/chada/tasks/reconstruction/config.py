@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from chada.config_reader import check_keys, expected, integer, number
 from chada.tasks.model_specs import TaskModelSpec, parse_task_models
 from chada.tasks.reconstruction.decoder import _image_size
 
@@ -94,14 +95,6 @@ _TASK_KEYS = {
     "normalize", "datasets", "max_images", "n_examples", "num_threads", "torch_threads", "num_workers",
     "device", "root",
 }  # fmt: skip
-def _number(value: Any, what: str, cast: type = float) -> Any:
-    # PyYAML reads 5.2e6 / 1e-3 (no dot or no exponent sign) as strings
-    try:
-        return cast(float(value)) if cast is int else cast(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-
-
 def parse_reconstruction_tasks(
     raw: Any,
     base: str | os.PathLike = ".",
@@ -159,11 +152,8 @@ def _parse_task(
     if not isinstance(t, dict):
         raise ValueError(f"reconstruction task {i}: expected a mapping, got {t!r}")
     label = t.get("name", f"reconstruction_{i}")
-    unknown = sorted(set(t) - _TASK_KEYS)
-    if unknown:
-        raise ValueError(
-            f"reconstruction task {label!r}: unknown keys {unknown}; allowed: {sorted(_TASK_KEYS)}"
-        )
+    where = f"reconstruction.{label}"
+    check_keys(t, sorted(_TASK_KEYS), where)
     if t.get("manifest") is None:
         raise ValueError(f"reconstruction task {label!r}: manifest is required")
     manifest = t["manifest"]
@@ -182,7 +172,7 @@ def _parse_task(
         size = size[0] if size[0] == size[1] else size
     tp, bc = t.get("target_params", "auto"), t.get("base_channels", "auto")
     s = t.get("seeds", default_seeds)
-    s = list(range(int(s))) if isinstance(s, (int, str)) else [int(v) for v in s]
+    s = list(range(integer(s, f"{where}.seeds", 1))) if isinstance(s, (int, str)) else [integer(v, f"{where}.seeds", 0) for v in s]
     if not s:
         raise ValueError(f"reconstruction task {label!r}: no seeds")
     tf = t.get("test_fraction")
@@ -193,30 +183,26 @@ def _parse_task(
         models=models,
         target_channel=tc,
         image_size=size,
-        epochs=_number(t.get("epochs", 20), "epochs", int),
-        batch_size=_number(t.get("batch_size", 32), "batch_size", int),
-        lr=_number(t.get("lr", 1e-3), "lr"),
-        target_params=None if tp in (None, "auto") else _number(tp, "target_params", int),
-        base_channels=None if bc in (None, "auto") else _number(bc, "base_channels", int),
+        epochs=integer(t.get("epochs", 20), f"{where}.epochs", 0),
+        batch_size=integer(t.get("batch_size", 32), f"{where}.batch_size", 1),
+        lr=number(t.get("lr", 1e-3), f"{where}.lr", 0, strict_low=True),
+        target_params=None if tp in (None, "auto") else integer(tp, f"{where}.target_params", 1),
+        base_channels=None if bc in (None, "auto") else integer(bc, f"{where}.base_channels", 1),
         train_split=t.get("train_split", "train"),
         test_split=t.get("test_split", "test"),
-        test_fraction=None if tf is None else _number(tf, "test_fraction"),
+        test_fraction=None if tf is None else number(tf, f"{where}.test_fraction"),
         default_test_fraction=float(test_fraction),
         seeds=s,
         pool=str(t.get("pool", "cls")),
         normalize=t.get("normalize", "percentile"),
         datasets=list(t["datasets"]) if t.get("datasets") else None,
-        max_images=None if t.get("max_images") is None else _number(t["max_images"], "max_images", int),
-        n_examples=_number(t.get("n_examples", 4), "n_examples", int),
-        num_threads=None if threads is None else _number(threads, "num_threads", int),
-        num_workers=_number(t.get("num_workers", 0), "num_workers", int),
+        max_images=None if t.get("max_images") is None else integer(t["max_images"], f"{where}.max_images", 1),
+        n_examples=integer(t.get("n_examples", 4), f"{where}.n_examples", 0),
+        num_threads=None if threads is None else integer(threads, f"{where}.num_threads", 1),
+        num_workers=integer(t.get("num_workers", 0), f"{where}.num_workers", 0),
         device=str(t.get("device", "cpu")),
         root=None if t.get("root") is None else base / Path(str(t["root"])),
     )
-    if task.epochs < 0 or task.batch_size < 1 or task.lr <= 0 or task.n_examples < 0:
-        raise ValueError(
-            f"reconstruction task {label!r}: need epochs >= 0, batch_size >= 1, lr > 0, n_examples >= 0"
-        )
     if task.test_fraction is not None and not 0 < task.test_fraction < 1:
-        raise ValueError(f"reconstruction task {label!r}: test_fraction must be in (0, 1)")
+        raise expected(f"{where}.test_fraction", "a number in (0, 1)", task.test_fraction)
     return task
