@@ -75,19 +75,20 @@ def _write_parquet(
 ) -> EmbeddingSummary:  # fmt: skip
     from chada.encode.formats import ParquetSink
 
-    sink = ParquetSink(target, schema=_arrow_schema(ds.frame))
+    # the schema metadata is written with the first row group: the info must be complete before it
+    info["n_rows"] = sum(store.count(k, rows) for k, rows in chunks.items())
+    info["seconds"] = round(time.time() - t0, 3)
+    sink = ParquetSink(target, schema=_arrow_schema(ds.frame), info=info)
     try:
         for k, rows in chunks.items():
             feats = store.read(k, pools)
             meta = chunk_meta(ds.frame, rows, store.read_names(k), policy, store.read_objects(k) if cells else None)
             if len(meta):
-                encoder.finish(ds, meta, info, feats)
+                encoder.finish(ds, meta, sink.info, feats)
             sink.write(meta, feats)
-        info["feature_dims"] = {p: len(c) for p, c in sink.columns.items()}
-        info["n_rows"] = sink.rows
-        info["seconds"] = round(time.time() - t0, 3)
-        sink.close(info)
+        sink.close()
     except BaseException:
         sink.abort()
         raise
-    return EmbeddingSummary(target, sink.rows, dict(info["feature_dims"]), info)
+    dims = {p: len(c) for p, c in sink.columns.items()}
+    return EmbeddingSummary(target, sink.rows, dims, dict(info, feature_dims=dims))

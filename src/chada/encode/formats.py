@@ -62,9 +62,12 @@ class ParquetSink:
         path: the final ``.parquet`` path (a temp file beside it is written meanwhile).
         schema: arrow types of the metadata columns the manifest holds (the full manifest's types,
             so that a column null in one chunk keeps its type); other columns are inferred.
+        info: the run's info, stored in the schema metadata with the column lists (the writer opens at
+            the first row group, so everything in it must be known by then).
     """
 
-    def __init__(self, path: str | os.PathLike, schema: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike, schema: Any = None, info: dict[str, Any] | None = None) -> None:
+        self.info = dict(info or {})
         self.path = Path(path)
         self.tmp = _temp(self.path)
         remove_stale_temps(self.path.parent)
@@ -92,9 +95,12 @@ class ParquetSink:
         if clash:
             raise ValueError(f"metadata columns {clash[:3]} clash with the feature columns; rename them")
         fields += [pa.field(c, pa.float32()) for cols in self.columns.values() for c in cols]
-        self.schema = pa.schema(fields)
         self.meta_columns = list(meta.columns)
         self.list_columns = _list_columns(meta)
+        info = dict(self.info, feature_dims={p: len(c) for p, c in self.columns.items()},
+                    feature_columns=self.columns, metadata_columns=self.meta_columns,
+                    list_columns=self.list_columns)  # fmt: skip
+        self.schema = pa.schema(fields, metadata={KEY: json.dumps(info, default=str)})
         self.writer = pq.ParquetWriter(self.tmp, self.schema)
 
     def write(self, meta: pd.DataFrame, feats: dict[str, np.ndarray]) -> None:
@@ -112,13 +118,10 @@ class ParquetSink:
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.rows += len(meta)
 
-    def close(self, info: dict[str, Any]) -> Path:
-        """Store ``info`` (+ the column lists) in the file's metadata and move it to its name."""
+    def close(self) -> Path:
+        """Finish the file and move it to its name."""
         if self.writer is None:
             raise ValueError(f"{self.path}: no row to write (no image or cell was kept)")
-        info = dict(info, feature_columns=self.columns, metadata_columns=self.meta_columns,
-                    list_columns=self.list_columns)  # fmt: skip
-        self.writer.add_key_value_metadata({KEY: json.dumps(info, default=str)})
         self.writer.close()
         os.replace(self.tmp, self.path)
         return self.path
@@ -132,7 +135,7 @@ class ParquetSink:
 def _lists_back(meta: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for c in columns:
         if c in meta.columns:
-            meta[c] = meta[c].map(lambda v: list(v) if isinstance(v, (np.ndarray, list, tuple)) else v)
+            meta[c] = meta[c].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, (list, tuple)) else v)
     return meta
 
 
@@ -164,9 +167,9 @@ def write_h5ad(path: str | os.PathLike, features: dict[str, np.ndarray], meta: p
     obs = meta.copy()
     for c in lists:
         obs[c] = obs[c].map(lambda v: LIST_SEP.join(map(str, v)) if isinstance(v, list) else v)
-    for c in obs.columns:  # h5ad stores strings or numbers per column; None -> missing string
-        if obs[c].dtype == object:
-            obs[c] = obs[c].map(lambda v: None if v is None else str(v)).astype("string")
+    for c in obs.columns:  # h5ad stores text as categoricals (missing values allowed); None stays missing
+        if obs[c].dtype == object or isinstance(obs[c].dtype, pd.StringDtype):
+            obs[c] = pd.Categorical([None if v is None or v is pd.NA else str(v) for v in obs[c]])
     obs.index = pd.Index([str(i) for i in range(len(obs))])
     var = pd.DataFrame(index=[feature_column(pools[0], j) for j in range(features[pools[0]].shape[1])])
     info = dict(info, pools=pools, metadata_columns=list(meta.columns), list_columns=lists,

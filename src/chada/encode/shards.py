@@ -24,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Shard", "merge_shards", "parse_shard", "shard_chunks", "shard_path", "torchrun_shard"]
+__all__ = [
+    "Shard", "finish_shard", "merge_if_complete", "merge_shards", "parse_shard", "shard_chunks", "shard_path",
+    "torchrun_shard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +147,47 @@ def _merge_parquet(out: Path, paths: list[Path]) -> None:
 
     files = [pq.ParquetFile(p) for p in paths]
     infos = [json.loads(f.schema_arrow.metadata[KEY.encode()]) for f in files]
-    schema = files[0].schema_arrow
     rows = sum(f.metadata.num_rows for f in files)
+    info = _merge_info(infos, rows)
+    schema = files[0].schema_arrow.with_metadata({KEY: json.dumps(info, default=str)})
     tmp = _temp(out)
-    writer = pq.ParquetWriter(tmp, schema.remove_metadata())
     try:
-        for f in files:
-            for g in range(f.num_row_groups):
-                writer.write_table(f.read_row_group(g).cast(schema.remove_metadata()))
-        info = _merge_info(infos, rows)
-        writer.add_key_value_metadata({KEY: json.dumps(info, default=str)})
-        writer.close()
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for f in files:
+                for g in range(f.num_row_groups):
+                    writer.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata).cast(schema))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def merge_if_complete(out: str | os.PathLike, shard: Shard) -> Path | None:
+    """Merge ``out`` when every shard file exists (the last shard to finish); a lock file beside ``out``
+    lets one process merge when shards finish together. None when shards are missing or locked."""
+    n = shard[1]
+    if any(not shard_path(out, (i, n)).exists() for i in range(n)):
+        return None
+    lock = Path(str(out) + ".merging")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return None
+    try:
+        return merge_shards(out, n)
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+
+
+def finish_shard(out: str | os.PathLike, shard: Shard, device: str, distributed: bool) -> Path | None:
+    """After a shard's file is written: under torchrun wait for every rank and merge on rank 0; with
+    ``--shard`` merge if this was the last shard. Returns the merged path, or None."""
+    if not distributed:
+        return merge_if_complete(out, shard)
+    try:
+        barrier(device)
+        merged = merge_shards(out, shard[1]) if shard[0] == 0 else None
+        barrier(device)  # the other ranks return only once the final file exists
+        return merged
+    finally:
+        finish_distributed()

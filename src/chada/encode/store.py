@@ -89,9 +89,9 @@ def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
 
         if suffix == ".h5ad":
             return write_h5ad(path, emb.features, emb.meta, emb.info)
-        sink = ParquetSink(path)
+        sink = ParquetSink(path, info=emb.info)
         sink.write(emb.meta, emb.features)
-        return sink.close(emb.info)
+        return sink.close()
     meta = emb.meta.copy()
     for col in meta.columns:  # lists (channel names) survive JSON as lists
         if meta[col].dtype == object:
