@@ -190,7 +190,7 @@ def embed_manifest(
     inputs = row_signatures(ds._rows, ds.root, verify_inputs, progress=progress)
     data: Any = ds
     if objects is not None:
-        data, objects, inputs = _cell_data(ds, objects, size, inputs, verify_inputs)
+        data, objects, inputs = _cell_data(ds, objects, size, inputs, verify_inputs, manifest)
         settings["objects"] = objects.to_dict()  # only then: chunks of whole-image runs stay valid
     chunk_rows = batch_size * chunk_batches
     chunks = [np.arange(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
@@ -219,13 +219,19 @@ def _seam(
 
 
 def _cell_data(
-    ds: Any, objects: ObjectOptions, size: int | None, inputs: list[str], verify: str
+    ds: Any, objects: ObjectOptions, size: int | None, inputs: list[str], verify: str, manifest: Any
 ) -> tuple[Any, ObjectOptions, list[str]]:
     """The cell dataset over ``ds``'s fields, the options with the crop size filled in, and input
     signatures that cover each row's label image too."""
     from chada.data.cells import CellDataset, objects_path
     from chada.encode.inputs import row_signature
 
+    if objects.column not in ds.frame.columns:
+        where = "the manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
+        raise InputError(
+            f"{where} has no {objects.column!r} column: --objects needs a label image per row "
+            "(`chada data scan --objects-pattern`)"
+        )
     if objects.crop_size is None:
         if size is None:
             raise InputError("--objects needs a crop size: --crop-size N, or a model that recorded its image size")
