@@ -13,7 +13,6 @@ from chada.data.bundled import asset_path
 from chada.data.cells import CellDataset
 from chada.data.dataset import ManifestDataset
 from chada.data.objects import ObjectOptions, crop_objects, object_table
-from chada.encode.store import load_embeddings
 
 IMG, MASK = asset_path("dsb2018_img2d.tif"), asset_path("dsb2018_mask2d.tif")
 

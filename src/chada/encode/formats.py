@@ -51,6 +51,10 @@ def _list_columns(meta: pd.DataFrame) -> list[str]:
     return [c for c in meta.columns if meta[c].dtype == object and meta[c].map(lambda v: isinstance(v, list)).any()]
 
 
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
 def _temp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
@@ -169,7 +173,7 @@ def write_h5ad(path: str | os.PathLike, features: dict[str, np.ndarray], meta: p
         obs[c] = obs[c].map(lambda v: LIST_SEP.join(map(str, v)) if isinstance(v, list) else v)
     for c in obs.columns:  # h5ad stores text as categoricals (missing values allowed); None stays missing
         if obs[c].dtype == object or isinstance(obs[c].dtype, pd.StringDtype):
-            obs[c] = pd.Categorical([None if v is None or v is pd.NA else str(v) for v in obs[c]])
+            obs[c] = pd.Categorical([None if _missing(v) else str(v) for v in obs[c]])
     obs.index = pd.Index([str(i) for i in range(len(obs))])
     var = pd.DataFrame(index=[feature_column(pools[0], j) for j in range(features[pools[0]].shape[1])])
     info = dict(info, pools=pools, metadata_columns=list(meta.columns), list_columns=lists,
@@ -203,7 +207,7 @@ def read_h5ad(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], pd.DataFr
     meta = adata.obs.reset_index(drop=True)
     for c in meta.columns:
         if isinstance(meta[c].dtype, (pd.StringDtype, pd.CategoricalDtype)) or dtypes.get(c) == "object":
-            meta[c] = meta[c].astype(object).where(meta[c].notna(), None)
+            meta[c] = pd.Series([None if pd.isna(v) else v for v in meta[c].astype(object)], dtype=object)
     for c in lists:
         meta[c] = meta[c].map(lambda v: v.split(LIST_SEP) if isinstance(v, str) else v)
     if "channel_slots" in lists:
