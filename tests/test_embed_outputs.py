@@ -44,7 +44,7 @@ def tiny_plate(folder: Path, n_fields: int = 8) -> Path:
     return path
 
 
-ARGS = dict(batch_size=2, chunk_batches=1, image_size=16, progress=False, seed=3)
+ARGS = dict(batch_size=2, chunk_batches=2, image_size=16, progress=False, seed=3)
 CELLS = ObjectOptions(crop_size=16)
 
 
@@ -116,17 +116,18 @@ def test_whole_images_parquet_feeds_the_readers(tmp_path):
 def test_shards_and_merge_equal_one_process(tmp_path, capsys):
     man = tiny_plate(tmp_path)
     one = tmp_path / "one.parquet"
-    embed(man, one)
+    embed(man, one, batch_size=3)  # 3 cells per pass: batches straddle fields
     out = tmp_path / "sharded.parquet"
     for i in range(3):  # 4 chunks over 3 shards: uneven blocks
-        embed(man, out, shard=(i, 3))
+        embed(man, out, shard=(i, 3), batch_size=3)
         assert shard_path(out, (i, 3)).exists() and not out.exists()
     assert main(["embed", "--merge", str(out)]) == 0
     assert not shard_path(out, (0, 3)).exists()
     assert_same(load_embeddings(one), load_embeddings(out))
+    embed(man, one)
     # the CLI: the last shard to finish merges
     base = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
-            "--image-size", "16", "--batch-size", "2", "--chunk-batches", "1", "--seed", "3", "--quiet",
+            "--image-size", "16", "--batch-size", "2", "--chunk-batches", "2", "--seed", "3", "--quiet",
             "--precision", "fp32"]  # fmt: skip
     for suffix in (".npz", ".h5ad"):
         out = tmp_path / f"cli{suffix}"
@@ -181,7 +182,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     """`torchrun --nproc_per_node=2 chada embed` (gloo on CPU) writes the one-process file exactly."""
     man = tiny_plate(tmp_path)
     args = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
-            "--image-size", "16", "--batch-size", "2", "--chunk-batches", "1", "--seed", "3", "--quiet",
+            "--image-size", "16", "--batch-size", "2", "--chunk-batches", "2", "--seed", "3", "--quiet",
             "--precision", "fp32"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "one.parquet")]) == 0
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")

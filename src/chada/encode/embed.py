@@ -115,7 +115,7 @@ def embed_manifest(
         manifest: manifest path (CSV/Parquet) or DataFrame (see :mod:`chada.data.manifest`).
         out: output ``.npz``, ``.parquet`` or ``.h5ad`` path (:mod:`chada.encode.store`,
             :mod:`chada.encode.formats`); checked writable first.
-        batch_size: images per forward pass.
+        batch_size: images (with ``objects``: cells) per forward pass.
         pools: feature kinds to store, e.g. ``("cls", "all")``.
         image_size: ``"model"`` (default): the size the model recorded at pretraining, else native
             sizes; an int: resize every image to this square size; ``None``: native sizes (batches
@@ -127,7 +127,7 @@ def embed_manifest(
         device: ``"cpu"``, ``"cuda"``, ...
         datasets, split: embed only these datasets / splits of the manifest.
         normalize: per-channel intensity normalisation (``"percentile"``, ``"minmax"``, ``"none"``).
-        chunk_batches: batches per resumable chunk.
+        chunk_batches: batches per resumable chunk (with ``objects``: fields per chunk).
         root: folder relative image paths are resolved against (default: the manifest's folder).
         progress: show a tqdm bar.
         channel_order: canonical channel order (name -> slot); default: the names the checkpoint
@@ -192,7 +192,8 @@ def embed_manifest(
     if objects is not None:
         data, objects, inputs = _cell_data(ds, objects, size, inputs, verify_inputs, manifest)
         settings["objects"] = objects.to_dict()  # only then: chunks of whole-image runs stay valid
-    chunk_rows = batch_size * chunk_batches
+    # cells: a chunk is chunk_batches fields (a field holds tens to thousands of cells)
+    chunk_rows = chunk_batches if objects is not None else batch_size * chunk_batches
     chunks = [np.arange(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
     target = out if shard is None else shard_path(out, shard)
     mine = shard_chunks(chunks, shard or (0, 1))

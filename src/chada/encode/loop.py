@@ -70,6 +70,7 @@ class _Chunk:
         self.feats: dict[str, list[np.ndarray]] = {p: [] for p in pools}
         self.names: list[list[str]] = []
         self.objects: list[dict[str, np.ndarray]] = []
+        self.pending: list[dict[str, Any]] = []  # cells read but not encoded yet
 
     def add(self, feats: dict[str, np.ndarray], names: list[list[str]]) -> None:
         for p, v in feats.items():
@@ -88,17 +89,20 @@ class _Chunk:
 
 def _encode_cells(
     encode: EncodeFn, encoder: Encoder, items: list[dict[str, Any]], pool_map: dict[str, str], dev: torch.device,
-    policy: Any, batch_size: int, acc: _Chunk,
+    policy: Any, batch_size: int, acc: _Chunk, last: bool,
 ) -> None:  # fmt: skip
-    """The crops of a loader batch of fields, ``batch_size`` cells per forward pass."""
-    cells = [c for it in items for c in it["cells"]]
-    for start in range(0, len(cells), batch_size):
-        acc.add(encode(encoder, cells[start : start + batch_size], pool_map, dev, policy), [])
-    acc.names.extend(it["channel_names"] for it in items)
+    """Queue the crops of the fields ``items`` and encode full batches of ``batch_size`` cells (every
+    queued cell when ``last``: a batch never straddles chunks, so a shard sees the batches of a
+    one-process run and its features are identical)."""
     for it in items:
+        acc.pending.extend(it["cells"])
+        acc.names.append(it["channel_names"])
         table = dict(it["objects"])
         table["field"] = np.full(len(table["object_id"]), it["field"], dtype=np.int64)
         acc.objects.append(table)
+    while len(acc.pending) >= batch_size or (last and acc.pending):
+        batch, acc.pending = acc.pending[:batch_size], acc.pending[batch_size:]
+        acc.add(encode(encoder, batch, pool_map, dev, policy), [])
 
 
 def encode_chunks(
@@ -118,7 +122,8 @@ def encode_chunks(
     cells: bool = False,
 ) -> None:
     """Encode every chunk of ``chunks`` (``{k: rows}``) that ``store`` cannot reuse, each written to
-    ``store`` as soon as it is complete (only one chunk's features are held in memory)."""
+    ``store`` as soon as it is complete (only one chunk's features are held in memory). With ``cells``
+    the loader yields one field at a time and ``batch_size`` counts cells per forward pass."""
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
@@ -127,18 +132,21 @@ def encode_chunks(
     if not todo:
         return
     indices = np.concatenate([chunks[k] for k in todo]).tolist()
+    per_item = 1 if cells else batch_size
     loader = DataLoader(
-        Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        Subset(ds, indices), batch_size=per_item, shuffle=False, num_workers=num_workers,
         collate_fn=_list_collate, pin_memory=dev.type == "cuda",
     )  # fmt: skip
-    n_batches = (len(indices) + batch_size - 1) // batch_size
-    bar = tqdm(total=n_batches, desc=f"embed {encoder.info.get('model')}", unit="batch", disable=not progress)
+    n_batches = (len(indices) + per_item - 1) // per_item
+    bar = tqdm(total=n_batches, desc=f"embed {encoder.info.get('model')}", unit="field" if cells else "batch",
+               disable=not progress)  # fmt: skip
     todo_iter = iter(todo)
     k = next(todo_iter)
     acc = _Chunk(pools)
     for items in loader:
         if cells:
-            _encode_cells(encode, encoder, items, pool_map, dev, policy, batch_size, acc)
+            last = len(acc.names) + len(items) == len(chunks[k])
+            _encode_cells(encode, encoder, items, pool_map, dev, policy, batch_size, acc, last)
         else:
             acc.add(encode(encoder, items, pool_map, dev, policy), [list(s["channel_names"]) for s in items])
         bar.update(1)
