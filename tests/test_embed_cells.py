@@ -51,11 +51,13 @@ def test_real_nuclei_count_and_metadata(tmp_path, capsys):
     mask = tifffile.imread(MASK)
     man = nuclei_manifest(tmp_path, n_fields=2)
     out = tmp_path / "cells.parquet"
+    areas = np.sort(np.bincount(mask.ravel())[1:])
+    lo, hi = int(areas[areas > 0][10]), int(areas[-10])  # areas that occur: the bounds are inclusive
     argv = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--out", str(out), "--objects",
-            "--crop-size", "32", "--image-size", "16", "--min-area", "60", "--max-area", "600", "--skip-border",
+            "--crop-size", "32", "--image-size", "16", "--min-area", str(lo), "--max-area", str(hi), "--skip-border",
             "--quiet", "--precision", "fp32", "--batch-size", "64"]  # fmt: skip
     assert main(argv) == 0
-    kept = expected_objects(mask, 60, 600, True)
+    kept = expected_objects(mask, lo, hi, True)
     assert 50 < len(kept) < len(np.unique(mask)) - 1  # the filters drop some, keep most
     df = pd.read_parquet(out)  # plain pandas, no chada reader
     assert len(df) == 2 * len(kept)
