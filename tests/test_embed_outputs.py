@@ -175,6 +175,8 @@ def test_bad_shard_spec(tmp_path, capsys):
     rc = main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / "x.npz"), "--shard", "2/2"])
     assert rc == 2 and "0 <= I < N" in capsys.readouterr().err
     assert main(["embed", "--merge", str(tmp_path / "x.npz")]) == 2
+    rc = main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / "x.npz"), "--shard", "2/3"])
+    assert rc == 2 and "3 shards for 1 chunk(s)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -53,6 +53,11 @@ def shard_chunks(chunks: list[np.ndarray], shard: Shard) -> dict[int, np.ndarray
     """``{global chunk index: rows}`` of shard ``(I, N)``: the I-th of N contiguous blocks of chunks."""
     i, n = shard
     k = len(chunks)
+    if n > k:
+        raise ValueError(
+            f"{n} shards for {k} chunk(s) of rows: every shard needs at least one chunk; use at most {k} "
+            "shards or a smaller --chunk-batches"
+        )
     lo, hi = i * k // n, (i + 1) * k // n
     return {j: chunks[j] for j in range(lo, hi)}
 
