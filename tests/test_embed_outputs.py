@@ -197,3 +197,15 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert_same(load_embeddings(tmp_path / "one.parquet"), two)
     assert two.info["shards"] == 2
     assert not list(tmp_path.glob("two.shard-*"))
+
+
+@pytest.mark.parametrize("model", ["handmade", "one_channel_vit_test", "inter_channel_vit_test"])
+def test_every_encoder_embeds_cells(tmp_path, model):
+    """Hand-made features and the baselines go through the same cell route as ChAda-ViT."""
+    man = tiny_plate(tmp_path, 3)
+    emb = embed_manifest(model, man, tmp_path / "c.npz", **{**ARGS, "objects": CELLS})
+    assert len(emb) == 12 and emb.meta["object_id"].tolist() == [1, 2, 3, 4] * 3
+    x = emb.features["cls"]
+    assert np.isfinite(x).all() and len(np.unique(x.round(5), axis=0)) == 12  # every cell its own vector
+    if model == "handmade":
+        assert emb.info["feature_names"] and x.shape[1] == len(emb.info["feature_names"])
