@@ -124,6 +124,7 @@ def test_shards_and_merge_equal_one_process(tmp_path, capsys):
     assert main(["embed", "--merge", str(out)]) == 0
     assert not shard_path(out, (0, 3)).exists()
     assert_same(load_embeddings(one), load_embeddings(out))
+    assert load_embeddings(out).info["n_rows"] == 32 and load_embeddings(out).info["n_images"] == 8
     embed(man, one)
     # the CLI: the last shard to finish merges
     base = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
@@ -195,7 +196,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert "merged the 2 shard files" in proc.stdout
     two = load_embeddings(tmp_path / "two.parquet")
     assert_same(load_embeddings(tmp_path / "one.parquet"), two)
-    assert two.info["shards"] == 2
+    assert two.info["shards"] == 2 and two.info["n_rows"] == 32 and two.info["n_images"] == 8
     assert not list(tmp_path.glob("two.shard-*"))
 
 

@@ -103,8 +103,7 @@ def _merge_info(infos: list[dict[str, Any]], n_rows: int) -> dict[str, Any]:
     info["seconds"] = round(max(float(x.get("seconds") or 0) for x in infos), 3)
     info["shards"] = len(infos)
     info.pop("shard", None)
-    if "n_cells" in info:
-        info["n_cells"] = n_rows
+    info["n_rows"] = n_rows
     return info
 
 
