@@ -210,3 +210,21 @@ def test_every_encoder_embeds_cells(tmp_path, model):
     assert np.isfinite(x).all() and len(np.unique(x.round(5), axis=0)) == 12  # every cell its own vector
     if model == "handmade":
         assert emb.info["feature_names"] and x.shape[1] == len(emb.info["feature_names"])
+
+
+def test_evaluate_reads_parquet_and_h5ad(tmp_path):
+    """`chada evaluate` takes the new formats through load_embeddings, unchanged."""
+    man = tiny_plate(tmp_path, 12)
+    df = pd.read_csv(man)
+    df["label"], df["split"] = ["a", "b"] * 6, ["train", "train", "test"] * 4
+    df.to_csv(man, index=False)
+    for suffix in (".parquet", ".h5ad"):
+        assert main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / f"h{suffix[1:]}{suffix}"),
+                     "--quiet"]) == 0  # fmt: skip
+    rc = main(["evaluate", "--embeddings", str(tmp_path / "hparquet.parquet"), str(tmp_path / "hh5ad.h5ad"),
+               "--label-column", "label", "--out", str(tmp_path / "eval"), "--no-plots", "--quiet", "--seeds", "1"])  # fmt: skip
+    assert rc == 0
+    rows = pd.read_csv(tmp_path / "eval" / "results_long.csv")
+    assert set(rows["model"]) == {"hparquet", "hh5ad"}
+    a, b = (rows[rows["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("hparquet", "hh5ad"))
+    pd.testing.assert_frame_equal(a, b)  # the same features give the same scores
