@@ -228,3 +228,19 @@ def test_evaluate_reads_parquet_and_h5ad(tmp_path):
     assert set(rows["model"]) == {"hparquet", "hh5ad"}
     a, b = (rows[rows["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("hparquet", "hh5ad"))
     pd.testing.assert_frame_equal(a, b)  # the same features give the same scores
+
+
+def test_pycytominer_reads_the_parquet_as_is(tmp_path):
+    from pycytominer import aggregate
+    from pycytominer.cyto_utils import load_profiles
+
+    man = tiny_plate(tmp_path)
+    out = tmp_path / "cells.parquet"
+    embed(man, out)
+    profiles = load_profiles(str(out))
+    cols = json.loads(pq.read_schema(out).metadata[b"chada"])["feature_columns"]["cls"]
+    per_well = aggregate(profiles, strata=["well"], features=cols, operation="median").set_index("well")
+    emb = load_embeddings(out)
+    for well in ("B00", "B05"):
+        expected = np.median(emb.features["cls"][(emb.meta["well"] == well).to_numpy()], axis=0)
+        np.testing.assert_allclose(per_well.loc[well, cols].to_numpy(float), expected, rtol=1e-6)
