@@ -1,4 +1,4 @@
-"""``chada embed``: frozen embeddings of every image of a manifest into one ``.npz``.
+"""``chada embed``: frozen embeddings of every image (or cell) of a manifest into one feature file.
 
 Examples::
 
@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "embed",
         help="write frozen-encoder embeddings (CLS and all-token) of a manifest's images",
         description=(
-            "Embed every image of a manifest with a frozen encoder and write features + metadata to one "
-            ".npz. --model is a saved model folder, a registered model name (random weights from --seed: "
+            "Embed every image (or, with --objects, every cell) of a manifest with a frozen encoder and "
+            "write features + metadata to one .npz, .parquet or .h5ad (by the suffix of --out). --model is a saved model folder, a registered model name (random weights from --seed: "
             "the untrained baselines; see `chada info`) or 'handmade' (the same features as `chada "
             "features --kind handmade`). Resumable: re-run the same command."
         ),
