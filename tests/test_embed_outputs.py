@@ -244,3 +244,11 @@ def test_pycytominer_reads_the_parquet_as_is(tmp_path):
     for well in ("B00", "B05"):
         expected = np.median(emb.features["cls"][(emb.meta["well"] == well).to_numpy()], axis=0)
         np.testing.assert_allclose(per_well.loc[well, cols].to_numpy(float), expected, rtol=1e-6)
+
+
+def test_workers_cut_the_same_cells(tmp_path):
+    """Crops cut in two DataLoader worker processes give the table of the main process."""
+    man = tiny_plate(tmp_path, 4)
+    embed(man, tmp_path / "w0.npz")
+    embed(man, tmp_path / "w2.npz", num_workers=2)
+    assert_same(load_embeddings(tmp_path / "w0.npz"), load_embeddings(tmp_path / "w2.npz"))
