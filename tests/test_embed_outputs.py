@@ -82,7 +82,9 @@ def test_parquet_is_streamed_and_self_describing(tmp_path):
     assert f.num_row_groups == 4  # one row group per chunk of 2 fields: written chunk by chunk
     assert [f.metadata.row_group(g).num_rows for g in range(4)] == [8] * 4
     info = json.loads(pq.read_schema(out).metadata[b"chada"])
-    assert info["feature_columns"]["cls"][:2] == ["chada_cls_0000", "chada_cls_0001"]
+    assert info["pool_columns"]["cls"][:2] == ["chada_cls_0000", "chada_cls_0001"]
+    assert info["feature_columns"] == info["pool_columns"]["cls"] + info["pool_columns"]["all"]
+    assert len(info["feature_columns"]) == 32 + 64
     assert "well" in info["metadata_columns"] and "chada_cls_0000" not in info["metadata_columns"]
     df = pd.read_parquet(out)
     assert df["chada_cls_0000"].dtype == np.float32
@@ -238,7 +240,7 @@ def test_pycytominer_reads_the_parquet_as_is(tmp_path):
     out = tmp_path / "cells.parquet"
     embed(man, out)
     profiles = load_profiles(str(out))
-    cols = json.loads(pq.read_schema(out).metadata[b"chada"])["feature_columns"]["cls"]
+    cols = json.loads(pq.read_schema(out).metadata[b"chada"])["pool_columns"]["cls"]
     per_well = aggregate(profiles, strata=["well"], features=cols, operation="median").set_index("well")
     emb = load_embeddings(out)
     for well in ("B00", "B05"):

@@ -5,7 +5,8 @@
   feature dimension, ``chada_<pool>_<jjjj>`` (``chada_cls_0000``, ...). Written one row group per
   chunk with :class:`pyarrow.parquet.ParquetWriter` (:class:`ParquetSink`), so memory holds one
   chunk. The run's info is JSON in the file's key-value metadata under ``chada``, with the lists
-  ``feature_columns`` (``{pool: [column, ...]}``), ``metadata_columns`` and ``list_columns``.
+  ``feature_columns`` (every feature column, all pools), ``pool_columns`` (``{pool: [column, ...]}``),
+  ``metadata_columns`` and ``list_columns``.
   pandas, polars and pycytominer read it as it is.
 - ``.h5ad``: AnnData: ``X`` = the first pool's features (``var_names`` = its column names), every
   other pool in ``obsm[<pool>]``, ``obs`` = the metadata (list columns such as ``channel_names``
@@ -102,7 +103,8 @@ class ParquetSink:
         self.meta_columns = list(meta.columns)
         self.list_columns = _list_columns(meta)
         info = dict(self.info, feature_dims={p: len(c) for p, c in self.columns.items()},
-                    feature_columns=self.columns, metadata_columns=self.meta_columns,
+                    feature_columns=[c for cols in self.columns.values() for c in cols],
+                    pool_columns=self.columns, metadata_columns=self.meta_columns,
                     list_columns=self.list_columns)  # fmt: skip
         self.schema = pa.schema(fields, metadata={KEY: json.dumps(info, default=str)})
         self.writer = pq.ParquetWriter(self.tmp, self.schema)
@@ -152,7 +154,8 @@ def read_parquet(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], pd.Dat
     if raw is None:
         raise ValueError(f"{path} has no '{KEY}' metadata: not a chada embeddings file")
     info = json.loads(raw)
-    columns = info.pop("feature_columns")
+    info.pop("feature_columns")
+    columns = info.pop("pool_columns")
     meta_cols = info.pop("metadata_columns")
     lists = info.pop("list_columns", [])
     feats = {p: np.column_stack([table.column(c).to_numpy() for c in cols]).astype(np.float32, copy=False)
