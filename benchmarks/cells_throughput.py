@@ -32,7 +32,7 @@ from embed_memory import CELLS_PER_FIELD, cpu_model, write_plate  # noqa: E402
 
 def model_alone(manifest: Path, model: str, size: int, crop: int, batch_size: int, device: str) -> tuple[float, int]:
     """(seconds, cells) of the encoder on crops cut beforehand."""
-    from chada.data.cells import CellDataset
+    from chada.data.cells import CellDataset, cells_of
     from chada.data.channels import ChannelPolicy
     from chada.data.dataset import ManifestDataset
     from chada.data.objects import ObjectOptions
@@ -43,7 +43,7 @@ def model_alone(manifest: Path, model: str, size: int, crop: int, batch_size: in
     enc.module = enc.module.to(dev).eval()
     policy = ChannelPolicy.from_model(enc.module)
     cells_ds = CellDataset(ManifestDataset(manifest), ObjectOptions(crop_size=crop), size)
-    cells = [c for i in range(len(cells_ds)) for c in cells_ds[i]["cells"]]
+    cells = [c for i in range(len(cells_ds)) for c in cells_of(cells_ds[i])]
     pools = {"cls": "cls", "all": "all"}
     enc.encode_samples(cells[:batch_size], pools, dev, policy)  # warm-up
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from chada.cli import main
 from chada.data.bundled import asset_path
-from chada.data.cells import CellDataset
+from chada.data.cells import CellDataset, cells_of
 from chada.data.dataset import ManifestDataset
 from chada.data.objects import ObjectOptions, crop_objects, object_table
 
@@ -100,14 +100,14 @@ def test_dataset_cuts_crops_from_the_normalised_field(tmp_path):
     cells = CellDataset(fields, ObjectOptions(crop_size=24, skip_border=True), size=None)
     item = cells[0]
     field, _ = fields.read(0)
-    first = item["cells"][0]
+    first = cells_of(item)[0]
     y = int(np.floor(item["objects"]["centroid_y"][0] + 0.5))
     x = int(np.floor(item["objects"]["centroid_x"][0] + 0.5))
     np.testing.assert_array_equal(first["image"].numpy(), field[:, y - 12 : y + 12, x - 12 : x + 12].numpy())
     assert first["image_id"] == "field0" and first["meta"]["well"] == "B00"
-    resized = CellDataset(fields, ObjectOptions(crop_size=24, skip_border=True), size=16)[0]
-    assert tuple(resized["cells"][0]["image"].shape) == (1, 16, 16)
-    assert len(resized["cells"]) == len(item["cells"]) == len(expected_objects(tifffile.imread(MASK), 0, 1e9, True))
+    resized = cells_of(CellDataset(fields, ObjectOptions(crop_size=24, skip_border=True), size=16)[0])
+    assert tuple(resized[0]["image"].shape) == (1, 16, 16)
+    assert len(resized) == len(cells_of(item)) == len(expected_objects(tifffile.imread(MASK), 0, 1e9, True))
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,14 @@
 Item ``i`` of :class:`CellDataset` reads field ``i`` of a :class:`~chada.data.dataset.ManifestDataset`
 once (normalised at native size) and its label image (the row's ``objects_file``), and returns::
 
-    {"field": i, "cells": [sample, ...], "objects": {column: [n]}}
+    {"field": i, "crops": [n, C, s, s] float32, "objects": {column: [n]}, "channel_names": [...],
+     "image": {"image_id", "dataset", "split", "label", "meta"}}
 
-one sample dict per kept object (the :mod:`chada.data.dataset` sample keys; ``image`` is the crop
-``[C, S, S]`` resized to ``size``), so DataLoader workers cut the crops and the main process only
-flattens the lists. ``objects`` is the :func:`chada.data.objects.object_table` of the kept objects.
+the crops of its n kept objects resized to ``size`` (one tensor: a DataLoader worker sends one
+shared-memory block per field, not one per cell) and the :func:`chada.data.objects.object_table`
+of those objects. :func:`cells_of` turns an item into one sample dict per cell (the
+:mod:`chada.data.dataset` sample keys, ``image`` = a view of the crop ``[C, s, s]``) in the main
+process.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from chada.data.manifest import READ_HINT, _is_missing, _resolve
 from chada.data.objects import ObjectOptions, crop_objects, object_table, validate_labels
 from chada.errors import InputError
 
-__all__ = ["CellDataset", "flatten_cells", "objects_path"]
+__all__ = ["CellDataset", "cells_of", "objects_path"]
 
 
 def objects_path(row: dict[str, Any], root: Any, column: str = "objects_file") -> Any:
@@ -88,18 +91,19 @@ class CellDataset(Dataset):
             s = int(self.options.crop_size)
             # all crops' channels as one [n*C, S, S] image: the same per-channel resize, one call
             tensor = resize_image(tensor.reshape(n * c, s, s), self.size).reshape(n, c, self.size, self.size)
-        meta = {k: _clean(row.get(k)) for k in self.fields.meta_columns}
-        cells = [
-            make_sample(tensor[j], list(names), image_id=iid, dataset=str(_clean(row.get("dataset")) or ""),
-                        split=str(_clean(row.get("split")) or "train"),
-                        label=_clean(row.get(self.fields.label_column)), meta=meta, transform=None)  # fmt: skip
-            for j in range(n)
-        ]
-        for j, cell in enumerate(cells):
-            cell["where"] = f"image {iid!r} object {int(table['object_id'][j])}"
-        return {"field": index, "cells": cells, "objects": table, "channel_names": list(names)}
+        image = {"image_id": iid, "dataset": str(_clean(row.get("dataset")) or ""),
+                 "split": str(_clean(row.get("split")) or "train"), "label": _clean(row.get(self.fields.label_column)),
+                 "meta": {k: _clean(row.get(k)) for k in self.fields.meta_columns}}  # fmt: skip
+        return {"field": index, "crops": tensor, "objects": table, "channel_names": list(names), "image": image}
 
 
-def flatten_cells(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A DataLoader collate: the fields' items as they are (the loop flattens their cells)."""
-    return items
+def cells_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """One sample dict per cell of a :class:`CellDataset` item (``image`` ``[C, s, s]``, a view of the
+    field's crops; ``where`` names the image and object in error messages)."""
+    img, ids = item["image"], item["objects"]["object_id"]
+    cells = []
+    for j in range(len(ids)):
+        cell = make_sample(item["crops"][j], list(item["channel_names"]), transform=None, **img)
+        cell["where"] = f"image {img['image_id']!r} object {int(ids[j])}"
+        cells.append(cell)
+    return cells

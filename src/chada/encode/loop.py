@@ -94,8 +94,10 @@ def _encode_cells(
     """Queue the crops of the fields ``items`` and encode full batches of ``batch_size`` cells (every
     queued cell when ``last``: a batch never straddles chunks, so a shard sees the batches of a
     one-process run and its features are identical)."""
+    from chada.data.cells import cells_of
+
     for it in items:
-        acc.pending.extend(it["cells"])
+        acc.pending.extend(cells_of(it))
         acc.names.append(it["channel_names"])
         table = dict(it["objects"])
         table["field"] = np.full(len(table["object_id"]), it["field"], dtype=np.int64)
