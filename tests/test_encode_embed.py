@@ -169,8 +169,8 @@ def test_errors(mixed, tmp_path, capsys):
     assert "registered model name" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not supported"):
         embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", pools=["mean"], progress=False)
-    with pytest.raises(ValueError, match=".npz"):
-        embed_manifest("chada_vit_test", mixed, tmp_path / "x.parquet", progress=False)
+    with pytest.raises(ValueError, match=".npz, .parquet, .h5ad"):
+        embed_manifest("chada_vit_test", mixed, tmp_path / "x.csv", progress=False)
     with pytest.raises(ValueError, match="exactly 3 channels"):
         embed_manifest("fixed_channel_vit_test", mixed, tmp_path / "x.npz", progress=False)
     with pytest.raises(ValueError, match="empty"):

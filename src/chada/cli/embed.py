@@ -1,4 +1,4 @@
-"""``chada embed``: frozen embeddings of every image of a manifest into one ``.npz``.
+"""``chada embed``: frozen embeddings of every image (or cell) of a manifest into one feature file.
 
 Examples::
 
@@ -6,6 +6,12 @@ Examples::
     chada embed --model one_channel_vit_tiny --seed 3 --manifest m.csv --out emb/untrained.npz
     chada embed --model handmade --manifest m.csv --out emb/handmade.npz
 
+    chada embed --model chada_vit_test --manifest plate.csv --objects --crop-size 64 --out cells.parquet
+    torchrun --nproc_per_node=4 -m chada.cli embed ... --out cells.parquet
+    chada embed ... --shard 3/8 --out cells.parquet     # one of 8 jobs; the last one merges
+    chada embed --merge cells.parquet                   # or merge later
+
+The format follows the suffix of ``--out``: ``.npz``, ``.parquet`` (streamed row groups), ``.h5ad``.
 Re-running the same command after an interruption resumes from ``<out>.parts/``: finished chunks
 are reused when the settings and each image's files (size + mtime, or a content hash with
 ``--verify-inputs hash``) are unchanged; chunks of changed images are recomputed.
@@ -21,17 +27,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "embed",
         help="write frozen-encoder embeddings (CLS and all-token) of a manifest's images",
         description=(
-            "Embed every image of a manifest with a frozen encoder and write features + metadata to one "
-            ".npz. --model is a saved model folder, a registered model name (random weights from --seed: "
+            "Embed every image (or, with --objects, every cell) of a manifest with a frozen encoder and "
+            "write features + metadata to one .npz, .parquet or .h5ad (by the suffix of --out). --model is a saved model folder, a registered model name (random weights from --seed: "
             "the untrained baselines; see `chada info`) or 'handmade' (the same features as `chada "
             "features --kind handmade`). Resumable: re-run the same command."
         ),
     )
     from chada.cli import options as o
 
-    o.add_model(p, handmade=True)
-    o.add_manifest(p)
-    p.add_argument("--out", required=True, help="output .npz")
+    o.add_model(p, handmade=True, required=False)
+    o.add_manifest(p, required=False)
+    p.add_argument("--out", default=None,
+                   help="output .npz, .parquet (streamed; pandas/polars/pycytominer) or .h5ad (AnnData)")  # fmt: skip
+    o.add_objects(p)
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="encode the I-th of N blocks of rows into OUT's shard file (job arrays); the last "
+                   "shard to finish merges them (under torchrun the ranks are the shards)")  # fmt: skip
+    p.add_argument("--merge", default=None, metavar="OUT",
+                   help="only merge OUT's shard files into OUT (no --model / --manifest needed)")  # fmt: skip
     o.add_batch_size(p, default=32)
     p.add_argument(
         "--image-size",
@@ -55,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", default=None, help="embed only these splits (train/val/test)")
     o.add_normalize(p)
     o.add_nan_policy(p)
-    p.add_argument("--chunk-batches", type=int, default=20, help="batches per resumable chunk")
+    p.add_argument("--chunk-batches", type=int, default=20,
+                   help="batches per resumable chunk (with --objects: fields per chunk)")  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
     o.add_verify_inputs(p)
     o.add_quiet(p)
@@ -68,16 +82,30 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from collections import Counter
 
-    from chada.cli.options import channel_kwargs, nan_kwargs, precision_dtype
+    from chada.cli.options import channel_kwargs, nan_kwargs, object_options, precision_dtype
+    from chada.encode import shards
     from chada.io import check_writable_file
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        print(f"wrote {shards.merge_shards(args.merge)}")
+        return 0
+    missing = [f"--{k}" for k in ("model", "manifest", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"chada embed needs {', '.join(missing)} (or --merge OUT to merge shard files)")
     check_writable_file(args.out, what="--out")  # before any model is loaded
     nan = nan_kwargs(args)
-    dtype = precision_dtype(args) if args.model != "handmade" else None
+    objects = object_options(args)
+    shard, device = shards.torchrun_shard(args.device)
+    distributed = shard is not None
+    if args.shard is not None:
+        if distributed:
+            raise ValueError("--shard and torchrun both split the rows; use one of them")
+        shard = shards.parse_shard(args.shard)
+    dtype = precision_dtype(args, device) if args.model != "handmade" else None
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     emb = embed_manifest(
         args.model,
         args.manifest,
@@ -88,20 +116,32 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         resume=not args.no_resume,
         seed=args.seed,
-        device=args.device,
+        device=device,
         datasets=args.dataset,
         split=args.split,
         normalize=args.normalize,
         chunk_batches=args.chunk_batches,
         progress=not args.quiet,
         verify_inputs=args.verify_inputs,
+        objects=objects,
+        shard=shard,
         **({} if dtype is None else {"dtype": dtype}),
         **nan,
         **channel_kwargs(args),
     )
-    dims = ", ".join(f"{k} [{v.shape[0]}, {v.shape[1]}]" for k, v in emb.features.items())
-    print(f"wrote {args.out}: {len(emb)} images; {dims}; {emb.info['seconds']:.1f} s")
+    what = "cells" if objects is not None else "images"
+    dims = ", ".join(f"{k} [{len(emb)}, {d}]" for k, d in emb.info["feature_dims"].items())
+    written = args.out if shard is None else shards.shard_path(args.out, shard)
+    print(f"wrote {written}: {len(emb)} {what}; {dims}; {emb.info['seconds']:.1f} s")
     print(f"image size: {_size_text(emb.info)}")
+    if shard is not None:
+        merged = shards.finish_shard(args.out, shard, device, distributed)
+        if merged is not None:
+            print(f"merged the {shard[1]} shard files into {merged}")
+        elif not distributed:
+            print(f"shard {shard[0]}/{shard[1]} done; the last shard merges (or: chada embed --merge {args.out})")
+    if not hasattr(emb, "features"):  # a streamed Parquet file: no table in memory to count channels in
+        return 0
     used = Counter(describe_channels(n, s) for n, s in zip(emb.meta["channel_names"], emb.meta["channel_slots"]))
     print("channels used (name@slot):")
     for combo, n in used.most_common():

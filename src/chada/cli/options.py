@@ -36,6 +36,7 @@ __all__ = [
     "add_model",
     "add_nan_policy",
     "add_normalize",
+    "add_objects",
     "add_precision",
     "add_quiet",
     "add_seed",
@@ -43,6 +44,7 @@ __all__ = [
     "add_verify_inputs",
     "channel_kwargs",
     "nan_kwargs",
+    "object_options",
     "parse_image_size",
     "precision_dtype",
 ]
@@ -128,6 +130,41 @@ def nan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.nan_fill is not None and not math.isfinite(args.nan_fill):
         raise ValueError(f"--nan-fill must be a finite number, got {args.nan_fill}")
     return {"nan_policy": args.nan_policy, "nan_fill": args.nan_fill}
+
+
+def add_objects(p: _Parser) -> None:
+    """``--objects`` and its crop options: one embedding per cell of each row's label image."""
+    g = p.add_argument_group("single cells (--objects)")
+    g.add_argument("--objects", action="store_true",
+                   help="one row per object of each manifest row's label image (column objects_file; 0 = "
+                   "background): a crop centred on the object's centroid")  # fmt: skip
+    g.add_argument("--crop-size", type=int, default=None, metavar="N",
+                   help="crop side in field pixels (default: the model's image size); crops are resized to "
+                   "the model's size")  # fmt: skip
+    g.add_argument("--mask-neighbours", action="store_true", help="zero the pixels of other objects in a crop")
+    g.add_argument("--min-area", type=int, default=None, metavar="PX", help="skip objects under PX pixels")
+    g.add_argument("--max-area", type=int, default=None, metavar="PX", help="skip objects over PX pixels")
+    g.add_argument("--skip-border", action="store_true", help="skip objects touching the field's edge")
+    g.add_argument("--objects-column", default="objects_file", help="manifest column of the label images")
+
+
+def object_options(args: argparse.Namespace) -> Any:
+    """The :class:`chada.data.objects.ObjectOptions` of ``--objects`` (None without it); crop options
+    without ``--objects`` are refused rather than ignored."""
+    from chada.data.objects import ObjectOptions
+
+    given = [f for f in ("crop_size", "min_area", "max_area") if getattr(args, f) is not None]
+    given += [f for f in ("mask_neighbours", "skip_border") if getattr(args, f)]
+    if not args.objects:
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} only applies with --objects")
+        return None
+    for f in ("crop_size", "min_area", "max_area"):
+        v = getattr(args, f)
+        if v is not None and v < (1 if f == "crop_size" else 0):
+            raise ValueError(f"--{f.replace('_', '-')} must be positive, got {v}")
+    return ObjectOptions(crop_size=args.crop_size, mask_neighbours=args.mask_neighbours, min_area=args.min_area,
+                         max_area=args.max_area, skip_border=args.skip_border, column=args.objects_column)  # fmt: skip
 
 
 def add_verify_inputs(p: _Parser) -> None:

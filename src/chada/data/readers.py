@@ -63,6 +63,7 @@ __all__ = [
     "check_finite_pixels",
     "nonfinite_summary",
     "read_image",
+    "read_raw",
     "read_channels",
     "to_chw",
     "is_supported",
@@ -239,6 +240,14 @@ def read_image(path: str | Path, nan_policy: str = "error", nan_fill: float | No
     """
     check_nan_policy(nan_policy)
     p = Path(path)
+    arr = read_raw(p)
+    return check_finite_pixels(_as_float32(arr, p), files=[p], nan_policy=nan_policy, nan_fill=nan_fill)
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Read one image file as ``[C, H, W]`` in the file's own dtype (bool -> uint8): label images keep
+    their integer type. Same errors as :func:`read_image`."""
+    p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image file not found: {p}")
     suf = _suffix(p)
@@ -266,7 +275,7 @@ def read_image(path: str | Path, nan_policy: str = "error", nan_fill: float | No
         raise ImageReadError(f"{p}: cannot read image, the file is corrupt, truncated or not a {suf} image ({why})") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    return check_finite_pixels(_as_float32(arr, p), files=[p], nan_policy=nan_policy, nan_fill=nan_fill)
+    return arr
 
 
 def read_channels(

@@ -44,11 +44,18 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _digest(rows: np.ndarray, inputs: np.ndarray, names_json: str, feats: dict[str, np.ndarray]) -> str:
+def _digest(
+    rows: np.ndarray, inputs: np.ndarray, names_json: str, feats: dict[str, np.ndarray],
+    objects: dict[str, np.ndarray] | None = None,
+) -> str:  # fmt: skip
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     h.update("\n".join(map(str, inputs)).encode())
     h.update(names_json.encode())
+    for c in sorted(objects or {}):
+        assert objects is not None
+        h.update(f"|obj_{c}|".encode())
+        h.update(np.ascontiguousarray(objects[c]).tobytes())
     for p in sorted(feats):
         a = np.ascontiguousarray(feats[p])
         h.update(f"|{p}|{a.dtype.str}|{a.shape}|".encode())
@@ -100,18 +107,30 @@ class ChunkStore:
                 names_json = str(z["channel_names"])
                 feats = {p: z[f"feat_{p}"] for p in pools}
                 digest = str(z["digest"])
+                objects = {f[4:]: z[f] for f in z.files if f.startswith("obj_")} or None
             names = json.loads(names_json)
         except _BAD_FILE as exc:
             return None, f"{path.name} is unreadable ({type(exc).__name__})"
         if not np.array_equal(stored_rows, rows):
             return None, f"{path.name} holds other rows"
-        bad = [p for p, v in feats.items() if v.ndim != 2 or v.shape[0] != len(rows) or v.dtype != np.float32]
-        if bad or len(names) != len(rows) or digest != _digest(stored_rows, stored_inputs, names_json, feats):
+        n_out = len(objects["field"]) if objects and "field" in objects else len(rows)
+        bad = [p for p, v in feats.items() if v.ndim != 2 or v.shape[0] != n_out or v.dtype != np.float32]
+        if bad or len(names) != len(rows) or digest != _digest(stored_rows, stored_inputs, names_json, feats, objects):
             return None, f"{path.name} does not match its content digest (damaged or edited)"
         changed = [i for i, (a, b) in enumerate(zip(stored_inputs.tolist(), inputs)) if a != b]
         if len(stored_inputs) != len(rows) or changed:
             return None, "changed:" + ",".join(map(str, changed))
         return names, None
+
+    def read_objects(self, k: int) -> dict[str, np.ndarray] | None:
+        """Chunk ``k``'s object table (``field`` = the global row of each cell), None for whole images."""
+        with np.load(self.path(k), allow_pickle=False) as z:
+            return {f[4:]: z[f] for f in z.files if f.startswith("obj_")} or None
+
+    def read_names(self, k: int) -> list[list[str]]:
+        """Chunk ``k``'s channel names, one list per input row."""
+        with np.load(self.path(k), allow_pickle=False) as z:
+            return json.loads(str(z["channel_names"]))
 
     def read(self, k: int, pools: Sequence[str]) -> dict[str, np.ndarray]:
         """Chunk ``k``'s features ``{pool: [n, D] float32}`` (checked before with :meth:`check`)."""
@@ -119,24 +138,36 @@ class ChunkStore:
             return {p: z[f"feat_{p}"] for p in pools}
 
     def save(
-        self, k: int, rows: np.ndarray, feats: dict[str, np.ndarray], names: list[list[str]], inputs: Sequence[str]
-    ) -> None:
+        self, k: int, rows: np.ndarray, feats: dict[str, np.ndarray], names: list[list[str]], inputs: Sequence[str],
+        objects: dict[str, np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
+        """Write chunk ``k``: ``feats`` ``{pool: [n, D]}``, ``names`` per input row; ``objects``
+        (single cells) ``{column: [n]}`` with ``field`` = the global input row of each of the n cells."""
         feats = {p: np.ascontiguousarray(v, dtype=np.float32) for p, v in feats.items()}
+        objects = {c: np.ascontiguousarray(v) for c, v in objects.items()} if objects is not None else None
         inputs_arr = np.asarray(list(inputs), dtype=str)
         names_json = json.dumps(names)
         atomic_write_npz(
             self.path(k), rows=rows, inputs=inputs_arr, channel_names=np.array(names_json),
-            digest=np.array(_digest(rows, inputs_arr, names_json, feats)),
+            digest=np.array(_digest(rows, inputs_arr, names_json, feats, objects)),
             **{f"feat_{p}": v for p, v in feats.items()},
+            **{f"obj_{c}": v for c, v in (objects or {}).items()},
         )  # fmt: skip
 
-    def assemble(self, chunks: Sequence[np.ndarray], pools: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{pool: [N, D] float32}`` of every chunk in order, read one chunk at a time."""
-        n = sum(len(c) for c in chunks)
+    def assemble(
+        self, chunks: Sequence[np.ndarray] | dict[int, np.ndarray], pools: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """``{pool: [N, D] float32}`` of every chunk in order (a list, or ``{k: rows}`` for a shard's
+        chunks), read one chunk at a time."""
+        items = list(chunks.items() if isinstance(chunks, dict) else enumerate(chunks))
+        n = sum(self.count(k, rows) for k, rows in items)
         out: dict[str, np.ndarray] = {}
         start = 0
-        for k, rows in enumerate(chunks):
+        for k, _rows in items:
             feats = self.read(k, pools)
+            count = next(iter(feats.values())).shape[0]
+            if count == 0:  # a chunk of fields without any cell: [0, 0], no width to check
+                continue
             for p in pools:
                 if p not in out:
                     out[p] = np.empty((n, feats[p].shape[1]), dtype=np.float32)
@@ -145,9 +176,16 @@ class ChunkStore:
                         f"pool {p!r}: chunks have different feature sizes ({out[p].shape[1]} and "
                         f"{feats[p].shape[1]}); re-run with resume=False (--no-resume)"
                     )
-                out[p][start : start + len(rows)] = feats[p]
-            start += len(rows)
+                out[p][start : start + count] = feats[p]
+            start += count
+        for p in pools:  # no cell at all: an empty [0, 0] table
+            out.setdefault(p, np.zeros((0, 0), dtype=np.float32))
         return out
+
+    def count(self, k: int, rows: np.ndarray) -> int:
+        """Output rows of chunk ``k``: its input rows, or its cells."""
+        objects = self.read_objects(k)
+        return len(rows) if objects is None else len(objects["field"])
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

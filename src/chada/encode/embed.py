@@ -35,6 +35,7 @@ chunk), written with :func:`chada.encode.store.save_embeddings`, and the parts r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -48,10 +49,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from chada.data.objects import ObjectOptions
+from chada.encode.assemble import write_output
 from chada.encode.chunks import ChunkStore
 from chada.encode.encoders import DEFAULT_POOLS, Encoder, resolve_encoder
+from chada.encode.formats import output_format
 from chada.encode.inputs import VERIFY_CHOICES, refuse_duplicate_ids, row_signatures, weights_digest
-from chada.encode.store import EmbeddingSet, save_embeddings
+from chada.encode.loop import encode_chunks
+from chada.encode.shards import shard_chunks, shard_path
+from chada.encode.store import EmbeddingSet, EmbeddingSummary
+from chada.errors import InputError
 from chada.io import check_writable_file
 
 __all__ = ["MODEL_SIZE", "embed_manifest"]
@@ -60,11 +67,6 @@ log = logging.getLogger(__name__)
 
 #: ``image_size`` default: the size the model recorded, else native sizes.
 MODEL_SIZE = "model"
-
-
-def _list_collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # batches are split by image size after loading (sizes are unknown before reading)
-    return samples
 
 
 def _embed_samples(
@@ -102,15 +104,18 @@ def embed_manifest(
     nan_fill: float | None = None,
     verify_inputs: str = "stat",
     dtype: torch.dtype = torch.float32,
-) -> EmbeddingSet:
+    objects: ObjectOptions | None = None,
+    shard: tuple[int, int] | None = None,
+) -> EmbeddingSet | EmbeddingSummary:
     """Embed every image of ``manifest`` with a frozen ``model`` and write ``out`` (``.npz``).
 
     Args:
         model: saved model folder, registered model name (random init from ``seed``), ``nn.Module``,
             ``"handmade"``, or an :class:`~chada.encode.encoders.Encoder`.
         manifest: manifest path (CSV/Parquet) or DataFrame (see :mod:`chada.data.manifest`).
-        out: output ``.npz`` path (layout in :mod:`chada.encode.store`); checked writable first.
-        batch_size: images per forward pass.
+        out: output ``.npz``, ``.parquet`` or ``.h5ad`` path (:mod:`chada.encode.store`,
+            :mod:`chada.encode.formats`); checked writable first.
+        batch_size: images (with ``objects``: cells) per forward pass.
         pools: feature kinds to store, e.g. ``("cls", "all")``.
         image_size: ``"model"`` (default): the size the model recorded at pretraining, else native
             sizes; an int: resize every image to this square size; ``None``: native sizes (batches
@@ -122,7 +127,7 @@ def embed_manifest(
         device: ``"cpu"``, ``"cuda"``, ...
         datasets, split: embed only these datasets / splits of the manifest.
         normalize: per-channel intensity normalisation (``"percentile"``, ``"minmax"``, ``"none"``).
-        chunk_batches: batches per resumable chunk.
+        chunk_batches: batches per resumable chunk (with ``objects``: fields per chunk).
         root: folder relative image paths are resolved against (default: the manifest's folder).
         progress: show a tqdm bar.
         channel_order: canonical channel order (name -> slot); default: the names the checkpoint
@@ -136,8 +141,14 @@ def embed_manifest(
         dtype: precision of the model's forward pass (``torch.bfloat16``: autocast, see
             :mod:`chada.models.precision`); features are stored as float32 either way, and the
             precision is recorded in ``info`` and in the resume settings (fp32 and bf16 chunks never mix).
+        objects: single cells (:class:`chada.data.objects.ObjectOptions`): one row per object of each
+            row's label image (``objects_file``), a crop centred on its centroid resized to the image
+            size; the meta gets the object columns (:data:`chada.data.objects.OBJECT_COLUMNS`, ``cell_id``).
+        shard: ``(I, N)``: encode only the I-th of N contiguous blocks of chunks into
+            :func:`chada.encode.shards.shard_path` (merged by :func:`chada.encode.shards.merge_shards`).
 
     Returns:
+        for ``.parquet`` an :class:`EmbeddingSummary` (the table is never held whole), else
         the :class:`EmbeddingSet` that was written: ``features[pool]`` ``[N, D_pool]``, ``meta`` (one
         row per image: manifest columns, ``channel_names`` as the list of channels fed to the model,
         ``n_channels``), ``info`` (model, source, seed, pools and any fallback, image size, timings).
@@ -164,8 +175,8 @@ def embed_manifest(
     policy = ChannelPolicy.from_model(
         encoder.module, unknown=unknown_channels, aliases=channel_aliases, canonical=channel_order
     )
-    ds = ManifestDataset(manifest, root=root, split=split, datasets=datasets, size=size, normalize=normalize,
-                         nan_policy=nan_policy, nan_fill=nan_fill)  # fmt: skip
+    ds = ManifestDataset(manifest, root=root, split=split, datasets=datasets, size=None if objects else size,
+                         normalize=normalize, nan_policy=nan_policy, nan_fill=nan_fill)  # fmt: skip
     n = len(ds)
     if n == 0:
         raise ValueError("no image to embed: the manifest (after the dataset/split filters) is empty")
@@ -177,19 +188,72 @@ def embed_manifest(
     settings.update(nan_policy=nan_policy, nan_fill=nan_fill, verify_inputs=verify_inputs,
                     precision=_precision(encoder))  # fmt: skip
     inputs = row_signatures(ds._rows, ds.root, verify_inputs, progress=progress)
-    store = ChunkStore(out, settings, resume=resume)
-    chunk_rows = batch_size * chunk_batches
+    data: Any = ds
+    if objects is not None:
+        data, objects, inputs = _cell_data(ds, objects, size, inputs, verify_inputs, manifest)
+        settings["objects"] = objects.to_dict()  # only then: chunks of whole-image runs stay valid
+    # cells: a chunk is chunk_batches fields (a field holds tens to thousands of cells)
+    chunk_rows = chunk_batches if objects is not None else batch_size * chunk_batches
     chunks = [np.arange(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
-    names = _encode_chunks(encoder, ds, chunks, store, inputs, pools, pool_map, dev, policy, batch_size,
-                           num_workers, progress)  # fmt: skip
-    features = store.assemble(chunks, pools)
-    used_names = [nm for k in range(len(chunks)) for nm in names[k]]
+    target = out if shard is None else shard_path(out, shard)
+    mine = shard_chunks(chunks, shard or (0, 1))
+    store = ChunkStore(target, settings, resume=resume)
+    encode_chunks(_seam, encoder, data, mine, store, inputs, pools, pool_map, dev, policy, batch_size,
+                  num_workers, progress, cells=objects is not None)  # fmt: skip
+    info = _info(encoder, pools, pool_map, size, size_source, normalize, nan_policy, nan_fill, batch_size, dev,
+                 settings, datasets, split, n, counts, policy)  # fmt: skip
+    if objects is not None:
+        info["objects"] = objects.to_dict()
+    if shard is not None:
+        info["shard"] = list(shard)
+        info["n_images"] = int(sum(len(r) for r in mine.values()))
+    result = write_output(target, store, mine, ds, policy, pools, encoder, info, t0, cells=objects is not None)
+    store.remove()
+    return result
+
+
+def _seam(
+    encoder: Encoder, samples: list[dict[str, Any]], pool_map: dict[str, str], device: torch.device, policy: Any
+) -> dict[str, np.ndarray]:
+    # looked up at call time, so tests can replace _embed_samples to interrupt a run
+    return _embed_samples(encoder, samples, pool_map, device, policy)
+
+
+def _cell_data(
+    ds: Any, objects: ObjectOptions, size: int | None, inputs: list[str], verify: str, manifest: Any
+) -> tuple[Any, ObjectOptions, list[str]]:
+    """The cell dataset over ``ds``'s fields, the options with the crop size filled in, and input
+    signatures that cover each row's label image too."""
+    from chada.data.cells import CellDataset, objects_path
+    from chada.encode.inputs import row_signature
+
+    if objects.column not in ds.frame.columns:
+        where = "the manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
+        raise InputError(
+            f"{where} has no {objects.column!r} column: --objects needs a label image per row "
+            "(`chada data scan --objects-pattern`)"
+        )
+    if objects.crop_size is None:
+        if size is None:
+            raise InputError("--objects needs a crop size: --crop-size N, or a model that recorded its image size")
+        objects = dataclasses.replace(objects, crop_size=size)
+        log.info("crop size %d px: the model's image size (--crop-size to change)", size)
+    data = CellDataset(ds, objects, size)
+    labels = [row_signature({"file": str(objects_path(r, ds.root, objects.column))}, ds.root, verify) for r in ds._rows]
+    return data, objects, [a + b for a, b in zip(inputs, labels)]
+
+
+def _info(
+    encoder: Encoder, pools: list[str], pool_map: dict[str, str], size: int | None, size_source: str,
+    normalize: str, nan_policy: str, nan_fill: float | None, batch_size: int, dev: torch.device,
+    settings: dict[str, Any], datasets: Sequence[str] | None, split: Any, n: int, counts: set[int], policy: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The run's description stored in the feature file (``feature_dims``, ``seconds`` come later)."""
     info = dict(encoder.info)
     info.update(
         {
             "pools": pools,
             "pool_fallback": {p: a for p, a in pool_map.items() if a != p} or None,
-            "feature_dims": {p: int(v.shape[1]) for p, v in features.items()},
             "image_size": size,
             "image_size_source": size_source,
             "normalize": normalize,
@@ -209,13 +273,7 @@ def embed_manifest(
         }
     )
     _add_notes(info, encoder)
-    meta = _meta(ds.frame, used_names, policy)
-    encoder.finish(ds, meta, info, features)
-    info["seconds"] = round(time.time() - t0, 3)
-    emb = EmbeddingSet(features, meta, info)
-    save_embeddings(emb, out)
-    store.remove()
-    return emb
+    return info
 
 
 def _precision(encoder: Encoder) -> str | None:
@@ -287,102 +345,8 @@ def _check_args(
     if verify_inputs not in VERIFY_CHOICES:
         raise ValueError(f"verify_inputs must be one of {VERIFY_CHOICES}, got {verify_inputs!r}")
     out = Path(out)
-    if out.suffix != ".npz":
-        raise ValueError(f"output must be a .npz file, got {out}")
+    output_format(out)
     return pools, out, image_size
-
-
-def _reusable_chunks(
-    store: ChunkStore, chunks: list[np.ndarray], inputs: list[str], pools: list[str], ds: Any
-) -> dict[int, list[list[str]]]:
-    """Channel names of every chunk that can be reused; says why the others are recomputed."""
-    names: dict[int, list[list[str]]] = {}
-    changed: list[str] = []
-    redo: list[int] = []
-    for k, rows in enumerate(chunks):
-        got, why = store.check(k, rows, pools, [inputs[i] for i in rows])
-        if got is not None:
-            names[k] = got
-        elif why is not None and why.startswith("changed:"):
-            redo.append(k)
-            changed += [str(ds.frame["image_id"].iloc[rows[int(i)]]) for i in why.split(":", 1)[1].split(",")]
-        elif why is not None:
-            log.warning("recomputing chunk %d: %s", k, why)
-    if changed:
-        shown = ", ".join(repr(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        log.warning(
-            "%d image(s) read other or changed files since the interrupted run (%s): recomputing %d chunk(s)",
-            len(changed), shown, len(redo),
-        )  # fmt: skip
-    if names:
-        log.info("resuming: %d of %d chunks already embedded in %s", len(names), len(chunks), store.dir)
-    return names
-
-
-def _encode_chunks(
-    encoder: Encoder,
-    ds: Any,
-    chunks: list[np.ndarray],
-    store: ChunkStore,
-    inputs: list[str],
-    pools: list[str],
-    pool_map: dict[str, str],
-    dev: torch.device,
-    policy: Any,
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
-) -> dict[int, list[list[str]]]:
-    """Every chunk's channel names per row: finished chunks are reused, the others encoded now (each
-    written to ``store`` as soon as it is complete; only one chunk's features are held in memory)."""
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
-    done = _reusable_chunks(store, chunks, inputs, pools, ds)
-    todo = [k for k in range(len(chunks)) if k not in done]
-    if not todo:
-        return done
-    indices = np.concatenate([chunks[k] for k in todo]).tolist()
-    loader = DataLoader(
-        Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=_list_collate, pin_memory=dev.type == "cuda",
-    )  # fmt: skip
-    n_batches = (len(indices) + batch_size - 1) // batch_size
-    bar = tqdm(total=n_batches, desc=f"embed {encoder.info.get('model')}", unit="batch", disable=not progress)
-    todo_iter = iter(todo)
-    k = next(todo_iter)
-    acc: dict[str, list[np.ndarray]] = {p: [] for p in pools}
-    names: list[list[str]] = []
-    for samples in loader:
-        feats = _embed_samples(encoder, samples, pool_map, dev, policy)
-        for p in pools:
-            acc[p].append(feats[p])
-        names.extend(list(s["channel_names"]) for s in samples)
-        bar.update(1)
-        # chunk sizes are multiples of batch_size (but the last), so batches never straddle chunks
-        if len(names) == len(chunks[k]):
-            rows = chunks[k]
-            store.save(k, rows, {p: np.concatenate(v) for p, v in acc.items()}, names, [inputs[i] for i in rows])
-            done[k] = names
-            acc = {p: [] for p in pools}
-            names = []
-            k = next(todo_iter, -1)
-    bar.close()
-    return done
-
-
-def _meta(frame: pd.DataFrame, used_names: list[list[str]], policy: Any) -> pd.DataFrame:
-    """The manifest rows plus the channel names, count and slots each image was encoded with."""
-    meta = frame.copy()
-    for col in meta.columns:  # nullable pandas dtypes -> plain objects, so JSON keeps None
-        if isinstance(meta[col].dtype, pd.StringDtype):
-            meta[col] = meta[col].astype(object).where(meta[col].notna(), None)
-    meta["channel_names"] = pd.Series(used_names, index=meta.index, dtype=object)
-    meta["n_channels"] = [len(x) for x in used_names]
-    meta["channel_slots"] = pd.Series(
-        [policy.resolve(nm, str(i)) for nm, i in zip(used_names, meta["image_id"])], index=meta.index, dtype=object
-    )
-    return meta
 
 
 def _add_notes(info: dict[str, Any], encoder: Encoder) -> None:

@@ -11,6 +11,10 @@ Layout of ``EMB.npz``::
     info_json     str                   dict: model name/path, pool kinds, created time, anything else
 
 Row i of every ``feat_*`` array is row i of ``meta``. Written atomically (temp file + rename).
+
+The same content can also live in a ``.parquet`` or ``.h5ad`` file (:mod:`chada.encode.formats`,
+for large runs and for pandas / scanpy): :func:`save_embeddings` and :func:`load_embeddings` pick the
+format from the suffix, so every reader accepts all three.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pandas as pd
 
 from chada.io import atomic_write_npz
 
-__all__ = ["EmbeddingSet", "save_embeddings", "load_embeddings"]
+__all__ = ["EmbeddingSet", "EmbeddingSummary", "save_embeddings", "load_embeddings"]
 
 
 @dataclass
@@ -63,8 +67,31 @@ class EmbeddingSet:
         return save_embeddings(self, path)
 
 
+@dataclass
+class EmbeddingSummary:
+    """What a streamed run (``.parquet``) returns instead of the table: its path, rows, feature sizes, info."""
+
+    path: Path
+    n_rows: int
+    feature_dims: dict[str, int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+
 def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
+    """Write ``emb`` as ``.npz``, ``.parquet`` or ``.h5ad`` (by suffix; anything else is an ``.npz``)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".h5ad"):
+        from chada.encode.formats import ParquetSink, write_h5ad
+
+        if suffix == ".h5ad":
+            return write_h5ad(path, emb.features, emb.meta, emb.info)
+        sink = ParquetSink(path, info=emb.info)
+        sink.write(emb.meta, emb.features)
+        return sink.close()
     meta = emb.meta.copy()
     for col in meta.columns:  # lists (channel names) survive JSON as lists
         if meta[col].dtype == object:
@@ -83,6 +110,14 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embeddings file {path} not found")
+    if path.suffix.lower() in (".parquet", ".h5ad"):
+        from chada.encode.formats import read_h5ad, read_parquet
+
+        try:
+            feats, meta, info = (read_parquet if path.suffix.lower() == ".parquet" else read_h5ad)(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not a chada embeddings file: {exc}") from None
+        return EmbeddingSet(feats, meta, info)
     try:
         with np.load(path, allow_pickle=False) as z:
             feats = {k[len("feat_") :]: z[k] for k in z.files if k.startswith("feat_")}
