@@ -174,7 +174,7 @@ def _r2_pairs(a: PairedItems, b: PairedItems, ia: np.ndarray, ib: np.ndarray) ->
 
 def _boot_p(a: np.ndarray, b: np.ndarray, statistic: Callable, n_boot: int, seed: int) -> float:
     """Two-sided percentile-bootstrap p of "difference = 0": twice the smaller share of resampled
-    differences on either side of 0 (floor 1 / n_boot); the same resamples as the interval."""
+    differences on either side of 0 (floor 1 / n_boot). Same seed, so the same resamples as the interval."""
     d = bootstrap_values(lambda idx: statistic(a[idx]) - statistic(b[idx]), len(a), n_boot, seed)
     d = d[np.isfinite(d)]
     if len(d) == 0:
