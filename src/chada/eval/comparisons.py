@@ -15,8 +15,8 @@ models); the row over seeds (``seed = "all"``) is the test of the median seed (b
 the spread of the per-seed differences (``diff_seed_min`` / ``diff_seed_max``) and how many seeds
 reach p < 0.05 (``seeds_p05``), so one lucky seed cannot carry a result unseen.
 
-Many comparisons: one table (one model against one reference, one feature kind, fraction and metric)
-holds one test per task; their p-values are Holm-adjusted together (``p_adj``), and
+Many comparisons: one table (one model against one reference, one feature kind, fraction and method:
+linear probe, kNN or 1-NN, accuracy or R²) holds one test per task; their p-values are Holm-adjusted together (``p_adj``), and
 ``n_comparisons`` says how many tests the family holds.
 """
 
@@ -114,11 +114,12 @@ def _over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 def _holm_by_table(df: pd.DataFrame) -> pd.DataFrame:
     """``p_adj`` and ``n_comparisons``: Holm over the tasks of one table (model x reference x feature
-    x fraction x metric, per seed)."""
+    x fraction x method, per seed; the method is the metric's prefix, so a linear probe's accuracy on
+    one task and its R² on another are one table)."""
     df = df.copy()
     df["p_adj"], df["n_comparisons"] = np.nan, 0
-    keys = ["model", "reference", "feature", "fraction", "metric", "seed"]
-    for _, g in df.groupby(keys, sort=False):
+    method = df.metric.astype(str).str.split("_").str[0]
+    for _, g in df.groupby([df.model, df.reference, df.feature, df.fraction, method, df.seed], sort=False):
         df.loc[g.index, "p_adj"] = holm(g.p.to_numpy())
         df.loc[g.index, "n_comparisons"] = int(g.p.notna().sum())
     return df
@@ -175,6 +176,6 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
     note = (
         "Paired: both models on the same test images, resampled together (1,000 bootstrap resamples); p is "
         "the exact McNemar test for accuracy, the bootstrap p for R²; Holm over the m tasks of one model, "
-        "reference, feature, fraction and metric. Over seeds: the median seed's test.\n\n"
+        "reference, feature, fraction and method (linear, kNN, 1-NN). Over seeds: the median seed's test.\n\n"
     )
     return note + markdown_table(header, rows)
