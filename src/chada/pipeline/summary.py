@@ -13,6 +13,13 @@ from chada.eval.report import FAMILY_ORDER, format_score
 from chada.io import atomic_write_bytes
 from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
 from chada.pipeline.dense_stage import dense_section
+from chada.pipeline.paired_section import (
+    MARK_NOTE,
+    headline_marks,
+    load_comparisons,
+    paired_table,
+    seed_spread,
+)
 from chada.pipeline.report import Section, machine_description, write_report
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
@@ -32,9 +39,12 @@ def _headline_rows(summary: pd.DataFrame, feature: str) -> pd.DataFrame:
     return pd.concat(keep) if keep else s
 
 
-def headline_table(summary: pd.DataFrame, feature: str = "cls") -> str:
+def headline_table(summary: pd.DataFrame, feature: str = "cls", comparisons: pd.DataFrame | None = None) -> str:
     """Markdown: every task's headline metrics at 100 % of the labels, ``feature`` features, one row per
-    model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design."""
+    model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design. With
+    ``comparisons`` (``comparisons.csv``) a learned model's cell also carries the paired marks of
+    :func:`chada.pipeline.paired_section.headline_marks` (beats its untrained copy / the One-Channel ViT)."""
+    marks = headline_marks(comparisons, feature)
     s = _headline_rows(summary, feature)
     if s.empty:
         return "(no results)"
@@ -47,7 +57,9 @@ def headline_table(summary: pd.DataFrame, feature: str = "cls") -> str:
         cells = []
         for t, metric in cols:
             r = s[(s.task == t) & (s.metric == metric) & (s.model == m.model)]
-            cells.append(format_score(r.iloc[0], 100.0, std=False) if len(r) else "-")
+            cell = format_score(r.iloc[0], 100.0, std=False) if len(r) else "-"
+            mark = marks.get((t, metric, m.model))
+            cells.append(f"{cell} {mark}" if mark else cell)
         lines.append(f"| {m.model} | {m.family} | " + " | ".join(cells) + " |")
     chance, design = [], []
     for t, metric in cols:
@@ -129,15 +141,21 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
     atomic_write_bytes(s.out / "machine.json", json.dumps(machine, indent=1).encode())
     pretrain_s = max((v for k, v in timings.items() if k.startswith("pretrain_")), default=None)
     seeds = seed_table(summary, s.runs())
+    comparisons = load_comparisons(eval_dir)
+    paired = paired_table(comparisons, HEADLINE_METRICS)
+    spread = seed_spread(comparisons, HEADLINE_METRICS)
     sections = [
         Section("What ran", _what_ran(s, data, machine)),
         Section("Tasks", _tasks((emb or {}).get("mixed_groups") or {})),
         Section("How to read the numbers", reading_guide()),
         Section(
             "Headline: 100 % labels, CLS features (accuracy % / R² x 100; mean [95 % interval])",
-            headline_table(summary),
+            headline_table(summary, comparisons=comparisons) + ("\n\n" + MARK_NOTE if paired else ""),
         ),
+        *([Section("Paired tests: did pretraining help? (same test images)", paired,
+                   [(f.stem, f) for f in _pngs(eval_dir, "paired_untrained_cls.png")])] if paired else []),  # fmt: skip
         *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
+        *([Section("Paired tests per pretraining seed", spread)] if spread else []),
         *[sec for sec in (dense_section(s.out),) if sec is not None],
         Section(
             "All results and diagnostics",
@@ -159,7 +177,8 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         ),
         Section(
             "What these numbers can and cannot tell",
-            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None) + "\n" + determinism(),
+            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None, comparisons) + "\n"
+            + determinism(),
         ),
         Section(
             "Timings (seconds)",
