@@ -43,8 +43,9 @@ def _driver():
 _PROBE = """
 const doc = document.documentElement;
 const wraps = [...document.querySelectorAll('.table-wrap')].map(w => {
-  const r = w.getBoundingClientRect();
-  return {left: r.left, right: r.right, scroll: w.scrollWidth, client: w.clientWidth};
+  const r = w.getBoundingClientRect(), t = w.querySelector('table').getBoundingClientRect();
+  return {left: r.left, right: r.right, scroll: w.scrollWidth, client: w.clientWidth, table_right: t.right,
+          scrolls: ['auto', 'scroll'].includes(getComputedStyle(w).overflowX)};
 });
 const bare = [...document.querySelectorAll('table')].filter(t => !t.parentElement.classList.contains('table-wrap')).length;
 const imgs = [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, complete: i.complete}));
@@ -72,6 +73,7 @@ def browser_check(html: Path) -> dict:
     assert facts["bare"] == 0, "a table outside a scrolling box"
     for w in facts["wraps"]:
         assert w["left"] >= 0 and w["right"] <= facts["viewport"] + 0.5, f"a table box leaves the page: {w}"
+        assert w["table_right"] <= w["right"] + 0.5 or w["scrolls"], f"a table is cut off, its box does not scroll: {w}"
     bad = [i for i in facts["imgs"] if not i["complete"] or i["w"] == 0]
     assert not bad, f"figures that did not load: {bad}"
     assert facts["maxLines"] <= 1, "a number wraps over lines inside a table cell"
@@ -89,8 +91,8 @@ def _fixture_report(out: Path) -> Path:
     for task, metric in tasks.items():
         kind = "regression" if metric.endswith("r2") else "classification"
         for m, fam in models:
-            for metric2 in (metric, "nn1_" + metric.split("_")[1]):
-                for frac in (0.01, 0.1, 1.0):
+            for metric2 in (metric, "knn_" + metric.split("_")[1], "nn1_" + metric.split("_")[1]):
+                for frac in (0.01, 0.1, 0.5, 1.0):
                     for seed in range(3):
                         v = float(rng.uniform(0.4, 0.95))
                         rows.append(dict(task=task, kind=kind, model=m, family=fam, arch=m, feature="cls",
