@@ -141,16 +141,20 @@ def seed_spread(comparisons: pd.DataFrame | None, metrics: Mapping[str, str], fe
     if comparisons is None or comparisons.empty:
         return None
     c = _top(comparisons, feature)
-    c = c[c.metric.isin(list(metrics)) & c.role.isin(list(MARKS)) & c.model.str.contains(_SEED)]
-    if c.empty or c.model.str.extract(_SEED)[0].nunique() < 2:
+    c = c[c.metric.isin(list(metrics)) & c.role.isin(list(MARKS))]
+    # the seed-0 run keeps the encoder's name (chada_vit), the others are chada_vit_s1, chada_vit_s2, ...
+    c = c.assign(encoder=c.model.str.replace(_SEED, "", regex=True),
+                 pseed=c.model.str.extract(_SEED)[0].fillna("0").astype(int))  # fmt: skip
+    c = c[c.groupby("encoder").pseed.transform("nunique") >= 2]
+    if c.empty:
         return None
-    c = c.assign(encoder=c.model.str.replace(_SEED, "", regex=True))
     rows = []
     for (enc, task, metric, role), g in c.groupby(["encoder", "task", "metric", "role"], sort=True):
-        diffs = ", ".join(f"{v * 100:+.1f}" for v in g.difference)
+        g = g.sort_values("pseed")
+        diffs = ", ".join(f"s{k}: {v * 100:+.1f}" for k, v in zip(g.pseed, g.difference))
         wins = sum(significant(r) for _, r in g.iterrows())
-        rows.append([enc, task, metrics.get(metric, metric), role, diffs,
-                     f"{g.difference.mean() * 100:+.1f} ± {g.difference.std(ddof=1) * 100:.1f}", f"{wins} / {len(g)}"])  # fmt: skip
+        spread = f"{g.difference.mean() * 100:+.1f} ± {g.difference.std(ddof=1) * 100:.1f}" if len(g) > 1 else "-"
+        rows.append([enc, task, metrics.get(metric, metric), role, diffs, spread, f"{wins} / {len(g)}"])
     header = ["encoder", "task", "metric", "reference", "difference per seed", "mean ± std", "seeds better"]
     return ("The paired analysis once per pretraining seed: a result that one lucky seed carries shows as "
             "one \"better\" out of N.\n\n" + markdown_table(header, rows))  # fmt: skip
