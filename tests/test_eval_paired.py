@@ -160,3 +160,12 @@ def test_cross_validated_items_pair_every_image_out_of_fold():
     assert over.difference > 0.3 and over.p_adj < 1e-4 and over.n_comparisons == 1
     per_seed = table[(table.seed != "all") & (table.metric == "knn_top1")]
     assert sorted(per_seed.seed) == ["0", "1"]
+
+
+def test_markdown_table_is_one_pipe_table():
+    from chada.eval.markdown import markdown_table
+
+    text = markdown_table(["a", "b"], [[1, "x|y"], [2.5, ""]])
+    assert text == "| a | b |\n|---|---|\n| 1 | x\\|y |\n| 2.5 |  |\n"  # a "|" in a cell cannot split it
+    with pytest.raises(ValueError, match="2 cells, the header 3"):
+        markdown_table(["a", "b", "c"], [[1, 2]])

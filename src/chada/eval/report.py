@@ -29,6 +29,7 @@ import pandas as pd
 
 from chada.eval.comparisons import comparisons_markdown
 from chada.eval.intervals import separated
+from chada.eval.markdown import markdown_table
 from chada.io import atomic_write_bytes
 
 FAMILY_ORDER = {"learned": 0, "untrained": 1, "handmade": 2}
@@ -172,10 +173,7 @@ def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(empty)\n"
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(cols, [[r[c] for c in cols] for _, r in df.iterrows()])
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:

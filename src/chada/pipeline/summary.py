@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from chada.eval.markdown import markdown_table
 from chada.eval.report import FAMILY_ORDER, format_score
 from chada.io import atomic_write_bytes
 from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
@@ -52,7 +53,7 @@ def headline_table(summary: pd.DataFrame, feature: str = "cls", comparisons: pd.
     names = [f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols]
     mods = s[["model", "family"]].drop_duplicates("model")
     mods = mods.assign(_o=mods.family.map(FAMILY_ORDER).fillna(9)).sort_values(["_o", "model"])
-    lines = ["| model | family | " + " | ".join(names) + " |", "|" + "---|" * (len(cols) + 2)]
+    rows = []
     for m in mods.itertuples():
         cells = []
         for t, metric in cols:
@@ -60,16 +61,15 @@ def headline_table(summary: pd.DataFrame, feature: str = "cls", comparisons: pd.
             cell = format_score(r.iloc[0], 100.0, std=False) if len(r) else "-"
             mark = marks.get((t, metric, m.model))
             cells.append(f"{cell} {mark}" if mark else cell)
-        lines.append(f"| {m.model} | {m.family} | " + " | ".join(cells) + " |")
+        rows.append([m.model, m.family, *cells])
     chance, design = [], []
     for t, metric in cols:
         r = s[(s.task == t) & (s.metric == metric)]
         chance.append(f"{r['chance'].mean() * 100 + 0.0:.1f}".replace("-0.0", "0.0"))
         d, n = str(r["design"].iloc[0] or "split"), int(r["n_test"].max())
         design.append(f"{n} (CV)" if "CV" in d else f"{n}")
-    lines.append("| chance | constant | " + " | ".join(chance) + " |")
-    lines.append("| test images | | " + " | ".join(design) + " |")
-    return "\n".join(lines)
+    rows += [["chance", "constant", *chance], ["test images", "", *design]]
+    return markdown_table(["model", "family", *names], rows).rstrip("\n")
 
 
 def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature: str = "cls") -> str | None:
@@ -81,16 +81,16 @@ def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature:
         return None
     s = _headline_rows(summary, feature)
     cols = list(dict.fromkeys(zip(s.task, s.metric)))
-    lines = ["| encoder | seeds | " + " | ".join(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols) + " |",
-             "|" + "---|" * (len(cols) + 2)]  # fmt: skip
+    rows = []
     for enc, members in seeds_of.items():
         for tag in ("", "_untrained"):
             cells = []
             for t, metric in cols:
                 v = s[(s.task == t) & (s.metric == metric) & s.model.isin([f"{r}{tag}" for r in members])]["mean"]
                 cells.append(f"{v.mean() * 100:.1f} ± {v.std(ddof=1) * 100:.1f}" if len(v) > 1 else "-")
-            lines.append(f"| {enc}{tag} | {len(members)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([f"{enc}{tag}", len(members), *cells])
+    header = ["encoder", "seeds", *(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols)]
+    return markdown_table(header, rows).rstrip("\n")
 
 
 def _pngs(folder: Path, pattern: str) -> list[Path]:
@@ -182,7 +182,7 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         ),
         Section(
             "Timings (seconds)",
-            "| stage | seconds |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items()),
+            markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]),
         ),
         Section(
             "Settings and files",

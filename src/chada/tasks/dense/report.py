@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from chada.eval.markdown import markdown_table
 from chada.io import atomic_write_text, safe_filename
 from chada.tasks.dense.figure import plot_dense_examples
 
@@ -36,13 +37,9 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 def dense_table_markdown(outcome: Any) -> str:
     """``| model | family | head | IoU [95 % CI] | Dice [95 % CI] |``, learned models first."""
     t = _sorted(outcome.table)
-    lines = ["| model | family | head | IoU [95 % CI] | Dice [95 % CI] |", "|---|---|---|---|---|"]
-    for _, r in t.iterrows():
-        lines.append(
-            f"| {r.model} | {r.family} | {r['head']} | {r.iou:.3f} [{r.iou_lo:.3f}, {r.iou_hi:.3f}] "
-            f"| {r.dice:.3f} [{r.dice_lo:.3f}, {r.dice_hi:.3f}] |"
-        )
-    return "\n".join(lines)
+    rows = [[r.model, r.family, r["head"], f"{r.iou:.3f} [{r.iou_lo:.3f}, {r.iou_hi:.3f}]",
+             f"{r.dice:.3f} [{r.dice_lo:.3f}, {r.dice_hi:.3f}]"] for _, r in t.iterrows()]  # fmt: skip
+    return markdown_table(["model", "family", "head", "IoU [95 % CI]", "Dice [95 % CI]"], rows).rstrip("\n")
 
 
 def _sizes_markdown(outcome: Any) -> str:
@@ -52,12 +49,11 @@ def _sizes_markdown(outcome: Any) -> str:
     bins = [str(b) for b in dict.fromkeys(s["bin"].astype(str))]
     counts = s.assign(bin=s["bin"].astype(str)).groupby("bin", sort=False)["n_objects"].first()
     head = ["model", "head"] + [f"{b} (n={int(counts.get(b, 0))})" for b in bins]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for (model, hd), g in s.groupby(["model", "head"], sort=False):
         vals = {str(r["bin"]): r["iou"] for _, r in g.iterrows()}
-        cells = [f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins]
-        lines.append("| " + " | ".join([model, hd, *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([model, hd, *(f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins)])
+    return markdown_table(head, rows).rstrip("\n")
 
 
 def dense_markdown(outcome: Any) -> str:
