@@ -33,7 +33,8 @@ from chada.eval.config import ModelSpec
 from chada.eval.markdown import markdown_table
 from chada.eval.paired import PairedItems, compare, holm
 
-__all__ = ["COMPARISON_COLUMNS", "ROLES", "comparison_table", "comparisons_markdown", "metric_kind", "reference_pairs"]
+__all__ = ["COMPARISON_COLUMNS", "ROLES", "comparison_table", "comparisons_markdown", "holm_by_table", "metric_kind",
+           "reference_pairs"]
 
 ROLES = ("untrained", "one_channel", "handmade")
 COMPARISON_COLUMNS = [
@@ -112,7 +113,7 @@ def _over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _holm_by_table(df: pd.DataFrame) -> pd.DataFrame:
+def holm_by_table(df: pd.DataFrame) -> pd.DataFrame:
     """``p_adj`` and ``n_comparisons``: Holm over the tasks of one table (model x reference x feature
     x fraction x method, per seed; the method is the metric's prefix, so a linear probe's accuracy on
     one task and its R² on another are one table)."""
@@ -146,7 +147,7 @@ def comparison_table(
                                diff_seed_min=per_seed.difference, diff_seed_max=per_seed.difference)  # fmt: skip
     both = pd.concat([_over_seeds(per_seed), per_seed.astype({"seed": object})], ignore_index=True)
     both["seed"] = both["seed"].astype(str)
-    return _holm_by_table(both)[COMPARISON_COLUMNS]
+    return holm_by_table(both)[COMPARISON_COLUMNS]
 
 
 def _fmt_p(p: float) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from chada.eval.intervals import bootstrap_values, percentile_bootstrap, r2_rows
 
 __all__ = [
-    "KINDS", "Comparison", "PairedItems", "compare", "holm", "mcnemar_exact", "paired_bootstrap",
+    "KINDS", "Comparison", "PairedItems", "bootstrap_p", "compare", "holm", "mcnemar_exact", "paired_bootstrap",
 ]  # fmt: skip
 
 KINDS = ("accuracy", "r2", "mean")
@@ -172,7 +172,7 @@ def _r2_pairs(a: PairedItems, b: PairedItems, ia: np.ndarray, ib: np.ndarray) ->
     return np.stack([y, a.values[ia]], -1), np.stack([y, b.values[ib]], -1)
 
 
-def _boot_p(a: np.ndarray, b: np.ndarray, statistic: Callable, n_boot: int, seed: int) -> float:
+def bootstrap_p(a: np.ndarray, b: np.ndarray, statistic: Callable, n_boot: int, seed: int) -> float:
     """Two-sided percentile-bootstrap p of "difference = 0": twice the smaller share of resampled
     differences on either side of 0 (floor 1 / n_boot). Same seed, so the same resamples as the interval."""
     d = bootstrap_values(lambda idx: statistic(a[idx]) - statistic(b[idx]), len(a), n_boot, seed)
@@ -220,5 +220,5 @@ def compare(
             raise ValueError("kind='accuracy' needs per-item values 1 (right) or 0 (wrong)")
         out.p = mcnemar_exact(a > 0.5, b > 0.5)[2]
     else:
-        out.p = _boot_p(a, b, statistic, n_boot, seed)
+        out.p = bootstrap_p(a, b, statistic, n_boot, seed)
     return out

@@ -47,7 +47,7 @@ from typing import Any
 
 import pandas as pd
 
-from chada.eval.comparisons import comparison_table
+from chada.eval.comparisons import comparison_table, holm_by_table
 from chada.eval.config import (
     ModelSpec,
     TaskSpec,
@@ -225,7 +225,10 @@ def _run(
         diagnostics = compute_diagnostics(results, settings, models, tasks, loader)
     results.attrs["diagnostics"] = diagnostics
     with _step(feature_log, "paired comparisons (each learned model vs its references, image by image)"):
-        results.attrs["comparisons"] = comparison_table(items, results, models)
+        comps = [comparison_table(items, results, models), *(d.comparisons for d in dense)]
+        comps = [c for c in comps if len(c)] or comps[:1]
+        # dense rows (metric dense_iou) form their own Holm tables; the feature-file tables are unchanged
+        results.attrs["comparisons"] = holm_by_table(pd.concat(comps, ignore_index=True)) if len(comps) > 1 else comps[0]
     results.attrs["elapsed_s"] = time.perf_counter() - t0
     if dense:
         results.attrs["dense"] = dense

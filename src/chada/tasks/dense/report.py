@@ -56,6 +56,16 @@ def _sizes_markdown(outcome: Any) -> str:
     return markdown_table(head, rows).rstrip("\n")
 
 
+def _paired_markdown(outcome: Any) -> str:
+    """Each learned probe minus its references' (:mod:`chada.tasks.dense.paired`), one row per pair and head."""
+    c = getattr(outcome, "comparisons", None)
+    if c is None or c.empty:
+        return ""
+    rows = [[r.model, r.reference, r.feature, f"{r.difference * 100:+.1f} [{r.low * 100:+.1f}, {r.high * 100:+.1f}]",
+             f"{int(r.n_a_only)} / {int(r.n_b_only)}", f"{r.p:.2g}"] for r in c.itertuples()]  # fmt: skip
+    return markdown_table(["model", "reference", "head", "IoU difference [95 %]", "tiles + / -", "p"], rows).rstrip("\n")
+
+
 def dense_markdown(outcome: Any) -> str:
     """The task's section of ``results.md``: what ran, the interval table and the size breakdown."""
     info = outcome.info
@@ -71,6 +81,10 @@ def dense_markdown(outcome: Any) -> str:
         "",
         dense_table_markdown(outcome),
     ]
+    paired = _paired_markdown(outcome)
+    if paired:
+        parts += ["", "Paired IoU differences on the same test tiles (x 100; tiles better / worse; bootstrap p; "
+                  "Holm over the dense tasks in `comparisons.csv`):", "", paired]  # fmt: skip
     sizes = _sizes_markdown(outcome)
     if sizes:
         parts += [
