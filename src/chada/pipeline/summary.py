@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,9 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
     summary = pd.read_csv(eval_dir / "results_summary.csv", keep_default_na=True)
     summary["design"] = summary["design"].fillna("") if "design" in summary else ""
     results_md = (eval_dir / "results.md").read_text()
+    # every comparison of results.md is a long table; the report has its own paired section, and the rest
+    # is in comparisons.csv
+    results_md = re.sub(r"\n## Paired comparisons.*?(?=\n## |\Z)", "\n", results_md, flags=re.S)
     results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
     results_md = results_md.replace("\n## ", "\n### ")
     machine = machine_description()
