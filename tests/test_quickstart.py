@@ -133,7 +133,7 @@ def test_report_states_the_paired_comparisons(quickstart_dir) -> None:
     assert {("chada_vit", "chada_vit_untrained", "untrained"), ("chada_vit", "one_channel_vit", "one_channel"),
             ("chada_vit", "handmade", "handmade")} <= pairs  # fmt: skip
     inter = top[(top.task == "synth_interchannel") & (top.model == "chada_vit") & (top.role == "untrained")]
-    assert len(inter) == 1 and inter.n.iloc[0] == inter.n.max() and inter.n_comparisons.iloc[0] == len(TASKS)
+    assert len(inter) == 1 and inter.n_comparisons.iloc[0] == len(TASKS)  # Holm over the 5 tasks of the kNN table
     report = (quickstart_dir / "report.md").read_text()
     assert "## Paired tests: did pretraining help?" in report and "Did pretraining help, task by task?" in report
     assert "paired_untrained_cls" in report
