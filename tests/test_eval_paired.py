@@ -169,3 +169,14 @@ def test_markdown_table_is_one_pipe_table():
     assert text == "| a | b |\n|---|---|\n| 1 | x\\|y |\n| 2.5 |  |\n"  # a "|" in a cell cannot split it
     with pytest.raises(ValueError, match="2 cells, the header 3"):
         markdown_table(["a", "b", "c"], [[1, 2]])
+
+
+def test_repeated_image_ids_still_pair():
+    emb = _emb(3.0, n=40)
+    emb.meta["image_id"] = [f"im{i % 30:02d}" for i in range(40)]  # ten ids twice
+    task = TaskSpec(name="t", label_column="label", kind="classification", embeddings={}, fractions=[1.0],
+                    feature_kinds=["cls"], seeds=[0], cross_validation=True)  # fmt: skip
+    items: dict = {}
+    run_task(task, ModelSpec("m", "x"), emb, {**DEFAULTS, "knn": {"k": 5, "temperature": 0.07}}, {}, items)
+    it = items[("t", "m", "cls", 1.0, 0, "knn_top1")]
+    assert len(set(it.ids)) == 40 and "im05#1" in set(it.ids)

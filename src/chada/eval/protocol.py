@@ -206,7 +206,12 @@ def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[E
 def _items(emb: EmbeddingSet, tests: list, labels: np.ndarray, per_fold: list, regression: bool) -> PairedItems:
     """The pooled test rows' per-image results, keyed by image_id (row position without one)."""
     te = np.concatenate(tests)
-    ids = emb.meta["image_id"].to_numpy()[te] if "image_id" in emb.meta.columns else te
+    if "image_id" in emb.meta.columns:
+        ids = emb.meta["image_id"].astype(str).to_numpy()[te]
+        if len(set(ids)) < len(ids):  # a repeated id: its k-th occurrence pairs with the other's k-th
+            ids = (pd.Series(ids) + "#" + pd.Series(ids).groupby(ids).cumcount().astype(str)).to_numpy()
+    else:
+        ids = te
     return PairedItems(ids, np.concatenate(per_fold), labels[te] if regression else None)
 
 
