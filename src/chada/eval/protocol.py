@@ -27,8 +27,9 @@ import pandas as pd
 from chada.encode.store import EmbeddingSet, load_embeddings
 from chada.eval.config import ModelSpec, TaskSpec, arch_name, infer_family
 from chada.eval.intervals import bootstrap_r2_interval, chance_score, r2, wilson_interval
-from chada.eval.knn import knn_accuracy, knn_regress
+from chada.eval.knn import knn_correct, knn_regress
 from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
+from chada.eval.paired import PairedItems
 from chada.eval.probes import linear_probe_classification, ridge_probe_regression
 
 __all__ = [
@@ -138,19 +139,20 @@ def _probe_metrics(
     settings: dict,
     seed: int,
 ) -> dict[str, float | np.ndarray]:
-    """Classification: accuracy per metric. Regression: the test predictions ``[N_test]`` per metric
-    (R² and its interval are computed over the pooled folds)."""
+    """Per metric, one value per test row ``[N_test]``: classification, right (True) or wrong;
+    regression, the prediction. Scores and intervals are computed over the pooled folds, and the
+    per-row values are what the paired comparisons (:mod:`chada.eval.comparisons`) pair."""
     knn = settings["knn"]
     k, temp = int(knn["k"]), float(knn["temperature"])
     if task.kind == "classification":
         lin = linear_probe_classification(
             x_tr, y_tr, x_te, y_te, C=settings["probe"]["C"], max_iter=int(settings["probe"]["max_iter"]),
-            max_dim=settings["max_dim"], seed=seed,
+            max_dim=settings["max_dim"], seed=seed, return_correct=True,
         )  # fmt: skip
         return {
-            "linear_top1": lin["accuracy"],
-            "knn_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=k, temperature=temp),
-            "nn1_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=1, temperature=temp),
+            "linear_top1": lin["correct"],
+            "knn_top1": knn_correct(x_tr, y_tr, x_te, y_te, k=k, temperature=temp),
+            "nn1_top1": knn_correct(x_tr, y_tr, x_te, y_te, k=1, temperature=temp),
         }
     lin = ridge_probe_regression(
         x_tr, y_tr, x_te, y_te, max_dim=settings["max_dim"], seed=seed, return_predictions=True
@@ -166,7 +168,7 @@ def _pooled(kind: str, per_fold: list, tests: list[np.ndarray], labels: np.ndarr
     """``(score, (ci_low, ci_high))`` of one metric over the pooled test rows of every fold."""
     n = sum(len(te) for te in tests)
     if kind == "classification":
-        acc = sum(float(v) * len(te) for v, te in zip(per_fold, tests)) / n
+        acc = float(np.concatenate(per_fold).sum()) / n
         return acc, wilson_interval(acc, n)
     y = np.concatenate([labels[te] for te in tests])
     pred = np.concatenate(per_fold)
@@ -201,15 +203,31 @@ def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[E
     return emb, labels
 
 
+def _items(emb: EmbeddingSet, tests: list, labels: np.ndarray, per_fold: list, regression: bool) -> PairedItems:
+    """The pooled test rows' per-image results, keyed by image_id (row position without one)."""
+    te = np.concatenate(tests)
+    if "image_id" in emb.meta.columns:
+        ids = emb.meta["image_id"].astype(str).to_numpy()[te]
+        if len(set(ids)) < len(ids):  # a repeated id: its k-th occurrence pairs with the other's k-th
+            ids = (pd.Series(ids) + "#" + pd.Series(ids).groupby(ids).cumcount().astype(str)).to_numpy()
+    else:
+        ids = te
+    return PairedItems(ids, np.concatenate(per_fold), labels[te] if regression else None)
+
+
 def run_task(
     task: TaskSpec,
     model: ModelSpec,
     emb: EmbeddingSet,
     settings: dict[str, Any],
     cache: dict[str, dict[str, Any]] | None = None,
+    items: dict[tuple, PairedItems] | None = None,
 ) -> list[dict[str, Any]]:
     """All (feature kind x fraction x seed x metric) rows of one task on one model's embeddings.
 
+    ``items``, when given, receives each score's per-image results for the paired comparisons:
+    ``(task, model, feature, fraction, seed, metric) -> PairedItems`` over the pooled test rows
+    (right / wrong, or the prediction and target), keyed by ``image_id``.
     Each seed scores the test rows of one split, or (small data) of every fold of a seeded
     stratified k-fold pooled together; ``ci_low`` / ``ci_high`` is the 95 % interval of that score
     over the test images (Wilson for accuracy, percentile bootstrap for R²) and ``chance`` the
@@ -241,6 +259,10 @@ def run_task(
                     per_fold.append(cache[key])
                 for metric in per_fold[0]:
                     value, (lo, hi) = _pooled(task.kind, [f[metric] for f in per_fold], tests, labels, seed)
+                    if items is not None:
+                        items[(task.name, model.name, feat, frac, seed, metric)] = _items(
+                            emb, tests, labels, [f[metric] for f in per_fold], regression
+                        )
                     rows.append(
                         dict(
                             task=task.name, kind=task.kind, model=model.name, family=family, arch=arch,
@@ -258,8 +280,10 @@ def run_feature_tasks(
     tasks: list[TaskSpec],
     loader: Loader,
     progress: bool = True,
+    items: dict[tuple, PairedItems] | None = None,
 ) -> list[dict[str, Any]]:
-    """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file."""
+    """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file
+    (``items``: see :func:`run_task`)."""
     from tqdm.auto import tqdm
 
     units = [(t, n) for t in tasks for n in t.embeddings]
@@ -271,6 +295,6 @@ def run_feature_tasks(
         for task, name in units:
             bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
             spec = models.get(name, ModelSpec(name, task.embeddings[name]))
-            rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache))
+            rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache, items))
             bar.update(1)
     return rows
