@@ -7,6 +7,7 @@ Chromium or chromedriver is installed (Debian: ``apt-get install chromium chromi
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,9 +25,16 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _no_browser(reason: str) -> None:
+    """Skip where no browser is installed; fail where CI installed one (``.ci/run`` sets the variable)."""
+    if os.environ.get("CHADA_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"CHADA_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
 def _driver():
     if BROWSER is None or not CHROMEDRIVER.exists():
-        pytest.skip(f"no browser: chromium {BROWSER or 'missing'}, {CHROMEDRIVER} {'found' if CHROMEDRIVER.exists() else 'missing'}")
+        _no_browser(f"no browser: chromium {BROWSER or 'missing'}, {CHROMEDRIVER} {'found' if CHROMEDRIVER.exists() else 'missing'}")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -133,7 +141,7 @@ def test_fixture_report_reads_in_a_browser(tmp_path):
 def test_quickstart_report_reads_in_a_browser(tmp_path):
     """The report of a real run (``chada quickstart --fast``, a few minutes on 2 loaded cores)."""
     if BROWSER is None or not CHROMEDRIVER.exists():
-        pytest.skip("no browser installed (chromium + chromium-driver)")
+        _no_browser("no browser installed (chromium + chromium-driver)")
     assert main(["quickstart", "--fast", "--out", str(tmp_path / "run")]) == 0
     facts = browser_check(tmp_path / "run" / "report.html")
     assert len(facts["imgs"]) >= 5
