@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first.
 LAYERS: list[tuple[str, ...]] = [
-    ("chada.io", "chada.errors"),
+    ("chada.io", "chada.errors", "chada.locks"),
     ("chada.models",),
     ("chada.data",),
     ("chada.features", "chada.ssl"),

@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.options import channel_kwargs, nan_kwargs, precision_dtype
     from chada.io import check_writable_file
+    from chada.locks import hold_output
 
     check_writable_file(args.out, what="--out")  # before any model is loaded
+    hold_output(args.out, folder=False)  # one writer: a second run (or --no-resume) must not touch live chunks
     nan = nan_kwargs(args)
     dtype = precision_dtype(args) if args.model != "handmade" else None
     from chada.data.channels import describe_channels

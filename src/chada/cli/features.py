@@ -56,8 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from chada.cli.options import nan_kwargs
     from chada.io import check_writable_file
+    from chada.locks import hold_output
 
     check_writable_file(args.out, what="--out")  # before any image is read
+    hold_output(args.out, folder=False)
     nan = nan_kwargs(args)
     from chada.encode.handmade import features_for_manifest
 
