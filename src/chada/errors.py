@@ -9,7 +9,9 @@ say what to do; the exit code tells input problems from everything else:
   syntax errors). Readers wrap decoder failures (``zlib.error``, ``struct.error``, tifffile, Pillow,
   zarr, ...) in :class:`chada.data.readers.ImageReadError`, an :class:`InputError`.
 - exit 1, **other failures**: :class:`ChadaError` (a known failure that is not the input's fault),
-  ``OSError`` (disk full, I/O error) and ``MemoryError`` as ``error: ...``; anything else as
+  ``OSError`` (an I/O error; a full disk, a quota, a file-size limit or a read-only file system as
+  ``error: no space left on device writing PATH; free space or choose another --out``) and
+  ``MemoryError`` as ``error: ...``; anything else as
   ``internal error: <type>: <message> (re-run with --debug for the traceback)``.
 - exit 130: interrupted (Ctrl-C); finished work is kept.
 
@@ -22,6 +24,7 @@ message is the worker's whole traceback; :func:`describe` keeps only the origina
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -79,6 +82,14 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
 # Known failures that are not bugs: reported as "error", exit 1.
 _KNOWN_FAILURES: tuple[type[BaseException], ...] = (ChadaError, OSError, MemoryError)
 
+# A full disk, a quota, a file-size limit or a read-only file system: what the user can do about it.
+_DISK: dict[int, str] = {
+    errno.ENOSPC: "no space left on device writing {}; free space or choose another --out",
+    errno.EDQUOT: "disk quota exceeded writing {}; free space or choose another --out",
+    errno.EFBIG: "file too large writing {} (a file-size limit: ulimit -f); raise the limit or choose another --out",
+    errno.EROFS: "read-only file system writing {}; choose another --out",
+}
+
 _WORKER_RE = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.M)
 
 
@@ -129,6 +140,8 @@ def describe(exc: BaseException, source: str | None = None) -> str:
     if not text and exc.args:
         text = repr(exc.args[0])
     text = _unwrap_worker(text)
+    if isinstance(exc, OSError) and exc.errno in _DISK:
+        return _DISK[exc.errno].format(exc.filename if exc.filename is not None else "an output")
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and text.startswith("[Errno"):
         # "[Errno 21] Is a directory: 'x'" -> "x: is a directory, expected a file"
         text = f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
@@ -178,7 +191,8 @@ def report(exc: BaseException, command: str, stream: TextIO | None = None, sourc
     if code == 2:
         print(f"chada {command}: error: {msg}", file=stream)
     elif isinstance(exc, _KNOWN_FAILURES):
-        label = "" if isinstance(exc, ChadaError) else f"{type_name(exc)}: "
+        plain = isinstance(exc, ChadaError) or (isinstance(exc, OSError) and exc.errno in _DISK)
+        label = "" if plain else f"{type_name(exc)}: "
         print(f"chada {command}: error: {label}{msg}", file=stream)
     else:
         print(

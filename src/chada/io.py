@@ -34,6 +34,7 @@ This module imports nothing from chada, so any layer may use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -52,6 +53,7 @@ __all__ = [
     "atomic_writer",
     "check_writable_dir",
     "check_writable_file",
+    "naming_path",
     "remove_stale_temps",
     "safe_filename",
     "temp_owner",
@@ -76,6 +78,25 @@ def _umask() -> int:
     return mask
 
 
+#: errno values that mean the disk, a quota or a limit refused a write (not the input's fault).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+@contextlib.contextmanager
+def naming_path(path: str | os.PathLike) -> Iterator[None]:
+    """A write refused by the disk (:data:`DISK_ERRNOS`) in the block, raised without a file name
+    (``os.write``, ``numpy.save`` into a handle, a library writing through a file object) or naming a
+    temporary file, is re-raised naming ``path``: a full disk (``ENOSPC``), a file-size limit (``EFBIG``), a quota (``EDQUOT``) or a
+    read-only file system (``EROFS``) then says which output it stopped (:func:`chada.errors.describe`)."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        if exc.errno not in DISK_ERRNOS or (name is not None and temp_owner(Path(str(name)).name) is None):
+            raise  # a read error in the block, or one that names its file already
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file handle whose content replaces ``path`` when the block ends without an error.
@@ -84,15 +105,16 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     mode ``0o666 & ~umask``, then is renamed over ``path``. On an error the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    with naming_path(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with naming_path(path), os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

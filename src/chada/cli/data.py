@@ -168,8 +168,10 @@ def _plot_summary(s: dict, out: Path) -> None:
     axes[2].set_xlabel("W")
     axes[2].set_ylabel("H")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    from chada.io import atomic_writer
+
+    with atomic_writer(out) as fh:
+        fig.savefig(fh, dpi=100, format="png")
     plt.close(fig)
 
 

@@ -249,6 +249,13 @@ def write_masks(path: str | Path, masks: dict[str, np.ndarray]) -> None:
 
 
 def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
+    from chada.io import naming_path
+
+    with naming_path(path):  # a full disk names the image it stopped
+        _write_image(path, planes, fmt)
+
+
+def _write_image(path: Path, planes: np.ndarray, fmt: str) -> None:
     import tifffile
     from PIL import Image
 

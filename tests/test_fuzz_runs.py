@@ -1,0 +1,207 @@
+"""Fuzz suite, runs (issue 26): two runs on one output, a full disk, half-written folders, lost messages.
+
+Like :mod:`tests.test_fuzz_inputs`, each case runs the real command line and asks for one clean line:
+
+- **one writer per output** (:mod:`chada.locks`): a run is started in a subprocess and stopped inside
+  its work (:data:`_HOLDER` patches the entry of the real work to wait); a second run on the same
+  output, in this process, must exit 2 naming the holder's pid and leave the first run's files alone
+  (:data:`BUSY`: two embeds, ``--no-resume`` during a live embed, two pretrains, two evaluates, ...).
+  The lock is gone after a success, an error, SIGINT and SIGTERM, and a lock whose holder died is
+  taken over with a warning;
+- **disk full**: every write path names the file when the disk (or a file-size limit) refuses it;
+- **finished folders**: ``chada evaluate`` writes ``DONE.json`` last, and readers refuse a folder
+  without it;
+- **workers' messages**: a pretraining process ended right after it logged loses no message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chada.cli import main
+
+# A chada run stopped inside its work: CHADA_TEST_HOLD names the function the real work starts with
+# (module:attribute); it writes CHADA_TEST_STARTED, then waits (CHADA_TEST_THEN=wait), or raises.
+_HOLDER = """
+import importlib, os, sys, time
+from pathlib import Path
+from chada.cli import main
+
+mod, _, attr = os.environ["CHADA_TEST_HOLD"].partition(":")
+owner = importlib.import_module(mod)
+obj_name, _, meth = attr.partition(".")
+
+def held(*args, **kwargs):
+    Path(os.environ["CHADA_TEST_STARTED"]).write_text("x")
+    if os.environ.get("CHADA_TEST_THEN") == "error":
+        raise ValueError("the held run failed on purpose")
+    time.sleep(60)
+
+if meth:
+    setattr(getattr(owner, obj_name), meth, held)
+else:
+    setattr(owner, obj_name, held)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _pretrain_argv(tmp: Path, out: Path) -> list[str]:
+    return ["pretrain", "model.name=chada_vit_test", f"data.manifest={tmp / 'm.csv'}", "run.device=cpu",
+            f"run.output_dir={out}"]  # fmt: skip
+
+
+# name -> (the held work, argv for an output, the output, is it a folder)
+BUSY: dict[str, tuple[str, Callable[[Path, Path], list[str]], str, bool]] = {
+    "embed": ("chada.encode.embed:embed_manifest", lambda t, o: [
+        "embed", "--model", "chada_vit_test", "--manifest", str(t / "m.csv"), "--out", str(o)], "e.npz", False),
+    "features": ("chada.encode.handmade:features_for_manifest", lambda t, o: [
+        "features", "--kind", "handmade", "--manifest", str(t / "m.csv"), "--out", str(o)], "f.npz", False),
+    "pretrain": ("chada.ssl.trainer:Trainer.__init__", lambda t, o: _pretrain_argv(t, o), "run", True),
+    "evaluate": ("chada.tasks.evaluation:run_evaluation", lambda t, o: [
+        "evaluate", "--embeddings", str(t / "e.npz"), "--label-column", "label", "--out", str(o)], "eval", True),
+    "quickstart": ("chada.pipeline.quickstart:run_quickstart", lambda t, o: ["quickstart", "--out", str(o)],
+                   "qs", True),
+    "data-synth": ("chada.data.synth:generate", lambda t, o: ["data", "synth", str(o)], "synth", True),
+    "subsets": ("chada.tasks.channel_subsets:run_channel_subsets", lambda t, o: [
+        "subsets", "--manifest", str(t / "m.csv"), "--models", "a=chada_vit_test", "--out", str(o)], "sub", True),
+}  # fmt: skip
+
+
+def _env(tmp: Path, hold: str, then: str = "wait") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CHADA_DEBUG"}
+    return env | {"CHADA_TEST_HOLD": hold, "CHADA_TEST_STARTED": str(tmp / "started"), "CHADA_TEST_THEN": then}
+
+
+def _start(tmp: Path, hold: str, argv: list[str], then: str = "wait") -> subprocess.Popen:
+    """The holder, once it is inside its work (it holds the output by then)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, *argv], env=_env(tmp, hold, then), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not (tmp / "started").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the holder never started its work: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _lock_of(out: Path, folder: bool) -> Path:
+    return out / ".chada.lock" if folder else out.with_name(out.name + ".lock")
+
+
+@pytest.mark.parametrize("name", sorted(BUSY))
+def test_a_second_run_on_a_live_output_refuses_naming_the_holder(name, tmp_path, capfd):
+    hold, argv, out_name, folder = BUSY[name]
+    out = tmp_path / out_name
+    proc = _start(tmp_path, hold, argv(tmp_path, out))
+    try:
+        rc = main(argv(tmp_path, out))
+        _, err = capfd.readouterr()
+        assert rc == 2, err
+        assert "Traceback" not in err
+        line = next(ln for ln in err.splitlines() if ": error: " in ln)
+        assert f"is being written by pid {proc.pid} on host {socket.gethostname()} (chada " in line, err
+        assert f"wait for it or remove {_lock_of(out, folder)} if that process is gone" in line, err
+        assert line.startswith(f"chada {argv(tmp_path, out)[0]}"), line
+        assert _lock_of(out, folder).exists()  # the refused run left the holder's lock alone
+    finally:
+        _stop(proc)
+
+
+def test_no_resume_during_a_live_embed_keeps_its_chunks(tmp_path, capfd):
+    hold, argv, _, _ = BUSY["embed"]
+    out = tmp_path / "e.npz"
+    parts = tmp_path / "e.npz.parts"
+    parts.mkdir()
+    (parts / "chunk_000000.npz").write_bytes(b"the live run's chunk")
+    proc = _start(tmp_path, hold, argv(tmp_path, out))
+    try:
+        assert main([*argv(tmp_path, out), "--no-resume"]) == 2
+        assert f"pid {proc.pid}" in capfd.readouterr().err
+        assert (parts / "chunk_000000.npz").read_bytes() == b"the live run's chunk"
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize(("how", "code"), [("SIGINT", 130), ("SIGTERM", -signal.SIGTERM), ("error", 2)])
+def test_the_lock_is_gone_after_an_interrupt_or_an_error(how, code, tmp_path):
+    hold, argv, _, _ = BUSY["evaluate"]
+    out = tmp_path / "eval"
+    proc = _start(tmp_path, hold, argv(tmp_path, out), then="error" if how == "error" else "wait")
+    if how == "error":
+        _, err = proc.communicate(timeout=60)
+        rc = proc.returncode
+    else:
+        rc, err = _stop(proc, getattr(signal, how))
+    assert rc == code, err
+    assert not (out / ".chada.lock").exists(), err
+    assert not out.exists()  # the run made the folder and wrote nothing: it is removed too
+
+
+def test_the_lock_is_gone_after_success(tmp_path, capfd):
+    assert main(["data", "synth", str(tmp_path / "s"), "--n-per-assay", "1", "--size", "16"]) == 0
+    assert not (tmp_path / "s" / ".chada.lock").exists()
+    assert (tmp_path / "s" / "manifest.csv").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_lock_whose_holder_died_is_taken_over_with_a_warning(tmp_path, capfd):
+    out = tmp_path / "s"
+    out.mkdir()
+    record = dict(pid=_dead_pid(), host=socket.gethostname(), command="chada data synth s", time=time.time())
+    (out / ".chada.lock").write_text(json.dumps(record))
+    assert main(["data", "synth", str(out), "--n-per-assay", "1", "--size", "16"]) == 0
+    err = capfd.readouterr().err
+    assert f"chada data synth: warning: {out}: taking over the lock of pid {record['pid']}" in err, err
+    assert not (out / ".chada.lock").exists()
+
+
+def test_a_lock_from_another_host_is_not_judged(tmp_path, capfd):
+    out = tmp_path / "s"
+    out.mkdir()
+    record = dict(pid=_dead_pid(), host="elsewhere", command="chada data synth s", time=time.time())
+    (out / ".chada.lock").write_text(json.dumps(record))
+    assert main(["data", "synth", str(out), "--n-per-assay", "1", "--size", "16"]) == 2
+    assert f"pid {record['pid']} on host elsewhere" in capfd.readouterr().err
+    assert (out / ".chada.lock").exists()
+
+
+def test_a_reused_pid_is_not_the_holder(tmp_path):
+    """The record's pid runs, but it started at another time: another process got the pid."""
+    from chada.locks import output_lock
+
+    out = tmp_path / "x.npz"
+    record = dict(pid=os.getppid(), host=socket.gethostname(), command="chada embed", time=time.time(),
+                  proc_start="1")  # fmt: skip
+    out.with_name("x.npz.lock").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="taking over"), output_lock(out):
+        assert json.loads(out.with_name("x.npz.lock").read_text())["pid"] == os.getpid()
+
+
+def test_in_one_process_a_second_lock_on_the_same_output_is_refused(tmp_path):
+    from chada.locks import OutputBusyError, output_lock
+
+    busy = pytest.raises(OutputBusyError, match=rf"pid {os.getpid()} .*\(chada embed a, since")
+    with output_lock(tmp_path / "e.npz", "chada embed a"), busy, output_lock(tmp_path / "e.npz", "chada embed b"):
+        pass
+    assert os.listdir(tmp_path) == []
