@@ -205,3 +205,83 @@ def test_in_one_process_a_second_lock_on_the_same_output_is_refused(tmp_path):
     with output_lock(tmp_path / "e.npz", "chada embed a"), busy, output_lock(tmp_path / "e.npz", "chada embed b"):
         pass
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------- disk full, size limits
+def _good_manifest(tmp: Path, n: int = 3) -> Path:
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    rows = []
+    for i in range(n):
+        arr = (np.random.default_rng(i).random((2, 16, 16)) * 4000).astype(np.uint16)
+        tifffile.imwrite(tmp / f"im{i}.tif", arr, photometric="minisblack", metadata={"axes": "CYX"})
+        rows.append(dict(image_id=f"im{i}", dataset="d", file=f"im{i}.tif", channel_names="DAPI;Actin"))
+    pd.DataFrame(rows).to_csv(tmp / "m.csv", index=False)
+    return tmp / "m.csv"
+
+
+def _features_argv(tmp: Path) -> list[str]:
+    return ["features", "--kind", "shortcut", "--manifest", str(_good_manifest(tmp)), "--out", str(tmp / "o" / "f.npz"),
+            "--quiet"]  # fmt: skip
+
+
+def _refuse_with(code: int) -> Callable[..., None]:
+    import errno as errno_
+
+    def refuse(*args, **kwargs) -> None:
+        raise OSError(code, os.strerror(code))  # as the kernel reports it: no file name
+
+    refuse.errno = errno_  # type: ignore[attr-defined]
+    return refuse
+
+
+# name -> (the write refused, what is patched, argv builder, the path the message must name)
+DISK_FULL: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
+    "features-chunk": ("numpy.savez", _features_argv, "o/f.npz"),
+    "features-lock": ("chada.locks.os.fsync", _features_argv, "o/f.npz.lock"),
+    "data-synth-image": ("tifffile.imwrite", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
+                                                       "--size", "16"], "s/"),
+    "data-synth-manifest": ("chada.io.os.replace", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
+                                                             "--size", "16"], "s/"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
+@pytest.mark.parametrize("name", sorted(DISK_FULL))
+def test_a_full_disk_names_the_file_it_stopped(name, code, tmp_path, capfd, monkeypatch):
+    import errno
+
+    target, argv, where = DISK_FULL[name]
+    args = argv(tmp_path)
+    monkeypatch.setattr(target, _refuse_with(getattr(errno, code)))
+    rc = main(args)
+    _, err = capfd.readouterr()
+    assert rc == 1, err
+    assert "Traceback" not in err and "[Errno" not in err, err
+    line = next(ln for ln in err.splitlines() if ": error: " in ln)
+    what = {"ENOSPC": "no space left on device", "EDQUOT": "disk quota exceeded", "EROFS": "read-only file system"}
+    assert line.startswith(f"chada {args[0]}") and f": error: {what[code]} writing {tmp_path / where}" in line, err
+    assert "choose another --out" in line
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+_LIMITED = """
+import resource, signal, sys
+from chada.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_real_file_size_limit_names_the_file(tmp_path):
+    args = _features_argv(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "CHADA_DEBUG"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, "1024", *args], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"chada features: error: file too large writing {tmp_path / 'o' / 'f.npz'}" in proc.stderr, proc.stderr
+    assert "ulimit -f" in proc.stderr

@@ -127,10 +127,13 @@ class OutputLock:
 
     def _own(self, fd: int) -> None:
         """Write our record into ``fd`` (already flocked) and keep it."""
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, self._payload())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, self._payload())
+            os.fsync(fd)
+        except OSError as exc:  # a full disk: name the lock file
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         self.fd = fd
 
     def acquire(self) -> OutputLock:
@@ -146,7 +149,12 @@ class OutputLock:
                     return self
                 continue  # the holder let go between our two looks: try again
             fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else can have it: we just created the file
-            self._own(fd)
+            try:
+                self._own(fd)
+            except OSError:
+                os.unlink(self.path)  # no empty lock left behind
+                os.close(fd)
+                raise
             return self
         raise OutputBusyError(_describe(self.output, self.path, None))
 
