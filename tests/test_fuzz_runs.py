@@ -285,3 +285,140 @@ def test_a_real_file_size_limit_names_the_file(tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"chada features: error: file too large writing {tmp_path / 'o' / 'f.npz'}" in proc.stderr, proc.stderr
     assert "ulimit -f" in proc.stderr
+
+
+# -------------------------------------------------------------------------------- finished folders
+def _features_files(tmp: Path) -> list[Path]:
+    """Two small feature files (40 images, 2 classes) that ``chada evaluate`` scores in seconds."""
+    import numpy as np
+    import pandas as pd
+
+    from chada.encode.store import EmbeddingSet
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    meta = pd.DataFrame({"image_id": [f"im{i}" for i in range(40)], "dataset": "toy",
+                         "label": [f"c{v}" for v in y], "split": np.where(np.arange(40) % 4 == 0, "test", "train")})  # fmt: skip
+    paths = []
+    for name, signal_ in (("a", 2.0), ("b", 0.2)):
+        x = rng.normal(size=(40, 8)).astype(np.float32)
+        x[:, 0] += signal_ * y
+        EmbeddingSet({"cls": x}, meta, {"model": name}).save(tmp / f"{name}.npz")
+        paths.append(tmp / f"{name}.npz")
+    return paths
+
+
+def _evaluate(tmp: Path, out: Path, *more: str) -> int:
+    files = [str(p) for p in _features_files(tmp)]
+    return main(["evaluate", "--embeddings", *files, "--label-column", "label", "--seeds", "1", "--fractions",
+                 "1.0", "--out", str(out), "--quiet", *more])  # fmt: skip
+
+
+def test_evaluate_writes_done_last_and_readers_check_it(tmp_path, capfd):
+    from chada.io import UnfinishedFolderError, check_finished
+
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, out) == 0
+    done = check_finished(out, "evaluation")
+    assert {"results.json", "results.md", "results_long.csv", "results_summary.csv"} <= set(done["files"])
+    assert any(name.endswith(".png") for name in done["files"]), sorted(done["files"])
+    assert os.path.getmtime(out / "DONE.json") >= max(os.path.getmtime(out / n) for n in done["files"])
+    # results.md from another run (or edited): the folder no longer reads as one finished run
+    (out / "results.md").write_text("# another run\n")
+    with pytest.raises(UnfinishedFolderError, match=r"results.md changed after the evaluation finished"):
+        check_finished(out, "evaluation")
+
+
+@pytest.mark.parametrize("how", ["interrupt", "disk-full"])
+def test_an_evaluation_stopped_while_writing_is_not_finished(how, tmp_path, capfd, monkeypatch):
+    import errno
+
+    from chada.io import UnfinishedFolderError, check_finished
+
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, out, "--no-plots") == 0  # a finished folder, then a second run into it
+    check_finished(out)
+
+    def stop(*args, **kwargs):
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("chada.tasks.evaluation.plot_results", stop)  # after results.json, before the figures
+    assert _evaluate(tmp_path, out) == (130 if how == "interrupt" else 1)
+    assert (out / "results.json").exists() and not (out / "DONE.json").exists()
+    with pytest.raises(UnfinishedFolderError, match=r"not a finished evaluation \(no readable DONE.json"):
+        check_finished(out, "evaluation")
+
+
+def test_files_of_the_previous_run_that_this_run_did_not_write_are_removed(tmp_path, capfd):
+    from chada.io import check_finished
+
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, out) == 0
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert figures
+    assert _evaluate(tmp_path, out, "--no-plots") == 0
+    assert not list(out.glob("*.png")), "figures of the first run under the second run's results"
+    assert not any(n.endswith(".png") for n in check_finished(out)["files"])
+
+
+def _fake_quickstart(run: Path) -> None:
+    (run / "evaluation").mkdir(parents=True)
+    (run / "evaluation" / "results_summary.csv").write_text("task,model\n")
+    for name in ("machine.json", "run.json", "settings.json"):
+        (run / name).write_text("{}")
+
+
+def test_the_readme_block_refuses_an_unfinished_quickstart_folder(tmp_path):
+    from chada.io import UnfinishedFolderError
+    from chada.pipeline.readme import results_block
+
+    _fake_quickstart(tmp_path / "qs")
+    with pytest.raises(UnfinishedFolderError, match=r"qs: not a finished quickstart run folder .*chada quickstart --out"):
+        results_block(tmp_path / "qs")
+
+
+def test_a_resumed_quickstart_redoes_an_evaluation_stage_whose_folder_is_unfinished(tmp_path):
+    from chada.io import mark_finished
+    from chada.pipeline.quickstart import _redo_if_unfinished
+    from chada.pipeline.settings import Stages
+
+    stages = Stages(tmp_path, lambda m: None)
+    ev = tmp_path / "evaluation"
+    ev.mkdir()
+    (ev / "results.json").write_text("{}")
+    stages.run("evaluate", lambda: {"out": str(ev)})
+    mark_finished(ev, [ev / "results.json"])
+    _redo_if_unfinished(stages, "evaluate", lambda m: None)
+    assert stages.done("evaluate") is not None  # finished: reused
+    (ev / "DONE.json").unlink()  # a later write into it was interrupted
+    _redo_if_unfinished(stages, "evaluate", lambda m: None)
+    assert stages.done("evaluate") is None  # run again
+# ------------------------------------------------------------------- item 9: workers' last messages
+def _log_then_die(queue, n: int) -> None:  # pragma: no cover - runs in a spawned process
+    import logging
+
+    from chada.pipeline.console import worker_logging
+
+    worker_logging(queue)
+    for i in range(n):
+        logging.getLogger("chada.ssl").warning("collapse warning %d", i)
+    os._exit(0)  # as Pool.terminate() ends a worker: no finalizer, no feeder-thread flush
+
+
+def test_a_worker_killed_right_after_logging_loses_no_message(capfd):
+    """The quickstart's pool is always terminate()d; a record queued just before must still print."""
+    import multiprocessing as mp
+
+    from chada.pipeline.console import quickstart_console
+
+    n = 40
+    with quickstart_console() as queue:
+        proc = mp.get_context("spawn").Process(target=_log_then_die, args=(queue, n))
+        proc.start()
+        proc.join(60)
+    err = capfd.readouterr().err
+    got = [line for line in err.splitlines() if "collapse warning" in line]
+    assert len(got) == n, err
+    assert got[0] == "chada quickstart: warning: collapse warning 0"
