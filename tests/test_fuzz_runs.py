@@ -422,3 +422,42 @@ def test_a_worker_killed_right_after_logging_loses_no_message(capfd):
     got = [line for line in err.splitlines() if "collapse warning" in line]
     assert len(got) == n, err
     assert got[0] == "chada quickstart: warning: collapse warning 0"
+
+
+# ------------------------------------------------------------------ minor: library warnings, one line
+_LEAK = """
+import multiprocessing as mp, os, sys
+from chada.errors import one_line_warnings
+
+def leak():
+    lock = mp.get_context("spawn").Lock()  # registered with the resource tracker
+    os._exit(1)                            # as a terminated worker: never unregistered
+
+if __name__ == "__main__":
+    with one_line_warnings("quickstart"):
+        p = mp.get_context("spawn").Process(target=leak)
+        p.start()
+        p.join()
+"""
+
+
+def test_the_resource_trackers_leak_note_after_killed_workers_is_not_printed_raw(tmp_path):
+    script = tmp_path / "leak.py"
+    script.write_text(_LEAK)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "resource_tracker" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr
+
+
+def test_matplotlib_warnings_of_an_unwritable_home_are_one_chada_line_each(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder: matplotlib cannot make its config folder in it")
+    manifest = _good_manifest(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    code = "import sys; from chada.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "data", "summary", str(manifest), "--plot",
+                           str(tmp_path / "p.png")], capture_output=True, text=True, env=env | {"HOME": str(home)},
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "atplotlib" in ln]
+    assert lines and all(ln.startswith("chada data summary: warning: ") for ln in lines), proc.stderr

@@ -25,6 +25,7 @@ message is the worker's whole traceback; :func:`describe` keeps only the origina
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -225,7 +226,36 @@ def one_line_warnings(command: str, stream: TextIO | None = None) -> Iterator[No
 
     saved = warnings.showwarning
     warnings.showwarning = show
+    # matplotlib warns through logging (an unwritable HOME: "Matplotlib created a temporary cache
+    # directory ..."); Python's last-resort handler would print it bare, over two lines.
+    handler = _OneLineHandler(command, stream)
+    mpl = logging.getLogger("matplotlib")
+    mpl.addHandler(handler)
+    # The resource tracker (its own process) warns about the semaphores of worker processes a Ctrl-C or a
+    # terminate() ended, in Python's multi-line form, after chada has exited: it removes them either way,
+    # so the note is silenced (-W is how a spawned tracker inherits a filter).
+    quiet_tracker = "ignore:resource_tracker:UserWarning"
+    added = quiet_tracker not in sys.warnoptions
+    if added:
+        sys.warnoptions.append(quiet_tracker)
     try:
         yield
     finally:
         warnings.showwarning = saved
+        mpl.removeHandler(handler)
+        if added and quiet_tracker in sys.warnoptions:
+            sys.warnoptions.remove(quiet_tracker)
+
+
+class _OneLineHandler(logging.Handler):
+    """Warnings of a library's logger as ``chada CMD: warning: <message>`` on one line."""
+
+    def __init__(self, command: str, stream: TextIO | None) -> None:
+        super().__init__(logging.WARNING)
+        self.command, self.stream = command, stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        out = self.stream if self.stream is not None else sys.stderr
+        with suppress(OSError, ValueError):
+            msg = short_message(record.getMessage(), 600, one_line=True)
+            print(f"chada {self.command}: {record.levelname.lower()}: {msg}", file=out)
