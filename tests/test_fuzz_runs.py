@@ -106,10 +106,11 @@ def _lock_of(out: Path, folder: bool) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(BUSY))
-def test_a_second_run_on_a_live_output_refuses_naming_the_holder(name, tmp_path, capfd):
+def test_a_second_run_on_a_live_output_refuses_naming_the_holder(name, tmp_path, capfd, monkeypatch):
     hold, argv, out_name, folder = BUSY[name]
     out = tmp_path / out_name
     proc = _start(tmp_path, hold, argv(tmp_path, out))
+    _no_work_here(monkeypatch, hold)
     try:
         rc = main(argv(tmp_path, out))
         _, err = capfd.readouterr()
@@ -124,13 +125,23 @@ def test_a_second_run_on_a_live_output_refuses_naming_the_holder(name, tmp_path,
         _stop(proc)
 
 
-def test_no_resume_during_a_live_embed_keeps_its_chunks(tmp_path, capfd):
+def _no_work_here(monkeypatch: pytest.MonkeyPatch, hold: str) -> None:
+    """The second run, in this process, must be refused before its work: if not, fail at once."""
+
+    def started(*args, **kwargs):
+        raise RuntimeError("the second run started its work: no lock stopped it")
+
+    monkeypatch.setattr(hold.replace(":", "."), started)
+
+
+def test_no_resume_during_a_live_embed_keeps_its_chunks(tmp_path, capfd, monkeypatch):
     hold, argv, _, _ = BUSY["embed"]
     out = tmp_path / "e.npz"
     parts = tmp_path / "e.npz.parts"
     parts.mkdir()
     (parts / "chunk_000000.npz").write_bytes(b"the live run's chunk")
     proc = _start(tmp_path, hold, argv(tmp_path, out))
+    _no_work_here(monkeypatch, hold)
     try:
         assert main([*argv(tmp_path, out), "--no-resume"]) == 2
         assert f"pid {proc.pid}" in capfd.readouterr().err
