@@ -472,3 +472,13 @@ def test_matplotlib_warnings_of_an_unwritable_home_are_one_chada_line_each(tmp_p
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "atplotlib" in ln]
     assert lines and all(ln.startswith("chada data summary: warning: ") for ln in lines), proc.stderr
+
+
+def test_a_hostile_done_json_removes_nothing_outside_its_folder(tmp_path, capfd):
+    out = tmp_path / "eval"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "DONE.json").write_text(json.dumps({"files": {"../victim.txt": {"bytes": 7, "sha256": "x"}}}))
+    assert _evaluate(tmp_path, out, "--no-plots") == 0
+    assert victim.read_text() == "keep me"

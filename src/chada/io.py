@@ -206,8 +206,10 @@ def finishing(folder: str | os.PathLike, **info: Any) -> Iterator[set[Path]]:
     root = folder.absolute()
     files = [p for p in sorted(written) if p.is_relative_to(root) and p.is_file()]
     for rel in set(previous) - {p.relative_to(root).as_posix() for p in files}:
-        with contextlib.suppress(OSError):
-            (root / rel).unlink()
+        stale = (root / str(rel)).resolve()
+        if stale.is_relative_to(root.resolve()):  # a marker from elsewhere must not reach outside the folder
+            with contextlib.suppress(OSError):
+                stale.unlink()
     mark_finished(folder, files, **info)
 
 
