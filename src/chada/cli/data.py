@@ -115,8 +115,10 @@ def _run_summary(args: argparse.Namespace) -> int:
 
     if args.plot:
         from chada.io import check_writable_file
+        from chada.locks import hold_output
 
         check_writable_file(args.plot, what="--plot")
+        hold_output(args.plot, folder=False)
     s = summarize_manifest(args.manifest, args.root)
     con = Console()
     con.print(f"[bold]{args.manifest}[/bold]: {s['n_images']} images, {s['unreadable']} unreadable")
@@ -166,8 +168,10 @@ def _plot_summary(s: dict, out: Path) -> None:
     axes[2].set_xlabel("W")
     axes[2].set_ylabel("H")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    from chada.io import atomic_writer
+
+    with atomic_writer(out) as fh:
+        fig.savefig(fh, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -189,8 +193,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from chada.data.synth import generate
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     check_writable_dir(args.outdir, what="OUTDIR")
+    hold_output(args.outdir, folder=True)
     path = generate(
         args.outdir, n_per_assay=args.n_per_assay, size=args.size, seed=args.seed, assays=args.assays,
         marker_pattern=args.marker_pattern,
@@ -355,8 +361,10 @@ def _run_shard(args: argparse.Namespace) -> int:
 
     from chada.data.shards import write_shards
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     check_writable_dir(args.out, what="OUT")
+    hold_output(args.out, folder=True)
     index = write_shards(
         args.manifest, args.out, shard_size=args.shard_size, dtype=args.dtype,
         normalize=args.normalize, size=args.size, split=args.split,

@@ -97,6 +97,7 @@ def _precision(args: argparse.Namespace, cfg: dict) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from chada.eval.config import load_config
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.tasks.evaluation import run_evaluation
 
     if bool(args.config) == bool(args.embeddings):
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             raise in_file(args.config, exc) from None
     out = args.out or cfg.get("out_dir") or "eval_results"
     check_writable_dir(out, what="output folder")  # before any file is read
+    hold_output(out, folder=True)  # two evaluations into one folder would mix their reports
     results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots,
                              precision=_precision(args, cfg))  # fmt: skip
     elapsed = results.attrs.get("elapsed_s", float("nan"))

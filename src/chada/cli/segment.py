@@ -98,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.attention import load_image
     from chada.encode.encoders import resolve_model
+    from chada.locks import hold_output
     from chada.models.precision import precision_name, resolve_precision
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
     if args.probability:
         _check_out(args.probability, (".tif", ".tiff"), "--probability")
+    hold_output(args.out, folder=False)
     probe = load_probe(args.probe)
     raw, _ = load_image(args.image, None, None)
     order = order_channels(probe, _names(args.channel_names), raw.shape[0])

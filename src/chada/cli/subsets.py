@@ -74,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.options import channel_kwargs, precision_dtype
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.tasks.channel_subsets import run_channel_subsets
 
     check_writable_dir(args.out, what="--out")  # before any model runs
+    hold_output(args.out, folder=True)
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip

@@ -167,13 +167,15 @@ def validate_columns(df: pd.DataFrame, path: str | Path | None = None, allow_emp
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest as CSV or Parquet (chosen by suffix)."""
+    """Write a manifest as CSV or Parquet (chosen by suffix), atomically (a full disk names ``path``)."""
+    from chada.io import atomic_write_text, atomic_writer
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() in (".parquet", ".pq"):
-        df.to_parquet(p, index=False)
+        with atomic_writer(p) as fh:
+            df.to_parquet(fh, index=False)
     else:
-        df.to_csv(p, index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",")
+        atomic_write_text(p, df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ","))
     return p
 
 

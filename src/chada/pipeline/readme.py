@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from chada.errors import InputError
-from chada.io import atomic_write_text
+from chada.io import atomic_write_text, check_finished
 from chada.pipeline.caveats import caveats, determinism, reading_guide
 from chada.pipeline.paired_section import MARK_NOTE, load_comparisons
 from chada.pipeline.summary import headline_table
@@ -49,6 +49,9 @@ def _load(run: Path) -> tuple[pd.DataFrame, dict, dict, dict, dict]:
             f"{run}: not a finished quickstart run folder (missing {', '.join(missing)}); run "
             f"`chada quickstart --out {run}` first"
         )
+    # Tables from one finished run: not from a folder a Ctrl-C, a full disk or a second run left mixed.
+    check_finished(run, "quickstart run folder", rerun=f"run `chada quickstart --out {run}` again")
+    check_finished(run / "evaluation", "evaluation", rerun=f"run `chada quickstart --out {run}` again")
     summary = pd.read_csv(run / "evaluation/results_summary.csv")
     summary["design"] = summary["design"].fillna("") if "design" in summary else ""
     stages = {p.stem: json.loads(p.read_text()) for p in sorted((run / "stages").glob("*.json"))}

@@ -12,7 +12,7 @@ import pandas as pd
 
 from chada.eval.markdown import markdown_table
 from chada.eval.report import FAMILY_ORDER, format_score
-from chada.io import atomic_write_bytes
+from chada.io import atomic_write_bytes, check_finished
 from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
 from chada.pipeline.dense_stage import dense_section
 from chada.pipeline.paired_section import (
@@ -132,6 +132,7 @@ def _tasks(mixed_groups: dict[str, list[int]]) -> str:
 def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str, Any], figs: dict[str, Any],
                  timings: dict[str, float], emb: dict[str, Any] | None = None) -> Path:  # fmt: skip
     eval_dir = Path(ev["out"])
+    check_finished(eval_dir, "evaluation", rerun=f"run `chada quickstart --out {s.out}` again")
     summary = pd.read_csv(eval_dir / "results_summary.csv", keep_default_na=True)
     summary["design"] = summary["design"].fillna("") if "design" in summary else ""
     results_md = (eval_dir / "results.md").read_text()

@@ -68,7 +68,7 @@ from chada.eval.config import (
 )
 from chada.eval.diagnostics_table import compute_diagnostics
 from chada.eval.protocol import RESULT_COLUMNS, Loader, run_feature_tasks
-from chada.io import atomic_write_text
+from chada.io import atomic_write_text, finishing
 from chada.tasks.dense import dense_markdown, parse_dense_tasks, run_dense_task, write_dense_outputs
 from chada.tasks.profiling import ProfilingTask, parse_profiles_section, run_profiling
 from chada.tasks.reconstruction import (
@@ -165,26 +165,35 @@ def run_evaluation(
         for outcome in results.attrs.get("dense") or []:
             print(dense_markdown(outcome))
     if write:
-        extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
-        ran = [t.precision for key in ("reconstruction", "dense") for t in settings.get(key) or []]
-        if ran:  # encoders ran here (not only feature files were read)
-            extra["precision"] = sorted(set(ran))
-        if results.attrs.get("reconstruction_info"):
-            extra["reconstruction"] = results.attrs["reconstruction_info"]
-        report.write_report(results, results.attrs["diagnostics"], out, extra=extra,
-                            comparisons=results.attrs.get("comparisons"))  # fmt: skip
-        if plots:
-            # a dense-only config has no bars or curves to draw: no step line for it
-            fig_log = log if tasks or settings.get("reconstruction") else _silent
-            with _step(fig_log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
-                plot_results(report.summarize(results), out)
-                plot_paired_forest(results.attrs.get("comparisons"), out)
-                for ex in results.attrs.get("reconstruction_examples") or []:
-                    plot_reconstruction_examples(ex, out)
-        _write_dense(results.attrs.get("dense") or [], out, plots)
-        if settings.get("profiles"):
-            _write_profiles(settings["profiles"], out, log)
+        # DONE.json last: a reader tells this folder from one a Ctrl-C or a full disk left half-written
+        with finishing(out, command="chada evaluate", rows=len(results)):
+            _write(results, settings, tasks, out, plots, log)
     return results
+
+
+def _write(results: pd.DataFrame, settings: dict, tasks: Any, out: Path, plots: bool, log: Callable) -> None:
+    """The report, figures and dense outputs of one evaluation (:func:`run_evaluation`)."""
+    from chada.eval import report
+
+    extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
+    ran = [t.precision for key in ("reconstruction", "dense") for t in settings.get(key) or []]
+    if ran:  # encoders ran here (not only feature files were read)
+        extra["precision"] = sorted(set(ran))
+    if results.attrs.get("reconstruction_info"):
+        extra["reconstruction"] = results.attrs["reconstruction_info"]
+    report.write_report(results, results.attrs["diagnostics"], out, extra=extra,
+                        comparisons=results.attrs.get("comparisons"))  # fmt: skip
+    if plots:
+        # a dense-only config has no bars or curves to draw: no step line for it
+        fig_log = log if tasks or settings.get("reconstruction") else _silent
+        with _step(fig_log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
+            plot_results(report.summarize(results), out)
+            plot_paired_forest(results.attrs.get("comparisons"), out)
+            for ex in results.attrs.get("reconstruction_examples") or []:
+                plot_reconstruction_examples(ex, out)
+    _write_dense(results.attrs.get("dense") or [], out, plots)
+    if settings.get("profiles"):
+        _write_profiles(settings["profiles"], out, log)
 
 
 def _stderr(msg: str) -> None:
