@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from chada.io import check_writable_dir
     from chada.tasks.channel_subsets import run_channel_subsets
 
+    if not 0 < args.test_fraction < 1:  # NaN fails too
+        raise ValueError(f"--test-fraction {args.test_fraction}: the test share of the images lies in (0, 1)")
     check_writable_dir(args.out, what="--out")  # before any model runs
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
