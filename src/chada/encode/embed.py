@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from chada.encode.budget import check_forward, files_of
 from chada.encode.chunks import ChunkStore
 from chada.encode.encoders import DEFAULT_POOLS, Encoder, resolve_encoder
 from chada.encode.inputs import VERIFY_CHOICES, refuse_duplicate_ids, row_signatures, weights_digest
@@ -353,7 +354,10 @@ def _encode_chunks(
     k = next(todo_iter)
     acc: dict[str, list[np.ndarray]] = {p: [] for p in pools}
     names: list[list[str]] = []
+    warned: set[str] = set()
     for samples in loader:
+        if encoder.module is not None:  # before the forward pass allocates anything
+            check_forward(encoder.module, samples, dev, files_of(ds), warned)
         feats = _embed_samples(encoder, samples, pool_map, dev, policy)
         for p in pools:
             acc[p].append(feats[p])
