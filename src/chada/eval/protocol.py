@@ -230,7 +230,7 @@ def _check_task(task: TaskSpec, labels: np.ndarray) -> bool:
     if task.kind == "classification" and len(set(labels.tolist())) < 2:
         warnings.warn(
             f"task {task.name!r}: every labelled image has the same {task.label_column!r} "
-            f"({labels[0]!r}): a single-class task scores 100 % whatever the features; it is left out",
+            f"({str(labels[0])!r}): a single-class task scores 100 % whatever the features; it is left out",
             stacklevel=2,
         )
         return False
