@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_fuzz_inputs import BAD_ID, _manifest, _model_folder, _run_without_override, _tif, _write
 
 from chada.cli import main
 from chada.encode.budget import image_tokens
 from chada.encode.store import EmbeddingSet, save_embeddings
+from test_fuzz_inputs import BAD_ID, _manifest, _model_folder, _run_without_override, _tif, _write
 
 
 def _err(capfd) -> str:
