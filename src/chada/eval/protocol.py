@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 
 from chada.encode.store import EmbeddingSet, load_embeddings
-from chada.errors import InputError
 from chada.eval.config import ModelSpec, TaskSpec, arch_name, infer_family
 from chada.eval.intervals import bootstrap_r2_interval, chance_score, r2, wilson_interval
 from chada.eval.knn import knn_accuracy, knn_regress
@@ -217,7 +216,7 @@ def _refuse_infinite(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet, values
     if len(bad):
         ids = emb.meta["image_id"].astype(str).to_numpy()[bad] if "image_id" in emb.meta.columns else bad
         listed = ", ".join(repr(str(i)) for i in ids[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise InputError(
+        raise ValueError(
             f"task {task.name!r}: {task.label_column!r} is infinite for image(s) {listed} in the embeddings of "
             f"{model.name!r}; fix the target in the manifest (or leave it empty to drop the row) and re-embed"
         )
@@ -226,7 +225,7 @@ def _refuse_infinite(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet, values
 def _check_task(task: TaskSpec, labels: np.ndarray) -> bool:
     """False (with a warning) for a classification task with one class: every score would be 100 %."""
     if task.test_fraction is not None and not 0 < float(task.test_fraction) < 1:
-        raise InputError(f"task {task.name!r}: test_fraction must lie in (0, 1), got {task.test_fraction}")
+        raise ValueError(f"task {task.name!r}: test_fraction must lie in (0, 1), got {task.test_fraction}")
     if task.kind == "classification" and len(set(labels.tolist())) < 2:
         warnings.warn(
             f"task {task.name!r}: every labelled image has the same {task.label_column!r} "
@@ -337,7 +336,7 @@ def common_images(task: TaskSpec, specs: dict[str, ModelSpec], embs: dict[str, E
         return embs
     counts = ", ".join(f"{n}: {len(v)}" for n, v in labelled.items())
     if len(common) < 2:
-        raise InputError(
+        raise ValueError(
             f"task {task.name!r}: the feature files hold different images ({counts} labelled images) and share "
             f"{len(common)}; embed the same manifest with every model"
         )
