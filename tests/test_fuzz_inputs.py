@@ -413,6 +413,8 @@ CASES: list[Case] = [
     Case("config-bool-is-a-number", _model_folder({"qkv_bias": 1}), ("embed-folder",), needles=("config.json", "qkv_bias")),
     Case("config-image-size-big", _model_folder(extra={"image_size": "big"}), ("embed-folder",),
          needles=("config.json", "image_size", "'big'")),
+    Case("config-global-size-big", _model_folder(extra={"pretrain_config": {"augment": {"global_size": "big"}}}),
+         ("embed-folder",), needles=("config.json", "global_size", "'big'")),
     Case("weights-int32", _model_folder(weights="int32"), ("embed-folder",),
          needles=("model.safetensors", "int32", "not floating point")),
 ]  # fmt: skip

@@ -167,12 +167,16 @@ def validate_extra(extra: Any, source: str | os.PathLike) -> None:
         return
     if not isinstance(extra, Mapping):
         raise InputError(f"{source}: 'extra' is a {type(extra).__name__}, not a mapping; restore the file or re-save the model")
-    size = extra.get("image_size")
-    if size is not None and not (_conforms(size, int) and size > 0):
-        raise InputError(
-            f"{source}: extra.image_size = {size!r} is not a positive integer (the size the model was "
-            "trained at); restore the file, or remove the entry and pass --image-size"
-        )
+    augment = (extra.get("pretrain_config") or {}).get("augment") if isinstance(extra.get("pretrain_config"), Mapping) else None
+    sizes = {"extra.image_size": extra.get("image_size")}
+    if isinstance(augment, Mapping):  # the older record of the training size (chada embed's fallback)
+        sizes["extra.pretrain_config.augment.global_size"] = augment.get("global_size")
+    for key, size in sizes.items():
+        if size is not None and not (_conforms(size, int) and size > 0):
+            raise InputError(
+                f"{source}: {key} = {size!r} is not a positive integer (the size the model was trained at); "
+                "restore the file, or remove the entry and pass --image-size"
+            )
     for key in ("channel_vocab", "channel_names_seen"):
         value = extra.get(key)
         if value is not None and not _conforms(value, list[str]):
