@@ -74,7 +74,7 @@ def test_align_rows_matches_image_ids():
     assert ia.tolist() == [] and ib.tolist() == [] and ia.dtype == np.int64 and ib.dtype == np.int64
     bare = EmbeddingSet({"cls": np.zeros((1, 1))}, pd.DataFrame({"label": ["x"]}), {})
     for pair in ((bare, a), (a, bare)):
-        with pytest.raises(ValueError, match="without an image_id column"):
+        with pytest.raises(ValueError, match="^cannot align embedding files without an image_id column$"):
             P.align_rows(*pair)
 
 
@@ -357,9 +357,8 @@ def test_common_images_restricts_every_model_to_the_shared_labelled_images():
     big = _emb([f"i{k}" for k in range(8)], labels=["a", "b"] * 4)
     small = _emb(["i5", "i1", "i2", "i9"], labels=["b", "b", None, "a"])
     task = _task()
-    specs = {"big": ModelSpec("big", None), "small": ModelSpec("small", None)}
     with pytest.warns(UserWarning, match=r"\(big: 8, small: 3 labelled images\); every model is scored on the 2 "):
-        out = P.common_images(task, specs, {"big": big, "small": small})
+        out = P.common_images(task, {"big": big, "small": small})
     assert out["big"].meta["image_id"].tolist() == ["i1", "i5"]
     assert out["small"].meta["image_id"].tolist() == ["i5", "i1"]
     assert out["big"].get("cls").tolist() == big.get("cls")[[1, 5]].tolist()
@@ -371,14 +370,14 @@ def test_common_images_leave_equal_files_alone():
     embs = {"one": one, "two": two}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert P.common_images(_task(), {}, embs) is embs
-        assert P.common_images(_task(), {}, {"one": one}) == {"one": one}
+        assert P.common_images(_task(), embs) is embs
+        assert P.common_images(_task(), {"one": one}) == {"one": one}
         bare = EmbeddingSet({"cls": np.zeros((2, 1))}, pd.DataFrame({"label": ["x", "y"]}), {})
-        assert P.common_images(_task(), {}, {"one": one, "bare": bare})["bare"] is bare
+        assert P.common_images(_task(), {"one": one, "bare": bare})["bare"] is bare
     # a file without the label column counts all its images (its own error comes from _task_labels)
     nolabel = _emb(["a", "b"])
     with pytest.warns(UserWarning, match=r"one: 3, nolabel: 2 labelled images\); every model is scored on the 2 "):
-        P.common_images(_task(), {}, {"one": _emb(["a", "b", "c"], labels=["x", "y", "x"]), "nolabel": nolabel})
+        P.common_images(_task(), {"one": _emb(["a", "b", "c"], labels=["x", "y", "x"]), "nolabel": nolabel})
 
 
 @pytest.mark.parametrize("shared", [0, 1])
@@ -386,8 +385,137 @@ def test_common_images_refuse_fewer_than_two_shared_images(shared):
     a = _emb(["s0", "a1", "a2"][: 3], labels=["x", "y", "x"])
     b = _emb((["s0"] if shared else ["b0"]) + ["b1", "b2"], labels=["x", "y", "x"])
     with pytest.raises(ValueError, match=f"\\(a: 3, b: 3 labelled images\\) and share {shared}; embed the same"):
-        P.common_images(_task(), {}, {"a": a, "b": b})
+        P.common_images(_task(), {"a": a, "b": b})
     c = _emb(["s0", "a1", "b9"], labels=["x", "y", "x"])
     d = _emb(["s0", "a1", "b8"], labels=["x", "y", "x"])
     with pytest.warns(UserWarning, match="scored on the 2 images"):
-        P.common_images(_task(), {}, {"c": c, "d": d})
+        P.common_images(_task(), {"c": c, "d": d})
+
+
+# ------------------------------------------------------------------------------ seeds, settings, wiring
+def test_random_split_and_folds_follow_the_seed():
+    labels = np.array(["a", "b"] * 20)
+    meta = pd.DataFrame({"x": range(40)})
+    one, again, other = (P._splits(_task(), meta, labels, s, 0.25)[1] for s in (0, 0, 1))
+    assert np.array_equal(one, again) and not np.array_equal(one, other)
+    cv = dict(SETTINGS, small_data={"max_images": 200, "folds": 4})
+    f0, f0b, f1 = (P._design(_task(), meta, labels, s, cv)[0] for s in (0, 0, 1))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(f0, f0b))
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(f0, f1))
+
+
+def test_regression_cross_validation_stratifies_by_quantile_bins():
+    labels = np.linspace(0.0, 1.0, 20)  # every value unique: as classes, no fold could be made
+    folds, design = P._design(_task(kind="regression"), pd.DataFrame({"x": range(20)}), labels, 0, SETTINGS)
+    assert design == "4-fold CV" and len(folds) == 4  # 5 bins of 4 values: k = 4
+    with pytest.raises(ValueError, match="single row"):  # the same values as 20 one-image classes
+        P._design(_task(), pd.DataFrame({"x": range(20)}), labels.astype(str), 0, SETTINGS)
+
+
+def test_run_task_is_deterministic_per_seed():
+    emb = _separable(40)
+    emb.meta["split"] = "train"  # no test split: a seeded random split, and 50 % subsets
+    task = _task(fractions=[0.5], seeds=[0, 1], cross_validation=False, test_fraction=0.25)
+    a = pd.DataFrame(P.run_task(task, ModelSpec("m", None), emb, SETTINGS))
+    b = pd.DataFrame(P.run_task(task, ModelSpec("m", None), emb, SETTINGS))
+    pd.testing.assert_frame_equal(a, b)
+    cv = _task(fractions=[0.5], seeds=[3])
+    a = pd.DataFrame(P.run_task(cv, ModelSpec("m", None), _separable(20, 5), SETTINGS))
+    b = pd.DataFrame(P.run_task(cv, ModelSpec("m", None), _separable(20, 5), SETTINGS))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_regression_subsets_are_stratified_by_bins_and_intervals_follow_the_seed():
+    rng = np.random.default_rng(2)
+    n = 40
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    target = x[:, 0] * 2.0 + 0.1 * rng.normal(size=n)
+    split = np.where(np.arange(n) % 4 == 0, "test", "train")
+    meta = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(n)], "label": target, "split": split})
+    emb = EmbeddingSet({"cls": x}, meta, {})
+    task = _task(kind="regression", fractions=[0.5, 1.0], seeds=[0, 1], cross_validation=False)
+    rows = pd.DataFrame(P.run_task(task, ModelSpec("m", None), emb, SETTINGS))
+    # 30 training targets in 10 bins of 3: round(0.5 * 3) = 2 from each; as 30 one-value classes, all 30
+    assert set(rows[rows.fraction == 0.5].n_train) == {20}
+    full = rows[(rows.fraction == 1.0) & (rows.metric == "linear_r2")].set_index("seed")
+    tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    pred = P._probe_metrics(task, x[tr], target[tr], x[te], target[te], SETTINGS, seed=0)["linear_r2"]
+    for seed in (0, 1):
+        assert (full.loc[seed, "ci_low"], full.loc[seed, "ci_high"]) == bootstrap_r2_interval(target[te], pred, seed=seed)
+
+
+def test_a_missing_first_feature_kind_does_not_stop_the_others():
+    rows = P.run_task(_task(feature_kinds=["mean", "cls"]), ModelSpec("m", None), _separable(20), SETTINGS)
+    assert {r["feature"] for r in rows} == {"cls"}
+
+
+def test_family_comes_from_the_file_when_the_config_names_none():
+    emb = _separable(20)
+    emb.info["family"] = "handmade"
+    rows = P.run_task(_task(), ModelSpec("m", None), emb, SETTINGS)
+    assert {r["family"] for r in rows} == {"handmade"}
+
+
+def test_probe_metrics_pass_every_setting():
+    from chada.eval.knn import knn_accuracy, knn_regress
+    from chada.eval.probes import linear_probe_classification, ridge_probe_regression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 6))
+    y = np.array(["a", "b", "c"] * 20)
+    x[:, 0] += (y == "a") * 1.0
+    t = x[:, 1] + 0.5 * rng.normal(size=60)
+    odd = {"knn": {"k": 3, "temperature": 5.0}, "probe": {"C": 1e-3, "max_iter": 7}, "max_dim": 2}
+    cls = P._probe_metrics(_task(), x[:40], y[:40], x[40:], y[40:], odd, seed=4)
+    assert cls["knn_top1"] == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=3, temperature=5.0)
+    assert cls["nn1_top1"] == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=1, temperature=5.0)
+    lin = linear_probe_classification(x[:40], y[:40], x[40:], y[40:], C=1e-3, max_iter=7, max_dim=2, seed=4)
+    assert cls["linear_top1"] == lin["accuracy"]
+    reg = P._probe_metrics(_task(kind="regression"), x[:40], t[:40], x[40:], t[40:], odd, seed=4)
+    np.testing.assert_array_equal(reg["knn_r2"], knn_regress(x[:40], t[:40], x[40:], k=3, temperature=5.0))
+    np.testing.assert_array_equal(reg["nn1_r2"], knn_regress(x[:40], t[:40], x[40:], k=1, temperature=5.0))
+    ridge = ridge_probe_regression(x[:40], t[:40], x[40:], t[40:], max_dim=2, seed=4, return_predictions=True)
+    np.testing.assert_array_equal(reg["linear_r2"], ridge["predictions"])
+    # and the settings matter on this data: the defaults give other numbers
+    base = P._probe_metrics(_task(kind="regression"), x[:40], t[:40], x[40:], t[40:], SETTINGS, seed=4)
+    assert not np.array_equal(base["knn_r2"], reg["knn_r2"]) and not np.array_equal(base["linear_r2"], reg["linear_r2"])
+    base = P._probe_metrics(_task(), x[:40], y[:40], x[40:], y[40:], SETTINGS, seed=4)
+    assert (base["knn_top1"], base["linear_top1"]) != (cls["knn_top1"], cls["linear_top1"])
+
+
+def test_nn1_is_the_nearest_neighbour_by_hand():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    y = np.array(["a", "b", "b"])
+    out = P._probe_metrics(_task(), x, y, np.array([[1.0, 0.02], [0.1, 1.0]]), np.array(["a", "b"]), SETTINGS, seed=0)
+    assert out["nn1_top1"] == 1.0  # the 2nd neighbour of the first test point is 'b'
+
+
+def test_five_infinite_targets_are_all_named_without_more():
+    ids = [f"i{k}" for k in range(6)]
+    emb = _emb(ids, labels=[np.inf] * 5 + [1.0])
+    with pytest.raises(ValueError, match=r"'i0', 'i1', 'i2', 'i3', 'i4' in the embeddings"):
+        P._task_labels(_task(kind="regression"), ModelSpec("m", None), emb)
+
+
+def test_loader_keeps_the_file_order_among_repeated_ids(tmp_path):
+    ids = [f"id{k % 5}" for k in range(200)]
+    path = tmp_path / "e.npz"
+    _emb(ids, x=np.arange(200, dtype=np.float32)[:, None]).save(path)
+    got = P.Loader()(path)
+    for v in range(5):
+        rows = got.get("cls")[got.meta["image_id"].to_numpy() == f"id{v}", 0]
+        assert rows.tolist() == sorted(rows.tolist())
+
+
+def test_feature_task_progress_bar(tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    _separable(20, 0).save(a)
+    _separable(20, 1).save(b)
+    task = _task(embeddings={"first": a, "second": b})
+    P.run_feature_tasks(SETTINGS, {}, [task], P.Loader(), progress=False)
+    assert capsys.readouterr().err == ""
+    P.run_feature_tasks(SETTINGS, {}, [task], P.Loader())
+    err = capsys.readouterr().err
+    assert "feature tasks" in err and "2/2" in err and "model" in err, err
+    P.run_feature_tasks(SETTINGS, {}, [], P.Loader(), progress=True)
+    assert capsys.readouterr().err == ""

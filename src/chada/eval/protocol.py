@@ -307,7 +307,7 @@ def run_feature_tasks(
               dynamic_ncols=True, mininterval=0.5) as bar:  # fmt: skip
         for task in tasks:
             specs = {n: models.get(n, ModelSpec(n, p)) for n, p in task.embeddings.items()}
-            sets = common_images(task, specs, {n: loader(p) for n, p in task.embeddings.items()})
+            sets = common_images(task, {n: loader(p) for n, p in task.embeddings.items()})
             for name, spec in specs.items():
                 bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
                 rows.extend(run_task(task, spec, sets[name], settings, cache))
@@ -315,7 +315,7 @@ def run_feature_tasks(
     return rows
 
 
-def common_images(task: TaskSpec, specs: dict[str, ModelSpec], embs: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
+def common_images(task: TaskSpec, embs: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
     """Each model's embeddings restricted to the labelled images every model of the task holds.
 
     Models ranked in one table must be scored on the same images: when the files hold different
