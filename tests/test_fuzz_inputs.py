@@ -397,6 +397,8 @@ CASES: list[Case] = [
          needles=(BAD_ID, "bad.tif", "patch")),
     Case("image-not-a-multiple-of-the-patch", _write("bad.tif", _tif(np.zeros((2, 20, 20), np.uint16))), ("embed",),
          needles=(BAD_ID, "bad.tif", "20x20", "--image-size")),
+    Case("manifest-is-a-fifo", lambda tmp: (os.mkfifo(tmp / "manifest.csv"), tmp / "manifest.csv")[1], READERS,
+         needles=("manifest.csv", "not a regular file")),
     Case("column-twice-in-header", _dup_column, READERS + ("pretrain",), needles=("manifest.csv", "'file'", "twice")),
     # --- issue 26: a model folder from elsewhere (config.json values, weights' dtype)
     Case("config-embed-dim-float", _model_folder({"embed_dim": 1e9}), ("embed-folder",),

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chada.data.manifest_header import duplicated_columns
+from chada.data.manifest_header import check_header
 from chada.data.row_checks import patch_problems, read_error_kind
 from chada.errors import InputError, short_message, type_name
 
@@ -132,8 +132,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     str_cols = {c: "string" for c in ("image_id", "dataset", "channel_files", "file", "channel_names", "split")}
     if suf not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
         raise ManifestError(f"{p}: manifest must be .csv, .tsv or .parquet, got {suf!r}")
-    if twice := duplicated_columns(p, suf):  # pandas would rename the second copy and ignore it
-        raise ManifestError(f"{p}: column(s) {', '.join(map(repr, twice))} appear twice in the header; keep one of each")
+    check_header(p, suf, ManifestError)  # not a FIFO; no column twice (pandas would rename it silently)
     try:
         if suf in (".parquet", ".pq"):
             df = pd.read_parquet(p)

@@ -8,10 +8,22 @@ the :mod:`csv` module (same separator and quoting rules) so that the manifest re
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["duplicated_columns"]
+__all__ = ["check_header", "duplicated_columns"]
+
+
+def check_header(path: Path, suffix: str, error: type[Exception]) -> None:
+    """Raise ``error`` for a manifest that is not a regular file (a FIFO or device would block the
+    reader forever: checked with ``stat``, never opened) or whose header names a column twice."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise error(f"{path}: is not a regular file (a FIFO, socket or device?); a manifest is a .csv, .tsv or "
+                    ".parquet file")  # fmt: skip
+    if twice := duplicated_columns(path, suffix):  # pandas would rename the second copy and ignore it
+        raise error(f"{path}: column(s) {', '.join(map(repr, twice))} appear twice in the header; keep one of each")
 
 
 def duplicated_columns(path: str | Path, suffix: str = ".csv") -> list[str]:
