@@ -28,13 +28,19 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         description=(
             "Validate a manifest (CSV/Parquet). Reports EVERY bad row (missing, unreadable or empty file, "
             "channel count 0 or > C_max, channel_names count or duplicates, H/W mismatch, duplicate "
-            "image ids, NaN/inf pixels per image) and exits 2 if any; 0 images is an error too."
+            "image ids, NaN/inf pixels per image, a FIFO or device, permission denied, an image smaller than a "
+            "patch, a column twice in the header) and exits 2 if any; 0 images is an error too."
         ),
     )
     p.add_argument("manifest", help="manifest file (.csv/.tsv/.parquet)")
     p.add_argument("--c-max", type=int, default=10, help="largest accepted channel count (default 10)")
     p.add_argument("--root", default=None, help="folder for relative paths (default: manifest's folder)")
     p.add_argument("--no-read", action="store_true", help="only check that files exist (fast)")
+    p.add_argument(
+        "--patch-size", type=int, default=16, metavar="P",
+        help="the ViT patch size: an image smaller than P px is an error, one not a multiple of P a warning "
+        "(embedding at native size refuses it); 0: no such check (default 16, ChAda-ViT's)",
+    )  # fmt: skip
     p.add_argument(
         "--nan-policy",
         choices=("error", "replace"),
@@ -49,7 +55,8 @@ def _run_check(args: argparse.Namespace) -> int:
     from chada.data.manifest import check_manifest, load_manifest
 
     problems = check_manifest(
-        args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read, nan_policy=args.nan_policy
+        args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read, nan_policy=args.nan_policy,
+        patch_size=args.patch_size or None,
     )
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:

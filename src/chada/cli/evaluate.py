@@ -100,12 +100,16 @@ def run(args: argparse.Namespace) -> int:
     from chada.locks import hold_output
     from chada.tasks.evaluation import run_evaluation
 
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:  # NaN fails too
+        raise ValueError(f"--test-fraction {args.test_fraction}: the test share of the images lies in (0, 1)")
     if bool(args.config) == bool(args.embeddings):
         raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")
     if args.config:
         # A missing file, a folder, invalid YAML or a YAML list is an input error naming the file.
         cfg, base = load_config(args.config)
         cfg.setdefault("base_dir", str(base))
+        if cfg.get("out_dir"):  # like every relative path of the config: against the config's folder
+            cfg["out_dir"] = str(base / Path(str(cfg["out_dir"])).expanduser())
         if args.shortcut_features:
             cfg.setdefault("diagnostics", {})["shortcut_features"] = str(
                 Path(args.shortcut_features).resolve()

@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from chada.models.precision import precision_name, resolve_precision
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
+    if args.threshold is not None and not 0 <= args.threshold <= 1:  # NaN fails too
+        raise ValueError(f"--threshold {args.threshold}: a probability threshold lies in [0, 1] (default: the probe's)")
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
     if args.probability:
         _check_out(args.probability, (".tif", ".tiff"), "--probability")

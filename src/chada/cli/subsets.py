@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from chada.locks import hold_output
     from chada.tasks.channel_subsets import run_channel_subsets
 
+    if not 0 < args.test_fraction < 1:  # NaN fails too
+        raise ValueError(f"--test-fraction {args.test_fraction}: the test share of the images lies in (0, 1)")
     check_writable_dir(args.out, what="--out")  # before any model runs
     hold_output(args.out, folder=True)
 
