@@ -177,20 +177,23 @@ def test_design_task_choice_wins_and_single_row_classes_fall_back_to_a_split():
 
 # ------------------------------------------------------------------------------ scores
 def test_probe_metrics_classification_uses_the_knn_settings():
+    """Per test row, right or wrong (the paired comparisons pair these); their means are the accuracies."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4))
     y = np.array(["a", "b"] * 20)
     x[y == "a"] += 3
     out = P._probe_metrics(_task(), x[:30], y[:30], x[30:], y[30:], SETTINGS, seed=0)
-    assert set(out) == {"linear_top1", "knn_top1", "nn1_top1"} and out["linear_top1"] == 1.0
-    # k = 1 makes the weighted kNN the 1-NN
+    assert set(out) == {"linear_top1", "knn_top1", "nn1_top1"}
+    assert all(np.asarray(v).shape == (10,) and np.asarray(v).dtype == bool for v in out.values())
+    assert out["linear_top1"].all()
+    # k = 1 makes the weighted kNN the 1-NN, row by row
     flip = x.copy()
     flip[30:] = -flip[30:]
     one = dict(SETTINGS, knn={"k": 1, "temperature": 0.07})
     a = P._probe_metrics(_task(), x[:30], y[:30], flip[30:], y[30:], one, seed=0)
-    assert a["knn_top1"] == a["nn1_top1"]
+    np.testing.assert_array_equal(a["knn_top1"], a["nn1_top1"])
     b = P._probe_metrics(_task(), x[:30], y[:30], flip[30:], y[30:], SETTINGS, seed=0)
-    assert b["knn_top1"] != b["nn1_top1"] or b["knn_top1"] == a["knn_top1"]
+    assert (b["knn_top1"] != b["nn1_top1"]).any() or (b["knn_top1"] == a["knn_top1"]).all()
 
 
 def test_probe_metrics_regression_returns_predictions():
@@ -208,7 +211,8 @@ def test_probe_metrics_regression_returns_predictions():
 
 def test_pooled_classification_weights_folds_by_their_test_size():
     tests = [np.arange(3), np.arange(3, 4)]
-    acc, (lo, hi) = P._pooled("classification", [1.0, 0.0], tests, np.zeros(4), seed=0)
+    # per-row right/wrong of each fold: 3 of 3 right, then 0 of 1 -> 3 of 4 pooled (not the fold mean 0.5)
+    acc, (lo, hi) = P._pooled("classification", [np.ones(3, bool), np.zeros(1, bool)], tests, np.zeros(4), seed=0)
     assert acc == 0.75 and (lo, hi) == wilson_interval(0.75, 4)
 
 
@@ -467,10 +471,10 @@ def test_probe_metrics_pass_every_setting():
     t = x[:, 1] + 0.5 * rng.normal(size=60)
     odd = {"knn": {"k": 3, "temperature": 5.0}, "probe": {"C": 1e-3, "max_iter": 7}, "max_dim": 2}
     cls = P._probe_metrics(_task(), x[:40], y[:40], x[40:], y[40:], odd, seed=4)
-    assert cls["knn_top1"] == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=3, temperature=5.0)
-    assert cls["nn1_top1"] == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=1, temperature=5.0)
+    assert cls["knn_top1"].mean() == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=3, temperature=5.0)
+    assert cls["nn1_top1"].mean() == knn_accuracy(x[:40], y[:40], x[40:], y[40:], k=1, temperature=5.0)
     lin = linear_probe_classification(x[:40], y[:40], x[40:], y[40:], C=1e-3, max_iter=7, max_dim=2, seed=4)
-    assert cls["linear_top1"] == lin["accuracy"]
+    assert cls["linear_top1"].mean() == lin["accuracy"]
     reg = P._probe_metrics(_task(kind="regression"), x[:40], t[:40], x[40:], t[40:], odd, seed=4)
     np.testing.assert_array_equal(reg["knn_r2"], knn_regress(x[:40], t[:40], x[40:], k=3, temperature=5.0))
     np.testing.assert_array_equal(reg["nn1_r2"], knn_regress(x[:40], t[:40], x[40:], k=1, temperature=5.0))
@@ -480,14 +484,14 @@ def test_probe_metrics_pass_every_setting():
     base = P._probe_metrics(_task(kind="regression"), x[:40], t[:40], x[40:], t[40:], SETTINGS, seed=4)
     assert not np.array_equal(base["knn_r2"], reg["knn_r2"]) and not np.array_equal(base["linear_r2"], reg["linear_r2"])
     base = P._probe_metrics(_task(), x[:40], y[:40], x[40:], y[40:], SETTINGS, seed=4)
-    assert (base["knn_top1"], base["linear_top1"]) != (cls["knn_top1"], cls["linear_top1"])
+    assert not (np.array_equal(base["knn_top1"], cls["knn_top1"]) and np.array_equal(base["linear_top1"], cls["linear_top1"]))
 
 
 def test_nn1_is_the_nearest_neighbour_by_hand():
     x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     y = np.array(["a", "b", "b"])
     out = P._probe_metrics(_task(), x, y, np.array([[1.0, 0.02], [0.1, 1.0]]), np.array(["a", "b"]), SETTINGS, seed=0)
-    assert out["nn1_top1"] == 1.0  # the 2nd neighbour of the first test point is 'b'
+    assert out["nn1_top1"].all()  # the 2nd neighbour of the first test point is 'b'
 
 
 def test_five_infinite_targets_are_all_named_without_more():
