@@ -573,8 +573,22 @@ _WORK = (
 )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def _chada_imported() -> None:
+    """Every chada module imported once, before any patch: a module first imported while ``no_work`` is
+    active would bind the patched function by ``from X import f`` and keep it for later tests."""
+    import importlib
+    import pkgutil
+
+    import chada
+
+    for mod in pkgutil.walk_packages(chada.__path__, "chada."):
+        if not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)
+
+
 @pytest.fixture()
-def no_work(monkeypatch):
+def no_work(monkeypatch, _chada_imported):
     def started(*args, **kwargs):
         raise WorkStarted
 
