@@ -141,6 +141,21 @@ def test_shards_and_merge_equal_one_process(tmp_path, capsys):
         assert_same(load_embeddings(one), load_embeddings(out))
 
 
+def test_shards_run_side_by_side_but_one_shard_has_one_writer(tmp_path, capsys):
+    """Job-array shards write one OUT at the same time: each locks its own shard file, not OUT."""
+    from chada.locks import output_lock
+
+    man = tiny_plate(tmp_path, n_fields=4)
+    out = tmp_path / "cells.parquet"
+    base = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
+            "--image-size", "16", "--batch-size", "2", "--chunk-batches", "1", "--quiet", "--out", str(out)]  # fmt: skip
+    with output_lock(shard_path(out, (0, 2)), "chada embed --shard 0/2"):  # shard 0 is running
+        assert main([*base, "--shard", "1/2"]) == 0  # its sibling is not refused
+        capsys.readouterr()
+        assert main([*base, "--shard", "0/2"]) == 2  # a second copy of shard 0 is
+        assert "is being written by pid" in capsys.readouterr().err
+
+
 def test_a_killed_shard_resumes_its_own_part(tmp_path, monkeypatch):
     man = tiny_plate(tmp_path)
     out = tmp_path / "cells.parquet"

@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.merge:
+        hold_output(args.merge, folder=False)
         print(f"wrote {shards.merge_shards(args.merge)}")
         return 0
     missing = [f"--{k}" for k in ("model", "manifest", "out") if not getattr(args, k)]
     if missing:
         raise ValueError(f"chada embed needs {', '.join(missing)} (or --merge OUT to merge shard files)")
     check_writable_file(args.out, what="--out")  # before any model is loaded
-    hold_output(args.out, folder=False)  # one writer: a second run (or --no-resume) must not touch live chunks
     nan = nan_kwargs(args)
     objects = object_options(args)
     shard, device = shards.torchrun_shard(args.device)
@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         if distributed:
             raise ValueError("--shard and torchrun both split the rows; use one of them")
         shard = shards.parse_shard(args.shard)
+    # One writer per file: a second run (or --no-resume) must not touch live chunks. Shards run side by
+    # side by design, so each takes its own shard file; the one-process run (or rank 0) takes OUT too.
+    if shard is None or (distributed and shard[0] == 0):
+        hold_output(args.out, folder=False)
+    if shard is not None:
+        hold_output(shards.shard_path(args.out, shard), folder=False)
     dtype = precision_dtype(args, device) if args.model != "handmade" else None
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
