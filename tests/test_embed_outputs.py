@@ -143,13 +143,20 @@ def test_shards_and_merge_equal_one_process(tmp_path, capsys):
 
 def test_shards_run_side_by_side_but_one_shard_has_one_writer(tmp_path, capsys):
     """Job-array shards write one OUT at the same time: each locks its own shard file, not OUT."""
+    from contextlib import ExitStack
+
+    from chada.cli.embed import lock_paths
     from chada.locks import output_lock
 
     man = tiny_plate(tmp_path, n_fields=4)
     out = tmp_path / "cells.parquet"
     base = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
             "--image-size", "16", "--batch-size", "2", "--chunk-batches", "1", "--quiet", "--out", str(out)]  # fmt: skip
-    with output_lock(shard_path(out, (0, 2)), "chada embed --shard 0/2"):  # shard 0 is running
+    assert lock_paths(str(out), None, False) == [out]
+    assert lock_paths(str(out), (0, 2), True) == [out, shard_path(out, (0, 2))]  # rank 0 writes OUT at the end
+    with ExitStack() as held:  # shard 0 is running: it holds what a shard-0 run takes
+        for path in lock_paths(str(out), (0, 2), False):
+            held.enter_context(output_lock(path, "chada embed --shard 0/2"))
         assert main([*base, "--shard", "1/2"]) == 0  # its sibling is not refused
         capsys.readouterr()
         assert main([*base, "--shard", "0/2"]) == 2  # a second copy of shard 0 is

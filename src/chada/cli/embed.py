@@ -20,6 +20,7 @@ are reused when the settings and each image's files (size + mtime, or a content 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,12 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if distributed:
             raise ValueError("--shard and torchrun both split the rows; use one of them")
         shard = shards.parse_shard(args.shard)
-    # One writer per file: a second run (or --no-resume) must not touch live chunks. Shards run side by
-    # side by design, so each takes its own shard file; the one-process run (or rank 0) takes OUT too.
-    if shard is None or (distributed and shard[0] == 0):
-        hold_output(args.out, folder=False)
-    if shard is not None:
-        hold_output(shards.shard_path(args.out, shard), folder=False)
+    for path in lock_paths(args.out, shard, distributed):
+        hold_output(path, folder=False)
     dtype = precision_dtype(args, device) if args.model != "handmade" else None
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
@@ -165,3 +162,14 @@ def _size_text(info: dict) -> str:
         return "native (each image keeps its size)"
     why = {"model": "recorded by the model at pretraining; --image-size to change", "given": "--image-size"}
     return f"{size} x {size} px ({why.get(source, source)})"
+
+
+def lock_paths(out: str, shard: tuple[int, int] | None, distributed: bool) -> list[Path]:
+    """The files one ``chada embed`` run takes (one writer each: a second run, or ``--no-resume``, must
+    not touch live chunks). Shards run side by side by design, so each takes only its own shard file;
+    a one-process run, and rank 0 of a torchrun (which writes the final file), take OUT too."""
+    from chada.encode.shards import shard_path
+
+    if shard is None:
+        return [Path(out)]
+    return ([Path(out)] if distributed and shard[0] == 0 else []) + [shard_path(out, shard)]
