@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from proctree import kill_tree
+
 REPO = Path(__file__).resolve().parent.parent
 Row = Callable[..., None]  # gpu_check's recorder: add(section, config, status, **fields)
 
@@ -46,10 +48,10 @@ def run_group(cmd: list[str], timeout: float, cwd: Path = REPO, env: dict[str, s
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 10 s; errors swallowed (the group may be gone)."""
+    """SIGTERM to the process group and every process below it (torchrun's workers run in sessions of
+    their own), SIGKILL after 10 s; errors swallowed (the group may be gone)."""
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            os.killpg(proc.pid, sig)
+        kill_tree(proc.pid, sig)
         try:
             proc.communicate(timeout=wait)
             return

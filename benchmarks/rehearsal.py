@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import kill_tree  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "idrcell100k_moyen.yaml"
 STAINS = ["DAPI", "Actin", "Mito", "ER", "Golgi", "RNA", "Tubulin"]
@@ -115,7 +118,7 @@ def killed_run(overrides: list[str], out: Path, kill_after: int, log: Path) -> d
         while proc.poll() is None and last_logged_step(out / "log.csv") < kill_after:
             time.sleep(0.05)
         finished_first = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid, signal.SIGKILL)  # torchrun's workers too: they run in sessions of their own
         proc.wait()
     import torch
 

@@ -110,3 +110,33 @@ def test_throughput_on_cuda_n_acts_on_gpu_n(monkeypatch: pytest.MonkeyPatch) -> 
     throughput.select_device("cpu")
     throughput._sync("cpu")
     assert calls == [("set_device", 1), ("synchronize", 1)]
+
+
+def test_kill_tree_reaches_workers_in_sessions_of_their_own(tmp_path):
+    """torchrun's workers run in their own sessions: a group kill of the launcher misses them."""
+    import signal
+    import time
+
+    from proctree import descendants, kill_tree
+
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+        "time.sleep(60)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert child in descendants(launcher.pid)
+    kill_tree(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=10)
+    for _ in range(100):  # the child is re-parented to init, which reaps it
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"worker {child} survived the kill of its launcher")
