@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from chada.models import ChannelBatch, create_model, list_models, load_model
-from chada.models.baselines import FixedChannelViT, InterChannelViT, OneChannelViT
+from chada.models.fixed_channel_vit import FixedChannelViT
+from chada.models.inter_channel_vit import InterChannelViT
+from chada.models.one_channel_vit import OneChannelViT
 from plain_vit import assert_directional_derivatives
 
 C_MAX = 10
