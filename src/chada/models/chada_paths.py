@@ -164,7 +164,9 @@ def forward_varlen(
     counts_list, image_of = layout.host_counts, layout.image_of
     B, Cmax, heads = len(counts_list), layout.max_channels, layout.num_heads
     dev, full_len = tokens.device, 1 + Cmax * N
-    seg = VarlenSegments.from_lengths([1 + c * N for c in counts_list], dev, seq_lengths=1 + layout.counts * N)
+    seg = VarlenSegments.from_lengths(
+        [1 + c * N for c in counts_list], dev, seq_lengths=1 + layout.counts * N
+    )
     T = seg.total
     cls_rows = seg.cls_rows()
     # stacked channel token t of image i sits after i + 1 CLS rows (image 0's .. image i's)

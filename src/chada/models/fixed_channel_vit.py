@@ -60,7 +60,9 @@ class FixedChannelViT(StandardViT):
         if self.config.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.config.in_channels}")
         self._build_trunk()
-        self.patch_embed = _MultiChannelPatchEmbed(self.config.in_channels, self.config.patch_size, self.config.embed_dim)
+        self.patch_embed = _MultiChannelPatchEmbed(
+            self.config.in_channels, self.config.patch_size, self.config.embed_dim
+        )
         self.init_weights()
 
     @property
@@ -102,7 +104,11 @@ class FixedChannelViT(StandardViT):
 
 
 register_model(
-    "fixed_channel_vit_test", "fixed_channel_vit", "tiny 3-channel ViT for CPU tests", in_channels=3, **TEST_SIZE
+    "fixed_channel_vit_test",
+    "fixed_channel_vit",
+    "tiny 3-channel ViT for CPU tests",
+    in_channels=3,
+    **TEST_SIZE,
 )
 register_model(
     "fixed_channel_vit_tiny",

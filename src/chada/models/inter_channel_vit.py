@@ -122,8 +122,15 @@ class InterChannelViT(PretrainedMixin, nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.channel_embed = nn.Parameter(torch.zeros(config.max_channels, D))
         self.blocks = make_blocks(
-            D, config.depth, config.num_heads, config.mlp_hidden or int(D * config.mlp_ratio), config.qkv_bias,
-            config.norm_eps, config.act, config.layer_scale, config.drop_path_rate,
+            D,
+            config.depth,
+            config.num_heads,
+            config.mlp_hidden or int(D * config.mlp_ratio),
+            config.qkv_bias,
+            config.norm_eps,
+            config.act,
+            config.layer_scale,
+            config.drop_path_rate,
         )
         self.norm = nn.LayerNorm(D, eps=config.norm_eps)
         self.attention_mode = config.attention

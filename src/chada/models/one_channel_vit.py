@@ -137,9 +137,13 @@ class OneChannelViT(StandardViT):
         image_of = torch.repeat_interleave(torch.arange(B, device=counts.device), counts)
         slot_of = torch.arange(n, device=counts.device) - (torch.cumsum(counts, 0) - counts)[image_of]
         N, D = out.patch_tokens.shape[1:]
-        patch = out.patch_tokens.new_zeros(B * c_used, N, D).index_copy(0, image_of * c_used + slot_of, out.patch_tokens)
+        patch = out.patch_tokens.new_zeros(B * c_used, N, D).index_copy(
+            0, image_of * c_used + slot_of, out.patch_tokens
+        )
         mask = torch.arange(c_used, device=counts.device)[None, :] < counts[:, None]
-        return dense_from_tokens(patch.view(B, c_used, N, D), mask, (h, w), batch.image_size, channels, upsample)
+        return dense_from_tokens(
+            patch.view(B, c_used, N, D), mask, (h, w), batch.image_size, channels, upsample
+        )
 
     def _scatter_attention(
         self, cls_attn: Tensor, counts: Tensor, grid: tuple[int, int]
@@ -198,7 +202,9 @@ class OneChannelViT(StandardViT):
         return channels * D * (2 if pool == "all" else 1)
 
 
-register_model("one_channel_vit_test", "one_channel_vit", "tiny size for CPU tests and smoke runs", **TEST_SIZE)
+register_model(
+    "one_channel_vit_test", "one_channel_vit", "tiny size for CPU tests and smoke runs", **TEST_SIZE
+)
 register_model(
     "one_channel_vit_tiny",
     "one_channel_vit",

@@ -69,8 +69,15 @@ class StandardViT(PretrainedMixin, nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, (c.img_size // c.patch_size) ** 2 + 1, D))
         self.blocks = make_blocks(
-            D, c.depth, c.num_heads, c.mlp_hidden or int(D * c.mlp_ratio), c.qkv_bias, c.norm_eps, c.act,
-            c.layer_scale, c.drop_path_rate,
+            D,
+            c.depth,
+            c.num_heads,
+            c.mlp_hidden or int(D * c.mlp_ratio),
+            c.qkv_bias,
+            c.norm_eps,
+            c.act,
+            c.layer_scale,
+            c.drop_path_rate,
         )
         self.norm = nn.LayerNorm(D, eps=c.norm_eps)
 
