@@ -51,12 +51,12 @@ PathResult = tuple[Tensor, Tensor, "Tensor | None", list[Tensor]]
 
 
 class Backbone(Protocol):
-    """What a path needs of the model: its blocks (run through ``_run_blocks``) and its final norm."""
+    """What a path needs of the model: its blocks (run through ``run_blocks``) and its final norm."""
 
     blocks: nn.ModuleList
     norm: nn.Module
 
-    def _run_blocks(
+    def run_blocks(
         self, x: Tensor, key_mask: Tensor | None, want_attn: bool, want_hidden: bool,
         segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None, list[Tensor]]: ...  # fmt: skip
@@ -95,7 +95,7 @@ def forward_padded(
     grid_tokens[layout.image_of, layout.slot_of] = tokens
     x = torch.cat([cls.expand(B, 1, D), grid_tokens.reshape(B, Cmax * N, D)], dim=1)
     key_mask = torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
-    x, attn, hidden = model._run_blocks(x, key_mask, want_attn, want_hidden)
+    x, attn, hidden = model.run_blocks(x, key_mask, want_attn, want_hidden)
     cls_attn = None if attn is None else attn[:, :, 0, :]  # [B, heads, 1 + Cmax*N]
     if hidden:
         hidden = [hs.masked_fill(~key_mask[..., None], 0.0) for hs in hidden]
@@ -130,7 +130,7 @@ def forward_packed(
             rows = host_to_device([starts[i] + j for i in members for j in range(c)], dev)
             seq, idx = tokens.index_select(0, rows).reshape(G, c * N, D), host_to_device(members, dev)
         xg = torch.cat([cls.expand(G, 1, D), seq], dim=1)
-        xg, attn_g, hid_g = model._run_blocks(xg, None, want_attn, want_hidden)
+        xg, attn_g, hid_g = model.run_blocks(xg, None, want_attn, want_hidden)
         if cls_attn is not None and attn_g is not None:
             cls_attn[idx, :, :L] = attn_g[:, :, 0, :].to(cls_attn.dtype)
         for full, part in zip(hidden, hid_g):
@@ -176,7 +176,7 @@ def forward_varlen(
     source[cls_rows] = n_ch * N
     x = torch.cat([tokens.reshape(n_ch * N, D), cls.to(tokens.dtype)], dim=0).index_select(0, source)
 
-    x, attn, hid = model._run_blocks(x, None, want_attn, want_hidden, segments=seg)
+    x, attn, hid = model.run_blocks(x, None, want_attn, want_hidden, segments=seg)
     cls_attn = None
     if attn is not None:  # [B, heads, max_len]: each image's CLS row, zeros past its end
         cls_attn = attn.new_zeros(B, heads, full_len)

@@ -227,7 +227,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         return tokens, cls, (h, w)
 
     # ------------------------------------------------------------- transformer
-    def _run_blocks(
+    def run_blocks(
         self,
         x: Tensor,
         key_mask: Tensor | None,
@@ -235,6 +235,9 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         want_hidden: bool,
         segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Every block over ``x`` (``[B, L, D]``, or ``[T, D]`` with ``segments``); the last block's
+        attention when ``want_attn``; every block's output when ``want_hidden``. The attention
+        paths of :mod:`chada.models.chada_paths` call it."""
         hidden: list[Tensor] = []
         attn = None
         last = len(self.blocks) - 1
