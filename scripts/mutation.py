@@ -33,21 +33,27 @@ WORK = ROOT / ".mutation"
 
 # module (relative to src/chada) -> the test files that exercise it
 _MODEL_CORE = ["tests/test_model.py", "tests/test_packed.py", "tests/test_model_math.py"]
+_BASELINE_TESTS = [
+    "tests/test_baselines.py",
+    "tests/test_baselines_math.py",
+    "tests/test_baselines_attention.py",
+    "tests/test_model.py",
+]
 MODULES: dict[str, list[str]] = {
-    "models/layers.py": _MODEL_CORE + ["tests/test_layers.py", "tests/test_precision.py", "tests/test_convert.py"],
+    "models/layers.py": _MODEL_CORE
+    + ["tests/test_layers.py", "tests/test_precision.py", "tests/test_convert.py", "tests/test_baselines.py"],
     "models/chada_vit.py": _MODEL_CORE + ["tests/test_precision.py", "tests/test_convert.py"],
+    "models/chada_paths.py": _MODEL_CORE + ["tests/test_host_syncs.py"],
     "models/batch.py": _MODEL_CORE + ["tests/test_batch.py"],
     "models/dense.py": _MODEL_CORE + ["tests/test_dense.py", "tests/test_baselines.py"],
     "models/precision.py": ["tests/test_precision.py"],
     "models/registry.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py"],
     "models/hub.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py", "tests/test_channels.py"],
     "models/convert.py": ["tests/test_convert.py"],
-    "models/baselines.py": [
-        "tests/test_baselines.py",
-        "tests/test_baselines_math.py",
-        "tests/test_baselines_attention.py",
-        "tests/test_model.py",
-    ],
+    **{
+        f"models/{name}.py": _BASELINE_TESTS
+        for name in ("standard_vit", "one_channel_vit", "inter_channel_vit", "fixed_channel_vit")
+    },
     "data/channels.py": ["tests/test_channels.py"],
     "data/channel_names.py": ["tests/test_channels.py", "tests/test_data_manifest.py"],
     "ssl/dino.py": ["tests/test_ssl_dino.py", "tests/test_ssl_dino_mutants.py", "tests/test_ssl_recipe.py"],

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from chada.models import ChannelBatch, create_model, list_models, load_model
-from chada.models.baselines import FixedChannelViT, InterChannelViT, OneChannelViT
+from chada.models.fixed_channel_vit import FixedChannelViT
+from chada.models.inter_channel_vit import InterChannelViT
+from chada.models.one_channel_vit import OneChannelViT
 from plain_vit import assert_directional_derivatives
 
 C_MAX = 10
@@ -288,3 +290,15 @@ def test_one_channel_dense_upsampling(upsample, size):
     assert out.maps.shape == (2, 2, 32, *size) and out.grid == (4, 5)
     assert out.channel_mask.tolist() == [[True, True], [True, False]]
     assert out.maps[1, 1].abs().max() == 0  # the missing channel stays zero after upsampling
+
+
+def test_baselines_module_still_exports_every_family() -> None:
+    """``from chada.models.baselines import ...`` keeps working for code written before the families
+    moved to one file each (issue 27): every public name of the three family modules, the same object."""
+    from chada.models import baselines, fixed_channel_vit, inter_channel_vit, one_channel_vit
+
+    families = (one_channel_vit, inter_channel_vit, fixed_channel_vit)
+    assert sorted(baselines.__all__) == sorted(n for m in families for n in m.__all__)
+    for m in families:
+        for name in m.__all__:
+            assert getattr(baselines, name) is getattr(m, name), name

@@ -9,7 +9,7 @@ import torch
 
 import chada
 from chada.models import ChannelBatch
-from chada.models.baselines import ConvTokenLearner
+from chada.models.inter_channel_vit import ConvTokenLearner
 from plain_vit import conv2d, gelu, group_norm_1, layer_norm, patches, positions, prenorm_blocks
 
 

@@ -217,3 +217,25 @@ def test_init_pos_embed_split_keeps_the_single_call_stream() -> None:
     init_pos_embed(big, patch_std=0.5, cls_std=0.01)
     assert 0.48 < big[0, 1:].std().item() < 0.52
     assert big[0, 0].abs().max() < 0.03
+
+
+# ------------------------------------------------------------------ helpers shared by every model
+def test_check_pixels_reads_host_copies_only() -> None:
+    """ChAda-ViT and the baselines share one input check; it reads the batch's host copies (counts, id
+    range, the finite flag set on the CPU), so on the meta device, where nothing can be read back, a
+    valid batch passes and a bad one is still refused by name. (The baselines' former copy read the
+    counts and the pixels back from the device.)"""
+    from chada.models import ChannelBatch
+
+    cpu = ChannelBatch.from_images([torch.rand(2, 16, 16), torch.rand(3, 16, 16)], channel_ids=[[0, 4], [1, 2, 7]])
+    meta = cpu.to("meta")
+    layers.check_pixels(meta, 8, 8, min_size=1)
+    msg = r"^images \[1\] have more than C_max=2 channels \(largest: 3\); this model cannot take them$"
+    with pytest.raises(ValueError, match=msg):
+        layers.check_pixels(meta, 2, 8)
+    with pytest.raises(ValueError, match=r"^channel_ids must lie in 0\.\.6$"):
+        layers.check_pixels(meta, 7, None)
+    with pytest.raises(ValueError, match=r"^image size 16x16 is not divisible by the patch size 5; "):
+        layers.check_pixels(meta, 8, 5)
+    with pytest.raises(ValueError, match=r"^image size 16x16 is smaller than the minimum 17x17$"):
+        layers.check_pixels(meta, 8, None, min_size=17)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import chada
-from chada.models import ChAdaViTConfig, ChannelBatch
+from chada.models import ChAdaViTConfig, ChannelBatch, chada_paths
 
 TOL = 1e-5
 
@@ -496,11 +496,10 @@ def test_each_attention_mode_runs_its_own_path(mode: str, monkeypatch) -> None:
     """The three modes give equal values (test_packed.py), so only the path taken tells them apart."""
     model = make(attention=mode)
     ran = []
-    for name in ("_forward_packed", "_forward_varlen"):
-        real = getattr(model, name)
-        monkeypatch.setattr(model, name, lambda *a, _n=name, _r=real, **k: ran.append(_n) or _r(*a, **k))
+    for name, real in list(chada_paths.PATHS.items()):
+        monkeypatch.setitem(chada_paths.PATHS, name, lambda *a, _n=name, _r=real, **k: ran.append(_n) or _r(*a, **k))
     model(imgs(2, 1))
-    assert ran == {"padded": [], "packed": ["_forward_packed"], "varlen": ["_forward_varlen"]}[mode]
+    assert ran == [mode]
     with pytest.raises(ValueError, match=r"^attention must be one of 'padded', 'packed', 'varlen'; got 'flash'$"):
         model.set_attention("flash")
 

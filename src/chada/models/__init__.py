@@ -1,6 +1,9 @@
 """Models: ChAda-ViT and the baselines, with a registry of named sizes."""
 
-from chada.models import baselines as _baselines  # noqa: F401  (registers the baseline architectures)
+# imported for their registrations: the baseline architectures and their named sizes
+from chada.models import fixed_channel_vit as _fixed  # noqa: F401
+from chada.models import inter_channel_vit as _inter  # noqa: F401
+from chada.models import one_channel_vit as _one  # noqa: F401
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.chada_vit import ChAdaOutput, ChAdaViT, ChAdaViTConfig
 from chada.models.hub import load_model, save_pretrained

@@ -11,30 +11,11 @@ The positional embedding of patch position n is the same in every channel; the c
 a slot is the same for all N patches of that channel. Padding is removed from attention by a
 key-padding mask, so it cannot influence any real token.
 
-Two attention implementations, one set of weights (``attention=`` / :meth:`ChAdaViT.set_attention`):
-
-- ``"padded"``: the paper's layout above, every image padded to ``C_max * N + 1`` tokens with a
-  boolean key mask passed to ``scaled_dot_product_attention``. The reference path.
-- ``"packed"`` (default): images are grouped by channel count and each group runs through the whole
-  transformer at its true length ``C * N + 1`` with no mask. Each group's sequence is gathered
-  straight from the stacked ``[sum C_i, N, D]`` channel tokens (no ``[B, C_max, N, D]`` padded
-  buffer), the final norm runs per group, and only the normed outputs are written into the padded
-  output layout; a batch with one channel count needs no gather or scatter. No FLOP is spent on
-  padding. Why this and not a single packed sequence: measured on this project's CPU target
-  (torch 2.13, 2 threads; ``benchmarks/throughput.py``, results in ``benchmarks/README.md``),
-  grouping ran 3x faster than padded+mask, while nested/jagged tensors were ~9x *slower* than padded
-  and FlexAttention has no CPU backward. Groups are exact (no cross-image attention to mask), need no
-  special kernel, and run every block as one dense batched matmul, which is what both CPU and GPU
-  do fastest. A batch has at most ``C_max`` groups, so the Python loop is short.
-
-- ``"varlen"``: every image's sequence (CLS + its real channel tokens) is packed back to back into
-  ONE ``[T, D]`` token matrix, ``T = sum_i (1 + C_i * N)``; linear layers, norms and MLPs run once
-  over all of it and attention runs per sequence. On CUDA in fp16/bf16 that is a single
-  ``torch.nn.attention.varlen.varlen_attn`` call per block (FlashAttention varlen: one kernel for
-  the whole batch, whatever its channel counts); elsewhere (CPU, CUDA fp32) the sequences are grouped
-  by length and each group runs as one dense SDPA batch, the same kernels as ``packed``. This is the
-  GPU-first mode: ``packed`` stays the default until a GPU measurement (``benchmarks/gpu_check.py``)
-  says otherwise.
+Three attention paths, one set of weights (``attention=`` / :meth:`ChAdaViT.set_attention`), one
+function each in :mod:`chada.models.chada_paths`: ``"padded"`` (the paper's layout with a key-padding
+mask, the reference), ``"packed"`` (the default: images grouped by channel count, each group at its
+true length, no FLOP on padding) and ``"varlen"`` (the whole batch as one packed sequence; one
+FlashAttention varlen kernel per block on CUDA in fp16/bf16, GPU-first).
 
 All paths give the same real-token values to float32 round-off (tested to 1e-5 at every layer).
 """
@@ -44,10 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chada.models.batch import ChannelBatch, as_channel_batch, host_to_device
+from chada.models import chada_paths
+from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.chada_paths import TokenLayout
 from chada.models.dense import DenseOutput, dense_from_tokens
 from chada.models.hub import PretrainedMixin
 from chada.models.layers import (
@@ -58,7 +40,11 @@ from chada.models.layers import (
     PatchEmbed,
     VarlenSegments,
     check_choice,
+    check_pixels,
     init_pos_embed,
+    init_vit_weights,
+    interpolate_pos_embed,
+    make_blocks,
 )
 from chada.models.registry import register_arch, register_model
 
@@ -184,20 +170,9 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, D))
         self.channel_embed = nn.Parameter(torch.zeros(config.max_channels, D))
-        block_cls = Block if config.block == "prenorm" else OfficialBlock
-        dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.ModuleList(
-            block_cls(
-                D,
-                config.num_heads,
-                config.hidden_dim,
-                qkv_bias=config.qkv_bias,
-                norm_eps=config.block_norm_eps,
-                act=config.act,
-                layer_scale=config.layer_scale,
-                drop_path=dpr[i],
-            )
-            for i in range(config.depth)
+        self.blocks = make_blocks(
+            D, config.depth, config.num_heads, config.hidden_dim, config.qkv_bias, config.block_norm_eps, config.act,
+            config.layer_scale, config.drop_path_rate, block_cls=Block if config.block == "prenorm" else OfficialBlock,
         )
         self.norm = nn.LayerNorm(D, eps=config.norm_eps)
         self.attention_mode = config.attention
@@ -208,14 +183,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         init_pos_embed(self.pos_embed, self.config.pos_embed_std)
         nn.init.trunc_normal_(self.channel_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights(self)
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)  # as a linear layer, like MAE/DINOv2
 
@@ -235,54 +203,11 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         return {"pos_embed", "cls_token", "channel_embed"}
 
     # ----------------------------------------------------------------- inputs
-    def _check(self, batch: ChannelBatch) -> None:
-        p = self.config.patch_size
-        H, W = batch.image_size
-        if H % p or W % p:
-            raise ValueError(
-                f"image size {H}x{W} is not divisible by the patch size {p}; crop or resize to a multiple of {p}"
-            )
-        # Everything below reads host-side copies (counts, id range) or checks the pixels once on the
-        # CPU (ChannelBatch.to), so a forward on a GPU never waits for the GPU to answer a question.
-        Cmax = self.config.max_channels
-        if batch.max_channels > Cmax:
-            too_many = [i for i, c in enumerate(batch.host_counts or ()) if c > Cmax]
-            raise ValueError(
-                f"images {too_many} have more than C_max={Cmax} channels "
-                f"(largest: {batch.max_channels}); this model cannot take them"
-            )
-        if batch.channel_ids is not None:
-            lo, hi = batch.host_id_range or (int(batch.channel_ids.min()), int(batch.channel_ids.max()))
-            if lo < 0 or hi >= Cmax:
-                raise ValueError(f"channel_ids must lie in 0..{Cmax - 1}")
-        if not batch.pixels.is_floating_point():
-            raise TypeError(f"pixels must be floating point, got {batch.pixels.dtype}")
-        batch.check_finite()
-
     def interpolate_pos_embed(self, h: int, w: int) -> Tensor:
-        """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm).
-
-        ``pos_interpolation="dino_bicubic"`` reproduces DINO's / the authors' released code exactly:
-        ``scale_factor=((h + 0.1) / g, (w + 0.1) / g)``, no antialiasing. The kernel then samples with
-        the slightly-off scale ``g / (h + 0.1)``, so it differs from ``size=(h, w)``; the released
-        weights were evaluated that way.
-        """
-        pos = self.pos_embed[0]
-        g = self.config.grid_size
-        if (h, w) == (g, g):
-            return pos
-        cls_pos, grid = pos[:1], pos[1:]
-        grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
-        if self.config.pos_interpolation == "dino_bicubic":
-            grid = F.interpolate(grid.float(), scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic")
-            if tuple(grid.shape[-2:]) != (h, w):  # the +0.1 exists to make this floor land on (h, w)
-                raise ValueError(f"dino_bicubic interpolation gave grid {tuple(grid.shape[-2:])}, expected {(h, w)}")
-            grid = grid.to(pos.dtype)
-        else:
-            grid = F.interpolate(
-                grid.float(), size=(h, w), mode=self.config.pos_interpolation, align_corners=False, antialias=True
-            ).to(pos.dtype)
-        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
+        """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm; or
+        ``pos_interpolation="dino_bicubic"``, the authors' exact resampling: see
+        :func:`~chada.models.layers.interpolate_pos_embed`)."""
+        return interpolate_pos_embed(self.pos_embed[0], self.config.grid_size, h, w, self.config.pos_interpolation)
 
     def embed(self, batch: ChannelBatch) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Patch + positional + channel embedding of every channel.
@@ -302,7 +227,7 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         return tokens, cls, (h, w)
 
     # ------------------------------------------------------------- transformer
-    def _run_blocks(
+    def run_blocks(
         self,
         x: Tensor,
         key_mask: Tensor | None,
@@ -310,6 +235,9 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         want_hidden: bool,
         segments: VarlenSegments | None = None,
     ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Every block over ``x`` (``[B, L, D]``, or ``[T, D]`` with ``segments``); the last block's
+        attention when ``want_attn``; every block's output when ``want_hidden``. The attention
+        paths of :mod:`chada.models.chada_paths` call it."""
         hidden: list[Tensor] = []
         attn = None
         last = len(self.blocks) - 1
@@ -335,12 +263,11 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             return_hidden_states: add every block's output in the padded layout (for tests/analysis).
         """
         batch = as_channel_batch(images)
-        self._check(batch)
+        check_pixels(batch, self.config.max_channels, self.config.patch_size)
         tokens, cls, (h, w) = self.embed(batch)
-        B, Cmax, N, D = batch.batch_size, self.config.max_channels, h * w, self.embed_dim
+        B, Cmax = batch.batch_size, self.config.max_channels
         dev = tokens.device
         counts = batch.counts.to(dev)
-        host_counts = list(batch.host_counts or ())
         image_of = torch.repeat_interleave(torch.arange(B, device=dev), counts, output_size=tokens.shape[0])
         slot_of = torch.arange(tokens.shape[0], device=dev) - (torch.cumsum(counts, 0) - counts)[image_of]
         channel_mask = torch.arange(Cmax, device=dev)[None, :] < counts[:, None]
@@ -348,26 +275,9 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         channel_ids[image_of, slot_of] = batch.resolved_channel_ids().to(dev)
 
         heads = self.config.num_heads
-        if self.attention_mode == "packed":
-            cls_out, patch, cls_attn, hidden = self._forward_packed(
-                tokens, cls, host_counts, return_attention, return_hidden_states
-            )
-        elif self.attention_mode == "varlen":
-            cls_out, patch, cls_attn, hidden = self._forward_varlen(
-                tokens, cls, (counts, host_counts), image_of, slot_of, return_attention, return_hidden_states
-            )
-        else:
-            grid_tokens = tokens.new_zeros(B, Cmax, N, D)
-            grid_tokens[image_of, slot_of] = tokens
-            x = torch.cat([cls.expand(B, 1, D), grid_tokens.reshape(B, Cmax * N, D)], dim=1)
-            key_mask = torch.cat([channel_mask.new_ones(B, 1), channel_mask.repeat_interleave(N, dim=1)], dim=1)
-            x, attn, hidden = self._run_blocks(x, key_mask, return_attention, return_hidden_states)
-            cls_attn = None if attn is None else attn[:, :, 0, :]  # [B, heads, 1 + Cmax*N]
-            if hidden:
-                hidden = [hs.masked_fill(~key_mask[..., None], 0.0) for hs in hidden]
-            x = self.norm(x)
-            cls_out = x[:, 0]
-            patch = x[:, 1:].reshape(B, Cmax, N, D) * channel_mask[:, :, None, None].to(x.dtype)
+        layout = TokenLayout(counts, list(batch.host_counts or ()), image_of, slot_of, channel_mask, Cmax, heads)
+        path = chada_paths.PATHS[self.attention_mode]
+        cls_out, patch, cls_attn, hidden = path(self, tokens, cls, layout, return_attention, return_hidden_states)
 
         attention = cls_self = None
         if cls_attn is not None:
@@ -384,117 +294,6 @@ class ChAdaViT(PretrainedMixin, nn.Module):
             cls_self_attention=cls_self,
             hidden_states=hidden or None,
         )
-
-    def _forward_packed(
-        self, tokens: Tensor, cls: Tensor, counts_list: list[int], want_attn: bool, want_hidden: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
-        """Pad-free transformer: every same-channel-count group runs unmasked at its true length.
-
-        Each group's sequence is gathered straight from the stacked channel tokens (no
-        ``[B, C_max, N, D]`` padded buffer is built), the final norm runs per group (it acts per
-        token, so this is exact), and only the normed outputs are written into the padded output
-        layout. A batch with a single channel count skips the gather and the scatter altogether.
-
-        Args:
-            tokens: ``[sum C_i, N, D]`` embedded channel tokens, images in batch order.
-            cls: ``[1, D]`` CLS token plus its position.
-            counts_list: channels per image (host ints: the grouping is Python, read from no GPU).
-        Returns:
-            ``cls [B, D]``, ``patch [B, C_max, N, D]`` (zeros on padding), the last layer's CLS
-            attention ``[B, heads, 1 + C_max*N]`` or None, and the per-block hidden states in the
-            padded layout (empty unless ``want_hidden``).
-        """
-        _, N, D = tokens.shape
-        B, Cmax, heads = len(counts_list), self.config.max_channels, self.config.num_heads
-        dev, full_len = tokens.device, 1 + self.config.max_channels * N
-        groups: dict[int, list[int]] = {}
-        for i, c in enumerate(counts_list):
-            groups.setdefault(c, []).append(i)
-        starts = [0]
-        for c in counts_list[:-1]:
-            starts.append(starts[-1] + c)
-        cls_attn = tokens.new_zeros(B, heads, full_len) if want_attn else None
-        hidden = [tokens.new_zeros(B, full_len, D) for _ in self.blocks] if want_hidden else []
-        single = len(groups) == 1
-        cls_out = patch = None
-        for c, members in sorted(groups.items()):
-            G, L = len(members), 1 + c * N
-            if single:  # the stacked tokens already are [B, c*N, D] in batch order
-                seq, idx = tokens.reshape(B, c * N, D), slice(None)
-            else:
-                rows = host_to_device([starts[i] + j for i in members for j in range(c)], dev)
-                seq, idx = tokens.index_select(0, rows).reshape(G, c * N, D), host_to_device(members, dev)
-            xg = torch.cat([cls.expand(G, 1, D), seq], dim=1)
-            xg, attn_g, hid_g = self._run_blocks(xg, None, want_attn, want_hidden)
-            if cls_attn is not None and attn_g is not None:
-                cls_attn[idx, :, :L] = attn_g[:, :, 0, :].to(cls_attn.dtype)
-            for full, part in zip(hidden, hid_g):
-                full[idx, :L] = part.to(full.dtype)
-            xg = self.norm(xg)
-            if single:
-                cls_out = xg[:, 0]
-                patch = xg[:, 1:].reshape(B, c, N, D)
-                if c < Cmax:
-                    patch = torch.cat([patch, patch.new_zeros(B, Cmax - c, N, D)], dim=1)
-                break
-            if patch is None:
-                cls_out = xg.new_empty(B, D)
-                patch = xg.new_zeros(B, Cmax, N, D)
-            cls_out[idx] = xg[:, 0]
-            patch[idx, :c] = xg[:, 1:].reshape(G, c, N, D)
-        assert cls_out is not None and patch is not None
-        return cls_out, patch, cls_attn, hidden
-
-    def _forward_varlen(
-        self,
-        tokens: Tensor,
-        cls: Tensor,
-        counts: tuple[Tensor, list[int]],
-        image_of: Tensor,
-        slot_of: Tensor,
-        want_attn: bool,
-        want_hidden: bool,
-    ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
-        """One packed sequence for the whole batch (see the module docstring, ``"varlen"``).
-
-        Packed row layout: image 0's CLS, its ``C_0 * N`` channel tokens, image 1's CLS, ... The
-        channel tokens keep the stacked order of ``tokens``, so building the sequence is one gather.
-        ``counts`` is ``([B]`` on the tokens' device, the same as host ints``)``; every index is computed
-        on the device (no host-to-device copy, no read-back). Same returns as :meth:`_forward_packed`
-        (``image_of``/``slot_of``: the image and channel position of every stacked channel).
-        """
-        n_ch, N, D = tokens.shape
-        counts_dev, counts_list = counts
-        B, Cmax, heads = len(counts_list), self.config.max_channels, self.config.num_heads
-        dev, full_len = tokens.device, 1 + Cmax * N
-        seg = VarlenSegments.from_lengths([1 + c * N for c in counts_list], dev, seq_lengths=1 + counts_dev * N)
-        T = seg.total
-        cls_rows = seg.cls_rows()
-        # stacked channel token t of image i sits after i + 1 CLS rows (image 0's .. image i's)
-        tok_rows = torch.arange(n_ch * N, device=dev) + (image_of + 1).repeat_interleave(N, output_size=n_ch * N)
-        source = torch.empty(T, dtype=torch.long, device=dev)
-        source[tok_rows] = torch.arange(n_ch * N, device=dev)
-        source[cls_rows] = n_ch * N
-        x = torch.cat([tokens.reshape(n_ch * N, D), cls.to(tokens.dtype)], dim=0).index_select(0, source)
-
-        x, attn, hid = self._run_blocks(x, None, want_attn, want_hidden, segments=seg)
-        cls_attn = None
-        if attn is not None:  # [B, heads, max_len]: each image's CLS row, zeros past its end
-            cls_attn = attn.new_zeros(B, heads, full_len)
-            cls_attn[:, :, : attn.shape[-1]] = attn
-        hidden: list[Tensor] = []
-        if hid:
-            seq_of_row = torch.repeat_interleave(torch.arange(B, device=dev), seg.seq_lengths, output_size=T)
-            dst = seq_of_row * full_len + torch.arange(T, device=dev) - seg.cu_seqlens.long()[seq_of_row]
-            hidden = [h.new_zeros(B * full_len, D).index_copy(0, dst, h).view(B, full_len, D) for h in hid]
-        x = self.norm(x)
-        cls_out = x.index_select(0, cls_rows)
-        patch = (
-            x.new_zeros(B * Cmax, N, D)
-            .index_copy(0, image_of * Cmax + slot_of, x.index_select(0, tok_rows).view(n_ch, N, D))
-            .view(B, Cmax, N, D)
-        )
-        return cls_out, patch, cls_attn, hidden
 
     def forward_dense(
         self,

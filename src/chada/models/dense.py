@@ -1,7 +1,7 @@
 """Dense (per-pixel) outputs: patch tokens as feature maps, per channel or pooled over channels.
 
 Shared by :meth:`ChAdaViT.forward_dense <chada.models.chada_vit.ChAdaViT.forward_dense>` and
-:meth:`OneChannelViT.forward_dense <chada.models.baselines.OneChannelViT.forward_dense>`.
+:meth:`OneChannelViT.forward_dense <chada.models.one_channel_vit.OneChannelViT.forward_dense>`.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from chada.models.batch import ChannelBatch
 from chada.models.varlen import VarlenSegments, _varlen_kernel_available, varlen_kernel_supported  # noqa: F401
 
 __all__ = [
@@ -38,6 +39,10 @@ __all__ = [
     "ACTIVATIONS",
     "POS_INTERPOLATIONS",
     "check_choice",
+    "check_pixels",
+    "init_vit_weights",
+    "interpolate_pos_embed",
+    "make_blocks",
 ]
 
 ACTIVATIONS = ("gelu", "relu")
@@ -285,3 +290,96 @@ class OfficialBlock(nn.Module):
         x = self.norm1(x + a)
         x = self.norm2(x + self.mlp(x))
         return x, w
+
+
+# ------------------------------------------------------------------ helpers shared by every model
+def make_blocks(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    hidden: int,
+    qkv_bias: bool,
+    norm_eps: float,
+    act: str,
+    layer_scale: float | None,
+    drop_path_rate: float,
+    block_cls: type[nn.Module] = Block,
+) -> nn.ModuleList:
+    """``depth`` blocks whose stochastic-depth rate rises linearly from 0 to ``drop_path_rate``."""
+    dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+    return nn.ModuleList(
+        block_cls(
+            dim, num_heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, act=act, layer_scale=layer_scale,
+            drop_path=dpr[i],
+        )
+        for i in range(depth)
+    )
+
+
+def init_vit_weights(model: nn.Module) -> None:
+    """timm/DINO init of every submodule: trunc-normal linears, unit norms (LayerNorm and GroupNorm).
+
+    Draws random numbers for the linears only, in ``model.modules()`` order, so callers keep their
+    draw order by calling it at the same point of their ``init_weights``.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_pixels(batch: ChannelBatch, max_channels: int, patch_size: int | None, min_size: int = 0) -> None:
+    """Refuse a batch a model cannot take, with a message naming the images and what to do.
+
+    Reads host-side copies only (counts, id range) and checks the pixels once on the CPU
+    (:meth:`ChannelBatch.check_finite`), so a forward on a GPU never waits for the GPU to answer.
+    ``patch_size`` None skips the divisibility check (models that pool whole channels);
+    ``min_size`` refuses smaller images (the baselines pass 1 to reject empty images by name).
+    """
+    H, W = batch.image_size
+    if patch_size is not None and (H % patch_size or W % patch_size):
+        raise ValueError(
+            f"image size {H}x{W} is not divisible by the patch size {patch_size}; "
+            f"crop or resize to a multiple of {patch_size}"
+        )
+    if min(H, W) < min_size:
+        raise ValueError(f"image size {H}x{W} is smaller than the minimum {min_size}x{min_size}")
+    if batch.max_channels > max_channels:
+        too_many = [i for i, c in enumerate(batch.host_counts or ()) if c > max_channels]
+        raise ValueError(
+            f"images {too_many} have more than C_max={max_channels} channels "
+            f"(largest: {batch.max_channels}); this model cannot take them"
+        )
+    if batch.channel_ids is not None:
+        lo, hi = batch.host_id_range or (int(batch.channel_ids.min()), int(batch.channel_ids.max()))
+        if lo < 0 or hi >= max_channels:
+            raise ValueError(f"channel_ids must lie in 0..{max_channels - 1}")
+    if not batch.pixels.is_floating_point():
+        raise TypeError(f"pixels must be floating point, got {batch.pixels.dtype}")
+    batch.check_finite()
+
+
+def interpolate_pos_embed(pos: Tensor, grid: int, h: int, w: int, mode: str) -> Tensor:
+    """``[1 + h*w, D]`` positional table for an ``h x w`` patch grid from a ``[1 + grid^2, D]`` one.
+
+    ``mode`` is an ``F.interpolate`` mode (antialiased, ``size=(h, w)``, as timm) or
+    ``"dino_bicubic"``, DINO's / the authors' released code exactly: ``scale_factor=((h + 0.1) / g,
+    (w + 0.1) / g)``, no antialiasing. The kernel then samples with the slightly-off scale
+    ``g / (h + 0.1)``, so it differs from ``size=(h, w)``; the released weights were evaluated that way.
+    """
+    if (h, w) == (grid, grid):
+        return pos
+    cls_pos, g = pos[:1], pos[1:]
+    g = g.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    if mode == "dino_bicubic":
+        g = F.interpolate(g.float(), scale_factor=((h + 0.1) / grid, (w + 0.1) / grid), mode="bicubic")
+        if tuple(g.shape[-2:]) != (h, w):  # the +0.1 exists to make this floor land on (h, w)
+            raise ValueError(f"dino_bicubic interpolation gave grid {tuple(g.shape[-2:])}, expected {(h, w)}")
+        g = g.to(pos.dtype)
+    else:
+        g = F.interpolate(g.float(), size=(h, w), mode=mode, align_corners=False, antialias=True).to(pos.dtype)
+    return torch.cat([cls_pos, g.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
