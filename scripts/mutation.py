@@ -55,6 +55,7 @@ MODULES: dict[str, list[str]] = {
     "eval/knn.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
     "eval/probes.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
     "eval/diagnostics.py": ["tests/test_eval_diagnostics.py", "tests/test_eval_mutants.py"],
+    "eval/protocol.py": ["tests/test_eval_protocol_units.py", "tests/test_eval_intervals.py", "tests/test_eval_protocol.py"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",

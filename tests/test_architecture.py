@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first.
 LAYERS: list[tuple[str, ...]] = [
-    ("chada.io", "chada.errors", "chada.config_reader"),
+    ("chada.io", "chada.errors", "chada.config_reader", "chada.locks"),
     ("chada.models",),
     ("chada.data",),
     ("chada.features", "chada.ssl"),

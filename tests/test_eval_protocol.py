@@ -122,6 +122,15 @@ def test_evaluate_config_end_to_end(tmp_path):
     assert "chada_untrained" in md and "±" in md and "Linear CKA" in md
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert {"mean", "std", "n"} <= set(summary[0])
+    # paired comparisons: chada (linear probe > 95 %) against its untrained copy, image by image
+    comp = pd.read_csv(out / "comparisons.csv", dtype={"seed": str})
+    assert len(json.loads((out / "results.json").read_text())["comparisons"]) == len(comp)
+    assert set(comp.role) == {"untrained", "handmade"} and set(comp.model) == {"chada"}
+    c = comp[(comp.task == "cls") & (comp.metric == "linear_top1") & (comp.fraction == 1.0) & (comp.seed == "all")
+             & (comp.role == "untrained") & (comp.feature == "cls")].iloc[0]  # fmt: skip
+    assert c.n == 160 and c.difference > 0.3 and c.low > 0 and c.p_adj < 0.01 and c.n_comparisons == 3
+    assert c.n_a_only > c.n_b_only
+    assert "Paired comparisons" in md and (out / "paired_untrained_cls.png").stat().st_size > 0
 
 
 def test_evaluate_quick_form(tmp_path, capsys):

@@ -238,6 +238,54 @@ def _config_dir(tmp: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------- issue 26: inputs that hang, folders
+def _fifo(target: Path) -> None:
+    os.mkfifo(target)  # opening it for reading would block until a writer comes: forever
+
+
+def _socket(target: Path) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(target))
+    sock.close()  # the socket file stays
+
+
+def _dup_column(tmp: Path) -> Path:
+    """A header naming ``file`` twice: pandas would read the second copy as ``file.1`` and ignore it."""
+    _good_images(tmp)
+    path = tmp / "manifest.csv"
+    path.write_text("image_id,dataset,file,channel_names,label,file\n"
+                    + "".join(f"good{i},d,good{i}.tif,{GOOD_NAMES},x,good{(i + 1) % 3}.tif\n" for i in range(3)))  # fmt: skip
+    return path
+
+
+def _model_folder(config: dict | None = None, extra: dict | None = None, weights: str | None = None):
+    """A good manifest, and beside it ``model/``: chada_vit_test saved, then its config.json edited
+    (``config`` / ``extra`` values replaced) or its weights rewritten as ``weights`` (a dtype name)."""
+
+    def build(tmp: Path) -> Path:
+        import json
+
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        from chada.models.hub import save_pretrained
+        from chada.models.registry import create_model
+
+        folder = save_pretrained(create_model("chada_vit_test"), tmp / "model", extra={"image_size": SIZE})
+        meta = json.loads((folder / "config.json").read_text())
+        meta["config"].update(config or {})
+        meta["extra"].update(extra or {})
+        (folder / "config.json").write_text(json.dumps(meta))
+        if weights:
+            state = load_file(str(folder / "model.safetensors"))
+            save_file({k: (v * 100).to(getattr(torch, weights)) for k, v in state.items()}, str(folder / "model.safetensors"))
+        return _manifest(tmp, "good0.tif")
+
+    return build
+
+
 # ---------------------------------------------------------------------------------------- commands
 def _tiny_pretrain(manifest: Path, out: Path) -> list[str]:
     return [
@@ -256,6 +304,9 @@ def argv_for(command: str, path: Path, out: Path) -> list[str]:
         return ["data", "check", str(path)]
     if command == "embed":
         return ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out / "e.npz"), "--quiet"]
+    if command == "embed-folder":  # the model folder a _model_folder builder wrote beside the manifest
+        return ["embed", "--model", str(path.parent / "model"), "--manifest", str(path), "--out", str(out / "e.npz"),
+                "--quiet"]  # fmt: skip
     if command == "embed-workers":
         return ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out / "e.npz"),
                 "--quiet", "--workers", "1", "--batch-size", "1"]  # fmt: skip
@@ -339,6 +390,35 @@ CASES: list[Case] = [
          needles=("config.yaml", "YAML", "line 3")),
     Case("yaml-not-a-mapping", _yaml("- just\n- a list\n"), ("pretrain-config",), needles=("config",)),
     Case("config-is-directory", _config_dir, ("pretrain-config", "evaluate-config"), needles=("config.yaml",)),
+    # --- issue 26: special files, patches, header columns (the FIFO would hang without the fix)
+    Case("fifo-as-image", _write("bad.tif", _fifo), READERS + ("embed-workers",), needles=(BAD_ID, "bad.tif", "FIFO")),
+    Case("socket-as-image", _write("bad.png", _socket), needles=(BAD_ID, "bad.png", "socket")),
+    Case("image-smaller-than-a-patch", _write("bad.tif", _tif(_pixels(2)[:, :4, :4])), ("check", "embed"),
+         needles=(BAD_ID, "bad.tif", "patch")),
+    Case("image-not-a-multiple-of-the-patch", _write("bad.tif", _tif(np.zeros((2, 20, 20), np.uint16))), ("embed",),
+         needles=(BAD_ID, "bad.tif", "20x20", "--image-size")),
+    Case("manifest-is-a-fifo", lambda tmp: (os.mkfifo(tmp / "manifest.csv"), tmp / "manifest.csv")[1], READERS,
+         needles=("manifest.csv", "not a regular file")),
+    Case("column-twice-in-header", _dup_column, READERS + ("pretrain",), needles=("manifest.csv", "'file'", "twice")),
+    # --- issue 26: a model folder from elsewhere (config.json values, weights' dtype)
+    Case("config-embed-dim-float", _model_folder({"embed_dim": 1e9}), ("embed-folder",),
+         needles=("config.json", "embed_dim")),
+    Case("config-embed-dim-huge", _model_folder({"embed_dim": 10**9, "num_heads": 1}), ("embed-folder",),
+         needles=("config.json", "memory")),
+    Case("config-negative-size", _model_folder({"img_size": -32}), ("embed-folder",), needles=("config.json", "img_size")),
+    Case("config-zero-heads", _model_folder({"num_heads": 0}), ("embed-folder",), needles=("config.json", "num_heads")),
+    Case("config-zero-patch", _model_folder({"patch_size": 0}), ("embed-folder",), needles=("config.json", "patch_size")),
+    Case("config-depth-million", _model_folder({"depth": 10**6, "embed_dim": 1024}), ("embed-folder",),
+         needles=("config.json", "memory")),
+    Case("config-heads-do-not-divide", _model_folder({"num_heads": 3}), ("embed-folder",),
+         needles=("config.json", "num_heads")),
+    Case("config-bool-is-a-number", _model_folder({"qkv_bias": 1}), ("embed-folder",), needles=("config.json", "qkv_bias")),
+    Case("config-image-size-big", _model_folder(extra={"image_size": "big"}), ("embed-folder",),
+         needles=("config.json", "image_size", "'big'")),
+    Case("config-global-size-big", _model_folder(extra={"pretrain_config": {"augment": {"global_size": "big"}}}),
+         ("embed-folder",), needles=("config.json", "global_size", "'big'")),
+    Case("weights-int32", _model_folder(weights="int32"), ("embed-folder",),
+         needles=("model.safetensors", "int32", "not floating point")),
 ]  # fmt: skip
 
 RUNS = [pytest.param(case, cmd, id=f"{case.name}-{cmd}") for case in CASES for cmd in case.commands]

@@ -209,3 +209,74 @@ def test_normaliser_ignores_non_finite_pixels(base, data, method):
         ref = normalize_channels(filled, "minmax")
         keep = finite & np.array([finite[c].any() for c in range(bad.shape[0])])[:, None, None]
         np.testing.assert_allclose(out[keep], ref[keep], atol=1e-6)
+
+
+# ------------------------------------------------------------------ issue 26: model configs, patches, headers
+_CONFIG_VALUES = st.one_of(
+    st.integers(-3, 70), st.sampled_from([1e9, 0.5, 2.0, float("nan"), True, False, None, "big", "8", [8]])
+)
+
+
+def _config_oracle(cfg: dict) -> bool:
+    """Independent statement of the rules of chada.models.validate for the fields drawn below."""
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not all(is_int(cfg[k]) and cfg[k] >= 1 for k in ("embed_dim", "num_heads", "patch_size", "img_size", "depth")):
+        return False
+    return cfg["embed_dim"] % cfg["num_heads"] == 0 and cfg["img_size"] % cfg["patch_size"] == 0
+
+
+@fuzz(200)
+@given(values=st.fixed_dictionaries({k: _CONFIG_VALUES for k in ("embed_dim", "num_heads", "patch_size", "img_size",
+                                                                  "depth")}))  # fmt: skip
+def test_model_config_is_refused_exactly_when_a_value_breaks_a_rule(values):
+    from chada.errors import InputError
+    from chada.models.chada_vit import ChAdaViTConfig
+    from chada.models.validate import validate_config
+
+    try:
+        validate_config(ChAdaViTConfig, values, "model/config.json")
+        accepted = True
+    except InputError as exc:
+        accepted = False
+        assert str(exc).startswith("model/config.json: ") and "\n" not in str(exc)
+    assert accepted == _config_oracle(values), values
+
+
+@fuzz(100)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), p=st.sampled_from([1, 4, 8, 16]), c=st.integers(1, 4))
+def test_forward_check_refuses_exactly_the_images_that_do_not_split_into_patches(h, w, p, c):
+    import torch
+
+    from chada.encode.budget import check_forward
+    from chada.errors import InputError
+    from chada.models.chada_vit import ChAdaViTConfig
+
+    module = type("M", (), {"config": ChAdaViTConfig(embed_dim=8, num_heads=2, depth=1, patch_size=p, img_size=p * 4)})()
+    sample = {"image": torch.zeros(c, h, w), "image_id": "img-9"}
+    fits = h >= p and w >= p and h % p == 0 and w % p == 0
+    try:
+        check_forward(module, [sample], "cpu", lambda iid: f"{iid}.tif")
+        assert fits, (h, w, p)
+    except InputError as exc:
+        assert not fits, (h, w, p)
+        assert "'img-9'" in str(exc) and "img-9.tif" in str(exc) and "--image-size" in str(exc)
+
+
+@fuzz(100)
+@given(header=st.lists(st.sampled_from(["image_id", "dataset", "file", "channel_names", "label", " label"]),
+                       min_size=1, max_size=8))  # fmt: skip
+def test_a_repeated_header_column_is_found_whatever_the_header(tmp_path_factory, header):
+    from chada.data.manifest import ManifestError, load_manifest
+
+    path = tmp_path_factory.mktemp("hdr") / "m.csv"
+    path.write_text(",".join(header) + "\n" + ",".join("x" for _ in header) + "\n")
+    stripped = [h.strip() for h in header]
+    repeated = {h for h in stripped if stripped.count(h) > 1}
+    try:
+        load_manifest(path)
+        assert not repeated, header
+    except ManifestError as exc:
+        assert repeated and all(f"'{h}'" in str(exc) for h in repeated), (header, str(exc))

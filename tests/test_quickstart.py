@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from browser import browser_check
 from chada.cli import main
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
@@ -124,3 +125,22 @@ def test_readme_results_block_is_regenerated_from_the_run(quickstart_dir, tmp_pa
 def test_console_names_the_encoder_and_prints_the_pool_note_once(quickstart_dir) -> None:
     report = (quickstart_dir / "report.md").read_text()
     assert "concatenates the per-channel CLS tokens" in report and "**mean** (D)" in report
+
+
+def test_report_states_the_paired_comparisons(quickstart_dir) -> None:
+    comp = pd.read_csv(quickstart_dir / "evaluation" / "comparisons.csv", dtype={"seed": str})
+    top = comp[(comp.seed == "all") & (comp.feature == "cls") & (comp.metric == "knn_top1") & (comp.fraction == 1.0)]
+    pairs = set(zip(top.model, top.reference, top.role))
+    assert {("chada_vit", "chada_vit_untrained", "untrained"), ("chada_vit", "one_channel_vit", "one_channel"),
+            ("chada_vit", "handmade", "handmade")} <= pairs  # fmt: skip
+    inter = top[(top.task == "synth_interchannel") & (top.model == "chada_vit") & (top.role == "untrained")]
+    assert len(inter) == 1 and inter.n_comparisons.iloc[0] == len(TASKS)  # Holm over the 5 tasks of the kNN table
+    report = (quickstart_dir / "report.md").read_text()
+    assert "## Paired tests: did pretraining help?" in report and "Did pretraining help, task by task?" in report
+    assert "paired_untrained_cls" in report
+
+
+def test_report_reads_in_a_browser(quickstart_dir) -> None:
+    """The quickstart's own report.html in headless Chromium: no table off the page, every figure loads."""
+    facts = browser_check(quickstart_dir / "report.html")
+    assert len(facts["imgs"]) >= 5

@@ -9,7 +9,9 @@ say what to do; the exit code tells input problems from everything else:
   syntax errors). Readers wrap decoder failures (``zlib.error``, ``struct.error``, tifffile, Pillow,
   zarr, ...) in :class:`chada.data.readers.ImageReadError`, an :class:`InputError`.
 - exit 1, **other failures**: :class:`ChadaError` (a known failure that is not the input's fault),
-  ``OSError`` (disk full, I/O error) and ``MemoryError`` as ``error: ...``; anything else as
+  ``OSError`` (an I/O error; a full disk, a quota, a file-size limit or a read-only file system as
+  ``error: no space left on device writing PATH; free space or choose another --out``) and
+  ``MemoryError`` as ``error: ...``; anything else as
   ``internal error: <type>: <message> (re-run with --debug for the traceback)``.
 - exit 130: interrupted (Ctrl-C); finished work is kept.
 
@@ -22,6 +24,8 @@ message is the worker's whole traceback; :func:`describe` keeps only the origina
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import sys
@@ -79,6 +83,14 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
 # Known failures that are not bugs: reported as "error", exit 1.
 _KNOWN_FAILURES: tuple[type[BaseException], ...] = (ChadaError, OSError, MemoryError)
 
+# A full disk, a quota, a file-size limit or a read-only file system: what the user can do about it.
+_DISK: dict[int, str] = {
+    errno.ENOSPC: "no space left on device writing {}; free space or choose another --out",
+    errno.EDQUOT: "disk quota exceeded writing {}; free space or choose another --out",
+    errno.EFBIG: "file too large writing {} (a file-size limit: ulimit -f); raise the limit or choose another --out",
+    errno.EROFS: "read-only file system writing {}; choose another --out",
+}
+
 _WORKER_RE = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.M)
 
 
@@ -129,6 +141,8 @@ def describe(exc: BaseException, source: str | None = None) -> str:
     if not text and exc.args:
         text = repr(exc.args[0])
     text = _unwrap_worker(text)
+    if isinstance(exc, OSError) and exc.errno in _DISK:
+        return _DISK[exc.errno].format(exc.filename if exc.filename is not None else "an output")
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and text.startswith("[Errno"):
         # "[Errno 21] Is a directory: 'x'" -> "x: is a directory, expected a file"
         text = f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
@@ -178,7 +192,8 @@ def report(exc: BaseException, command: str, stream: TextIO | None = None, sourc
     if code == 2:
         print(f"chada {command}: error: {msg}", file=stream)
     elif isinstance(exc, _KNOWN_FAILURES):
-        label = "" if isinstance(exc, ChadaError) else f"{type_name(exc)}: "
+        plain = isinstance(exc, ChadaError) or (isinstance(exc, OSError) and exc.errno in _DISK)
+        label = "" if plain else f"{type_name(exc)}: "
         print(f"chada {command}: error: {label}{msg}", file=stream)
     else:
         print(
@@ -211,7 +226,36 @@ def one_line_warnings(command: str, stream: TextIO | None = None) -> Iterator[No
 
     saved = warnings.showwarning
     warnings.showwarning = show
+    # matplotlib warns through logging (an unwritable HOME: "Matplotlib created a temporary cache
+    # directory ..."); Python's last-resort handler would print it bare, over two lines.
+    handler = _OneLineHandler(command, stream)
+    mpl = logging.getLogger("matplotlib")
+    mpl.addHandler(handler)
+    # The resource tracker (its own process) warns about the semaphores of worker processes a Ctrl-C or a
+    # terminate() ended, in Python's multi-line form, after chada has exited: it removes them either way,
+    # so the note is silenced (-W is how a spawned tracker inherits a filter).
+    quiet_tracker = "ignore:resource_tracker:UserWarning"
+    added = quiet_tracker not in sys.warnoptions
+    if added:
+        sys.warnoptions.append(quiet_tracker)
     try:
         yield
     finally:
         warnings.showwarning = saved
+        mpl.removeHandler(handler)
+        if added and quiet_tracker in sys.warnoptions:
+            sys.warnoptions.remove(quiet_tracker)
+
+
+class _OneLineHandler(logging.Handler):
+    """Warnings of a library's logger as ``chada CMD: warning: <message>`` on one line."""
+
+    def __init__(self, command: str, stream: TextIO | None) -> None:
+        super().__init__(logging.WARNING)
+        self.command, self.stream = command, stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        out = self.stream if self.stream is not None else sys.stderr
+        with suppress(OSError, ValueError):
+            msg = short_message(record.getMessage(), 600, one_line=True)
+            print(f"chada {self.command}: {record.levelname.lower()}: {msg}", file=out)

@@ -34,6 +34,7 @@ This module imports nothing from chada, so any layer may use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -52,9 +53,14 @@ __all__ = [
     "atomic_writer",
     "check_writable_dir",
     "check_writable_file",
+    "check_finished",
+    "finishing",
+    "mark_finished",
+    "naming_path",
     "remove_stale_temps",
     "safe_filename",
     "temp_owner",
+    "UnfinishedFolderError",
 ]
 
 # ".<target>.<pid>.<random>.tmp": mkstemp's random part is 8 characters of [a-z0-9_].
@@ -76,6 +82,25 @@ def _umask() -> int:
     return mask
 
 
+#: errno values that mean the disk, a quota or a limit refused a write (not the input's fault).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+@contextlib.contextmanager
+def naming_path(path: str | os.PathLike) -> Iterator[None]:
+    """A write refused by the disk (:data:`DISK_ERRNOS`) in the block, raised without a file name
+    (``os.write``, ``numpy.save`` into a handle, a library writing through a file object) or naming a
+    temporary file, is re-raised naming ``path``: a full disk (``ENOSPC``), a file-size limit (``EFBIG``), a quota (``EDQUOT``) or a
+    read-only file system (``EROFS``) then says which output it stopped (:func:`chada.errors.describe`)."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        if exc.errno not in DISK_ERRNOS or (name is not None and temp_owner(Path(str(name)).name) is None):
+            raise  # a read error in the block, or one that names its file already
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file handle whose content replaces ``path`` when the block ends without an error.
@@ -84,15 +109,18 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     mode ``0o666 & ~umask``, then is renamed over ``path``. On an error the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    with naming_path(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with naming_path(path), os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
+        for written in _recorders:
+            written.add(path.absolute())
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -133,6 +161,94 @@ def atomic_write_npy(path: str | os.PathLike, array: Any) -> None:
 
     with atomic_writer(path) as fh:
         np.save(fh, array, allow_pickle=False)
+
+
+# ------------------------------------------------------------------------------ finished folders
+DONE_NAME = "DONE.json"
+_recorders: list[set[Path]] = []  # paths atomic_writer wrote while a finishing() block is open
+
+
+class UnfinishedFolderError(ValueError):
+    """A run's folder without its completion marker, or changed after it (bad input: exit code 2)."""
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def finishing(folder: str | os.PathLike, **info: Any) -> Iterator[set[Path]]:
+    """Write a run's files in the block; ``<folder>/DONE.json`` is written last, when it ends without
+    an error.
+
+    The old marker is removed first, so an interrupted rewrite reads as unfinished. ``DONE.json`` lists
+    every file the block wrote through this module (add others to the yielded set) with its size and
+    SHA-256, plus ``info``. Files the previous marker listed and this run did not write are removed:
+    the folder's results, report and figures come from one run.
+    """
+    folder = Path(folder)
+    marker = folder / DONE_NAME
+    try:
+        previous = json.loads(marker.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    with contextlib.suppress(FileNotFoundError), naming_path(marker):
+        marker.unlink()
+    written: set[Path] = set()
+    _recorders.append(written)
+    try:
+        yield written
+    finally:
+        _recorders.remove(written)
+    root = folder.absolute()
+    files = [p for p in sorted(written) if p.is_relative_to(root) and p.is_file()]
+    for rel in set(previous) - {p.relative_to(root).as_posix() for p in files}:
+        stale = (root / str(rel)).resolve()
+        if stale.is_relative_to(root.resolve()):  # a marker from elsewhere must not reach outside the folder
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    mark_finished(folder, files, **info)
+
+
+def mark_finished(folder: str | os.PathLike, files: list[Path], **info: Any) -> Path:
+    """Write ``<folder>/DONE.json`` listing ``files`` (below ``folder``) with size and SHA-256, and
+    ``info``; call it after the last of them is written. Returns the marker's path."""
+    root = Path(folder).absolute()
+    listing = {}
+    for p in files:
+        p = Path(p).absolute()
+        listing[p.relative_to(root).as_posix()] = {"bytes": p.stat().st_size, "sha256": _digest(p)}
+    marker = root / DONE_NAME
+    atomic_write_json(marker, {"finished": time.time(), **info, "files": listing}, indent=1, default=str)
+    return marker
+
+
+def check_finished(folder: str | os.PathLike, what: str = "run folder", rerun: str = "") -> dict[str, Any]:
+    """The ``DONE.json`` of ``folder`` (:func:`finishing`); refuses a folder without one, or whose listed
+    files are missing or changed since (an interrupted run, or a second run that wrote into it).
+
+    Raises:
+        UnfinishedFolderError: naming the folder, the file and ``rerun`` (what to do).
+    """
+    folder = Path(folder)
+    todo = f"; {rerun}" if rerun else ""
+    try:
+        done = json.loads((folder / DONE_NAME).read_text())
+        files = dict(done["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UnfinishedFolderError(
+            f"{folder}: not a finished {what} (no readable {DONE_NAME}: interrupted, or still being written){todo}"
+        ) from None
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file() or p.stat().st_size != meta.get("bytes") or _digest(p) != meta.get("sha256"):
+            raise UnfinishedFolderError(
+                f"{folder}: {rel} changed after the {what} finished (another run wrote into it?){todo}"
+            )
+    return done
 
 
 # ------------------------------------------------------------------------------ stale temp files

@@ -71,11 +71,13 @@ def _command_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from chada import locks
     from chada.errors import debug_requested, one_line_warnings, report
 
     parser = build_parser()
     args = parser.parse_args(argv)
     command = _command_name(args)
+    locks.COMMAND_LINE = " ".join(["chada", *(sys.argv[1:] if argv is None else argv)])
     debug = debug_requested(getattr(args, "global_debug", False) or getattr(args, "debug", False))
     with one_line_warnings(command):
         try:
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             config = getattr(args, "config", None)
             return report(exc, command, source=config if isinstance(config, str) else None)
+        finally:
+            locks.release_held()  # the outputs this command took (chada.locks): the next run may have them
     return int(rc or 0)
 
 

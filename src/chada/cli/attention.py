@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from chada.cli.options import precision_dtype
     from chada.data.normalize import normalize_channels
     from chada.io import check_writable_file
+    from chada.locks import hold_output
     from chada.models.precision import autocast
     from chada.viz.attention import (
         channel_mass_table,
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     figure_paths(args.out)  # reject a bad suffix before any work
     check_writable_file(args.out, what="--out")
+    hold_output(args.out, folder=False)
     raw, manifest_names = load_image(args.image, args.manifest, args.image_id)
     C = raw.shape[0]
     names = args.channel_names or manifest_names or [f"ch{i}" for i in range(C)]

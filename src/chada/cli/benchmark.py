@@ -49,8 +49,10 @@ def run_chammi(args: argparse.Namespace) -> int:
 
     name = model_label(args.model)
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     out = check_writable_dir(args.out, what="--out")  # before any model runs
+    hold_output(out, folder=True)
     if not args.score_only:
         from chada.cli.options import precision_dtype
 

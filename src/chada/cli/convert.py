@@ -69,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.models.convert import OFFICIAL_MODEL_NAME, ConversionReport, load_official_checkpoint
     from chada.models.hub import CONFIG_NAME, WEIGHTS_NAME
 
     out = check_writable_dir(args.out_dir, what="OUT_DIR")  # before the checkpoint is read
+    hold_output(out, folder=True)
     if (out / WEIGHTS_NAME).exists() and not args.force:
         raise ValueError(f"{out} already holds {WEIGHTS_NAME}; pass --force to overwrite")
     overrides = {}

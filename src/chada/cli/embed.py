@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from chada.cli.options import channel_kwargs, nan_kwargs, object_options, precision_dtype
     from chada.encode import shards
     from chada.io import check_writable_file
+    from chada.locks import hold_output
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.merge:
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"chada embed needs {', '.join(missing)} (or --merge OUT to merge shard files)")
     check_writable_file(args.out, what="--out")  # before any model is loaded
+    hold_output(args.out, folder=False)  # one writer: a second run (or --no-resume) must not touch live chunks
     nan = nan_kwargs(args)
     objects = object_options(args)
     shard, device = shards.torchrun_shard(args.device)

@@ -97,14 +97,19 @@ def _precision(args: argparse.Namespace, cfg: dict) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from chada.eval.config import load_config
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.tasks.evaluation import run_evaluation
 
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:  # NaN fails too
+        raise ValueError(f"--test-fraction {args.test_fraction}: the test share of the images lies in (0, 1)")
     if bool(args.config) == bool(args.embeddings):
         raise ValueError("give either --config EVAL.yaml or --embeddings A.npz B.npz ...")
     if args.config:
         # A missing file, a folder, invalid YAML or a YAML list is an input error naming the file.
         cfg, base = load_config(args.config)
         cfg.setdefault("base_dir", str(base))
+        if cfg.get("out_dir"):  # like every relative path of the config: against the config's folder
+            cfg["out_dir"] = str(base / Path(str(cfg["out_dir"])).expanduser())
         if args.shortcut_features:
             cfg.setdefault("diagnostics", {})["shortcut_features"] = str(
                 Path(args.shortcut_features).resolve()
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             raise in_file(args.config, exc) from None
     out = args.out or cfg.get("out_dir") or "eval_results"
     check_writable_dir(out, what="output folder")  # before any file is read
+    hold_output(out, folder=True)  # two evaluations into one folder would mix their reports
     results = run_evaluation(cfg, out, progress=not args.quiet, write=True, plots=not args.no_plots,
                              precision=_precision(args, cfg))  # fmt: skip
     elapsed = results.attrs.get("elapsed_s", float("nan"))

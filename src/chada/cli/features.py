@@ -62,8 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from chada.cli.options import nan_kwargs
     from chada.io import check_writable_file
+    from chada.locks import hold_output
 
     check_writable_file(args.out, what="--out")  # before any image is read
+    hold_output(args.out, folder=False)
     if args.kind == "cp_measure":
         from chada.encode.cp_measure import cp_measure_for_manifest
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from chada.cli.options import add_debug
@@ -51,8 +52,11 @@ def handler(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     check_writable_dir(cfg.run.output_dir, what="run.output_dir")  # before any data is read
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 takes the folder for all ranks
+        hold_output(cfg.run.output_dir, folder=True)
     from chada.ssl.distributed import cleanup
     from chada.ssl.trainer import CompileError, Trainer
 

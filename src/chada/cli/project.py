@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from chada.io import check_writable_file
+    from chada.locks import hold_output
     t0 = time.perf_counter()
     _step(f"loading {len(args.embeddings)} embedding file(s)")
     from chada.viz.projection import format_stats, project, write_coords_csv
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     png, _ = figure_paths(args.out)  # reject a bad suffix before any work
     check_writable_file(args.out, what="--out")
+    hold_output(args.out, folder=False)
     methods = ["pca", "umap"] if "both" in args.method else list(dict.fromkeys(args.method))
     coords, stats = project(
         args.embeddings,

@@ -44,9 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.pipeline.quickstart import QuickstartSettings, run_quickstart
 
     check_writable_dir(args.out, what="--out")  # before anything runs
+    hold_output(args.out, folder=True)
 
     settings = QuickstartSettings.make(
         args.out, fast=args.fast, epochs=args.epochs, n_per_assay=args.n_per_assay, seeds=args.seeds,

@@ -98,12 +98,16 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.attention import load_image
     from chada.encode.encoders import resolve_model
+    from chada.locks import hold_output
     from chada.models.precision import precision_name, resolve_precision
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
+    if args.threshold is not None and not 0 <= args.threshold <= 1:  # NaN fails too
+        raise ValueError(f"--threshold {args.threshold}: a probability threshold lies in [0, 1] (default: the probe's)")
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
     if args.probability:
         _check_out(args.probability, (".tif", ".tiff"), "--probability")
+    hold_output(args.out, folder=False)
     probe = load_probe(args.probe)
     raw, _ = load_image(args.image, None, None)
     order = order_channels(probe, _names(args.channel_names), raw.shape[0])

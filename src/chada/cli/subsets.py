@@ -74,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.cli.options import channel_kwargs, precision_dtype
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
     from chada.tasks.channel_subsets import run_channel_subsets
 
+    if not 0 < args.test_fraction < 1:  # NaN fails too
+        raise ValueError(f"--test-fraction {args.test_fraction}: the test share of the images lies in (0, 1)")
     check_writable_dir(args.out, what="--out")  # before any model runs
+    hold_output(args.out, folder=True)
 
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip

@@ -15,7 +15,9 @@ Rules (exactly what :meth:`ChannelPolicy.resolve` does):
    rule alone; ``chada data check`` uses it, so it refuses what ``chada embed`` refuses.
 3. ``canonical=None``: slot = position (``0..C-1``), the paper's rule; only rule 2 applies (too
    many channels is left to the model's own check). ``unknown="error"``
-   (``--strict-channels``) needs a canonical order: without one every name is "unknown", so
+   (``--strict-channels``) checks names against what the model knows: without a canonical order,
+   the stains it saw in pretraining (``seen``: ``pretrained_extra["channel_names_seen"]``), naming
+   the first unseen one; a model that records neither cannot be checked, so
    :meth:`ChannelPolicy.resolve` refuses to run and says to give one with ``--channel-order A,B,C``.
 4. ``canonical=[n_0, n_1, ...]``: a known name ``n_j`` goes to slot ``j`` whatever its position in
    the image, so ``[Actin, DAPI]`` and ``[DAPI, Actin]`` give the same slots per stain.
@@ -113,6 +115,8 @@ class ChannelPolicy:
         case_insensitive: match names ignoring case.
         aliases: ``{name as written in a manifest: canonical name}``, applied before matching.
         max_slots: largest slot + 1 the model accepts (its ``max_channels``); None = unchecked.
+        seen: the stains the model saw in pretraining; with no ``canonical`` order, strict mode
+            (``unknown="error"``) refuses any other name (slots stay positional).
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class ChannelPolicy:
         case_insensitive: bool = True,
         aliases: Mapping[str, str] | None = None,
         max_slots: int | None = None,
+        seen: Sequence[str] | None = None,
     ) -> None:
         if unknown not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
@@ -136,6 +141,8 @@ class ChannelPolicy:
         self.canonical: list[str] | None = None
         self._slots: dict[str, int] = {}
         self._warned: set[str] = set()
+        # the stains the model saw in pretraining: what strict mode checks when there is no slot order
+        self.seen = None if seen is None else [str(n).strip() for n in seen]
         if canonical is not None:
             self.canonical = []
             for name in canonical:
@@ -166,6 +173,8 @@ class ChannelPolicy:
         ``max_slots`` is the model's ``max_channels`` when it has one (None for ``"handmade"``).
         """
         names = list(canonical) if canonical is not None else model_channel_names(model)
+        extra = getattr(model, "pretrained_extra", None) or {}
+        seen = extra.get("channel_names_seen") if isinstance(extra, Mapping) else None
         cmax = getattr(model, "max_channels", None)
         if not isinstance(cmax, int):
             cmax = getattr(getattr(model, "config", None), "max_channels", None)
@@ -175,6 +184,7 @@ class ChannelPolicy:
             case_insensitive=case_insensitive,
             aliases=aliases,
             max_slots=cmax if isinstance(cmax, int) else None,
+            seen=list(seen) if isinstance(seen, list) and seen else None,
         )
 
     # -------------------------------------------------------------------------------- lookup
@@ -210,7 +220,9 @@ class ChannelPolicy:
         keys = [self._key(n) for n in mapped]
         validate_channel_names(names, image, keys=keys)
         if self.canonical is None:
-            if self.unknown == "error":
+            if self.unknown == "error" and self.seen is not None:
+                self._refuse_unseen(mapped, keys, where)
+            elif self.unknown == "error":
                 raise ChannelNameError(
                     "--strict-channels needs a canonical channel order, but none was given and the model "
                     "recorded none; give one with --channel-order A,B,C (e.g. --channel-order "
@@ -253,6 +265,16 @@ class ChannelPolicy:
                 f"{self.max_slots} channel slots (0..{self.max_slots - 1})"
             )
         return slots
+
+    def _refuse_unseen(self, mapped: Sequence[str], keys: Sequence[str], where: str) -> None:
+        """Strict mode without a slot order: every name must be a stain the model saw in pretraining."""
+        seen = {self._key(self.canonical_name(n)) for n in self.seen or []}
+        for key, name in zip(keys, mapped):
+            if key not in seen:
+                raise ChannelNameError(
+                    f"{where}: channel {name!r} is not among the stains the model saw in pretraining "
+                    f"{self.seen} (strict channels); map it with --channel-alias or drop --strict-channels"
+                )
 
     def resolve_many(
         self, names: Sequence[Sequence[str]], images: Sequence[str] | None = None

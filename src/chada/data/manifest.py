@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chada.data.manifest_header import check_header
+from chada.data.row_checks import patch_problems, read_error_kind
 from chada.errors import InputError, short_message, type_name
 
 __all__ = [
@@ -130,6 +132,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     str_cols = {c: "string" for c in ("image_id", "dataset", "channel_files", "file", "channel_names", "split")}
     if suf not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
         raise ManifestError(f"{p}: manifest must be .csv, .tsv or .parquet, got {suf!r}")
+    check_header(p, suf, ManifestError)  # not a FIFO; no column twice (pandas would rename it silently)
     try:
         if suf in (".parquet", ".pq"):
             df = pd.read_parquet(p)
@@ -167,13 +170,15 @@ def validate_columns(df: pd.DataFrame, path: str | Path | None = None, allow_emp
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest as CSV or Parquet (chosen by suffix)."""
+    """Write a manifest as CSV or Parquet (chosen by suffix), atomically (a full disk names ``path``)."""
+    from chada.io import atomic_write_text, atomic_writer
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() in (".parquet", ".pq"):
-        df.to_parquet(p, index=False)
+        with atomic_writer(p) as fh:
+            df.to_parquet(fh, index=False)
     else:
-        df.to_csv(p, index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",")
+        atomic_write_text(p, df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ","))
     return p
 
 
@@ -258,6 +263,7 @@ def check_manifest(
     root: str | Path | None = None,
     read_pixels: bool = True,
     nan_policy: str = "error",
+    patch_size: int | None = None,
 ) -> list[Problem]:
     """Validate a manifest and return EVERY problem found (empty list = valid).
 
@@ -276,6 +282,7 @@ def check_manifest(
             that the files exist, for a quick pass over a very large manifest.
         nan_policy: ``"error"`` (default): NaN/inf pixels are a problem; ``"replace"``: they are
             reported with ``severity="warning"`` (the reader would replace them), not as errors.
+        patch_size: flag images too small for, or not a multiple of, this patch (:mod:`chada.data.row_checks`).
 
     Returns:
         the problems, by row; ``severity == "error"`` ones make the manifest unusable.
@@ -313,14 +320,13 @@ def check_manifest(
         problems.append(Problem(int(i) + 1, str(ids.iloc[i]), "duplicate_id", msg))
 
     for i, row in enumerate(df.to_dict("records")):
-        problems += _row_problems(row, i + 1, list(df.columns), base, c_max, read_pixels, nan_policy)
+        problems += _row_problems(row, i + 1, list(df.columns), base, c_max, read_pixels, nan_policy, patch_size)
     problems.sort(key=lambda p: (p.row or 0, p.kind))
     return problems
 
 
-def _row_problems(
-    row: dict, rnum: int, columns: Sequence[str], base: Path, c_max: int, read_pixels: bool, nan_policy: str
-) -> list[Problem]:
+def _row_problems(row: dict, rnum: int, columns: Sequence[str], base: Path, c_max: int, read_pixels: bool,
+                  nan_policy: str, patch_size: int | None = None) -> list[Problem]:  # fmt: skip
     """Every problem of one manifest row (``rnum`` is 1-based), in the order they are checked."""
     from chada.data.channel_names import ChannelNameError, validate_channel_names
     from chada.data.readers import ImageReadError, nonfinite_summary
@@ -365,7 +371,7 @@ def _row_problems(
         img, _ = _read_row_raw(row, base)
     except ImageReadError as exc:
         msg = str(exc)
-        add("inconsistent_size" if "differ in H/W" in msg else "unreadable", msg)
+        add(read_error_kind(msg), msg)
         return problems
     except Exception as exc:  # noqa: BLE001 - a validator must report, not crash, on any bad file
         add("unreadable", f"{type(exc).__name__}: {exc}")
@@ -377,6 +383,8 @@ def _row_problems(
         add("channel_count", f"{c} channels > C_max={c_max}")
     if names and len(names) != c:
         add("channel_name_count", f"{len(names)} channel_names {names} for {c} channels")
+    for kind, msg, severity in patch_problems(int(img.shape[1]), int(img.shape[2]), patch_size):
+        add(kind, f"{msg} ({paths[0]})", severity)
     detail = nonfinite_summary(img, names if len(names) == c else None, paths) if img.size else ""
     if detail:
         src = f" in {paths[0]}" if len(paths) == 1 else ""

@@ -21,7 +21,9 @@ Channel-axis rule (documented contract):
 
 Values are converted to float32 without rescaling (normalisation is :mod:`chada.data.normalize`).
 
-Bad files (one rule for every format): a missing path raises ``FileNotFoundError``; a directory
+Bad files (one rule for every format, checked with ``stat`` before anything opens the file): a
+missing path raises ``FileNotFoundError``; a FIFO, socket or device (which would block a read
+forever), a file the user may not read ("permission denied", not "corrupt"), a directory
 where a file is expected, an unsupported suffix, or a file the decoder cannot read (corrupt,
 truncated or garbage TIFF/PNG/JPEG/Zarr/.npy: ``zlib.error``, ``struct.error``, ``IndexError``,
 tifffile/Pillow/zarr errors, ...) raises :class:`ImageReadError` naming the file and the decoder's
@@ -38,6 +40,8 @@ themselves, e.g. ``chada data check``).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -225,6 +229,30 @@ def _read_zarr(path: Path) -> np.ndarray:
     return to_chw(arr, axes)
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def _check_file_kind(p: Path, suf: str) -> None:
+    """Refuse what is not an image file before opening it: a FIFO or device would block the read forever
+    (``stat``, never ``open``), an unreadable file says "permission denied" (not "corrupt")."""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {p}") from None
+    except PermissionError:
+        raise ImageReadError(f"{p}: permission denied (a folder above it is not searchable); fix its permissions") from None
+    if stat.S_ISDIR(mode):
+        if suf != ".zarr":
+            raise ImageReadError(f"{p}: is a directory, expected an image file (only .zarr images are folders)")
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+        raise ImageReadError(f"{p}: is {kind}, not an image file; name a regular file in the manifest")
+    if not os.access(p, os.R_OK):
+        raise ImageReadError(f"{p}: permission denied; make it readable (chmod) or copy it")
+
+
 def read_image(path: str | Path, nan_policy: str = "error", nan_fill: float | None = None) -> np.ndarray:
     """Read one image file as ``[C, H, W]`` float32.
 
@@ -248,11 +276,8 @@ def read_raw(path: str | Path) -> np.ndarray:
     """Read one image file as ``[C, H, W]`` in the file's own dtype (bool -> uint8): label images keep
     their integer type. Same errors as :func:`read_image`."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"image file not found: {p}")
     suf = _suffix(p)
-    if p.is_dir() and suf != ".zarr":
-        raise ImageReadError(f"{p}: is a directory, expected an image file (only .zarr images are folders)")
+    _check_file_kind(p, suf)
     try:
         if suf in (".tif", ".tiff"):
             arr = _read_tiff(p)
@@ -268,6 +293,8 @@ def read_raw(path: str | Path) -> np.ndarray:
         if str(p) in str(exc):
             raise
         raise ImageReadError(f"{p}: {exc}") from exc
+    except PermissionError as exc:  # inside a .zarr folder, or a file made unreadable since the check
+        raise ImageReadError(f"{p}: permission denied ({exc.filename or p}); make it readable (chmod) or copy it") from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes decoders raise anything: zlib.error,
         # struct.error, IndexError, tifffile.TiffFileError, PIL errors, zarr errors, MemoryError for a
         # garbage size field...; each is this file's fault, and the message must name the file.

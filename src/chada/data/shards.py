@@ -78,7 +78,9 @@ def write_shards(
     pattern = str(out / f"{prefix}-%06d.tar")
     counts: dict[str, int] = {}
     channel_counts: dict[str, int] = {}  # name -> images, in first-seen order
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+    from chada.io import naming_path
+
+    with naming_path(out / f"{prefix}-*.tar"), wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
         for i in range(len(ds)):
             s = ds[i]
             img = s["image"].numpy()

@@ -244,11 +244,21 @@ def write_masks(path: str | Path, masks: dict[str, np.ndarray]) -> None:
     """The masks of one cell as a ``[len(MASK_NAMES), H, W]`` uint8 (0/1) TIFF, planes in MASK_NAMES order."""
     import tifffile
 
+    from chada.io import naming_path
+
     data = np.stack([np.asarray(masks[n], np.uint8) for n in MASK_NAMES])
-    tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
+    with naming_path(path):
+        tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
 
 
 def _write(path: Path, planes: np.ndarray, fmt: str) -> None:
+    from chada.io import naming_path
+
+    with naming_path(path):  # a full disk names the image it stopped
+        _write_image(path, planes, fmt)
+
+
+def _write_image(path: Path, planes: np.ndarray, fmt: str) -> None:
     import tifffile
     from PIL import Image
 

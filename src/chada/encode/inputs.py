@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def _file_line(path: Path, verify: str) -> str:
         return f"{path}\tunreadable:{type(exc).__name__}"
     if verify == "stat":
         return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever: the reader refuses it by name
+        return f"{path}\tnot-a-regular-file"
     h = hashlib.sha256()
     try:
         with open(path, "rb") as fh:

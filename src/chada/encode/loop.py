@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chada.encode.budget import check_forward, files_of
 from chada.encode.chunks import ChunkStore
 from chada.encode.encoders import Encoder
 
@@ -145,12 +146,19 @@ def encode_chunks(
     todo_iter = iter(todo)
     k = next(todo_iter)
     acc = _Chunk(pools)
+    where, warned = files_of(ds), set[str]()
+
+    def checked(enc: Encoder, samples: list[dict[str, Any]], *rest: Any) -> dict[str, np.ndarray]:
+        if enc.module is not None:  # token count and memory, before the forward pass allocates anything
+            check_forward(enc.module, samples, dev, where, warned)
+        return encode(enc, samples, *rest)
+
     for items in loader:
         if cells:
             last = len(acc.names) + len(items) == len(chunks[k])
-            _encode_cells(encode, encoder, items, pool_map, dev, policy, batch_size, acc, last)
+            _encode_cells(checked, encoder, items, pool_map, dev, policy, batch_size, acc, last)
         else:
-            acc.add(encode(encoder, items, pool_map, dev, policy), [list(s["channel_names"]) for s in items])
+            acc.add(checked(encoder, items, pool_map, dev, policy), [list(s["channel_names"]) for s in items])
         bar.update(1)
         # chunk sizes are multiples of batch_size (but the last), so batches never straddle chunks
         if len(acc.names) == len(chunks[k]):

@@ -96,6 +96,10 @@ def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
     for col in meta.columns:  # lists (channel names) survive JSON as lists
         if meta[col].dtype == object:
             meta[col] = meta[col].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+        elif meta[col].dtype.kind == "f" and np.isinf(meta[col].to_numpy()).any():
+            # JSON writes inf as null, which reads back as "missing": keep it as "inf" (read back as inf),
+            # so that the evaluation refuses an infinite target by name instead of dropping its row
+            meta[col] = [("inf" if v > 0 else "-inf") if np.isinf(v) else (None if np.isnan(v) else v) for v in meta[col]]
     arrays = {f"feat_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in emb.features.items()}
     atomic_write_npz(
         path,

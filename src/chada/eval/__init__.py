@@ -6,6 +6,8 @@
 - :mod:`~chada.eval.config`, :mod:`~chada.eval.protocol`, :mod:`~chada.eval.diagnostics_table`: the
   evaluation config, every task x model x regime x seed, every diagnostic of every model;
 - :mod:`~chada.eval.intervals`: chance (the best constant predictor) and 95 % intervals;
+- :mod:`~chada.eval.paired`, :mod:`~chada.eval.comparisons`: paired tests of two models on the same
+  items (paired bootstrap, exact McNemar, Holm) and every learned model against its references;
 - :mod:`~chada.eval.report`: the tables (the Fig. 1 / Fig. 4 figures are
   :mod:`chada.viz.results_figures`: no plotting toolkit here).
 

@@ -178,7 +178,7 @@ def parse_settings(config: dict[str, Any], base: Path) -> dict[str, Any]:
         settings["diagnostics"]["shortcut_features"] = _path(
             settings["diagnostics"]["shortcut_features"], base
         )
-    settings["out_dir"] = config.get("out_dir")
+    settings["out_dir"] = _path(config["out_dir"], base) if config.get("out_dir") else None
     settings["base_dir"] = base
     return settings
 

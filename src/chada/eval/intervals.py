@@ -9,6 +9,8 @@
   the normal approximation ``p ± 1.96 sqrt(p(1-p)/n)`` collapses to a point.
 - :func:`bootstrap_r2_interval` — percentile bootstrap of R² over test images (R² has no closed-form
   interval: it is a ratio of two sums over the same images).
+- :func:`bootstrap_values` / :func:`percentile_bootstrap` — the one percentile bootstrap over items
+  of the package (R² here, the paired differences of :mod:`chada.eval.paired`, the dense IoU).
 - :func:`separated` — whether two intervals do not overlap. Two scores whose 95 % intervals overlap
   are not called different (conservative: a paired test on the same test images could separate some).
 
@@ -19,11 +21,14 @@ over seeds (training subsets, probe initialisation) is the separate "± std" of 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Z95", "bootstrap_r2_interval", "chance_score", "r2", "separated", "wilson_interval"]
+__all__ = [
+    "Z95", "bootstrap_r2_interval", "bootstrap_values", "chance_score", "percentile_bootstrap", "r2", "r2_rows",
+    "separated", "wilson_interval",
+]  # fmt: skip
 
 Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
 
@@ -69,25 +74,52 @@ def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def bootstrap_values(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0, chunk: int = 256
+) -> np.ndarray:
+    """``[n_boot]`` (or ``[n_boot, K]``) values of ``statistic`` over resamples of ``n`` items.
+
+    ``statistic`` maps item indices ``[B, n]`` (drawn with replacement) to ``[B]`` or ``[B, K]``. The
+    indices come from ``numpy.random.default_rng(seed)`` in chunks of ``chunk`` resamples, which bounds
+    the memory of the gathered rows; the chunking does not change the draws (one stream).
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for start in range(0, n_boot, chunk):
+        parts.append(np.asarray(statistic(rng.integers(0, n, (min(chunk, n_boot - start), n)))))
+    return np.concatenate(parts)
+
+
+def percentile_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval ``(low, high)`` of :func:`bootstrap_values` (undefined resamples, NaN, dropped)."""
+    vals = bootstrap_values(statistic, n, n_boot, seed)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        return (float("nan"), float("nan"))
+    a = (1.0 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    return (float(lo), float(hi))
+
+
+def r2_rows(x: np.ndarray) -> np.ndarray:
+    """``[B, N, 2]`` (target, prediction) -> ``[B]`` R² of each row, NaN where the targets are constant."""
+    y, pred = x[..., 0], x[..., 1]
+    sst = ((y - y.mean(-1, keepdims=True)) ** 2).sum(-1)
+    sse = ((y - pred) ** 2).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+
+
 def bootstrap_r2_interval(
     y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap ``(low, high)`` of R² over the test images (``y``, ``pred``: ``[N]``)."""
-    y = np.asarray(y, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    if len(y) < 3:
+    yp = np.stack([np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)], -1)
+    if len(yp) < 3:
         return (float("nan"), float("nan"))
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    yb, pb = y[idx], pred[idx]
-    sst = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
-    sse = ((yb - pb) ** 2).sum(1)
-    ok = sst > 0
-    if not ok.any():
-        return (float("nan"), float("nan"))
-    vals = 1.0 - sse[ok] / sst[ok]
-    a = (1.0 - level) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a])
-    return (float(lo), float(hi))
+    return percentile_bootstrap(lambda idx: r2_rows(yp[idx]), len(yp), n_boot, seed, level)
 
 
 def separated(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from chada.eval.probes import encode_labels
 
-__all__ = ["MAX_BLOCK_BYTES", "chunk_rows", "knn_accuracy", "knn_predict", "knn_regress", "knn_r2"]
+__all__ = ["MAX_BLOCK_BYTES", "chunk_rows", "knn_accuracy", "knn_correct", "knn_predict", "knn_regress", "knn_r2"]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -113,9 +113,22 @@ def knn_accuracy(
     temperature: float = 0.07,
 ) -> float:
     """Top-1 accuracy of the weighted cosine kNN; labels may be any hashable values."""
+    return float(knn_correct(train, train_labels, test, test_labels, k=k, temperature=temperature).mean())
+
+
+def knn_correct(
+    train: np.ndarray,
+    train_labels: Sequence,
+    test: np.ndarray,
+    test_labels: Sequence,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> np.ndarray:
+    """``[N_test]`` bool: which test rows the weighted cosine kNN gets right (for paired comparisons)."""
     ytr, yte, classes = encode_labels(train_labels, test_labels)
     pred = knn_predict(train, ytr, test, k=k, temperature=temperature, num_classes=len(classes))
-    return float((pred == yte).mean())
+    return pred == yte
 
 
 def knn_regress(

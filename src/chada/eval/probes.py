@@ -106,10 +106,13 @@ def linear_probe_classification(
     max_iter: int = 300,
     max_dim: int | None = 256,
     seed: int = 0,
-) -> dict[str, float]:
+    return_correct: bool = False,
+) -> dict[str, Any]:
     """Top-1 accuracy of an L2 logistic regression on standardised frozen features.
 
-    Returns ``{"accuracy", "C", "n_iter", "dim"}``. With a single training class the probe predicts it.
+    Returns ``{"accuracy", "C", "n_iter", "dim"}`` (plus ``"correct"``, bool ``[N_test]``, with
+    ``return_correct``: which test rows it gets right, for paired comparisons). With a single training
+    class the probe predicts it.
     """
     y_train = np.asarray(y_train)
     y_test = np.asarray(y_test)
@@ -120,12 +123,9 @@ def linear_probe_classification(
     zte = prep.transform(x_test)
     if np.unique(ytr).size == 1:
         pred = np.full(len(yte), ytr[0])
-        return {
-            "accuracy": float(accuracy_score(yte, pred)),
-            "C": float("nan"),
-            "n_iter": 0,
-            "dim": ztr.shape[1],
-        }
+        out: dict[str, Any] = {"accuracy": float(accuracy_score(yte, pred)), "C": float("nan"), "n_iter": 0,
+                               "dim": ztr.shape[1]}  # fmt: skip
+        return {**out, "correct": pred == yte} if return_correct else out
     grid = [float(C)] if np.isscalar(C) else [float(c) for c in C]
     best_c = grid[0]
     with warnings.catch_warnings():
@@ -143,12 +143,13 @@ def linear_probe_classification(
                 best_c = grid[int(np.argmax(scores))]
         clf = LogisticRegression(C=best_c, max_iter=max_iter).fit(ztr, ytr)
     pred = clf.predict(zte)
-    return {
+    out = {
         "accuracy": float(accuracy_score(yte, pred)),
         "C": best_c,
         "n_iter": int(np.max(clf.n_iter_)),
         "dim": int(ztr.shape[1]),
     }
+    return {**out, "correct": pred == yte} if return_correct else out
 
 
 def ridge_probe_regression(

@@ -13,11 +13,18 @@ A task with fewer labelled images than ``small_data.max_images`` (200) is scored
 over all its images instead, one repetition per seed: every image is tested, and a seed's score is
 over the pooled predictions of its folds. Every row carries the 95 % interval of its score over the
 test images (:mod:`chada.eval.intervals`) and chance, the score of the best constant predictor.
+
+Models ranked in one table are scored on the same images: when their feature files hold different
+labelled images, each is restricted to the images they share (:func:`common_images`, with a warning
+naming every model's count). A classification task with a single class is left out with a warning
+(every score would be 100 %); an infinite regression target and a ``test_fraction`` outside (0, 1)
+are errors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +34,14 @@ import pandas as pd
 from chada.encode.store import EmbeddingSet, load_embeddings
 from chada.eval.config import ModelSpec, TaskSpec, arch_name, infer_family
 from chada.eval.intervals import bootstrap_r2_interval, chance_score, r2, wilson_interval
-from chada.eval.knn import knn_accuracy, knn_regress
+from chada.eval.knn import knn_correct, knn_regress
 from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
+from chada.eval.paired import PairedItems
 from chada.eval.probes import linear_probe_classification, ridge_probe_regression
 
 __all__ = [
-    "RESULT_COLUMNS", "Loader", "align_rows", "resolve_kind", "run_feature_tasks", "run_task", "stratified_folds",
+    "RESULT_COLUMNS", "Loader", "align_rows", "common_images", "resolve_kind", "run_feature_tasks", "run_task",
+    "stratified_folds",
 ]  # fmt: skip
 
 RESULT_COLUMNS = [
@@ -138,19 +147,20 @@ def _probe_metrics(
     settings: dict,
     seed: int,
 ) -> dict[str, float | np.ndarray]:
-    """Classification: accuracy per metric. Regression: the test predictions ``[N_test]`` per metric
-    (R² and its interval are computed over the pooled folds)."""
+    """Per metric, one value per test row ``[N_test]``: classification, right (True) or wrong;
+    regression, the prediction. Scores and intervals are computed over the pooled folds, and the
+    per-row values are what the paired comparisons (:mod:`chada.eval.comparisons`) pair."""
     knn = settings["knn"]
     k, temp = int(knn["k"]), float(knn["temperature"])
     if task.kind == "classification":
         lin = linear_probe_classification(
             x_tr, y_tr, x_te, y_te, C=settings["probe"]["C"], max_iter=int(settings["probe"]["max_iter"]),
-            max_dim=settings["max_dim"], seed=seed,
+            max_dim=settings["max_dim"], seed=seed, return_correct=True,
         )  # fmt: skip
         return {
-            "linear_top1": lin["accuracy"],
-            "knn_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=k, temperature=temp),
-            "nn1_top1": knn_accuracy(x_tr, y_tr, x_te, y_te, k=1, temperature=temp),
+            "linear_top1": lin["correct"],
+            "knn_top1": knn_correct(x_tr, y_tr, x_te, y_te, k=k, temperature=temp),
+            "nn1_top1": knn_correct(x_tr, y_tr, x_te, y_te, k=1, temperature=temp),
         }
     lin = ridge_probe_regression(
         x_tr, y_tr, x_te, y_te, max_dim=settings["max_dim"], seed=seed, return_predictions=True
@@ -166,7 +176,7 @@ def _pooled(kind: str, per_fold: list, tests: list[np.ndarray], labels: np.ndarr
     """``(score, (ci_low, ci_high))`` of one metric over the pooled test rows of every fold."""
     n = sum(len(te) for te in tests)
     if kind == "classification":
-        acc = sum(float(v) * len(te) for v, te in zip(per_fold, tests)) / n
+        acc = float(np.concatenate(per_fold).sum()) / n
         return acc, wilson_interval(acc, n)
     y = np.concatenate([labels[te] for te in tests])
     pred = np.concatenate(per_fold)
@@ -192,6 +202,7 @@ def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[E
     col = emb.meta[task.label_column]
     if task.kind == "regression":
         col = pd.to_numeric(col, errors="coerce")
+        _refuse_infinite(task, model, emb, col.to_numpy(dtype=np.float64))
     keep = np.flatnonzero(col.notna().to_numpy())
     if len(keep) < 2:
         raise ValueError(f"task {task.name!r}: fewer than 2 rows with a {task.label_column!r} value")
@@ -201,15 +212,57 @@ def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[E
     return emb, labels
 
 
+def _items(emb: EmbeddingSet, tests: list, labels: np.ndarray, per_fold: list, regression: bool) -> PairedItems:
+    """The pooled test rows' per-image results, keyed by image_id (row position without one)."""
+    te = np.concatenate(tests)
+    if "image_id" in emb.meta.columns:
+        ids = emb.meta["image_id"].astype(str).to_numpy()[te]
+        if len(set(ids)) < len(ids):  # a repeated id: its k-th occurrence pairs with the other's k-th
+            ids = (pd.Series(ids) + "#" + pd.Series(ids).groupby(ids).cumcount().astype(str)).to_numpy()
+    else:
+        ids = te
+    return PairedItems(ids, np.concatenate(per_fold), labels[te] if regression else None)
+
+
+def _refuse_infinite(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet, values: np.ndarray) -> None:
+    """An infinite regression target is a broken value, not a missing one: refuse it by image id."""
+    bad = np.flatnonzero(np.isinf(values))
+    if len(bad):
+        ids = emb.meta["image_id"].astype(str).to_numpy()[bad] if "image_id" in emb.meta.columns else bad
+        listed = ", ".join(repr(str(i)) for i in ids[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"task {task.name!r}: {task.label_column!r} is infinite for image(s) {listed} in the embeddings of "
+            f"{model.name!r}; fix the target in the manifest (or leave it empty to drop the row) and re-embed"
+        )
+
+
+def _check_task(task: TaskSpec, labels: np.ndarray) -> bool:
+    """False (with a warning) for a classification task with one class: every score would be 100 %."""
+    if task.test_fraction is not None and not 0 < float(task.test_fraction) < 1:
+        raise ValueError(f"task {task.name!r}: test_fraction must lie in (0, 1), got {task.test_fraction}")
+    if task.kind == "classification" and len(set(labels.tolist())) < 2:
+        warnings.warn(
+            f"task {task.name!r}: every labelled image has the same {task.label_column!r} "
+            f"({str(labels[0])!r}): a single-class task scores 100 % whatever the features; it is left out",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
 def run_task(
     task: TaskSpec,
     model: ModelSpec,
     emb: EmbeddingSet,
     settings: dict[str, Any],
     cache: dict[str, dict[str, Any]] | None = None,
+    items: dict[tuple, PairedItems] | None = None,
 ) -> list[dict[str, Any]]:
     """All (feature kind x fraction x seed x metric) rows of one task on one model's embeddings.
 
+    ``items``, when given, receives each score's per-image results for the paired comparisons:
+    ``(task, model, feature, fraction, seed, metric) -> PairedItems`` over the pooled test rows
+    (right / wrong, or the prediction and target), keyed by ``image_id``.
     Each seed scores the test rows of one split, or (small data) of every fold of a seeded
     stratified k-fold pooled together; ``ci_low`` / ``ci_high`` is the 95 % interval of that score
     over the test images (Wilson for accuracy, percentile bootstrap for R²) and ``chance`` the
@@ -217,6 +270,8 @@ def run_task(
     """
     cache = {} if cache is None else cache
     emb, labels = _task_labels(task, model, emb)
+    if not _check_task(task, labels):
+        return []
     family = infer_family(model.name, emb.info, model.family)
     arch = arch_name(model, emb.info)
     regression = task.kind == "regression"
@@ -241,6 +296,10 @@ def run_task(
                     per_fold.append(cache[key])
                 for metric in per_fold[0]:
                     value, (lo, hi) = _pooled(task.kind, [f[metric] for f in per_fold], tests, labels, seed)
+                    if items is not None:
+                        items[(task.name, model.name, feat, frac, seed, metric)] = _items(
+                            emb, tests, labels, [f[metric] for f in per_fold], regression
+                        )
                     rows.append(
                         dict(
                             task=task.name, kind=task.kind, model=model.name, family=family, arch=arch,
@@ -258,19 +317,60 @@ def run_feature_tasks(
     tasks: list[TaskSpec],
     loader: Loader,
     progress: bool = True,
+    items: dict[tuple, PairedItems] | None = None,
 ) -> list[dict[str, Any]]:
-    """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file."""
+    """Result rows (columns :data:`RESULT_COLUMNS`) of every task on every model's feature file
+    (``items``: see :func:`run_task`)."""
     from tqdm.auto import tqdm
 
-    units = [(t, n) for t in tasks for n in t.embeddings]
+    units = [(t, n) for t in tasks for n in t.embeddings]  # the progress bar counts one per task x model
     rows: list[dict[str, Any]] = []
     cache: dict[str, dict[str, Any]] = {}
     # tqdm rather than a rich live display: it also shows progress when the output is a log file.
     with tqdm(total=len(units), desc="feature tasks", unit="model", disable=not progress or not units, leave=False,
               dynamic_ncols=True, mininterval=0.5) as bar:  # fmt: skip
-        for task, name in units:
-            bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
-            spec = models.get(name, ModelSpec(name, task.embeddings[name]))
-            rows.extend(run_task(task, spec, loader(task.embeddings[name]), settings, cache))
-            bar.update(1)
+        for task in tasks:
+            specs = {n: models.get(n, ModelSpec(n, p)) for n, p in task.embeddings.items()}
+            sets = common_images(task, {n: loader(p) for n, p in task.embeddings.items()})
+            for name, spec in specs.items():
+                bar.set_postfix_str(f"{task.name} / {name}", refresh=False)
+                rows.extend(run_task(task, spec, sets[name], settings, cache, items))
+                bar.update(1)
     return rows
+
+
+def common_images(task: TaskSpec, embs: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
+    """Each model's embeddings restricted to the labelled images every model of the task holds.
+
+    Models ranked in one table must be scored on the same images: when the files hold different
+    labelled images, a warning names each model's count and the common count; no common image (or one
+    only) is an error.
+    """
+    if len(embs) < 2:
+        return embs
+    labelled = {}
+    for name, emb in embs.items():
+        if "image_id" not in emb.meta.columns:
+            return embs  # nothing to match on: align_rows-style matching is impossible, keep the files as they are
+        col = emb.meta.get(task.label_column)
+        ids = emb.meta["image_id"].astype(str)
+        labelled[name] = set(ids[col.notna()]) if col is not None else set(ids)
+    common = set.intersection(*labelled.values())
+    if all(len(v) == len(common) for v in labelled.values()):
+        return embs
+    counts = ", ".join(f"{n}: {len(v)}" for n, v in labelled.items())
+    if len(common) < 2:
+        raise ValueError(
+            f"task {task.name!r}: the feature files hold different images ({counts} labelled images) and share "
+            f"{len(common)}; embed the same manifest with every model"
+        )
+    warnings.warn(
+        f"task {task.name!r}: the feature files hold different images ({counts} labelled images); every model "
+        f"is scored on the {len(common)} images they share",
+        stacklevel=2,
+    )
+    out = {}
+    for name, emb in embs.items():
+        ids = emb.meta["image_id"].astype(str).to_numpy()
+        out[name] = emb.subset(np.flatnonzero([i in common for i in ids]))
+    return out

@@ -4,7 +4,9 @@ Files written by :func:`write_report` into ``out_dir``::
 
     results_long.csv        one row per task x model x feature x fraction x seed x metric
     results_summary.csv     mean, std (sample std, ddof=1; 0 for a single seed) and n over seeds
-    results.json            {"summary": [...], "diagnostics": [...], "extra": {...}}
+    results.json            {"summary": [...], "diagnostics": [...], "extra": {...}, "comparisons": [...]}
+    comparisons.csv         paired comparisons of each learned model with its references
+                            (:mod:`chada.eval.comparisons`)
     results.md              one Markdown table per task (mean +- std) and the diagnostics tables
     diagnostics.csv         long-format diagnostics (ratios, CKA, participation ratio, shortcuts)
 
@@ -25,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chada.eval.comparisons import comparisons_markdown
 from chada.eval.intervals import separated
+from chada.eval.markdown import markdown_table
 from chada.io import atomic_write_bytes
 
 FAMILY_ORDER = {"learned": 0, "untrained": 1, "handmade": 2}
@@ -169,10 +173,7 @@ def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(empty)\n"
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(cols, [[r[c] for c in cols] for _, r in df.iterrows()])
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -300,9 +301,12 @@ def write_report(
     diagnostics: pd.DataFrame | None,
     out_dir: str | os.PathLike,
     extra: dict[str, Any] | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write every table; returns ``{name: path}``. (The figures are :mod:`chada.viz.results_figures`.)
 
+    ``comparisons`` (:func:`chada.eval.comparisons.comparison_table`) go to ``comparisons.csv``, the
+    ``"comparisons"`` section of ``results.json`` and a section of ``results.md``.
     ``extra["reconstruction"]`` (per-model decoder facts) is also written to ``results.md``.
     """
     out = Path(out_dir)
@@ -324,6 +328,9 @@ def write_report(
         "diagnostics": _json_safe(diagnostics.to_dict("records")),
         "extra": extra or {},
     }
+    if comparisons is not None:
+        put("comparisons.csv", comparisons.to_csv(index=False))
+        payload["comparisons"] = _json_safe(comparisons.to_dict("records"))
     put("results.json", json.dumps(payload, indent=1, default=str))
     md = ["# Frozen-feature evaluation\n", summary_markdown(summary)]
     recon = (extra or {}).get("reconstruction")
@@ -335,6 +342,8 @@ def write_report(
             "\n## Reconstruction decoders (same size for every encoder of a task)\n",
             _md_table(table[[c for c in cols if c in table.columns]]),
         ]
+    if comparisons is not None and len(comparisons):
+        md += ["\n## Paired comparisons (same test images)\n", comparisons_markdown(comparisons)]
     dmd = diagnostics_markdown(diagnostics, summary)
     if dmd:
         md += ["\n## Diagnostics\n", dmd]

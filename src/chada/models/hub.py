@@ -13,6 +13,7 @@ from torch import nn
 
 from chada.io import atomic_write_bytes
 from chada.models.registry import build_from_config, create_model, get_arch, list_models
+from chada.models.validate import check_dtypes, validate_config, validate_extra
 
 __all__ = ["save_pretrained", "load_model", "check_finite", "PretrainedMixin"]
 
@@ -92,8 +93,10 @@ def _read_weights(weights: Path, map_location: str | torch.device) -> dict[str, 
 def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
     """Load a model saved with ``save_pretrained``, or build a registered name with random weights.
 
-    Loading is strict: a missing or unexpected tensor, a tensor of the wrong shape and any NaN/inf
-    weight are errors naming the tensors; a damaged folder (no ``arch`` in config.json, unknown
+    Loading is strict: every config value is checked before anything is built (type, range, the
+    model's invariants, the memory it needs: :mod:`chada.models.validate`); a missing or unexpected
+    tensor, a tensor of the wrong shape or of a non-float dtype and any NaN/inf weight are errors
+    naming the tensors; a damaged folder (no ``arch`` in config.json, unknown
     architecture, bad config values, truncated or corrupt model.safetensors) is one ValueError naming
     the file. ``overrides`` may change run-time options such as ``attention``.
     """
@@ -110,8 +113,15 @@ def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device 
     meta = read_config(path)
     config = dict(meta["config"])
     config.update(overrides)
+    where = path / CONFIG_NAME
     try:
-        get_arch(meta["arch"])
+        cfg_cls = get_arch(meta["arch"]).config_class  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}. The folder was written by another chada version or edited") from None
+    # every value, the invariants and the memory the model needs, before anything is allocated
+    validate_config(cfg_cls, config, where)
+    validate_extra(meta.get("extra"), where)
+    try:
         model = build_from_config(meta["arch"], config)
     except (TypeError, ValueError) as exc:
         raise ValueError(
@@ -121,6 +131,7 @@ def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device 
     model.model_name = meta.get("model_name")  # type: ignore[attr-defined]
     weights = path / WEIGHTS_NAME
     state = _read_weights(weights, map_location)
+    check_dtypes(state, weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from chada.eval.intervals import separated
+from chada.pipeline.paired_section import best_row, significant, verdict
 from chada.pipeline.settings import ENCODERS, TASKS
 
 __all__ = ["caveats", "determinism", "one_channel_note", "reading_guide"]
@@ -41,26 +42,41 @@ def _above_chance(r: Any) -> bool:
     return bool(pd.notna(r["ci_low"]) and r["ci_low"] > r["chance"])
 
 
-def _interchannel(summary: pd.DataFrame) -> list[str]:
-    """The inter-channel bullets: each claim checked against the intervals of this run."""
+def _interval_verdict(chada: Any, chada_u: Any) -> str:
+    """The verdict from the two separate intervals (a run without paired comparisons)."""
+    if separated(_ci(chada), _ci(chada_u)) and chada["mean"] > chada_u["mean"]:
+        return ("the intervals do not overlap: pretraining taught ChAda-ViT something about how the channels "
+                "relate, the mechanism the paper claims for inter-channel attention")  # fmt: skip
+    verdict = "the intervals overlap, so this run alone does not show that pretraining learned the relation"
+    if _above_chance(chada) and not _above_chance(chada_u):
+        verdict += " (though only the pretrained model's interval lies above chance)"
+    return verdict
+
+
+def _paired_verdict(pr: Any) -> str:
+    """The verdict from the paired test against the untrained copy (same test images)."""
+    words = verdict(pr, "ChAda-ViT", "its untrained copy")
+    if significant(pr):
+        return (f"{words}. The paired test separates them: pretraining taught ChAda-ViT something about how the "
+                "channels relate, the mechanism the paper claims for inter-channel attention")  # fmt: skip
+    return f"{words}. The paired test does not separate them, so this run alone does not show that pretraining learned the relation"
+
+
+def _interchannel(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[str]:
+    """The inter-channel bullets: each claim checked against this run's paired tests (else intervals)."""
     out = []
     chada, chada_u = _row(summary, INTERCHANNEL, "chada_vit", "knn_top1"), _row(
         summary, INTERCHANNEL, "chada_vit_untrained", "knn_top1"
     )
     if chada is not None and chada_u is not None:
-        if separated(_ci(chada), _ci(chada_u)) and chada["mean"] > chada_u["mean"]:
-            verdict = ("the intervals do not overlap: pretraining taught ChAda-ViT something about how the channels "
-                       "relate, the mechanism the paper claims for inter-channel attention")  # fmt: skip
-        else:
-            verdict = "the intervals overlap, so this run alone does not show that pretraining learned the relation"
-            if _above_chance(chada) and not _above_chance(chada_u):
-                verdict += " (though only the pretrained model's interval lies above chance)"
-            verdict += "; over 4 pretraining seeds the kNN margin at k=20 was +0.09 (Appendix A of the README)"
+        pr = best_row(comparisons, INTERCHANNEL, "chada_vit", "untrained", "knn_top1")
+        verdict_text = _paired_verdict(pr) if pr is not None else _interval_verdict(chada, chada_u)
         out.append(
             f"- **Inter-channel label.** It says whether MarkerB fills the same sector of the cell as MarkerA or the "
             f"opposite one; each channel alone has the same distribution in both classes. ChAda-ViT's kNN accuracy "
-            f"is {_pct(chada)} against {_pct(chada_u)} for its untrained copy (chance {chada['chance'] * 100:.1f} %): "
-            f"{verdict}."
+            f"is {_pct(chada)} against {_pct(chada_u)} for its untrained copy (chance {chada['chance'] * 100:.1f} %). "
+            f"{verdict_text[0].upper() + verdict_text[1:]}; over 4 pretraining seeds the kNN margin at k=20 was +0.09 "
+            "(Appendix A of the README)."
         )
     one = _row(summary, INTERCHANNEL, "one_channel_vit", "knn_top1")
     if one is not None:
@@ -68,7 +84,13 @@ def _interchannel(summary: pd.DataFrame) -> list[str]:
                  if not _above_chance(one) else
                  "above chance, although it never lets channels meet: the per-channel tokens it averages still "
                  "carry some of the relation")  # fmt: skip
-        out.append(f"- The One-Channel ViT scores {_pct(one)} in kNN there: {where}.")
+        text = f"- The One-Channel ViT scores {_pct(one)} in kNN there: {where}."
+        po = best_row(comparisons, INTERCHANNEL, "chada_vit", "one_channel", "knn_top1")
+        if po is not None:
+            text += (f" Against it, {verdict(po, 'ChAda-ViT', 'the One-Channel ViT')}: "
+                     + ("ChAda-ViT is better by the paired test." if significant(po)
+                        else "the paired test does not separate them."))  # fmt: skip
+        out.append(text)
     hand = _row(summary, INTERCHANNEL, "handmade", "linear_top1")
     if hand is not None:
         if _above_chance(hand):
@@ -103,15 +125,36 @@ def _small_tasks(summary: pd.DataFrame) -> str | None:
     )
 
 
-def caveats(summary: pd.DataFrame, pretrain_seeds: int = 1, pretrain_minutes: float | None = None) -> str:
-    """The "What these numbers can and cannot tell" section, from this run's summary."""
+def _task_by_task(comparisons: pd.DataFrame | None) -> str | None:
+    """One bullet: on which tasks ChAda-ViT beats its untrained copy by the paired test (kNN and probe)."""
+    parts = []
+    for task in TASKS:
+        for metric, name in (("knn_top1", "kNN"), ("linear_top1", "probe"), ("linear_r2", "ridge R²")):
+            r = best_row(comparisons, task, "chada_vit", "untrained", metric)
+            if r is not None:
+                word = "better" if significant(r) else "not separated"
+                parts.append(f"`{task}` {name} {r['difference'] * 100:+.1f} ({int(r['n_a_only'])} vs "
+                             f"{int(r['n_b_only'])} images, Holm p {r['p_adj']:.2g}: {word})")  # fmt: skip
+    if not parts:
+        return None
+    return ("- **Did pretraining help, task by task?** ChAda-ViT minus its untrained copy, paired on the same test "
+            "images (100 % labels, CLS): " + "; ".join(parts) + ".")  # fmt: skip
+
+
+def caveats(
+    summary: pd.DataFrame, pretrain_seeds: int = 1, pretrain_minutes: float | None = None,
+    comparisons: pd.DataFrame | None = None,
+) -> str:  # fmt: skip
+    """The "What these numbers can and cannot tell" section, from this run's summary and, when given,
+    its paired comparisons (``comparisons.csv``: the verdicts then come from the paired tests)."""
     lines = [
         "These are small-scale numbers: tiny encoders (about 28 k parameters, 32 px inputs) pretrained for "
         "minutes on a few hundred images on a CPU. They show that the pipeline works end to end and what the "
         "comparison looks like. They are **not** a reproduction of the paper's results, which used ChAda-ViT "
         "Moyen (5.4 M parameters) pretrained for 400 epochs on 104k images on 32 GPUs.",
         "",
-        *_interchannel(summary),
+        *_interchannel(summary, comparisons),
+        *[b for b in (_task_by_task(comparisons),) if b],
         "- Untrained networks and hand-made features often score close to learned encoders, as the \"what are "
         "we learning?\" study warns. Read every learned score next to those baselines and the diagnostics.",
     ]
@@ -158,8 +201,9 @@ def reading_guide() -> str:
         "happened to be tested, the largest source of noise here; the ± std over seeds (training subsets) is in "
         "the full tables. **Bold**: the best of its column, and its interval separates it from every other "
         "model's. **~**: the interval overlaps the best one's, so the table does not rank the two. (Non-overlap "
-        "is a conservative test: every model sees the same test images, and a paired test would separate more "
-        "pairs.) **Chance** is the score of the best constant predictor on the same test images: the most "
+        "is a conservative test: every model sees the same test images, so the report also compares models image "
+        "by image, a paired test that separates more pairs: the marks ▲u / ▲1 and the section \"Paired tests\"; "
+        "docs/reading-the-report.md.) **Chance** is the score of the best constant predictor on the same test images: the most "
         "frequent class's rate for accuracy, the R² of predicting the training mean for regression. Tasks with "
         "fewer than 200 labelled images are scored by stratified 5-fold cross-validation over all their images, "
         "repeated once per seed, instead of one fixed split."

@@ -7,7 +7,10 @@ line number and source line that Python's default shows.
 
 The DINO runs are spawned processes: their messages reach the parent through a queue
 (:func:`worker_logging`, the pool's initializer) and print there, named after their encoder
-(:func:`encoder_warnings`). The One-Channel ViT's "storing the mean over channels" warning, which
+(:func:`encoder_warnings`). The queue is a ``SimpleQueue``: a worker's ``put`` returns once the record is
+in the pipe. A plain ``multiprocessing.Queue`` hands records to a feeder thread, and the pool's
+``terminate()`` (which ends every quickstart pretraining pool) kills the worker before that thread wrote
+them, so a collapse warning logged just before a run ended could vanish. The One-Channel ViT's "storing the mean over channels" warning, which
 every mixed-channel embedding file would repeat, is replaced by one note per encoder from the embed
 stage, which also says why.
 """
@@ -57,6 +60,23 @@ def _not_pool_note(record: logging.LogRecord) -> bool:
     return not (record.name == "chada.encode.encoders" and "concatenates one block per channel" in str(record.msg))
 
 
+class _SyncQueueHandler(logging.handlers.QueueHandler):
+    """A ``QueueHandler`` for a ``SimpleQueue``: ``put`` writes the record to the pipe before returning."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.put(record)
+
+
+class _SyncQueueListener(logging.handlers.QueueListener):
+    """A ``QueueListener`` reading a ``SimpleQueue`` (which has no ``block`` argument, no ``put_nowait``)."""
+
+    def dequeue(self, block: bool) -> Any:
+        return self.queue.get()
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)
+
+
 def _warnings_to(logger: logging.Logger, prefix: str = "") -> Callable[..., None]:
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         name = "" if category in (UserWarning, Warning) else f"{category.__name__}: "
@@ -81,8 +101,8 @@ def quickstart_console(command: str = "quickstart") -> Iterator[Any]:
     logger.setLevel(logging.INFO)
     logger.propagate = False  # one line per message, also when the root logger has a handler
     warnings.showwarning = _warnings_to(logger)
-    queue = mp.get_context("spawn").Queue()
-    listener = logging.handlers.QueueListener(queue, handler, respect_handler_level=True)
+    queue = mp.get_context("spawn").SimpleQueue()
+    listener = _SyncQueueListener(queue, handler, respect_handler_level=True)
     listener.start()
     try:
         yield queue
@@ -97,7 +117,7 @@ def quickstart_console(command: str = "quickstart") -> Iterator[Any]:
 def worker_logging(queue: Any) -> None:
     """In a spawned worker: the ``chada`` logger and ``warnings.warn`` go to the parent's console."""
     logger = logging.getLogger(LOGGER)
-    logger.handlers[:] = [logging.handlers.QueueHandler(queue)]
+    logger.handlers[:] = [_SyncQueueHandler(queue)]
     logger.setLevel(logging.INFO)
     logger.propagate = False
     warnings.showwarning = _warnings_to(logger)

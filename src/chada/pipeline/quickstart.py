@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from chada.io import atomic_write_bytes
+from chada.io import DONE_NAME, UnfinishedFolderError, atomic_write_bytes, check_finished, mark_finished
 from chada.pipeline.console import quickstart_console
 from chada.pipeline.dense_stage import stage_dense
 from chada.pipeline.pretraining import pretrain_all
@@ -52,8 +52,11 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     if s.threads:
         torch.set_num_threads(s.threads)
     _refuse_changed_settings(s)
+    (s.out / DONE_NAME).unlink(missing_ok=True)  # until the report is written, the folder is unfinished
     atomic_write_bytes(s.out / "settings.json", json.dumps(asdict(s), indent=2, default=str).encode())
     stages = Stages(s.out, log)
+    for stage in ("evaluate", "dense"):
+        _redo_if_unfinished(stages, stage, log)
     t_all = time.perf_counter()
     with quickstart_console() as log_queue:
         data = stages.run("data", lambda: stage_data(s))
@@ -69,7 +72,25 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     timings["total (this run)"] = time.perf_counter() - t_all
     run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
     atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
-    return build_report(s, data, teachers, ev, figs, timings, emb)
+    md = build_report(s, data, teachers, ev, figs, timings, emb)
+    # Last: what the README block and a reader trust (chada.io.check_finished).
+    done = [md, md.with_suffix(".html"), s.out / "run.json", s.out / "settings.json", s.out / "machine.json"]
+    done += [Path(ev["out"]) / DONE_NAME, s.out / "dense" / DONE_NAME]
+    mark_finished(s.out, [p for p in done if p.is_file()], command="chada quickstart")
+    return md
+
+
+def _redo_if_unfinished(stages: Stages, name: str, log: Callable[[str], None]) -> None:
+    """A stage recorded as done whose evaluation folder has no completion marker (a later run into it
+    was interrupted, or it was edited) is run again instead of reused."""
+    prev = stages.done(name)
+    if prev is None or not prev.get("out"):
+        return
+    try:
+        check_finished(prev["out"], "evaluation")
+    except UnfinishedFolderError as exc:
+        log(f"[{name}] {exc}; running it again")
+        (stages.dir / f"{name}.json").unlink(missing_ok=True)
 
 
 # Settings that only change how fast a run goes, not its numbers (jobs: pretrainings side by side,

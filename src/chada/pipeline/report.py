@@ -1,8 +1,11 @@
 """The main job's report: one Markdown file and one self-contained HTML file (PNGs embedded).
 
 A report is a list of sections; each section has a title, Markdown text and optional images. The
-HTML version converts the small Markdown subset we write (headings, paragraphs, bullet lists, pipe
-tables, code spans, fenced code) and inlines every picture as base64 so the file can be mailed.
+HTML version is rendered by markdown-it-py (CommonMark and pipe tables; it comes with rich) and
+inlines every picture as base64 so the file can be mailed. Its tables are made to be read in a
+browser: a value per cell with its 95 % interval smaller underneath, numbers that never wrap, the
+paired marks (▲u, ▲1) in colour, and wide tables that scroll inside their own box
+(``tests/test_report_browser.py`` checks it in headless Chromium).
 """
 
 from __future__ import annotations
@@ -54,68 +57,40 @@ def machine_description() -> dict[str, str]:
     }
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    return text
+# An interval "[60.1, 74.0]" or "[+3.3, +20.0]" inside a table cell, and the paired marks.
+_INTERVAL = re.compile(r"\[[-+]?\d[\d.]*(?:e[-+]?\d+)?, [-+]?\d[\d.]*(?:e[-+]?\d+)?\]")
+_MARK = re.compile(r"▲[u1]")
+
+
+def _cell(match: re.Match) -> str:
+    """One ``<td>``: the value, then its paired marks in colour, then its interval smaller underneath."""
+    body = match.group(2)
+    marks = "".join(f'<span class="mark">{m}</span>' for m in _MARK.findall(body))
+    ci = _INTERVAL.search(body)
+    rest = _INTERVAL.sub("", _MARK.sub("", body)).strip()
+    return f"{match.group(1)}{rest}{marks}" + (f'<span class="ci">{ci.group(0)}</span>' if ci else "") + "</td>"
 
 
 def markdown_to_html(md: str) -> str:
-    """Convert the Markdown subset this report uses to HTML."""
-    out: list[str] = []
-    lines = md.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            j = i + 1
-            block = []
-            while j < len(lines) and not lines[j].startswith("```"):
-                block.append(lines[j])
-                j += 1
-            out.append("<pre><code>" + html.escape("\n".join(block)) + "</code></pre>")
-            i = j + 1
-            continue
-        if line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
-                if not all(re.fullmatch(r":?-{2,}:?", c) for c in cells):
-                    rows.append(cells)
-                i += 1
-            head, *body = rows
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
-            out.extend("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
-            out.append("</tbody></table>")
-            continue
-        m = re.match(r"(#{1,4}) (.*)", line)
-        if m:
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        elif line.strip():
-            para = [line]
-            while i + 1 < len(lines) and lines[i + 1].strip() and not re.match(r"(#|- |\||```)", lines[i + 1]):
-                i += 1
-                para.append(lines[i])
-            out.append("<p>" + _inline(" ".join(para)) + "</p>")
-        i += 1
-    return "\n".join(out)
+    """CommonMark + pipe tables (markdown-it-py) to HTML; every table scrolls inside its own box."""
+    from markdown_it import MarkdownIt
+
+    out = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    out = re.sub(r"(<td[^>]*>)(.*?)</td>", _cell, out, flags=re.S)
+    return out.replace("<table>", '<div class="table-wrap"><table>').replace("</table>", "</table></div>")
 
 
+# Numbers never wrap (white-space: nowrap); a wide table scrolls inside .table-wrap, never the page.
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}code{background:#f5f5f5;padding:0 .2em}
-pre{background:#f5f5f5;padding:.8em;overflow:auto}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:.9em;color:#555}
+.table-wrap{max-width:100%;overflow-x:auto;margin:1em 0;border:1px solid #e3e3e3}
+table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap;vertical-align:top}
+th{background:#f3f3f3;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
+tbody tr:nth-child(even){background:#fafafa}
+.ci{display:block;font-size:.78em;color:#666}.mark{color:#0a6b2c;font-weight:700;margin-left:.25em}
+code{background:#f5f5f5;padding:0 .2em}pre{background:#f5f5f5;padding:.8em;overflow:auto}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
 """
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from chada.io import atomic_write_bytes
+from chada.io import atomic_write_bytes, atomic_write_text
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS, QuickstartSettings
 
 __all__ = [
@@ -254,6 +254,6 @@ def stage_figures(
     )  # fmt: skip
     proj_png = fig_dir / "projection.png"
     plot_projection(coords, stats, proj_png, color_by="label")
-    coords.to_csv(fig_dir / "projection.csv", index=False)
+    atomic_write_text(fig_dir / "projection.csv", coords.to_csv(index=False))
     log(f"[figures] attention grid and projection drawn in {time.perf_counter() - t0:.0f} s")
     return {"attention": str(attn_png), "projection": str(proj_png), "projection_stats": stats, "image_id": image_id}

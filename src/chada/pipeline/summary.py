@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from chada.eval.markdown import markdown_table
 from chada.eval.report import FAMILY_ORDER, format_score
-from chada.io import atomic_write_bytes
+from chada.io import atomic_write_bytes, check_finished
 from chada.pipeline.caveats import caveats, determinism, one_channel_note, reading_guide
 from chada.pipeline.dense_stage import dense_section
+from chada.pipeline.paired_section import (
+    MARK_NOTE,
+    headline_marks,
+    load_comparisons,
+    paired_table,
+    seed_spread,
+)
 from chada.pipeline.report import Section, machine_description, write_report
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
@@ -32,9 +41,12 @@ def _headline_rows(summary: pd.DataFrame, feature: str) -> pd.DataFrame:
     return pd.concat(keep) if keep else s
 
 
-def headline_table(summary: pd.DataFrame, feature: str = "cls") -> str:
+def headline_table(summary: pd.DataFrame, feature: str = "cls", comparisons: pd.DataFrame | None = None) -> str:
     """Markdown: every task's headline metrics at 100 % of the labels, ``feature`` features, one row per
-    model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design."""
+    model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design. With
+    ``comparisons`` (``comparisons.csv``) a learned model's cell also carries the paired marks of
+    :func:`chada.pipeline.paired_section.headline_marks` (beats its untrained copy / the One-Channel ViT)."""
+    marks = headline_marks(comparisons, feature)
     s = _headline_rows(summary, feature)
     if s.empty:
         return "(no results)"
@@ -42,22 +54,23 @@ def headline_table(summary: pd.DataFrame, feature: str = "cls") -> str:
     names = [f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols]
     mods = s[["model", "family"]].drop_duplicates("model")
     mods = mods.assign(_o=mods.family.map(FAMILY_ORDER).fillna(9)).sort_values(["_o", "model"])
-    lines = ["| model | family | " + " | ".join(names) + " |", "|" + "---|" * (len(cols) + 2)]
+    rows = []
     for m in mods.itertuples():
         cells = []
         for t, metric in cols:
             r = s[(s.task == t) & (s.metric == metric) & (s.model == m.model)]
-            cells.append(format_score(r.iloc[0], 100.0, std=False) if len(r) else "-")
-        lines.append(f"| {m.model} | {m.family} | " + " | ".join(cells) + " |")
+            cell = format_score(r.iloc[0], 100.0, std=False) if len(r) else "-"
+            mark = marks.get((t, metric, m.model))
+            cells.append(f"{cell} {mark}" if mark else cell)
+        rows.append([m.model, m.family, *cells])
     chance, design = [], []
     for t, metric in cols:
         r = s[(s.task == t) & (s.metric == metric)]
         chance.append(f"{r['chance'].mean() * 100 + 0.0:.1f}".replace("-0.0", "0.0"))
         d, n = str(r["design"].iloc[0] or "split"), int(r["n_test"].max())
         design.append(f"{n} (CV)" if "CV" in d else f"{n}")
-    lines.append("| chance | constant | " + " | ".join(chance) + " |")
-    lines.append("| test images | | " + " | ".join(design) + " |")
-    return "\n".join(lines)
+    rows += [["chance", "constant", *chance], ["test images", "", *design]]
+    return markdown_table(["model", "family", *names], rows).rstrip("\n")
 
 
 def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature: str = "cls") -> str | None:
@@ -69,16 +82,16 @@ def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature:
         return None
     s = _headline_rows(summary, feature)
     cols = list(dict.fromkeys(zip(s.task, s.metric)))
-    lines = ["| encoder | seeds | " + " | ".join(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols) + " |",
-             "|" + "---|" * (len(cols) + 2)]  # fmt: skip
+    rows = []
     for enc, members in seeds_of.items():
         for tag in ("", "_untrained"):
             cells = []
             for t, metric in cols:
                 v = s[(s.task == t) & (s.metric == metric) & s.model.isin([f"{r}{tag}" for r in members])]["mean"]
                 cells.append(f"{v.mean() * 100:.1f} ± {v.std(ddof=1) * 100:.1f}" if len(v) > 1 else "-")
-            lines.append(f"| {enc}{tag} | {len(members)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([f"{enc}{tag}", len(members), *cells])
+    header = ["encoder", "seeds", *(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols)]
+    return markdown_table(header, rows).rstrip("\n")
 
 
 def _pngs(folder: Path, pattern: str) -> list[Path]:
@@ -119,9 +132,13 @@ def _tasks(mixed_groups: dict[str, list[int]]) -> str:
 def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str, Any], figs: dict[str, Any],
                  timings: dict[str, float], emb: dict[str, Any] | None = None) -> Path:  # fmt: skip
     eval_dir = Path(ev["out"])
+    check_finished(eval_dir, "evaluation", rerun=f"run `chada quickstart --out {s.out}` again")
     summary = pd.read_csv(eval_dir / "results_summary.csv", keep_default_na=True)
     summary["design"] = summary["design"].fillna("") if "design" in summary else ""
     results_md = (eval_dir / "results.md").read_text()
+    # every comparison of results.md is a long table; the report has its own paired section, and the rest
+    # is in comparisons.csv
+    results_md = re.sub(r"\n## Paired comparisons.*?(?=\n## |\Z)", "\n", results_md, flags=re.S)
     results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
     results_md = results_md.replace("\n## ", "\n### ")
     machine = machine_description()
@@ -129,15 +146,21 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
     atomic_write_bytes(s.out / "machine.json", json.dumps(machine, indent=1).encode())
     pretrain_s = max((v for k, v in timings.items() if k.startswith("pretrain_")), default=None)
     seeds = seed_table(summary, s.runs())
+    comparisons = load_comparisons(eval_dir)
+    paired = paired_table(comparisons, HEADLINE_METRICS)
+    spread = seed_spread(comparisons, HEADLINE_METRICS)
     sections = [
         Section("What ran", _what_ran(s, data, machine)),
         Section("Tasks", _tasks((emb or {}).get("mixed_groups") or {})),
         Section("How to read the numbers", reading_guide()),
         Section(
             "Headline: 100 % labels, CLS features (accuracy % / R² x 100; mean [95 % interval])",
-            headline_table(summary),
+            headline_table(summary, comparisons=comparisons) + ("\n\n" + MARK_NOTE if paired else ""),
         ),
+        *([Section("Paired tests: did pretraining help? (same test images)", paired,
+                   [(f.stem, f) for f in _pngs(eval_dir, "paired_untrained_cls.png")])] if paired else []),  # fmt: skip
         *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
+        *([Section("Paired tests per pretraining seed", spread)] if spread else []),
         *[sec for sec in (dense_section(s.out),) if sec is not None],
         Section(
             "All results and diagnostics",
@@ -159,11 +182,12 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         ),
         Section(
             "What these numbers can and cannot tell",
-            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None) + "\n" + determinism(),
+            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None, comparisons) + "\n"
+            + determinism(),
         ),
         Section(
             "Timings (seconds)",
-            "| stage | seconds |\n|---|---|\n" + "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items()),
+            markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]),
         ),
         Section(
             "Settings and files",

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chada.eval.markdown import markdown_table
+
 __all__ = [
     "DATASETS",
     "LEAVE_OUT",
@@ -218,13 +220,13 @@ def results_markdown(table: pd.DataFrame, model: str) -> str:
     """Markdown table: our accuracy / macro-F1 per task beside the published macro-F1 anchors."""
     ours = _f1_map(table)
     head = ["dataset", "task", f"{model} acc", f"{model} macro-F1"] + [f"{a} macro-F1" for a in ANCHORS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in table.itertuples():
         cells = [DISPLAY.get(r.dataset, r.dataset), r.task, f"{r.accuracy:.3f}", f"{r.f1_score_macro:.3f}"]
         cells += [
             f"{a[(r.dataset, r.task)]:.3f}" if (r.dataset, r.task) in a else "-" for a in ANCHORS.values()
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     score = chammi_score(ours)
     cells = [
         "**CHAMMI score**",
@@ -233,8 +235,7 @@ def results_markdown(table: pd.DataFrame, model: str) -> str:
         f"{score:.3f}" if score is not None else "n/a",
     ]
     cells += [f"{s:.3f}" if (s := chammi_score(a)) is not None else "-" for a in ANCHORS.values()]
-    lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    lines = [markdown_table(head, [*rows, cells])]
     lines.append(
         "Anchors: published per-task macro-F1 (1-NN); their CHAMMI scores are computed here from those numbers."
     )

@@ -4,7 +4,9 @@
 part, plus the sections below), runs the frozen-feature protocol (:mod:`chada.eval.protocol`: linear
 probes, weighted kNN and 1-NN on 1/10/100 % of the training labels, every seed), the channel
 reconstruction tasks (:mod:`chada.tasks.reconstruction`), then the diagnostics
-(:mod:`chada.eval.diagnostics_table`), writes the report (:mod:`chada.eval.report`) and returns the
+(:mod:`chada.eval.diagnostics_table`) and the paired comparisons of every learned model against its
+untrained copy, the One-Channel ViT and the hand-made features (:mod:`chada.eval.comparisons`,
+``comparisons.csv``), writes the report (:mod:`chada.eval.report`) and returns the
 long-format results.
 
 Sections read here on top of :mod:`chada.eval.config`::
@@ -54,6 +56,7 @@ from typing import Any
 import pandas as pd
 
 from chada.config_reader import in_file
+from chada.eval.comparisons import comparison_table, holm_by_table
 from chada.eval.config import (
     ModelSpec,
     TaskSpec,
@@ -65,7 +68,7 @@ from chada.eval.config import (
 )
 from chada.eval.diagnostics_table import compute_diagnostics
 from chada.eval.protocol import RESULT_COLUMNS, Loader, run_feature_tasks
-from chada.io import atomic_write_text
+from chada.io import atomic_write_text, finishing
 from chada.tasks.dense import dense_markdown, parse_dense_tasks, run_dense_task, write_dense_outputs
 from chada.tasks.profiling import ProfilingTask, parse_profiles_section, run_profiling
 from chada.tasks.reconstruction import (
@@ -73,6 +76,7 @@ from chada.tasks.reconstruction import (
     plot_reconstruction_examples,
     run_reconstruction_task,
 )
+from chada.viz.paired_figure import plot_paired_forest
 from chada.viz.results_figures import plot_results
 
 __all__ = ["normalize_config", "run_evaluation"]
@@ -161,24 +165,35 @@ def run_evaluation(
         for outcome in results.attrs.get("dense") or []:
             print(dense_markdown(outcome))
     if write:
-        extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
-        ran = [t.precision for key in ("reconstruction", "dense") for t in settings.get(key) or []]
-        if ran:  # encoders ran here (not only feature files were read)
-            extra["precision"] = sorted(set(ran))
-        if results.attrs.get("reconstruction_info"):
-            extra["reconstruction"] = results.attrs["reconstruction_info"]
-        report.write_report(results, results.attrs["diagnostics"], out, extra=extra)
-        if plots:
-            # a dense-only config has no bars or curves to draw: no step line for it
-            fig_log = log if tasks or settings.get("reconstruction") else _silent
-            with _step(fig_log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
-                plot_results(report.summarize(results), out)
-                for ex in results.attrs.get("reconstruction_examples") or []:
-                    plot_reconstruction_examples(ex, out)
-        _write_dense(results.attrs.get("dense") or [], out, plots)
-        if settings.get("profiles"):
-            _write_profiles(settings["profiles"], out, log)
+        # DONE.json last: a reader tells this folder from one a Ctrl-C or a full disk left half-written
+        with finishing(out, command="chada evaluate", rows=len(results)):
+            _write(results, settings, tasks, out, plots, log)
     return results
+
+
+def _write(results: pd.DataFrame, settings: dict, tasks: Any, out: Path, plots: bool, log: Callable) -> None:
+    """The report, figures and dense outputs of one evaluation (:func:`run_evaluation`)."""
+    from chada.eval import report
+
+    extra: dict[str, Any] = {"elapsed_s": results.attrs["elapsed_s"]}
+    ran = [t.precision for key in ("reconstruction", "dense") for t in settings.get(key) or []]
+    if ran:  # encoders ran here (not only feature files were read)
+        extra["precision"] = sorted(set(ran))
+    if results.attrs.get("reconstruction_info"):
+        extra["reconstruction"] = results.attrs["reconstruction_info"]
+    report.write_report(results, results.attrs["diagnostics"], out, extra=extra,
+                        comparisons=results.attrs.get("comparisons"))  # fmt: skip
+    if plots:
+        # a dense-only config has no bars or curves to draw: no step line for it
+        fig_log = log if tasks or settings.get("reconstruction") else _silent
+        with _step(fig_log, "figures (Fig. 1 bars, Fig. 4 low-data curves, reconstruction examples)"):
+            plot_results(report.summarize(results), out)
+            plot_paired_forest(results.attrs.get("comparisons"), out)
+            for ex in results.attrs.get("reconstruction_examples") or []:
+                plot_reconstruction_examples(ex, out)
+    _write_dense(results.attrs.get("dense") or [], out, plots)
+    if settings.get("profiles"):
+        _write_profiles(settings["profiles"], out, log)
 
 
 def _stderr(msg: str) -> None:
@@ -227,8 +242,9 @@ def _run(
     n_models = len({n for t in tasks for n in t.embeddings})
     # a config with only dense or reconstruction tasks says nothing of the steps it does not have
     feature_log = log if tasks else _silent
+    items: dict[tuple, Any] = {}
     with _step(feature_log, f"probes, kNN and 1-NN: {len(tasks)} task(s) x {n_models} model(s)"):
-        rows = run_feature_tasks(settings, models, tasks, loader, progress)
+        rows = run_feature_tasks(settings, models, tasks, loader, progress, items)
     recon_info: list[dict[str, Any]] = []
     recon_examples = []
     for rtask in settings.get("reconstruction") or []:
@@ -247,6 +263,11 @@ def _run(
     with _step(feature_log, "diagnostics (baseline ratios, CKA, participation ratio, shortcut probes)"):
         diagnostics = compute_diagnostics(results, settings, models, tasks, loader)
     results.attrs["diagnostics"] = diagnostics
+    with _step(feature_log, "paired comparisons (each learned model vs its references, image by image)"):
+        comps = [comparison_table(items, results, models), *(d.comparisons for d in dense)]
+        comps = [c for c in comps if len(c)] or comps[:1]
+        # dense rows (metric dense_iou) form their own Holm tables; the feature-file tables are unchanged
+        results.attrs["comparisons"] = holm_by_table(pd.concat(comps, ignore_index=True)) if len(comps) > 1 else comps[0]
     results.attrs["elapsed_s"] = time.perf_counter() - t0
     if dense:
         results.attrs["dense"] = dense

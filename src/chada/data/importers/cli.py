@@ -50,8 +50,10 @@ def run_import(args: argparse.Namespace) -> int:
     key = args.dataset.lower()
     get_importer(key)  # unknown names fail before anything is read
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     check_writable_dir(args.out, what="OUT")
+    hold_output(args.out, folder=True)
     if args.channel_names:
         if key == "chammi":
             options["channel_names"] = {
@@ -108,8 +110,10 @@ def add_build_corpus(sub: argparse._SubParsersAction) -> None:
 def run_build_corpus(args: argparse.Namespace) -> int:
     from chada.data.corpus import build_corpus
     from chada.io import check_writable_dir
+    from chada.locks import hold_output
 
     check_writable_dir(args.out, what="--out")
+    hold_output(args.out, folder=True)
     sources = [Path(s) for s in args.sources]
     if args.idr:
         from chada.data.idr import IDRClient, download_study

@@ -10,6 +10,7 @@ import pandas as pd
 
 from chada.eval.knn import knn_predict
 from chada.eval.lowdata import stratified_split
+from chada.eval.markdown import markdown_table
 from chada.eval.probes import FeaturePrep
 from chada.tasks.channel_subsets.data import SubsetData
 
@@ -141,8 +142,7 @@ def subsets_markdown(summary: pd.DataFrame, channels: Sequence[str] | None = Non
         part = summary[summary["metric"] == metric]
         chance = part["chance"].iloc[0] if "chance" in part and len(part) else float("nan")
         lines += [f"## {METRIC_TITLES.get(metric, metric)} (chance {chance:.3f})", ""]
-        lines.append("| model | setting | " + " | ".join(f"k={k}" for k in ks) + " |")
-        lines.append("|---|---|" + "---|" * len(ks))
+        rows = []
         for (model, setting), grp in part.groupby(["model", "setting"], sort=False):
             cells = []
             for k in ks:
@@ -152,6 +152,6 @@ def subsets_markdown(summary: pd.DataFrame, channels: Sequence[str] | None = Non
                     continue
                 r = row.iloc[0]
                 cells.append(f"{r['mean']:.3f} ± {r['std']:.3f} [{r['subset_std']:.3f}]")
-            lines.append(f"| {model} | {setting} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append([model, setting, *cells])
+        lines += [markdown_table(["model", "setting", *(f"k={k}" for k in ks)], rows).rstrip("\n"), ""]
     return "\n".join(lines)

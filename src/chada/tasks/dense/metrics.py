@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from chada.eval.intervals import bootstrap_values
 from chada.tasks.dense.data import IGNORE
 
 __all__ = [
@@ -72,21 +73,16 @@ def bootstrap_interval(
         c = c[None]
     if c.ndim != 3 or c.shape[-1] != 4 or c.shape[1] == 0:
         raise ValueError(f"counts must be [seeds, tiles, 4] with at least one tile, got {c.shape}")
-    n = c.shape[1]
-    rng = np.random.default_rng(seed)
-    out: dict[str, tuple[float, float]] = {}
-    iou_b = np.empty(n_boot)
-    dice_b = np.empty(n_boot)
-    for start in range(0, n_boot, 256):  # chunks bound the [chunk, S, N, 4] gather
-        stop = min(n_boot, start + 256)
-        idx = rng.integers(0, n, (stop - start, n))
-        pooled = c[:, idx].sum(2)  # [S, chunk, 4]
-        iou, dice = iou_dice(pooled)
-        iou_b[start:stop], dice_b[start:stop] = iou.mean(0), dice.mean(0)
+    def statistic(idx: np.ndarray) -> np.ndarray:  # [chunk, N] tile indices -> [chunk, 2] (IoU, Dice)
+        iou, dice = iou_dice(c[:, idx].sum(2))  # pooled counts [S, chunk, 4]
+        return np.stack([iou.mean(0), dice.mean(0)], -1)
+
+    vals = bootstrap_values(statistic, c.shape[1], n_boot, seed)
     alpha = (1 - level) / 2
-    for name, v in (("iou", iou_b), ("dice", dice_b)):
-        out[name] = (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha)))
-    return out
+    return {
+        name: (float(np.quantile(vals[:, j], alpha)), float(np.quantile(vals[:, j], 1 - alpha)))
+        for j, name in enumerate(("iou", "dice"))
+    }
 
 
 def object_scores(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from chada.eval.markdown import markdown_table
 from chada.io import atomic_write_text, safe_filename
 from chada.tasks.dense.figure import plot_dense_examples
 
@@ -36,13 +37,9 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 def dense_table_markdown(outcome: Any) -> str:
     """``| model | family | head | IoU [95 % CI] | Dice [95 % CI] |``, learned models first."""
     t = _sorted(outcome.table)
-    lines = ["| model | family | head | IoU [95 % CI] | Dice [95 % CI] |", "|---|---|---|---|---|"]
-    for _, r in t.iterrows():
-        lines.append(
-            f"| {r.model} | {r.family} | {r['head']} | {r.iou:.3f} [{r.iou_lo:.3f}, {r.iou_hi:.3f}] "
-            f"| {r.dice:.3f} [{r.dice_lo:.3f}, {r.dice_hi:.3f}] |"
-        )
-    return "\n".join(lines)
+    rows = [[r.model, r.family, r["head"], f"{r.iou:.3f} [{r.iou_lo:.3f}, {r.iou_hi:.3f}]",
+             f"{r.dice:.3f} [{r.dice_lo:.3f}, {r.dice_hi:.3f}]"] for _, r in t.iterrows()]  # fmt: skip
+    return markdown_table(["model", "family", "head", "IoU [95 % CI]", "Dice [95 % CI]"], rows).rstrip("\n")
 
 
 def _sizes_markdown(outcome: Any) -> str:
@@ -52,12 +49,21 @@ def _sizes_markdown(outcome: Any) -> str:
     bins = [str(b) for b in dict.fromkeys(s["bin"].astype(str))]
     counts = s.assign(bin=s["bin"].astype(str)).groupby("bin", sort=False)["n_objects"].first()
     head = ["model", "head"] + [f"{b} (n={int(counts.get(b, 0))})" for b in bins]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for (model, hd), g in s.groupby(["model", "head"], sort=False):
         vals = {str(r["bin"]): r["iou"] for _, r in g.iterrows()}
-        cells = [f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins]
-        lines.append("| " + " | ".join([model, hd, *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([model, hd, *(f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins)])
+    return markdown_table(head, rows).rstrip("\n")
+
+
+def _paired_markdown(outcome: Any) -> str:
+    """Each learned probe minus its references' (:mod:`chada.tasks.dense.paired`), one row per pair and head."""
+    c = getattr(outcome, "comparisons", None)
+    if c is None or c.empty:
+        return ""
+    rows = [[r.model, r.reference, r.feature, f"{r.difference * 100:+.1f} [{r.low * 100:+.1f}, {r.high * 100:+.1f}]",
+             f"{int(r.n_a_only)} / {int(r.n_b_only)}", f"{r.p:.2g}"] for r in c.itertuples()]  # fmt: skip
+    return markdown_table(["model", "reference", "head", "IoU difference [95 %]", "tiles + / -", "p"], rows).rstrip("\n")
 
 
 def dense_markdown(outcome: Any) -> str:
@@ -75,6 +81,10 @@ def dense_markdown(outcome: Any) -> str:
         "",
         dense_table_markdown(outcome),
     ]
+    paired = _paired_markdown(outcome)
+    if paired:
+        parts += ["", "Paired IoU differences on the same test tiles (x 100; tiles better / worse; bootstrap p; "
+                  "Holm over the dense tasks in `comparisons.csv`):", "", paired]  # fmt: skip
     sizes = _sizes_markdown(outcome)
     if sizes:
         parts += [

@@ -34,6 +34,7 @@ from chada.tasks.dense.metrics import (
     object_scores,
     otsu_threshold,
 )
+from chada.tasks.dense.paired import dense_comparisons
 from chada.tasks.dense.probe import DenseProbe
 
 __all__ = ["DenseExample", "DenseOutcome", "load_task_data", "nuclear_channel", "run_dense_task"]
@@ -77,6 +78,7 @@ class DenseOutcome:
     channel_names: list[str]
     probes: dict[str, DenseProbe] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired IoU differences (dense/paired.py)
 
     def __deepcopy__(self, memo: dict) -> DenseOutcome:
         # kept in DataFrame.attrs, which pandas deep-copies on every operation: share, do not copy
@@ -284,8 +286,9 @@ def _outcome(task: DenseTask, data: DenseData, train: np.ndarray, test: np.ndarr
             "n_train_tiles": len(train), "n_test_tiles": len(test), "mask": data.mask_name, "channels": data.channel_names,
             "otsu": metas.get("otsu", {}).get("threshold"), "heads": task.heads, "seeds": task.seeds,
             "figure_head": task.figure_head}  # fmt: skip
+    paired = dense_comparisons(task.name, {k: np.stack(v) for k, v in scores.counts.items()}, metas, task.bootstrap)
     return DenseOutcome(task.name, rows, pd.DataFrame(table), pd.DataFrame(sizes), _examples(task, data, scores),
-                        data.channel_names, probes, info)  # fmt: skip
+                        data.channel_names, probes, info, paired)  # fmt: skip
 
 
 def _examples(task: DenseTask, data: DenseData, scores: _Scores, n: int = 3) -> list[DenseExample]:
