@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from chada.errors import InputError
+from chada.eval.paired import paired_bootstrap
 from chada.profiles.aggregate import aggregate_rows
-from chada.profiles.compare import compare_models, paired_bootstrap
+from chada.profiles.compare import compare_models
 from chada.profiles.config import ProfileConfig
 from chada.profiles.normalize import correct_batches, drop_bad_features
 from chada.profiles.readouts import activity_map, consistency_map, nn_moa_accuracy
