@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from chada.errors import InputError
+from chada.eval.paired import paired_bootstrap
 from chada.profiles.aggregate import aggregate_rows
-from chada.profiles.compare import compare_models, paired_bootstrap
+from chada.profiles.compare import compare_models
 from chada.profiles.config import ProfileConfig
 from chada.profiles.normalize import correct_batches, drop_bad_features
 from chada.profiles.readouts import activity_map, consistency_map, nn_moa_accuracy
@@ -234,7 +235,11 @@ def test_feature_select_drops_redundant_and_flat_features():
 
 
 def test_config_names_unknown_keys():
-    with pytest.raises(InputError, match="unknown key.*batch_col;"):
+    with pytest.raises(InputError, match="profiles.batch_col: unknown key .did you mean 'batch_cols'"):
         ProfileConfig.from_dict({"batch_col": "plate"})
-    with pytest.raises(InputError, match="normalize='zscore'"):
+    with pytest.raises(InputError, match="profiles.null_size: expected an integer.*got 'many'"):
+        ProfileConfig.from_dict({"null_size": "many"})
+    cfg = ProfileConfig.from_dict({"batch_cols": "day", "null_size": "500", "harmony_sigma": 1})
+    assert cfg.batch_cols == ["day"] and cfg.null_size == 500 and cfg.harmony_sigma == 1.0
+    with pytest.raises(InputError, match="profiles.normalize: expected one of .*got .zscore."):
         ProfileConfig(normalize="zscore")

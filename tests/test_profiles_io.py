@@ -68,6 +68,23 @@ def test_h5ad_and_npz(tmp_path):
         read_feature_table(tmp_path / "e.npz", pool="patch")
 
 
+def test_chada_embed_files_read_one_pool_through_load_embeddings(tmp_path):
+    """.parquet / .h5ad / .npz written by chada embed: the chosen pool only, equal in the three formats."""
+    from chada.encode.store import EmbeddingSet, load_embeddings, save_embeddings
+
+    meta, X = _table()
+    emb = EmbeddingSet({"cls": X, "all": np.hstack([X, 2 * X])}, meta)
+    for suffix in (".parquet", ".h5ad", ".npz"):
+        path = save_embeddings(emb, tmp_path / f"cells{suffix}")
+        for pool in ("cls", "all"):
+            m, Y, f = read_feature_table(path, pool=pool)
+            np.testing.assert_array_equal(Y, load_embeddings(path).get(pool).astype(np.float64))
+            assert Y.shape == (5, 3 if pool == "cls" else 6) and len(f) == Y.shape[1] and len(set(f)) == len(f)
+            assert list(m.well) == list("ABCDE") and "qc_score" in m.columns
+        with pytest.raises(InputError, match="patch"):
+            read_feature_table(path, pool="patch")
+
+
 def test_bad_tables(tmp_path):
     with pytest.raises(InputError, match="no such feature table"):
         read_feature_table(tmp_path / "none.parquet")

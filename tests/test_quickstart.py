@@ -30,6 +30,16 @@ def test_report_files_exist_and_are_not_empty(quickstart_dir) -> None:
     assert "## Dense: nuclei segmentation" in (quickstart_dir / "report.md").read_text()
 
 
+def test_profiling_stage_scores_the_pretrained_and_untrained_encoders(quickstart_dir) -> None:
+    readouts = pd.read_csv(quickstart_dir / "profiles" / "readouts.csv")
+    assert set(readouts.model) == {"chada_vit", "chada_vit_untrained", "handmade"}
+    assert readouts["value"].notna().all()
+    md = (quickstart_dir / "report.md").read_text()
+    section = md.split("## Profiles: a synthetic plate")[1]
+    assert "| chada_vit_untrained |" in section and "](profiles/figures/map_scatter.png)" in section
+    assert json.loads((quickstart_dir / "stages" / "profiles.json").read_text())["seconds"] < 120
+
+
 def test_report_table_has_every_model_and_task(quickstart_dir) -> None:
     md = (quickstart_dir / "report.md").read_text()
     headline = md.split("## Headline")[1].split("\n## ")[0]

@@ -16,7 +16,9 @@ long ones resume from their own checkpoints/chunks):
    of all datasets with the ChAda-ViT embedding.
 6. ``dense``: nucleus segmentation probes on the frozen encoders' dense maps, on the real DSB2018
    image (:mod:`.dense_stage`).
-7. ``report``: ``OUT/report.md`` and ``OUT/report.html``.
+7. ``profiles``: treatment profiles of a small synthetic plate (single cells of the pretrained
+   ChAda-ViT, its untrained copy and the hand-made features), mAP and NSC/NSCB (:mod:`.profile_stage`).
+8. ``report``: ``OUT/report.md`` and ``OUT/report.html``.
 
 Modules: :mod:`.settings` (encoders, tasks, settings, stage markers), :mod:`.stages` (data, embed,
 evaluate, figures), :mod:`.pretraining` (the parallel DINO runs), :mod:`.summary` and :mod:`.report`
@@ -35,6 +37,7 @@ from chada.io import DONE_NAME, UnfinishedFolderError, atomic_write_bytes, check
 from chada.pipeline.console import quickstart_console
 from chada.pipeline.dense_stage import stage_dense
 from chada.pipeline.pretraining import pretrain_all
+from chada.pipeline.profile_stage import append_profiles_section, stage_profiles
 from chada.pipeline.settings import QuickstartSettings, Stages
 from chada.pipeline.stages import stage_data, stage_embed, stage_evaluate, stage_figures
 
@@ -68,11 +71,14 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
         ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained, log))
         figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"], log))
         stages.run("dense", lambda: stage_dense(s, teachers, untrained))
+        # last: its plate has its own seed, so the stages above (and the headline) are unchanged by it
+        stages.run("profiles", lambda: stage_profiles(s, teachers, untrained))
     timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
     timings["total (this run)"] = time.perf_counter() - t_all
     run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
     atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
     md = build_report(s, data, teachers, ev, figs, timings, emb)
+    append_profiles_section(md, s.out)
     # Last: what the README block and a reader trust (chada.io.check_finished).
     done = [md, md.with_suffix(".html"), s.out / "run.json", s.out / "settings.json", s.out / "machine.json"]
     done += [Path(ev["out"]) / DONE_NAME, s.out / "dense" / DONE_NAME]

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from itertools import combinations
 
-import numpy as np
 import pandas as pd
 
-__all__ = ["compare_models", "paired_bootstrap"]
+from chada.eval.paired import paired_bootstrap
 
-
-# replaced by chada.eval.paired at merge
-def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float, float]:
-    """``(statistic(a) - statistic(b), 2.5 %, 97.5 %)``, resampling the paired items ``[T]`` together."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need one shape; got {a.shape} and {b.shape}")
-    if a.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(n_boot, a.size))
-    diffs = np.array([statistic(a[i]) - statistic(b[i]) for i in idx])
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return float(statistic(a) - statistic(b)), float(lo), float(hi)
+__all__ = ["compare_models"]
 
 
 def compare_models(
@@ -47,7 +31,9 @@ def compare_models(
             left = per_treatment[ma][keys + [r]].dropna()
             right = per_treatment[mb][keys + [r]].dropna()
             both = left.merge(right, on=keys, suffixes=("_a", "_b"))
-            d, lo, hi = paired_bootstrap(both[f"{r}_a"].to_numpy(), both[f"{r}_b"].to_numpy(), n_boot=n_boot, seed=seed)
+            d = lo = hi = float("nan")  # no treatment scored by both: no difference to give
+            if len(both):
+                d, lo, hi = paired_bootstrap(both[f"{r}_a"].to_numpy(), both[f"{r}_b"].to_numpy(), n_boot=n_boot, seed=seed)
             rows.append({"model_a": ma, "model_b": mb, "readout": r, "diff": d, "ci_low": lo, "ci_high": hi,
                          "n": len(both)})  # fmt: skip
     return pd.DataFrame(rows, columns=["model_a", "model_b", "readout", "diff", "ci_low", "ci_high", "n"])

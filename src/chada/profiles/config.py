@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from chada.config_reader import check_keys, choice, coerce
 from chada.errors import InputError
 
 NORMALIZE_METHODS = ("none", "standardize", "mad_robustize", "spherize")
 CORRECTIONS = ("none", "harmony")
+_LISTS = ("batch_cols", "feature_select", "exclude_moa")  # a single name is a list of one
 
 
 @dataclass
@@ -34,14 +37,14 @@ class ProfileConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.normalize not in NORMALIZE_METHODS:
-            raise InputError(f"normalize={self.normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
-        if self.correction not in CORRECTIONS:
-            raise InputError(f"correction={self.correction!r}: choose one of {', '.join(CORRECTIONS)}")
-        if self.aggregate not in ("median", "mean"):
-            raise InputError(f"aggregate={self.aggregate!r}: choose median or mean")
         if isinstance(self.batch_cols, str):
             self.batch_cols = [self.batch_cols]
+        try:  # the project's one config reader: one error format (``profiles.normalize: expected ...``)
+            choice(self.normalize, "profiles.normalize", NORMALIZE_METHODS)
+            choice(self.correction, "profiles.correction", CORRECTIONS)
+            choice(self.aggregate, "profiles.aggregate", ("median", "mean"))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     @property
     def treatment_cols(self) -> list[str]:
@@ -54,10 +57,13 @@ class ProfileConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ProfileConfig:
-        """From a config section; unknown keys are an error naming them."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"profiles config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        """From a config section, typed by :mod:`chada.config_reader` (unknown keys and values of the
+        wrong type are one-line errors naming the ``profiles.<key>``)."""
+        d = {k: [v] if isinstance(v, str) and k in _LISTS else v for k, v in (d or {}).items()}
+        hints = typing.get_type_hints(cls)
+        try:
+            check_keys(d, [f.name for f in fields(cls)], "profiles.")
+            values = {k: coerce(v, hints[k], f"profiles.{k}") for k, v in d.items()}
+        except (ValueError, TypeError) as exc:
+            raise InputError(str(exc)) from None
+        return cls(**values)

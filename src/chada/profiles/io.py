@@ -2,12 +2,14 @@
 
 Formats, by suffix:
 
-- ``.parquet``: when the schema metadata holds a ``chada`` key (JSON with ``feature_columns`` and
-  ``metadata_columns``, as ``chada embed --out x.parquet`` writes it), those lists are used as is.
-  Otherwise the rule of :func:`split_columns` decides.
-- ``.h5ad``: ``X`` is the features, ``obs`` the metadata, ``var_names`` the feature names.
-- ``.npz``: a ``chada embed`` / ``chada features`` file (:func:`chada.encode.store.load_embeddings`);
-  ``pool`` picks the feature array (default ``cls``), features are named ``<pool>_0000`` ...
+- a ``chada embed`` file (``.npz``; ``.parquet`` whose ``chada`` schema metadata has ``pool_columns``;
+  ``.h5ad`` with ``uns['chada']``) is read by :func:`chada.encode.store.load_embeddings`, the one
+  reader of feature files; ``pool`` picks the feature array (default ``cls``). Parquet features keep
+  their column names (``chada_cls_0000`` ...), the others are named ``<pool>_0000`` ...
+- other ``.parquet``: when the schema metadata holds a ``chada`` key with ``feature_columns`` and
+  ``metadata_columns`` (``chada features --kind cp_measure``), those lists are used as is;
+  otherwise the rule of :func:`split_columns` decides.
+- other ``.h5ad``: ``X`` is the features, ``obs`` the metadata, ``var_names`` the feature names.
 - ``.csv``: as a Parquet file without schema metadata.
 
 The rule without schema metadata: a column is a feature when it is numeric (not bool) and not
@@ -61,36 +63,49 @@ def _from_frame(df: pd.DataFrame, meta_cols: list[str], feat_cols: list[str], pa
     return df[meta_cols].reset_index(drop=True), X, [str(c) for c in feat_cols]
 
 
-def _read_parquet(path: Path) -> tuple:
+def _chada_spec(path: Path) -> dict | None:
+    """The ``chada`` schema metadata of a Parquet file (None without it)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    schema_meta = table.schema.metadata or {}
-    df = table.to_pandas()
-    if b"chada" in schema_meta:
-        spec = json.loads(schema_meta[b"chada"])
+    raw = (pq.read_schema(path).metadata or {}).get(b"chada")
+    return None if raw is None else json.loads(raw)
+
+
+def _read_parquet(path: Path, pool: str) -> tuple:
+    spec = _chada_spec(path)
+    if spec is not None and "pool_columns" in spec:  # a chada embed file: one pool, as load_embeddings reads it
+        return _read_embeddings(path, pool, spec["pool_columns"].get(pool))
+    df = pd.read_parquet(path)
+    if spec is not None:
         return _from_frame(df, list(spec.get("metadata_columns", [])), list(spec["feature_columns"]), path)
-    meta_cols, feat_cols = split_columns(df)
-    return _from_frame(df, meta_cols, feat_cols, path)
+    return _from_frame(df, *split_columns(df), path)
 
 
-def _read_h5ad(path: Path) -> tuple:
+def _read_h5ad(path: Path, pool: str) -> tuple:
     import anndata
 
+    ad = anndata.read_h5ad(path, backed="r")
+    if "chada" in ad.uns:
+        ad.file.close()
+        return _read_embeddings(path, pool, None)
     ad = anndata.read_h5ad(path)
     X = ad.X.toarray() if hasattr(ad.X, "toarray") else np.asarray(ad.X)
     return ad.obs.reset_index(drop=True), X.astype(np.float64), [str(v) for v in ad.var_names]
 
 
-def _read_npz(path: Path, pool: str) -> tuple:
+def _read_embeddings(path: Path, pool: str, names: list[str] | None) -> tuple:
+    """``(meta, X [N, D], names)`` of one pool of a chada feature file (``.npz``/``.parquet``/``.h5ad``)."""
     from chada.encode.store import load_embeddings
 
-    emb = load_embeddings(path)
     try:
+        emb = load_embeddings(path)
         X = emb.get(pool)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     except KeyError as exc:
         raise InputError(f"{path}: {exc.args[0]}") from None
-    return emb.meta.reset_index(drop=True), X.astype(np.float64), [f"{pool}_{i:04d}" for i in range(X.shape[1])]
+    names = list(names) if names else [f"{pool}_{i:04d}" for i in range(X.shape[1])]
+    return emb.meta.reset_index(drop=True), X.astype(np.float64), names
 
 
 def read_feature_table(path: str | os.PathLike, pool: str = "cls") -> tuple[pd.DataFrame, np.ndarray, list[str]]:
@@ -100,11 +115,11 @@ def read_feature_table(path: str | os.PathLike, pool: str = "cls") -> tuple[pd.D
         raise InputError(f"{path}: no such feature table")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _read_parquet(path)
+        return _read_parquet(path, pool)
     if suffix == ".h5ad":
-        return _read_h5ad(path)
+        return _read_h5ad(path, pool)
     if suffix == ".npz":
-        return _read_npz(path, pool)
+        return _read_embeddings(path, pool, None)
     if suffix == ".csv":
         df = pd.read_csv(path)
         return _from_frame(df, *split_columns(df), path)

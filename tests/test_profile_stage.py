@@ -1,0 +1,60 @@
+"""The quickstart's profiling stage on its own (registered tiny model names stand in for the teachers):
+the plate, one single-cell table per model, the readouts against the plate's ground truth, and the
+section appended to report.md / report.html."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from chada.pipeline.profile_stage import append_profiles_section, stage_profiles
+from chada.pipeline.settings import QuickstartSettings
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs_profiles")
+    s = QuickstartSettings(out=out)
+    result = stage_profiles(s, {"chada_vit": "chada_vit_test"}, {"chada_vit": "chada_vit_test"})
+    return out, result
+
+
+def test_stage_writes_profiles_of_three_models(staged):
+    out, result = staged
+    assert set(result["readouts"]) == {"chada_vit", "chada_vit_untrained", "handmade"}
+    for m in result["readouts"]:
+        cells = pd.read_parquet(out / "profiles" / "cells" / f"{m}.parquet")
+        truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())
+        # one row per labelled cell minus the border-touching ones
+        assert 0.5 * sum(truth["cells"].values()) < len(cells) <= sum(truth["cells"].values())
+    rd = pd.read_csv(out / "profiles" / "readouts.csv")
+    assert set(rd.readout) == {"activity_map", "retrieved", "consistency_ap", "nsc", "nscb"}
+    assert result["n_comparisons"] == 3 * 5  # 3 pairs of models x 5 readouts
+
+
+def test_handmade_profiles_meet_the_plates_known_answers(staged):
+    out, _ = staged
+    truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())["compounds"]
+    per = pd.read_csv(out / "profiles" / "handmade" / "per_treatment.csv")
+    inactive = per[per.compound.map(lambda c: not truth[c]["active"])]
+    assert len(inactive) == 4 and (inactive.activity_q >= 0.05).all()
+    top = per[(per.dose == 10.0) & per.compound.map(lambda c: truth[c]["active"])]
+    assert len(top) == 6 and (top.activity_q < 0.05).all()  # every active compound at 10 uM
+
+
+def test_section_is_appended_to_both_reports(staged):
+    out, _ = staged
+    md, page = out / "report.md", out / "report.html"
+    md.write_text("# report\n\n## Timings\n\nx\n")
+    page.write_text("<!doctype html><html><body><h1>report</h1>\n</body></html>")
+    assert append_profiles_section(md, out)
+    text = md.read_text()
+    assert text.startswith("# report") and "## Profiles: a synthetic plate" in text
+    assert "| chada_vit_untrained |" in text and "](profiles/figures/map_scatter.png)" in text
+    assert "## Profiles\n" not in text  # the table's own heading is replaced by the section's
+    body = page.read_text()
+    assert body.count("<h2>Profiles: a synthetic plate") == 1 and "data:image/png;base64," in body
+    assert body.rstrip().endswith("</body></html>")
+    assert not append_profiles_section(md, out / "elsewhere")
