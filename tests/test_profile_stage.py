@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from chada.pipeline.profile_stage import append_profiles_section, stage_profiles
+from chada.pipeline.profile_stage import profiles_section, stage_profiles
 from chada.pipeline.settings import QuickstartSettings
 
 
@@ -44,17 +44,17 @@ def test_handmade_profiles_meet_the_plates_known_answers(staged):
     assert len(top) == 6 and (top.activity_q < 0.05).all()  # every active compound at 10 uM
 
 
-def test_section_is_appended_to_both_reports(staged):
+def test_section_goes_into_both_reports(staged, tmp_path):
+    from chada.pipeline.report import write_report
+
     out, _ = staged
-    md, page = out / "report.md", out / "report.html"
-    md.write_text("# report\n\n## Timings\n\nx\n")
-    page.write_text("<!doctype html><html><body><h1>report</h1>\n</body></html>")
-    assert append_profiles_section(md, out)
-    text = md.read_text()
-    assert text.startswith("# report") and "## Profiles: a synthetic plate" in text
-    assert "| chada_vit_untrained |" in text and "](profiles/figures/map_scatter.png)" in text
-    assert "## Profiles\n" not in text  # the table's own heading is replaced by the section's
-    body = page.read_text()
-    assert body.count("<h2>Profiles: a synthetic plate") == 1 and "data:image/png;base64," in body
-    assert body.rstrip().endswith("</body></html>")
-    assert not append_profiles_section(md, out / "elsewhere")
+    sec = profiles_section(out)
+    assert sec is not None and sec.title.startswith("Profiles: a synthetic plate")
+    assert "| chada_vit_untrained |" in sec.text
+    assert "## Profiles\n" not in sec.text  # the table's own heading is replaced by the section's
+    assert any(path.name == "map_scatter.png" and path.exists() for _, path in sec.images)
+    md, page = write_report([sec], tmp_path, "report")
+    text, body = md.read_text(), page.read_text()
+    assert "## Profiles: a synthetic plate" in text and "map_scatter" in text
+    assert body.count("Profiles: a synthetic plate") >= 1 and "data:image/png;base64," in body
+    assert profiles_section(out / "elsewhere") is None

@@ -8,22 +8,20 @@ weights) and the hand-made features; ``chada profile`` then aggregates cells to 
 and writes ``OUT/profiles/`` (readouts, paired differences, figures, ``profiles.md``).
 
 The plate has its own seed: no random draw of an earlier stage is consumed, so the quickstart's other
-numbers do not change. :func:`append_profiles_section` adds the section to ``report.md`` and
-``report.html`` after the report is written.
+numbers do not change. :func:`profiles_section` is the report's section (like the dense stage's),
+written into ``report.md`` and ``report.html`` by :func:`chada.pipeline.summary.build_report`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import re
 from pathlib import Path
 from typing import Any
 
-from chada.io import atomic_write_bytes
+from chada.pipeline.report import Section
 from chada.pipeline.settings import QuickstartSettings
 
-__all__ = ["PROFILE_ENCODER", "append_profiles_section", "stage_profiles"]
+__all__ = ["PROFILE_ENCODER", "profiles_section", "stage_profiles"]
 
 PROFILE_ENCODER = "chada_vit"
 PLATE_SEED = 0
@@ -91,26 +89,10 @@ def _section_text(folder: Path) -> tuple[str, list[tuple[str, Path]]]:
     return intro + "\n\n" + text, images
 
 
-def append_profiles_section(report_md: Path, out: Path) -> bool:
-    """Append the profiles section to ``report.md`` and ``report.html`` (False when the stage has not run)."""
-    from chada.pipeline.report import markdown_to_html
-
-    folder = out / "profiles"
+def profiles_section(out: str | Path) -> Section | None:
+    """The report's section: the readouts, their paired differences and pictures (None before the stage)."""
+    folder = Path(out) / "profiles"
     if not (folder / "profiles.md").exists():
-        return False
-    title = "Profiles: a synthetic plate, mAP and NSC/NSCB"
+        return None
     text, images = _section_text(folder)
-    md = [report_md.read_text().rstrip(), "", f"## {title}", "", text, ""]
-    parts = [f"<h2>{html.escape(title)}</h2>", markdown_to_html(text)]
-    for caption, path in images:
-        if path.exists():
-            md += [f"![{caption}]({path.relative_to(out)})", "", f"*{caption}*", ""]
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
-    atomic_write_bytes(report_md, "\n".join(md).encode())
-    page = report_md.with_suffix(".html")
-    if page.exists():
-        body = page.read_text()
-        atomic_write_bytes(page, body.replace("</body></html>", "\n".join(parts) + "\n</body></html>").encode())
-    return True
+    return Section("Profiles: a synthetic plate, mAP and NSC/NSCB", text, images)

@@ -37,7 +37,7 @@ from chada.io import DONE_NAME, UnfinishedFolderError, atomic_write_bytes, check
 from chada.pipeline.console import quickstart_console
 from chada.pipeline.dense_stage import stage_dense
 from chada.pipeline.pretraining import pretrain_all
-from chada.pipeline.profile_stage import append_profiles_section, stage_profiles
+from chada.pipeline.profile_stage import stage_profiles
 from chada.pipeline.settings import QuickstartSettings, Stages
 from chada.pipeline.stages import stage_data, stage_embed, stage_evaluate, stage_figures
 
@@ -78,7 +78,6 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
     run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
     atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
     md = build_report(s, data, teachers, ev, figs, timings, emb)
-    append_profiles_section(md, s.out)
     # Last: what the README block and a reader trust (chada.io.check_finished).
     done = [md, md.with_suffix(".html"), s.out / "run.json", s.out / "settings.json", s.out / "machine.json"]
     done += [Path(ev["out"]) / DONE_NAME, s.out / "dense" / DONE_NAME]

@@ -22,6 +22,7 @@ from chada.pipeline.paired_section import (
     paired_table,
     seed_spread,
 )
+from chada.pipeline.profile_stage import profiles_section
 from chada.pipeline.report import Section, machine_description, write_report
 from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 
@@ -161,7 +162,7 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
                    [(f.stem, f) for f in _pngs(eval_dir, "paired_untrained_cls.png")])] if paired else []),  # fmt: skip
         *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
         *([Section("Paired tests per pretraining seed", spread)] if spread else []),
-        *[sec for sec in (dense_section(s.out),) if sec is not None],
+        *[sec for sec in (dense_section(s.out), profiles_section(s.out)) if sec is not None],
         Section(
             "All results and diagnostics",
             results_md,
