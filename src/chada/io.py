@@ -40,6 +40,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -144,15 +145,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, newline: bool = Fals
 
 
 def atomic_write_npz(path: str | os.PathLike, **arrays: Any) -> None:
-    """``numpy.savez(path, **arrays)`` (uncompressed), written atomically.
-
-    The archive is streamed into the temporary file (numpy writes each array in buffered pieces), so
-    no second copy of the arrays is held in memory.
-    """
+    """``numpy.savez(path, **arrays)`` (uncompressed), written atomically and streamed into the temporary
+    file (each array in buffered pieces), so no second copy of the arrays is held in memory."""
     import numpy as np
 
-    with atomic_writer(path) as fh:
-        np.savez(fh, **arrays)
+    # savez's layout; ``with`` closes the archive when a write fails (numpy < 2.1 left it to the gc: a traceback)
+    with atomic_writer(path) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
 
 
 def atomic_write_npy(path: str | os.PathLike, array: Any) -> None:
