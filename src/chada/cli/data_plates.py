@@ -120,7 +120,8 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
-    from chada.data.scan import ScanError, scan_folder, write_table
+    from chada.data.manifest import write_manifest
+    from chada.data.scan import ScanError, scan_folder
     from chada.io import check_writable_file
 
     out = check_writable_file(args.out, what="--out")
@@ -139,7 +140,7 @@ def _run_scan(args: argparse.Namespace) -> int:
         hint = " (--allow-incomplete keeps the complete images)" if fixable else ""
         print(f"chada data scan: {args.root}: {len(exc.problems)} problem(s), nothing written{hint}", file=sys.stderr)
         return 2
-    write_table(res.table, out)
+    write_manifest(res.table, out)
     print(f"{out}: {len(res.table)} images x {len(res.channel_names)} channels ({', '.join(res.channel_names)}) "
           f"from {res.n_files} files under {args.root}")  # fmt: skip
     for reason, n in res.skipped.items():

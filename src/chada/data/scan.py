@@ -54,7 +54,7 @@ from chada.data.readers import is_supported
 from chada.data.scan_patterns import Matcher, natural_key, parse_channel_names, walk_files
 from chada.errors import InputError
 
-__all__ = ["ScanError", "ScanProblem", "ScanResult", "Matcher", "parse_channel_names", "scan_folder", "natural_key", "write_table"]
+__all__ = ["ScanError", "ScanProblem", "ScanResult", "Matcher", "parse_channel_names", "scan_folder", "natural_key"]
 
 RESERVED = (*STANDARD_COLUMNS, "objects_file")
 
@@ -333,16 +333,3 @@ def _incomplete_problems(found: _Found, channels: list[str], incomplete: dict[st
     if orphans:
         problems.append(ScanProblem("orphan_objects", f"{len(orphans)} label image(s) without an image: {_listing(orphans)}", tuple(orphans)))
     return problems
-
-
-def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest atomically (``.parquet``/``.pq``, ``.tsv``, else CSV): never half a file."""
-    from chada.io import atomic_write_text, atomic_writer
-
-    p = Path(path)
-    if p.suffix.lower() in (".parquet", ".pq"):
-        with atomic_writer(p) as fh:
-            table.to_parquet(fh, index=False)
-    else:
-        atomic_write_text(p, table.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ","))
-    return p

@@ -29,8 +29,9 @@ PLATE_SEED = 0
 
 def _plate(out: Path) -> Path:
     """Draw, scan and write the plate's manifest (kept when already there)."""
+    from chada.data.manifest import write_manifest
     from chada.data.plate_synth import PlateSpec, generate_plate
-    from chada.data.scan import scan_folder, write_table
+    from chada.data.scan import scan_folder
 
     manifest = out / "manifest.csv"
     if manifest.exists():
@@ -43,7 +44,7 @@ def _plate(out: Path) -> Path:
     result = scan_folder(out / "images", scan["pattern"], channel_names=scan["channel_names"],
                          platemap=out / "platemap.csv", objects_pattern=scan["objects_pattern"],
                          dataset="synth_plate", base=out)  # fmt: skip
-    return write_table(result.table, manifest)
+    return write_manifest(result.table, manifest)
 
 
 def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: dict[str, str]) -> dict[str, Any]:
