@@ -250,7 +250,7 @@ def _refuse_with(code: int) -> Callable[..., None]:
 
 # name -> (the write refused, what is patched, argv builder, the path the message must name)
 DISK_FULL: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
-    "features-chunk": ("numpy.savez", _features_argv, "o/f.npz"),
+    "features-chunk": ("numpy.lib.format.write_array", _features_argv, "o/f.npz"),
     "features-lock": ("chada.locks.os.fsync", _features_argv, "o/f.npz.lock"),
     "data-synth-image": ("tifffile.imwrite", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
                                                        "--size", "16"], "s/"),
