@@ -106,3 +106,13 @@ def test_check_keys_reports_the_first_unknown_in_file_order() -> None:
     with pytest.raises(ValueError, match=r"^sec\.zz: unknown key; valid keys: a, b$"):
         cr.check_keys({"a": 1, "zz": 2, "yy": 3}, ("a", "b"), "sec")
     cr.check_keys({"a": 1}, ("a", "b"), "sec")
+
+
+@pytest.mark.parametrize("strict_low", [True, False])
+def test_nan_is_refused_where_a_range_is_asked(strict_low):
+    """NaN passes every comparison (nan < 0 and nan >= 0 are both False): a bound must refuse it by name."""
+    from chada.config_reader import number
+
+    with pytest.raises(ValueError, match=r"optim.lr: expected a number"):
+        number("nan", "optim.lr", 0, strict_low=strict_low)
+    assert number(0, "optim.lr", 0) == 0.0

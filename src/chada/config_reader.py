@@ -62,15 +62,21 @@ def check_keys(values: dict[str, Any], valid: Iterable[str], where: str = "") ->
             raise unknown_key_error(str(key), valid, where)
 
 
-def integer(value: Any, where: str, low: int | None = None) -> int:
-    """An integer (``3``, ``3.0``, ``"3"``, ``"1e3"``), at least ``low`` if given; never a bool."""
-    what = "an integer" if low is None else f"an integer >= {low}"
+def _float(value: Any, where: str, what: str) -> float:
+    """``value`` as a float for :func:`integer` and :func:`number`: never a bool or None."""
     if isinstance(value, bool) or value is None:
         raise expected(where, what, value)
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise expected(where, what, value) from None
+    return f
+
+
+def integer(value: Any, where: str, low: int | None = None) -> int:
+    """An integer (``3``, ``3.0``, ``"3"``, ``"1e3"``), at least ``low`` if given; never a bool."""
+    what = "an integer" if low is None else f"an integer >= {low}"
+    f = _float(value, where, what)
     if not f.is_integer() or (low is not None and f < low):
         raise expected(where, what, value)
     return int(f)
@@ -79,13 +85,8 @@ def integer(value: Any, where: str, low: int | None = None) -> int:
 def number(value: Any, where: str, low: float | None = None, *, strict_low: bool = False) -> float:
     """A float (``0.1``, ``"1e-3"``), ``> low`` with ``strict_low`` else ``>= low`` if given; never a bool."""
     what = "a number" if low is None else f"a number {'>' if strict_low else '>='} {low:g}"
-    if isinstance(value, bool) or value is None:
-        raise expected(where, what, value)
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise expected(where, what, value) from None
-    if low is not None and (f <= low if strict_low else f < low):
+    f = _float(value, where, what)
+    if low is not None and (f != f or (f <= low if strict_low else f < low)):  # NaN passes every comparison
         raise expected(where, what, value)
     return f
 
