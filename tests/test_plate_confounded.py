@@ -22,7 +22,7 @@ import pytest
 
 from chada.cli import main
 
-pytestmark = pytest.mark.slow  # ~55 s on 2 shared cores: two 3-plate screens drawn, embedded, profiled 4 times
+pytestmark = pytest.mark.slow  # ~40 s on 2 shared cores: two 3-plate screens drawn, embedded, profiled 4 times
 
 PLATE = ["--design", "confounded", "--plates", "3", "--compounds-per-moa", "3", "--replicates", "3", "--wells", "40",
          "--sites", "1"]  # fmt: skip
