@@ -21,17 +21,31 @@ def staged(tmp_path_factory):
     return out, result
 
 
-def test_stage_writes_profiles_of_three_models(staged):
+def test_stage_writes_profiles_of_four_models(staged):
     out, result = staged
-    assert set(result["readouts"]) == {"chada_vit", "chada_vit_untrained", "handmade"}
-    for m in result["readouts"]:
+    assert set(result["readouts"]) == {"chada_vit", "chada_vit_untrained", "handmade", "cp_measure"}
+    truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())
+    for m in ("chada_vit", "chada_vit_untrained", "handmade"):
         cells = pd.read_parquet(out / "profiles" / "cells" / f"{m}.parquet")
-        truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())
         # one row per labelled cell minus the border-touching ones
         assert 0.5 * sum(truth["cells"].values()) < len(cells) <= sum(truth["cells"].values())
     rd = pd.read_csv(out / "profiles" / "readouts.csv")
     assert set(rd.readout) == {"activity_map", "retrieved", "consistency_ap", "nsc", "nscb"}
-    assert result["n_comparisons"] == 3 * 5  # 3 pairs of models x 5 readouts
+    assert set(rd.model) == set(result["readouts"])
+    assert result["n_comparisons"] == 6 * 5  # 6 pairs of models x 5 readouts
+
+
+def test_cp_measure_measures_every_labelled_cell_of_the_plate(staged):
+    out, _ = staged
+    truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())
+    cp = pd.read_parquet(out / "profiles" / "cells" / "cp_measure.parquet")
+    per_field = cp.groupby(["plate", "well"]).size()
+    # every label of every field, border cells included (CellProfiler measures what it is given)
+    assert {f"{p}/{w}_s1": n for (p, w), n in per_field.items()} == {k: v for k, v in truth["cells"].items() if v}
+    cols = [c for c in cp.columns if c.startswith("Cells_")]
+    assert "Cells_Intensity_MeanIntensity_Tubulin" in cols or any("Intensity" in c and "Tubulin" in c for c in cols)
+    assert not any("Texture" in c or "Costes" in c for c in cols)  # the groups left out for time
+    assert any("Granularity" in c for c in cols) and any("Correlation" in c for c in cols)
 
 
 def test_handmade_profiles_meet_the_plates_known_answers(staged):
@@ -42,6 +56,19 @@ def test_handmade_profiles_meet_the_plates_known_answers(staged):
     assert len(inactive) == 4 and (inactive.activity_q >= 0.05).all()
     top = per[(per.dose == 10.0) & per.compound.map(lambda c: truth[c]["active"])]
     assert len(top) == 6 and (top.activity_q < 0.05).all()  # every active compound at 10 uM
+
+
+def test_cp_measure_profiles_meet_the_plates_known_answers(staged):
+    out, _ = staged
+    truth = json.loads((out / "profiles" / "plate" / "ground_truth.json").read_text())["compounds"]
+    per = pd.read_csv(out / "profiles" / "cp_measure" / "per_treatment.csv")
+    inactive = per[per.compound.map(lambda c: not truth[c]["active"])]
+    swollen = per[(per.dose == 10.0) & per.compound.map(lambda c: truth[c]["moa"] == "nuclear_swelling")]
+    assert len(inactive) == 4 and (inactive.activity_q >= 0.05).all()
+    # CellProfiler's shape features see nuclear swelling (q 0.008 for both compounds at 10 uM); the
+    # intensity phenotypes are lost under the stage's mad_robustize on 8 DMSO wells per plate
+    # (docs/profiling.md: near-constant features blown up), so they are not asked for here
+    assert len(swollen) == 2 and (swollen.activity_q < 0.05).all()
 
 
 def test_section_goes_into_both_reports(staged, tmp_path):
