@@ -12,6 +12,8 @@ import pytest
 from chada.pipeline.profile_stage import profiles_section, stage_profiles
 from chada.pipeline.settings import QuickstartSettings
 
+pytestmark = pytest.mark.slow  # ~40 s on 2 shared cores: 3 embeddings + cp_measure of 64 fields, profiled
+
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
