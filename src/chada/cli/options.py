@@ -12,7 +12,9 @@ Each ``add_*`` function adds one option (or one small group) to a sub-command's 
     add_quiet(p)
     add_debug(p)
 
-and the handler reads them back with the matching helpers (:func:`channel_kwargs`). A new shared
+and the handler reads them back with the matching helpers: one builder per option bundle of
+:mod:`chada.encode.options` (:func:`image_options`, :func:`channel_options`, :func:`run_options`,
+:func:`selection`, :func:`output_options`), which check the values once. A new shared
 option (``--precision``, say) is one more ``add_precision(p)`` here, called from each sub-command that
 runs a model, plus one reader if its value needs turning into arguments: ``--precision`` is
 :func:`add_precision` and :func:`precision_dtype`.
@@ -43,13 +45,18 @@ __all__ = [
     "add_workers",
     "add_verify_inputs",
     "channel_kwargs",
+    "channel_options",
+    "image_options",
     "nan_kwargs",
     "object_options",
+    "output_options",
     "parse_image_size",
     "precision_dtype",
+    "run_options",
+    "selection",
 ]
 
-NORMALIZE_CHOICES = ("percentile", "minmax", "none")
+NORMALIZE_CHOICES = ("percentile", "minmax", "none")  # chada.encode.options has the same (no torch import here)
 
 _Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -260,3 +267,59 @@ def add_quiet(p: _Parser) -> None:
 def add_debug(p: _Parser) -> None:
     """``--debug``: show the full traceback of an error."""
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+# The bundles of chada.encode.options, built once from a parsed command line. A sub-command without
+# one of the flags gets the bundle's default for it (getattr), so every command builds them the same way.
+
+
+def image_options(args: argparse.Namespace) -> Any:
+    """:class:`chada.encode.options.ImageOptions` of ``--image-size``, ``--normalize``, ``--nan-policy``,
+    ``--nan-fill`` (``--nan-fill`` without ``replace`` is refused, :func:`nan_kwargs`)."""
+    from chada.encode.options import MODEL_SIZE, ImageOptions
+
+    nan = nan_kwargs(args) if hasattr(args, "nan_policy") else {}
+    return ImageOptions(size=getattr(args, "image_size", MODEL_SIZE), normalize=getattr(args, "normalize", "percentile"),
+                        **nan)  # fmt: skip
+
+
+def channel_options(args: argparse.Namespace) -> Any:
+    """:class:`chada.encode.options.ChannelOptions` of ``--channel-order``, ``--strict-channels``,
+    ``--channel-alias`` (:func:`channel_kwargs`)."""
+    from chada.encode.options import ChannelOptions
+
+    kw = channel_kwargs(args)
+    return ChannelOptions(order=kw["channel_order"], unknown=kw["unknown_channels"], aliases=kw["channel_aliases"])
+
+
+def run_options(args: argparse.Namespace, device: str | None = None, dtype: Any = None) -> Any:
+    """:class:`chada.encode.options.RunOptions` of ``--batch-size``, ``--workers``, ``--device`` (or
+    ``device``: a torchrun rank's), ``dtype`` (:func:`precision_dtype`; None: float32), ``--seed``, ``--quiet``."""
+    import torch
+
+    from chada.encode.options import RunOptions
+
+    return RunOptions(
+        batch_size=getattr(args, "batch_size", 32),
+        num_workers=getattr(args, "workers", 0),
+        device=device or getattr(args, "device", "cpu"),
+        dtype=torch.float32 if dtype is None else dtype,
+        seed=getattr(args, "seed", 0),
+        progress=not getattr(args, "quiet", False),
+    )
+
+
+def selection(args: argparse.Namespace) -> Any:
+    """:class:`chada.encode.options.Selection` of ``--dataset`` and ``--split``."""
+    from chada.encode.options import Selection
+
+    return Selection(datasets=getattr(args, "dataset", None), split=getattr(args, "split", None))
+
+
+def output_options(args: argparse.Namespace, shard: tuple[int, int] | None = None) -> Any:
+    """:class:`chada.encode.options.OutputOptions` of ``--no-resume``, ``--chunk-batches``,
+    ``--verify-inputs`` and the ``shard`` of ``--shard`` or torchrun."""
+    from chada.encode.options import OutputOptions
+
+    return OutputOptions(resume=not getattr(args, "no_resume", False), chunk_batches=getattr(args, "chunk_batches", 20),
+                         verify_inputs=getattr(args, "verify_inputs", "stat"), shard=shard)  # fmt: skip

@@ -61,6 +61,51 @@ class Encoder(ABC):
     #: Precision of the model's forward pass (:mod:`chada.models.precision`); features are float32 anyway.
     dtype: torch.dtype = torch.float32
 
+    @property
+    def is_model(self) -> bool:
+        """True when a torch module runs the images (False: hand-made features, numpy only)."""
+        return self.module is not None
+
+    @property
+    def random_init(self) -> bool:
+        """A registered name built with random weights from a seed (the seed, not the weights, names it)."""
+        return self.info.get("source") == "random_init"
+
+    @property
+    def precision(self) -> str | None:
+        """``"fp32"`` / ``"bf16"`` of the model's forward pass; None without a model."""
+        from chada.models.precision import precision_name
+
+        return precision_name(self.dtype) if self.is_model else None
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run the forward pass in ``dtype`` (a model only: hand-made features have no forward pass)."""
+        if self.is_model:
+            self.dtype = dtype
+
+    def to(self, device: torch.device) -> Encoder:
+        """Move the model to ``device`` in eval mode (hand-made features: nothing to move); returns self."""
+        if self.module is not None:
+            self.module = self.module.to(device).eval()
+        return self
+
+    def weights_digest(self) -> str | None:
+        """A digest of the weights, so a resumed run notices a folder re-saved with new weights; None
+        when nothing but the settings names them (no model, or random weights from a recorded seed)."""
+        from chada.encode.inputs import weights_digest
+
+        if self.module is None or self.random_init:
+            return None
+        return weights_digest(self.module)
+
+    def check_forward(self, samples: Sequence[dict[str, Any]], device: torch.device, where: Any, warned: set[str]) -> None:
+        """Before a forward pass: token count and memory of ``samples`` on ``device``
+        (:func:`chada.encode.budget.check_forward`); nothing to check without a model."""
+        if self.module is not None:
+            from chada.encode.budget import check_forward
+
+            check_forward(self.module, samples, device, where, warned)
+
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool actually computed (a model may fall back to a fixed-size pool)."""
         return {p: p for p in pools}

@@ -19,6 +19,7 @@ import os
 
 from chada.encode.embed import embed_manifest
 from chada.encode.encoders import FeatureKindEncoder
+from chada.encode.options import ImageOptions, OutputOptions, RunOptions
 from chada.encode.store import EmbeddingSet
 
 __all__ = ["FeatureKindEncoder", "features_for_manifest"]
@@ -53,7 +54,8 @@ def features_for_manifest(
         ``features["all"]``, ``[N, F]`` float32).
     """
     return embed_manifest(
-        FeatureKindEncoder(kind, layout), manifest_path, out_path, batch_size=chunk_size, pools=("cls", "all"),
-        image_size=image_size, normalize=normalize, chunk_batches=4, progress=progress, nan_policy=nan_policy,
-        nan_fill=nan_fill, resume=resume, verify_inputs=verify_inputs,
+        FeatureKindEncoder(kind, layout), manifest_path, out_path, ("cls", "all"),
+        image=ImageOptions(size=image_size, normalize=normalize, nan_policy=nan_policy, nan_fill=nan_fill),
+        run=RunOptions(batch_size=chunk_size, progress=progress),
+        output=OutputOptions(resume=resume, chunk_batches=4, verify_inputs=verify_inputs),
     )  # fmt: skip

@@ -51,6 +51,7 @@ def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: d
     """Embed the plate's cells with each model and profile them; return the readouts per model."""
     from chada.data.objects import ObjectOptions
     from chada.encode.embed import embed_manifest
+    from chada.encode.options import ImageOptions, RunOptions
     from chada.profiles.config import ProfileConfig
     from chada.tasks.profiling import ProfilingTask, run_profiling
 
@@ -68,8 +69,8 @@ def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: d
     for name, (model, norm) in models.items():
         tables[name] = cells / f"{name}.parquet"
         if not tables[name].exists():
-            embed_manifest(model, manifest, tables[name], image_size=s.embed_size, batch_size=256, pools=("cls",),
-                           normalize=norm, objects=crops, progress=False)  # fmt: skip
+            embed_manifest(model, manifest, tables[name], ("cls",), image=ImageOptions(size=s.embed_size, normalize=norm),
+                           run=RunOptions(batch_size=256, progress=False), objects=crops)  # fmt: skip
     cfg = ProfileConfig(batch_cols=["plate"], null_size=1000, n_boot=200, seed=PLATE_SEED)
     results, comparisons, _ = run_profiling(ProfilingTask(tables, cfg, "pca", "cls"), out, log=lambda m: None)
     readouts = {m: {k: v["value"] for k, v in r.readouts.items()} for m, r in results.items()}

@@ -98,6 +98,7 @@ def stage_embed(
     import chada
     from chada.encode.embed import embed_manifest
     from chada.encode.handmade import features_for_manifest
+    from chada.encode.options import ImageOptions, RunOptions
     from chada.models.precision import precision_name, resolve_precision
 
     emb_dir = s.out / "embeddings"
@@ -124,8 +125,8 @@ def stage_embed(
             for tag, model in ((run, teacher), (f"{run}_untrained", untrained[run])):
                 out = emb_dir / group / f"{tag}.npz"
                 if not out.exists():
-                    embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast,
-                                   dtype=dtype)  # fmt: skip
+                    embed_manifest(model, m, out, image=ImageOptions(size=s.embed_size),
+                                   run=RunOptions(batch_size=64, progress=not s.fast, dtype=dtype))  # fmt: skip
                 files[group][tag] = str(out)
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
