@@ -221,7 +221,7 @@ def test_quickstart_embedding_stage_runs_in_its_precision(data, tmp_path, monkey
 
     root, manifest = data
     seen: list = []
-    monkeypatch.setattr(embed_api, "embed_manifest", lambda *a, **k: seen.append(k["dtype"]))
+    monkeypatch.setattr(embed_api, "embed_manifest", lambda *a, **k: seen.append(k["run"].dtype))
     monkeypatch.setattr(handmade, "features_for_manifest", lambda *a, **k: None)
     lines: list[str] = []
     model = {"chada_vit": str(root / "packed")}
