@@ -84,6 +84,15 @@ class ModelEncoder(Encoder):
             size = ((extra.get("pretrain_config") or {}).get("augment") or {}).get("global_size")
         return int(size) if isinstance(size, int) and size > 0 else None
 
+    def fixed_pool(self, pool: str) -> str:
+        variable = getattr(self.module, "variable_size_pools", {}) or {}
+        if pool in variable:
+            return variable[pool]
+        known = tuple(getattr(self.module, "pools", DEFAULT_POOLS))
+        if pool not in known:
+            raise ValueError(f"pool {pool!r} not supported by {type(self.module).__name__}; choose from {known}")
+        return pool
+
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool computed: a concatenating pool (One-Channel ViT's ``C*D``) becomes its
         mean-over-channels form when the images have different channel counts (one array, one size)."""
@@ -143,6 +152,10 @@ class FeatureKindEncoder(Encoder):
         self.columns: list[str] | None = None
         self.info = {"model": kind, "family": "handmade", "source": "handmade", "arch": HANDMADE, "kind": kind,
                      "layout": layout}  # fmt: skip
+
+    def fixed_pool(self, pool: str) -> str:
+        """Every pool name holds the same vector: the features are stored under the kind's name."""
+        return self.kind
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         if self.layout == "per_channel" and len(channel_counts) > 1:

@@ -78,6 +78,16 @@ class Encoder(ABC):
 
             check_forward(self.module, samples, device, where, warned)
 
+    @property
+    def name(self) -> str:
+        """What error messages call the encoder: the module's class, else the feature kind."""
+        return type(self.module).__name__ if self.module is not None else str(self.info.get("kind", "handmade"))
+
+    def fixed_pool(self, pool: str) -> str:
+        """The pool whose size does not depend on the channel count (a probe fitted on C channels reads
+        k-channel features): ``pool`` itself, or its fixed-size form (One-Channel ViT's mean)."""
+        return pool
+
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool actually computed (a model may fall back to a fixed-size pool)."""
         return {p: p for p in pools}
