@@ -70,6 +70,13 @@ class Encoder(ABC):
             return None
         return weights_digest(self.module)
 
+    def fingerprint(self) -> str:
+        """Which exact encoder made a set of features: the SHA-1 of the model's weights
+        (:func:`chada.encode.inputs.weights_sha1`), else the feature kind's name."""
+        from chada.encode.inputs import weights_sha1
+
+        return weights_sha1(self.module) if self.module is not None else self.name
+
     def check_forward(self, samples: Sequence[dict[str, Any]], device: torch.device, where: Any, warned: set[str]) -> None:
         """Before a forward pass: token count and memory of ``samples`` on ``device``
         (:func:`chada.encode.budget.check_forward`); nothing to check without a model."""
