@@ -19,7 +19,7 @@ from chada.tasks.reconstruction.config import (
     ReconstructionTask,
 )
 from chada.tasks.reconstruction.decoder import METRICS, decoder_budget
-from chada.tasks.reconstruction.fit import _torch_threads, fit_decoder
+from chada.tasks.reconstruction.fit import DecoderFit, _torch_threads, fit_decoder
 
 __all__ = ["run_reconstruction_task"]
 
@@ -252,10 +252,9 @@ def _fit_model(
         bar.update(fit, description=f"{task.name}: decoder {name} seed {seed}")
         tr, te = splits[seed]
         keep = list(range(len(example_pos))) if seed == task.seeds[0] and len(example_pos) else None
-        res = fit_decoder(
-            z[tr], targets[tr], z[te], targets[te], epochs=task.epochs, batch_size=task.batch_size, lr=task.lr,
-            target_params=target_params, base_channels=base_channels, seed=seed, device=dev, keep=keep,
-        )  # fmt: skip
+        fit_options = DecoderFit(epochs=task.epochs, batch_size=task.batch_size, lr=task.lr, target_params=target_params,
+                                 base_channels=base_channels, seed=seed, device=dev)  # fmt: skip
+        res = fit_decoder(z[tr], targets[tr], z[te], targets[te], fit_options, keep=keep)
         if keep is not None:
             examples.predictions[name] = res["examples"]["prediction"]
             if examples.targets is None:
