@@ -270,16 +270,19 @@ def add_debug(p: _Parser) -> None:
 
 
 # The bundles of chada.encode.options, built once from a parsed command line. A sub-command without
-# one of the flags gets the bundle's default for it (getattr), so every command builds them the same way.
+# one of the flags gets the value of ``base`` (the command's own defaults, e.g. chada features' 64
+# images per chunk), so every command builds them the same way.
 
 
-def image_options(args: argparse.Namespace) -> Any:
+def image_options(args: argparse.Namespace, base: Any = None) -> Any:
     """:class:`chada.encode.options.ImageOptions` of ``--image-size``, ``--normalize``, ``--nan-policy``,
-    ``--nan-fill`` (``--nan-fill`` without ``replace`` is refused, :func:`nan_kwargs`)."""
-    from chada.encode.options import MODEL_SIZE, ImageOptions
+    ``--nan-fill`` (``--nan-fill`` without ``replace`` is refused, :func:`nan_kwargs`); a flag the
+    command lacks keeps ``base``'s value (default: the bundle's defaults)."""
+    from chada.encode.options import ImageOptions
 
-    nan = nan_kwargs(args) if hasattr(args, "nan_policy") else {}
-    return ImageOptions(size=getattr(args, "image_size", MODEL_SIZE), normalize=getattr(args, "normalize", "percentile"),
+    base = base or ImageOptions()
+    nan = nan_kwargs(args) if hasattr(args, "nan_policy") else {"nan_policy": base.nan_policy, "nan_fill": base.nan_fill}
+    return ImageOptions(size=getattr(args, "image_size", base.size), normalize=getattr(args, "normalize", base.normalize),
                         **nan)  # fmt: skip
 
 
@@ -292,20 +295,20 @@ def channel_options(args: argparse.Namespace) -> Any:
     return ChannelOptions(order=kw["channel_order"], unknown=kw["unknown_channels"], aliases=kw["channel_aliases"])
 
 
-def run_options(args: argparse.Namespace, device: str | None = None, dtype: Any = None) -> Any:
+def run_options(args: argparse.Namespace, device: str | None = None, dtype: Any = None, base: Any = None) -> Any:
     """:class:`chada.encode.options.RunOptions` of ``--batch-size``, ``--workers``, ``--device`` (or
-    ``device``: a torchrun rank's), ``dtype`` (:func:`precision_dtype`; None: float32), ``--seed``, ``--quiet``."""
-    import torch
-
+    ``device``: a torchrun rank's), ``dtype`` (:func:`precision_dtype`; None: ``base``'s), ``--seed``,
+    ``--quiet``; a flag the command lacks keeps ``base``'s value (default: the bundle's defaults)."""
     from chada.encode.options import RunOptions
 
+    base = base or RunOptions()
     return RunOptions(
-        batch_size=getattr(args, "batch_size", 32),
-        num_workers=getattr(args, "workers", 0),
-        device=device or getattr(args, "device", "cpu"),
-        dtype=torch.float32 if dtype is None else dtype,
-        seed=getattr(args, "seed", 0),
-        progress=not getattr(args, "quiet", False),
+        batch_size=getattr(args, "batch_size", base.batch_size),
+        num_workers=getattr(args, "workers", base.num_workers),
+        device=device or getattr(args, "device", base.device),
+        dtype=base.dtype if dtype is None else dtype,
+        seed=getattr(args, "seed", base.seed),
+        progress=not args.quiet if hasattr(args, "quiet") else base.progress,
     )
 
 
@@ -316,10 +319,13 @@ def selection(args: argparse.Namespace) -> Any:
     return Selection(datasets=getattr(args, "dataset", None), split=getattr(args, "split", None))
 
 
-def output_options(args: argparse.Namespace, shard: tuple[int, int] | None = None) -> Any:
+def output_options(args: argparse.Namespace, shard: tuple[int, int] | None = None, base: Any = None) -> Any:
     """:class:`chada.encode.options.OutputOptions` of ``--no-resume``, ``--chunk-batches``,
-    ``--verify-inputs`` and the ``shard`` of ``--shard`` or torchrun."""
+    ``--verify-inputs`` and the ``shard`` of ``--shard`` or torchrun; a flag the command lacks keeps
+    ``base``'s value (default: the bundle's defaults)."""
     from chada.encode.options import OutputOptions
 
-    return OutputOptions(resume=not getattr(args, "no_resume", False), chunk_batches=getattr(args, "chunk_batches", 20),
-                         verify_inputs=getattr(args, "verify_inputs", "stat"), shard=shard)  # fmt: skip
+    base = base or OutputOptions()
+    resume = not args.no_resume if hasattr(args, "no_resume") else base.resume
+    return OutputOptions(resume=resume, chunk_batches=getattr(args, "chunk_batches", base.chunk_batches),
+                         verify_inputs=getattr(args, "verify_inputs", base.verify_inputs), shard=shard)  # fmt: skip

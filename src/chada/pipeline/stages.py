@@ -131,7 +131,8 @@ def stage_embed(
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
-                features_for_manifest(m, kind, out, image_size=s.synth_size, progress=not s.fast)
+                features_for_manifest(m, kind, out, image=ImageOptions(size=s.synth_size),
+                                      run=RunOptions(batch_size=64, progress=not s.fast))
             files[group][kind] = str(out)
     return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed, "precision": precision_name(dtype)}
 
