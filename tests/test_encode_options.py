@@ -176,3 +176,17 @@ def test_model_encoder_checks_the_forward_pass_before_it_runs(monkeypatch):
     enc.check_forward([{"image": np.zeros((2, 16, 16))}], torch.device("cpu"), str, set())
     FeatureKindEncoder().check_forward([{"image": np.zeros((2, 16, 16))}], torch.device("cpu"), str, set())
     assert seen == [(enc.module, 1)]
+
+
+def test_a_commands_missing_flags_keep_its_own_defaults():
+    """`chada features` has no --batch-size or --chunk-batches: its 64 images per pass and 4 passes per
+    chunk must survive the builders (the bundle defaults, 32 and 20, would change its chunks)."""
+    from chada.cli import features
+    from chada.encode.handmade import FEATURES_IMAGE, FEATURES_OUTPUT, FEATURES_RUN
+
+    parser = argparse.ArgumentParser()
+    features.register(parser.add_subparsers())
+    args = parser.parse_args(["features", "--manifest", "m.csv", "--kind", "handmade", "--out", "f.npz", "--quiet"])
+    assert o.run_options(args, base=FEATURES_RUN) == RunOptions(batch_size=64, progress=False)
+    assert o.output_options(args, base=FEATURES_OUTPUT) == OutputOptions(chunk_batches=4)
+    assert o.image_options(args, base=FEATURES_IMAGE) == ImageOptions(size=None)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from chada.encode.encoders import embed_images, resolve_model
+from chada.encode.encoders import embed_images, resolve_encoder
 from chada.eval.config import infer_family
 from chada.models.precision import autocast, resolve_precision
 from chada.tasks.reconstruction.config import (
@@ -150,13 +150,13 @@ def _load_encoders(task: ReconstructionTask) -> dict[str, tuple[nn.Module, dict[
     modules: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     dev = torch.device(task.device)
     for name, spec in task.models.items():
-        module, info = resolve_model(spec.model, seed=spec.seed)
-        if module is None:
+        encoder = resolve_encoder(spec.model, seed=spec.seed)
+        if not encoder.is_model:
             raise ValueError(
                 f"reconstruction task {task.name!r}, model {name!r}: hand-made features are not an encoder "
                 "the decoder can be put on; use a saved model folder or a registered name"
             )
-        modules[name] = (module.to(dev).eval(), info)
+        modules[name] = (encoder.to(dev).module, encoder.info)
     return modules
 
 
