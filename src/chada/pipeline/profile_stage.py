@@ -57,6 +57,7 @@ def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: d
     from chada.data.objects import ObjectOptions
     from chada.encode.cp_measure import cp_measure_for_manifest
     from chada.encode.embed import embed_manifest
+    from chada.encode.options import ImageOptions, RunOptions
     from chada.profiles.config import ProfileConfig
     from chada.tasks.profiling import ProfilingTask, run_profiling
 
@@ -74,8 +75,8 @@ def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: d
     for name, (model, norm) in models.items():
         tables[name] = cells / f"{name}.parquet"
         if not tables[name].exists():
-            embed_manifest(model, manifest, tables[name], image_size=s.embed_size, batch_size=256, pools=("cls",),
-                           normalize=norm, objects=crops, progress=False)  # fmt: skip
+            embed_manifest(model, manifest, tables[name], ("cls",), image=ImageOptions(size=s.embed_size, normalize=norm),
+                           run=RunOptions(batch_size=256, progress=False), objects=crops)  # fmt: skip
     tables["cp_measure"] = cells / "cp_measure.parquet"
     if not tables["cp_measure"].exists():  # every labelled cell, on the raw 16-bit intensities
         cp_measure_for_manifest(manifest, tables["cp_measure"], progress=False, groups=CP_MEASURE_GROUPS)
