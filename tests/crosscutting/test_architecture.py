@@ -356,3 +356,52 @@ def test_the_table_check_sees_a_missing_module(tmp_path):
     assert unlisted_modules(table.replace("`dino`", "`config`"), src) == ["ssl/dino"]
     assert unlisted_modules(table.replace("(`heads`)", ""), src) == ["tasks/dense/heads"]
     assert unlisted_modules(table.replace("| `io.py` | x | |\n", ""), src) == ["io: no row for io"]
+
+
+# ----------------------------------------------------------------------------------- the tests' layout
+TESTS = REPO / "tests"
+NOT_PACKAGES = ("core", "crosscutting", "helpers")  # the bottom layer, suites over everything, shared code
+
+
+def layout_problems(tests: Path = TESTS, src: Path = SRC) -> list[str]:
+    """Where ``tests/`` strays from ``src/chada``: a test file outside a folder, a folder that names no
+    package, or a module that imports a test file (shared code goes to tests/helpers/ or a conftest.py)."""
+    bad = [f"{f.name}: a test file belongs in the folder of the package it tests" for f in tests.glob("test_*.py")]
+    for d in sorted(p for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        rel = d.relative_to(tests)
+        if rel.parts[0] in NOT_PACKAGES:
+            continue
+        if not (src / "chada" / rel).is_dir():
+            bad.append(f"tests/{rel.as_posix()}/: no package src/chada/{rel.as_posix()}")
+    for f in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):  # ``from tests.x import test_y`` names a test file too
+                names = [f"{node.module or ''}.{a.name}" for a in node.names] + [node.module or ""]
+            for name in names:
+                if name.split(".")[-1].startswith("test_"):
+                    bad.append(f"{f.relative_to(tests).as_posix()}:{node.lineno}: imports the test file {name}")
+    return bad
+
+
+def test_tests_mirror_the_packages_and_share_through_helpers():
+    bad = layout_problems()
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layout_check_sees_each_problem(tmp_path):
+    src = _write(tmp_path / "src", {"__init__.py": "", "ssl/__init__.py": "", "ssl/dino.py": ""})
+    tests = tmp_path / "tests"
+    for rel, text in {"ssl/test_dino.py": "", "ssl/test_loss.py": "from tests.helpers.dino import x\n",
+                      "helpers/dino.py": "x = 1\n", "core/test_io.py": ""}.items():  # fmt: skip
+        (tests / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tests / rel).write_text(text)
+    assert layout_problems(tests, src) == []
+    (tests / "test_flat.py").write_text("")
+    (tests / "sll").mkdir()
+    (tests / "ssl" / "test_loss.py").write_text("from tests.ssl.test_dino import helper\n")
+    assert layout_problems(tests, src) == [
+        "test_flat.py: a test file belongs in the folder of the package it tests",
+        "tests/sll/: no package src/chada/sll",
+        "ssl/test_loss.py:1: imports the test file tests.ssl.test_dino",
+    ]
