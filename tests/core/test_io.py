@@ -32,7 +32,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cio.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # what atomic_writer renames with
     with pytest.raises(OSError, match="disk full"):
         cio.atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"

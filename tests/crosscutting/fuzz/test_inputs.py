@@ -605,7 +605,7 @@ def test_output_under_a_file_is_refused(name, tmp_path, capfd, no_work):
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_read_only_output_location_is_refused(name, tmp_path, capfd, no_work, monkeypatch):
-    import chada.io as cio
+    import chada.io.outputs as cio
 
     # This test may run as root, for whom every folder is writable: the permission answer is faked
     # here for one folder; test_read_only_folder_for_real checks the real answer.
@@ -643,7 +643,7 @@ def test_read_only_folder_for_real(tmp_path):
 _KILL_SCRIPT = """
 import os, signal, sys
 import chada.encode.embed as E
-import chada.io as cio
+import chada.io.atomic as cio
 from chada.cli import main
 
 calls = {"n": 0}

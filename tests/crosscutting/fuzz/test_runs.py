@@ -254,7 +254,7 @@ DISK_FULL: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "features-lock": ("chada.locks.os.fsync", _features_argv, "o/f.npz.lock"),
     "data-synth-image": ("tifffile.imwrite", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
                                                        "--size", "16"], "s/"),
-    "data-synth-manifest": ("chada.io.os.replace", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
+    "data-synth-manifest": ("chada.io.atomic.os.replace", lambda t: ["data", "synth", str(t / "s"), "--n-per-assay", "1",
                                                              "--size", "16"], "s/"),
 }  # fmt: skip
 
