@@ -10,7 +10,7 @@
      channel vocabulary (``data.channel_vocab=auto``: ids follow names, as the subset evaluation does);
    - ``none_positional`` and ``shuffle_positional``: no vocabulary (slot = position, the paper's rule),
      without / with channel-order shuffling. (With a vocabulary, shuffling is a no-op for ChAda-ViT:
-     see ``tests/test_channel_sampling.py::test_shuffle_with_vocabulary_does_not_change_the_embedding``.)
+     see ``tests/ssl/test_channel_sampling.py::test_shuffle_with_vocabulary_does_not_change_the_embedding``.)
 
 3. ``run_channel_subsets`` on ``coloc_5ch`` (5 channels, all 31 subsets) for every teacher plus an
    untrained ``chada_vit_test`` (3 seeds), labels ``label`` (3 size classes) and, with

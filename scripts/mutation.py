@@ -32,36 +32,36 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 
 # module (relative to src/chada) -> the test files that exercise it
-_MODEL_CORE = ["tests/test_model.py", "tests/test_packed.py", "tests/test_model_math.py"]
+_MODEL_CORE = ["tests/models/test_model.py", "tests/models/test_packed.py", "tests/models/test_model_math.py"]
 _BASELINE_TESTS = [
-    "tests/test_baselines.py",
-    "tests/test_baselines_math.py",
-    "tests/test_baselines_attention.py",
-    "tests/test_model.py",
+    "tests/models/test_baselines.py",
+    "tests/models/test_baselines_math.py",
+    "tests/models/test_baselines_attention.py",
+    "tests/models/test_model.py",
 ]
 MODULES: dict[str, list[str]] = {
     "models/layers.py": _MODEL_CORE
-    + ["tests/test_layers.py", "tests/test_precision.py", "tests/test_convert.py", "tests/test_baselines.py"],
-    "models/chada_vit.py": _MODEL_CORE + ["tests/test_precision.py", "tests/test_convert.py"],
-    "models/chada_paths.py": _MODEL_CORE + ["tests/test_host_syncs.py"],
-    "models/batch.py": _MODEL_CORE + ["tests/test_batch.py"],
-    "models/dense.py": _MODEL_CORE + ["tests/test_dense.py", "tests/test_baselines.py"],
-    "models/precision.py": ["tests/test_precision.py"],
-    "models/registry.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py"],
-    "models/hub.py": ["tests/test_hub.py", "tests/test_model.py", "tests/test_baselines.py", "tests/test_channels.py"],
-    "models/convert.py": ["tests/test_convert.py"],
+    + ["tests/models/test_layers.py", "tests/models/test_precision.py", "tests/models/test_convert.py", "tests/models/test_baselines.py"],
+    "models/chada_vit.py": _MODEL_CORE + ["tests/models/test_precision.py", "tests/models/test_convert.py"],
+    "models/chada_paths.py": _MODEL_CORE + ["tests/models/test_host_syncs.py"],
+    "models/batch.py": _MODEL_CORE + ["tests/models/test_batch.py"],
+    "models/dense.py": _MODEL_CORE + ["tests/models/test_dense.py", "tests/models/test_baselines.py"],
+    "models/precision.py": ["tests/models/test_precision.py"],
+    "models/registry.py": ["tests/models/test_hub.py", "tests/models/test_model.py", "tests/models/test_baselines.py"],
+    "models/hub.py": ["tests/models/test_hub.py", "tests/models/test_model.py", "tests/models/test_baselines.py", "tests/data/test_channels.py"],
+    "models/convert.py": ["tests/models/test_convert.py"],
     **{
         f"models/{name}.py": _BASELINE_TESTS
         for name in ("standard_vit", "one_channel_vit", "inter_channel_vit", "fixed_channel_vit")
     },
-    "data/channels.py": ["tests/test_channels.py"],
-    "data/channel_names.py": ["tests/test_channels.py", "tests/test_data_manifest.py"],
-    "ssl/dino.py": ["tests/test_ssl_dino.py", "tests/test_ssl_dino_mutants.py", "tests/test_ssl_recipe.py"],
-    "ssl/schedules.py": ["tests/test_ssl_schedules.py", "tests/test_ssl_dino_mutants.py", "tests/test_ssl_recipe.py"],
-    "eval/knn.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
-    "eval/probes.py": ["tests/test_eval_metrics.py", "tests/test_eval_mutants.py"],
-    "eval/diagnostics.py": ["tests/test_eval_diagnostics.py", "tests/test_eval_mutants.py"],
-    "eval/protocol.py": ["tests/test_eval_protocol_units.py", "tests/test_eval_intervals.py", "tests/test_eval_protocol.py"],
+    "data/channels.py": ["tests/data/test_channels.py"],
+    "data/channel_names.py": ["tests/data/test_channels.py", "tests/data/test_manifest.py"],
+    "ssl/dino.py": ["tests/ssl/test_dino.py", "tests/ssl/test_dino_mutants.py", "tests/ssl/test_recipe.py"],
+    "ssl/schedules.py": ["tests/ssl/test_schedules.py", "tests/ssl/test_dino_mutants.py", "tests/ssl/test_recipe.py"],
+    "eval/knn.py": ["tests/eval/test_metrics.py", "tests/eval/test_mutants.py"],
+    "eval/probes.py": ["tests/eval/test_metrics.py", "tests/eval/test_mutants.py"],
+    "eval/diagnostics.py": ["tests/eval/test_diagnostics.py", "tests/eval/test_mutants.py"],
+    "eval/protocol.py": ["tests/eval/test_protocol_units.py", "tests/eval/test_intervals.py", "tests/eval/test_protocol.py"],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",

@@ -24,5 +24,6 @@ if [[ $lowest == 1 ]]; then
     python -m pytest -q -m "not slow" -W ignore::DeprecationWarning
 else
     ruff check src tests benchmarks
+    ruff format --check src tests benchmarks scripts
     python -m pytest -q
 fi

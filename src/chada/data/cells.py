@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chada.data.dataset import ManifestDataset, _clean, make_sample, resize_image
-from chada.data.manifest import READ_HINT, _is_missing, _resolve
+from chada.data.manifest_rows import READ_HINT, _is_missing, _resolve
 from chada.data.objects import ObjectOptions, crop_objects, object_table, validate_labels
 from chada.errors import InputError
 

@@ -27,16 +27,24 @@ error.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from chada.data.manifest_header import check_header
+from chada.data.manifest_rows import (  # one row's paths, names and pixels (re-exported here)
+    READ_HINT,
+    SEP,
+    _is_missing,
+    _read_row_raw,
+    read_row_image,
+    row_channel_names,
+    row_paths,
+    split_list,
+)
 from chada.data.row_checks import patch_problems, read_error_kind
 from chada.errors import InputError, short_message, type_name
 
@@ -55,13 +63,13 @@ __all__ = [
     "check_manifest",
     "format_problems",
     "validate_columns",
+    "SEP",
+    "READ_HINT",
 ]
 
 REQUIRED_COLUMNS = ("image_id", "dataset", "channel_names")
 STANDARD_COLUMNS = ("image_id", "dataset", "channel_files", "file", "channel_names", "split", "label")
 SPLITS = ("train", "val", "test")
-SEP = ";"
-READ_HINT = "run `chada data check` on the manifest to list every bad row"
 
 
 class ManifestError(InputError):
@@ -92,26 +100,6 @@ class Problem:
         ident = f" ({self.image_id})" if self.image_id else ""
         tag = self.kind if self.severity == "error" else f"{self.kind}, {self.severity}"
         return f"{where}{ident}: [{tag}] {self.message}"
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    try:
-        if pd.isna(value):
-            return True
-    except (TypeError, ValueError):
-        pass
-    return isinstance(value, str) and value.strip() == ""
-
-
-def split_list(value: Any) -> list[str]:
-    """``"a; b;c"`` -> ``["a", "b", "c"]``; missing -> ``[]``."""
-    if _is_missing(value):
-        return []
-    return [s.strip() for s in str(value).split(SEP) if s.strip() != ""]
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
@@ -180,81 +168,6 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         atomic_write_text(p, df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ","))
     return p
-
-
-def _resolve(p: str, root: Path) -> Path:
-    path = Path(p).expanduser()
-    return path if path.is_absolute() else root / path
-
-
-def row_paths(row: pd.Series | dict, root: str | Path) -> tuple[str, list[Path]]:
-    """Return ``("channel_files" | "file", [paths])`` of a manifest row, resolved against ``root``.
-
-    Raises:
-        ValueError: neither or both of ``channel_files`` / ``file`` are filled.
-    """
-    root = Path(root)
-    files = split_list(row.get("channel_files"))
-    single = row.get("file")
-    has_single = not _is_missing(single)
-    if files and has_single:
-        raise ValueError("row fills both 'channel_files' and 'file'; fill exactly one")
-    if files:
-        return "channel_files", [_resolve(f, root) for f in files]
-    if has_single:
-        return "file", [_resolve(str(single).strip(), root)]
-    raise ValueError("row has neither 'channel_files' nor 'file'")
-
-
-def row_channel_names(row: pd.Series | dict) -> list[str]:
-    return split_list(row.get("channel_names"))
-
-
-def _read_row_raw(row: pd.Series | dict, root: str | Path) -> tuple[np.ndarray, list[Path]]:
-    """A row's pixels with NaN/inf kept, and its files (errors name the file, not the image)."""
-    from chada.data.readers import read_channels, read_image
-
-    kind, paths = row_paths(row, root)
-    arr = read_channels(paths, nan_policy="keep") if kind == "channel_files" else read_image(paths[0], nan_policy="keep")
-    return arr, paths
-
-
-def read_row_image(
-    row: pd.Series | dict, root: str | Path, nan_policy: str = "error", nan_fill: float | None = None
-) -> np.ndarray:
-    """Read a manifest row's pixels as ``[C, H, W]`` float32 (no normalisation).
-
-    Every error names the row's ``image_id`` and the file. ``nan_policy`` / ``nan_fill``: the NaN/inf
-    rule of :func:`chada.data.readers.check_finite_pixels` (default: an error naming the image, the
-    channel index and name, and the file).
-
-    Raises:
-        FileNotFoundError: a file of the row does not exist.
-        chada.data.readers.ImageReadError: unreadable file, empty image, or NaN/inf pixels.
-        InputError: the row fills neither or both of ``channel_files`` / ``file``.
-    """
-    from chada.data.readers import ImageReadError, check_finite_pixels
-
-    iid = row.get("image_id")
-    who = f"image {None if _is_missing(iid) else str(iid)!r}"
-    try:
-        arr, paths = _read_row_raw(row, root)
-    except ImageReadError as exc:
-        raise ImageReadError(f"{who}: {exc}; {READ_HINT}") from exc
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{who}: {exc}; {READ_HINT}") from exc
-    except ValueError as exc:  # row_paths: no file / both file columns
-        raise InputError(f"{who}: {exc}; {READ_HINT}") from exc
-    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
-        raise ImageReadError(f"{who}: the image is empty (shape {tuple(arr.shape)}) in {paths[0]}; {READ_HINT}")
-    return check_finite_pixels(
-        arr,
-        image_id=None if _is_missing(iid) else str(iid),
-        channel_names=row_channel_names(row),
-        files=paths,
-        nan_policy=nan_policy,
-        nan_fill=nan_fill,
-    )
 
 
 def check_manifest(

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from chada.data.synth import _gauss_blobs, _smooth_noise
+from chada.data.synth_shapes import gauss_blobs, smooth_noise
 from chada.errors import InputError
 
 __all__ = ["CHANNELS", "PHENOTYPES", "Phenotype", "PlateSpec", "well_names", "generate_plate", "render_field"]
@@ -244,7 +244,7 @@ def render_field(
     rng = np.random.default_rng([*key, 1])
     lo, hi = spec.cell_range()
     cells = _place_cells(rng, size, int(rng.integers(lo, hi + 1)))
-    tex_dapi, tex_tub = _smooth_noise(rng, (size, size), 1.5), _smooth_noise(rng, (size, size), 1.0)
+    tex_dapi, tex_tub = smooth_noise(rng, (size, size), 1.5), smooth_noise(rng, (size, size), 1.0)
     sig = {c: np.zeros((size, size), np.float32) for c in CHANNELS}
     labels = np.zeros((size, size), np.uint16)
     e = {c: float(effects.get(c, 0.0)) for c in CHANNELS}
@@ -269,7 +269,7 @@ def render_field(
         k = t["n_spots"]
         ang, rad = t["spot_ang"][:k], t["spot_rad"][:k] * r
         pos = np.stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)], 1)
-        sig["Mito"][win] += _gauss_blobs(yy, xx, pos, t["spot_sig"][:k], 0.35 * (1 + e["Mito"]) * t["spot_amp"][:k]) * cell
+        sig["Mito"][win] += gauss_blobs(yy, xx, pos, t["spot_sig"][:k], 0.35 * (1 + e["Mito"]) * t["spot_amp"][:k]) * cell
         sig["ER"][win] += 0.25 * t["er"] * (1 + e["ER"]) * cyto * np.exp(-np.maximum(nuc_d - rn, 0) / (0.35 * r))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     a, s = plate_fx["gradient_angle"], plate_fx["gradient_strength"]

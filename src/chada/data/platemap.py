@@ -22,7 +22,7 @@ import pandas as pd
 
 from chada.errors import InputError, short_message, type_name
 
-__all__ = ["WELL_NAMES", "PLATE_NAMES", "Platemap", "normalize_well", "read_platemap", "strip_prefix"]
+__all__ = ["WELL_NAMES", "PLATE_NAMES", "Platemap", "join_platemap", "normalize_well", "read_platemap", "strip_prefix"]
 
 WELL_NAMES = ("well", "well_id", "wellid", "well_name", "well_position")
 PLATE_NAMES = ("plate", "plate_id", "plateid", "plate_name", "barcode", "plate_barcode")
@@ -134,3 +134,26 @@ def read_platemap(path: str | Path) -> Platemap:
     if plate is not None:
         df[plate] = df[plate].astype(str).str.strip()
     return Platemap(path=p, table=df.reset_index(drop=True), well_column=well, plate_column=plate)
+
+
+def join_platemap(keys: list[tuple], key_fields: list[str], path: str | Path) -> tuple[Platemap, dict, set]:
+    """The platemap at ``path`` joined to image keys (tuples of ``key_fields`` values) on their well field, and
+    on their plate field when both have one: ``(platemap, {image key: platemap values}, keys whose well the
+    platemap lacks)``."""
+    pm = read_platemap(path)
+    well_f = [f for f in key_fields if strip_prefix(f) in WELL_NAMES]
+    plate_f = [f for f in key_fields if strip_prefix(f) in PLATE_NAMES]
+    if not well_f:
+        raise InputError(f"--platemap given but the pattern has no well field to join it on (fields: {key_fields})")
+    use_plate = bool(plate_f) and pm.plate_column is not None
+    lookup = pm.lookup(use_plate)
+    wi = key_fields.index(well_f[0])
+    pi = key_fields.index(plate_f[0]) if use_plate else None
+    values, absent = {}, set()
+    for key in keys:
+        jk = (key[pi], key[wi]) if use_plate else (key[wi],)
+        if jk in lookup:
+            values[key] = lookup[jk]
+        else:
+            absent.add(key)
+    return pm, values, absent

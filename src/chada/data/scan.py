@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +48,9 @@ from typing import Any
 import pandas as pd
 
 from chada.data.manifest import STANDARD_COLUMNS
-from chada.data.platemap import PLATE_NAMES, WELL_NAMES, normalize_well, read_platemap, strip_prefix
+from chada.data.platemap import PLATE_NAMES, WELL_NAMES, join_platemap, normalize_well, strip_prefix
 from chada.data.readers import is_supported
-from chada.data.scan_patterns import Matcher, natural_key, parse_channel_names, walk_files
+from chada.data.scan_patterns import Matcher, channel_name, natural_key, parse_channel_names, walk_files
 from chada.errors import InputError
 
 __all__ = ["ScanError", "ScanProblem", "ScanResult", "Matcher", "parse_channel_names", "scan_folder", "natural_key"]
@@ -148,18 +147,12 @@ def _column(name: str, prefix: str) -> str:
     return name if not prefix or name.lower().startswith(prefix.lower()) else prefix + name
 
 
-def _channel_name(value: str, pairs: list[tuple[str, str]]) -> list[str]:
-    """The names ``pairs`` gives ``value``: a key equal to it, or (when none is) equal to letters + it."""
-    exact = [n for k, n in pairs if k.lower() == value.lower()]
-    return exact or [n for k, n in pairs if re.fullmatch(r"[A-Za-z]+" + re.escape(value), k, flags=re.I)]
-
-
 def _resolve_channels(found: _Found, pairs: list[tuple[str, str]]) -> tuple[list[str], list[ScanProblem]]:
     """Rename channel values to channel names in place; return the channel order and any problem."""
     values = sorted({v for chans in found.images.values() for v in chans}, key=natural_key)
     if not pairs:
         return values, []
-    name_of = {v: _channel_name(v, pairs) for v in values}
+    name_of = {v: channel_name(v, pairs) for v in values}
     unknown = [v for v, n in name_of.items() if len(n) != 1]
     if unknown:
         files = [f for chans in found.images.values() for v in unknown for f in chans.get(v, [])]
@@ -190,27 +183,6 @@ def _file_problems(found: _Found, channels: list[str], want_objects: bool) -> tu
         if want_objects and key not in found.objects:
             incomplete["without a label image"].add(key)
     return problems, incomplete
-
-
-def _join_platemap(keys: list[tuple], key_fields: list[str], path: str | Path) -> tuple[Any, dict, set]:
-    """``(platemap, {image key: platemap values}, keys whose well the platemap lacks)``."""
-    pm = read_platemap(path)
-    well_f = [f for f in key_fields if strip_prefix(f) in WELL_NAMES]
-    plate_f = [f for f in key_fields if strip_prefix(f) in PLATE_NAMES]
-    if not well_f:
-        raise InputError(f"--platemap given but the pattern has no well field to join it on (fields: {key_fields})")
-    use_plate = bool(plate_f) and pm.plate_column is not None
-    lookup = pm.lookup(use_plate)
-    wi = key_fields.index(well_f[0])
-    pi = key_fields.index(plate_f[0]) if use_plate else None
-    values, absent = {}, set()
-    for key in keys:
-        jk = (key[pi], key[wi]) if use_plate else (key[wi],)
-        if jk in lookup:
-            values[key] = lookup[jk]
-        else:
-            absent.add(key)
-    return pm, values, absent
 
 
 def _absent_wells_problem(absent: set, key_fields: list[str], path: str | Path) -> ScanProblem:
@@ -285,7 +257,7 @@ def scan_folder(
     orphans = sorted((_key_text(k) for k in found.objects if k not in found.images), key=natural_key)
     pm, plate_values = None, {}
     if platemap is not None:
-        pm, plate_values, absent = _join_platemap(list(found.images), key_fields, platemap)
+        pm, plate_values, absent = join_platemap(list(found.images), key_fields, platemap)
         if absent:
             incomplete["with a well absent from the platemap"] = absent
             if not allow_incomplete:

@@ -14,7 +14,7 @@ from typing import Any
 
 from chada.errors import InputError
 
-__all__ = ["Matcher", "natural_key", "parse_channel_names", "walk_files"]
+__all__ = ["Matcher", "channel_name", "natural_key", "parse_channel_names", "walk_files"]
 
 _FIELD_RE = re.compile(r"(?<!\{)\{([A-Za-z_]\w*)?\}(?!\})")
 _SEG = "chadaseg"
@@ -96,3 +96,9 @@ def walk_files(root: Path) -> list[str]:
         dirs[:] = keep
         out += [(rel_here / f).as_posix() for f in files if not f.startswith(".")]
     return sorted(out, key=natural_key)
+
+
+def channel_name(value: str, pairs: list[tuple[str, str]]) -> list[str]:
+    """The names ``pairs`` gives ``value``: a key equal to it, or (when none is) equal to letters + it."""
+    exact = [n for k, n in pairs if k.lower() == value.lower()]
+    return exact or [n for k, n in pairs if re.fullmatch(r"[A-Za-z]+" + re.escape(value), k, flags=re.I)]

@@ -45,6 +45,16 @@ from typing import Any
 
 import numpy as np
 
+from chada.data.synth_shapes import (
+    discs,
+    gauss_blobs,
+    mitochondria,
+    nucleus_ellipse,
+    sector,
+    separated_points,
+    smooth_noise,
+)
+
 __all__ = [
     "ASSAYS",
     "SIZE_CLASSES",
@@ -95,38 +105,6 @@ class SynthInfo:
     masks: dict[str, np.ndarray] | None = None  # name (MASK_NAMES) -> bool [size, size]
 
 
-def _gauss_blobs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, sig: np.ndarray, amp: np.ndarray) -> np.ndarray:
-    out = np.zeros(yy.shape, np.float32)
-    for (py, px), s, a in zip(pos, sig, amp):
-        out += a * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * s * s))
-    return out
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    n = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return n / (n.std() + 1e-6)
-
-
-def _separated_points(
-    rng: np.random.Generator, n: int, cy: float, cx: float, radius: float, min_sep: float
-) -> np.ndarray:
-    pts: list[tuple[float, float]] = []
-    tries = 0
-    while len(pts) < n:
-        tries += 1
-        r = radius * np.sqrt(rng.random())
-        t = 2 * np.pi * rng.random()
-        p = (cy + r * np.sin(t), cx + r * np.cos(t))
-        # The separation constraint is dropped only if the disk is too crowded; this happens for both
-        # classes alike, so it cannot leak the label.
-        if tries > 4000 or all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= min_sep**2 for q in pts):
-            pts.append(p)
-    arr = np.asarray(pts, np.float32)
-    return arr[rng.permutation(n)]  # exchangeable order: both halves identically distributed
-
-
 def render_cell(
     channels: Sequence[str],
     size: int = 64,
@@ -164,26 +142,15 @@ def render_cell(
 
     # Shared random draws happen in a fixed order regardless of which channels are requested, so the
     # same seed gives the same cell in every assay.
-    n_r = radius * 0.45 * rng.uniform(0.9, 1.1)
-    ecc = rng.uniform(0.8, 1.0)
-    theta = rng.uniform(0, np.pi)
-    ry = (yy - cy) * np.cos(theta) - (xx - cx) * np.sin(theta)
-    rx = (yy - cy) * np.sin(theta) + (xx - cx) * np.cos(theta)
-    nuc_d = np.sqrt((ry / ecc) ** 2 + (rx * ecc) ** 2)
-    nucleus = 1.0 / (1.0 + np.exp((nuc_d - n_r) / 0.7))
-    tex = _smooth_noise(rng, (size, size), 1.5 * scale)
-    n_mito = int(rng.integers(15, 30))
-    ang = rng.uniform(0, 2 * np.pi, n_mito)
-    rad = rng.uniform(n_r * 1.1, radius * 0.9, n_mito)
-    mito_pos = np.stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)], 1)
-    mito_sig = rng.uniform(0.6, 1.2, n_mito) * scale
-    mito_amp = rng.uniform(0.4, 1.0, n_mito)
+    n_r, nuc_d, nucleus = nucleus_ellipse(rng, yy - cy, xx - cx, radius)
+    tex = smooth_noise(rng, (size, size), 1.5 * scale)
+    mito_pos, mito_sig, mito_amp = mitochondria(rng, cy, cx, n_r, radius, scale)
 
     pattern = MARKER_PATTERN if marker_pattern is None else marker_pattern
     if pattern not in MARKER_PATTERNS:
         raise ValueError(f"marker pattern (MARKER_PATTERN) must be one of {MARKER_PATTERNS}, got {pattern!r}")
     k = int(rng.integers(SPOTS[0], SPOTS[1] + 1))
-    pts = _separated_points(rng, 2 * k, cy, cx, radius * 0.85, SPOT_SEPARATION * scale)
+    pts = separated_points(rng, 2 * k, cy, cx, radius * 0.85, SPOT_SEPARATION * scale)
     pos_a = pts[:k]
     pos_b = (pts[:k] if cl == 1 else pts[k:]) + rng.normal(0, 0.4 * scale, (k, 2)).astype(np.float32)
     sig_a, sig_b = rng.uniform(*SPOT_SIGMA, k) * scale, rng.uniform(*SPOT_SIGMA, k) * scale
@@ -210,34 +177,22 @@ def render_cell(
             ring = np.exp(-((dist - radius) ** 2) / (2 * (1.2 * scale) ** 2))
             p = 0.8 * ring + 0.15 * cell
         elif name == "Mito":
-            p = _gauss_blobs(yy, xx, mito_pos, mito_sig, mito_amp) * cell
+            p = gauss_blobs(yy, xx, mito_pos, mito_sig, mito_amp) * cell
         elif name in ("MarkerA", "MarkerB"):
             a = name == "MarkerA"
             if pattern == "domain":
                 p = 0.12 * cell + _domain(ang_a if a else ang_b, wid_a if a else wid_b, amp_a[0] if a else amp_b[0])
             else:
-                p = 0.12 * cell + _gauss_blobs(yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b)))
+                p = 0.12 * cell + gauss_blobs(yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b)))
         p = p + 0.03 + rng.normal(0, 0.02, (size, size))
         planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
     img = np.stack(planes, 0)
     if pattern == "domain":
-        regions = [_sector(phi, ang, wid) & (body > 0.5) for ang, wid in ((ang_a, wid_a), (ang_b, wid_b))]
+        regions = [sector(phi, ang, wid) & (body > 0.5) for ang, wid in ((ang_a, wid_a), (ang_b, wid_b))]
     else:
-        regions = [_discs(yy, xx, pos, 1.5 * sig) for pos, sig in ((pos_a, sig_a), (pos_b, sig_b))]
+        regions = [discs(yy, xx, pos, 1.5 * sig) for pos, sig in ((pos_a, sig_a), (pos_b, sig_b))]
     masks = dict(zip(MASK_NAMES, (dist < radius, nuc_d < n_r, *regions, regions[0] & regions[1])))
     return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1, masks=masks)
-
-
-def _sector(phi: np.ndarray, angle: float, width: float) -> np.ndarray:
-    """Pixels within one angular sigma of a marker domain's centre angle (where it is above 61 % of its peak)."""
-    return np.abs(np.angle(np.exp(1j * (phi - angle)))) < width
-
-
-def _discs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    out = np.zeros(yy.shape, bool)
-    for (py, px), r in zip(pos, radius):
-        out |= (yy - py) ** 2 + (xx - px) ** 2 < r * r
-    return out
 
 
 def write_masks(path: str | Path, masks: dict[str, np.ndarray]) -> None:

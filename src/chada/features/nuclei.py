@@ -45,7 +45,7 @@ def segment_nuclei(
 
     ``min_distance="auto"`` scales the seed spacing with the objects: half the equivalent radius of
     the median foreground component, rounded down (at least 1 px). Any fixed spacing over-splits
-    large nuclei or merges small ones; see tests/test_features_nuclei.py for the counts on a real
+    large nuclei or merges small ones; see tests/features/test_nuclei.py for the counts on a real
     annotated image at several sizes.
 
     Args:

@@ -6,7 +6,7 @@ channels back to back), the CLS token plus its position ``[1, D]`` and the batch
 ``cls [B, D]``, ``patch [B, C_max, N, D]`` (zeros on padding), the last layer's CLS attention
 ``[B, heads, 1 + C_max*N]`` or None, and the per-block hidden states in the padded layout
 ``[B, 1 + C_max*N, D]`` (empty unless asked). They give the same real-token values to float32
-round-off (tests/test_packed.py, to 1e-5 at every layer).
+round-off (tests/models/test_packed.py, to 1e-5 at every layer).
 
 - :func:`forward_padded`: the paper's layout, every image padded to ``1 + C_max * N`` tokens with a
   boolean key mask passed to ``scaled_dot_product_attention``. The reference path.

@@ -5,7 +5,7 @@ HTML version is rendered by markdown-it-py (CommonMark and pipe tables; it comes
 inlines every picture as base64 so the file can be mailed. Its tables are made to be read in a
 browser: a value per cell with its 95 % interval smaller underneath, numbers that never wrap, the
 paired marks (▲u, ▲1) in colour, and wide tables that scroll inside their own box
-(``tests/test_report_browser.py`` checks it in headless Chromium).
+(``tests/pipeline/test_report_browser.py`` checks it in headless Chromium).
 """
 
 from __future__ import annotations

@@ -130,18 +130,39 @@ def _tasks(mixed_groups: dict[str, list[int]]) -> str:
     )
 
 
+def _results_markdown(eval_dir: Path) -> str:
+    """The evaluation's results.md, its headings one level down, without its title and its paired
+    comparisons (each a long table: the report has its own paired section, the rest is in comparisons.csv)."""
+    results_md = (eval_dir / "results.md").read_text()
+    results_md = re.sub(r"\n## Paired comparisons.*?(?=\n## |\Z)", "\n", results_md, flags=re.S)
+    results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
+    return results_md.replace("\n## ", "\n### ")
+
+
+def _figure_sections(figs: dict[str, Any]) -> list[Section]:
+    """The attention-map and joint-projection sections (figures written by the quickstart's figure stage)."""
+    return [
+        Section(
+            "Attention maps",
+            f"Last-layer CLS attention on the synthetic 5-channel test image `{figs.get('image_id')}` "
+            "(MarkerB on the same side of the cell as MarkerA), ChAda-ViT against the One-Channel ViT.",
+            [("attention", Path(figs["attention"]))],
+        ),
+        Section(
+            "One embedding space for three datasets",
+            "ChAda-ViT CLS embeddings of the synthetic assays and the two real datasets (1, 2, 3, 5 channels) "
+            "projected together.\n\n```\n" + json.dumps(figs.get("projection_stats", {}), indent=1, default=str)[:3000] + "\n```",
+            [("projection", Path(figs["projection"]))],
+        ),
+    ]
+
+
 def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str, Any], figs: dict[str, Any],
                  timings: dict[str, float], emb: dict[str, Any] | None = None) -> Path:  # fmt: skip
     eval_dir = Path(ev["out"])
     check_finished(eval_dir, "evaluation", rerun=f"run `chada quickstart --out {s.out}` again")
     summary = pd.read_csv(eval_dir / "results_summary.csv", keep_default_na=True)
     summary["design"] = summary["design"].fillna("") if "design" in summary else ""
-    results_md = (eval_dir / "results.md").read_text()
-    # every comparison of results.md is a long table; the report has its own paired section, and the rest
-    # is in comparisons.csv
-    results_md = re.sub(r"\n## Paired comparisons.*?(?=\n## |\Z)", "\n", results_md, flags=re.S)
-    results_md = "\n".join(line for line in results_md.splitlines() if not line.startswith("# "))
-    results_md = results_md.replace("\n## ", "\n### ")
     machine = machine_description()
     # The README block (scripts/readme_results.py) describes the machine the run was on, not its own.
     atomic_write_bytes(s.out / "machine.json", json.dumps(machine, indent=1).encode())
@@ -165,22 +186,11 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         *[sec for sec in (dense_section(s.out), profiles_section(s.out)) if sec is not None],
         Section(
             "All results and diagnostics",
-            results_md,
+            _results_markdown(eval_dir),
             [(p.stem, p) for p in _pngs(eval_dir, "fig1_*.png") + _pngs(eval_dir, "fig4_*.png")
              + _pngs(eval_dir, "reconstruction_*.png")],
         ),
-        Section(
-            "Attention maps",
-            f"Last-layer CLS attention on the synthetic 5-channel test image `{figs.get('image_id')}` "
-            "(MarkerB on the same side of the cell as MarkerA), ChAda-ViT against the One-Channel ViT.",
-            [("attention", Path(figs["attention"]))],
-        ),
-        Section(
-            "One embedding space for three datasets",
-            "ChAda-ViT CLS embeddings of the synthetic assays and the two real datasets (1, 2, 3, 5 channels) "
-            "projected together.\n\n```\n" + json.dumps(figs.get("projection_stats", {}), indent=1, default=str)[:3000] + "\n```",
-            [("projection", Path(figs["projection"]))],
-        ),
+        *_figure_sections(figs),
         Section(
             "What these numbers can and cannot tell",
             caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None, comparisons) + "\n"
