@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from embed_memory import CELLS_PER_FIELD, cpu_model, write_plate  # noqa: E402
 
 
-def model_alone(manifest: Path, model: str, size: int, crop: int, batch_size: int, device: str) -> tuple[float, int]:
+def model_alone(
+    manifest: Path, model: str, size: int, crop: int, batch_size: int, device: str
+) -> tuple[float, int]:
     """(seconds, cells) of the encoder on crops cut beforehand."""
     from chada.data.cells import CellDataset, cells_of
     from chada.data.channels import ChannelPolicy

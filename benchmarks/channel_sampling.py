@@ -69,7 +69,11 @@ def pretrain_one(scheme: str, manifest: str, out: str, epochs: int) -> tuple[str
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    overrides = BASE + SCHEMES[scheme] + [f"optim.epochs={epochs}", f"data.manifest={manifest}", f"run.output_dir={out}"]
+    overrides = (
+        BASE
+        + SCHEMES[scheme]
+        + [f"optim.epochs={epochs}", f"data.manifest={manifest}", f"run.output_dir={out}"]
+    )
     pretrain(load_config(None, overrides))
     return scheme, time.perf_counter() - t0
 
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_out/channel_sampling")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of " + ",".join(SCHEMES))
+    ap.add_argument(
+        "--schemes", default=",".join(SCHEMES), help="comma-separated subset of " + ",".join(SCHEMES)
+    )
     ap.add_argument("--parallel", type=int, default=2, help="pretraining runs at a time")
     ap.add_argument("--interchannel", action="store_true", help="also score interchannel_label")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the untrained model")
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}
     if todo:
         with ProcessPoolExecutor(max_workers=args.parallel) as pool:
-            futs = [pool.submit(pretrain_one, s, str(manifest), str(out / "runs" / s), args.epochs) for s in todo]
+            futs = [
+                pool.submit(pretrain_one, s, str(manifest), str(out / "runs" / s), args.epochs) for s in todo
+            ]
             for f in futs:
                 s, wall = f.result()
                 walls[s] = round(wall, 1)

@@ -88,7 +88,9 @@ def measure(rows: int, folder: Path, batch_size: int) -> dict:
 def _env() -> dict:
     import os
 
-    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    return dict(
+        os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")
+    )
 
 
 def cpu_model() -> str:
@@ -114,7 +116,9 @@ def main() -> None:
     print("| cells (rows) | peak RSS (MB) | seconds | row groups | file (MB) |")
     print("|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['rows']:,} | {r['peak_mb']:.0f} | {r['seconds']:.0f} | {r['row_groups']} | {r['file_mb']:.0f} |")
+        print(
+            f"| {r['rows']:,} | {r['peak_mb']:.0f} | {r['seconds']:.0f} | {r['row_groups']} | {r['file_mb']:.0f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_model(), "results": results}, indent=2))
 

@@ -57,7 +57,9 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float
     """Run ``argv`` under ``/usr/bin/time -v``: ``{"wall_s", "max_rss_mb"}`` (raises on failure)."""
     proc = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr).group(1)
     seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
@@ -171,7 +173,9 @@ def run_embed(sizes: list[int], work: Path, image_size: int) -> list[dict]:
         res = timed(["chada", "embed", "--model", "chada_vit_test", "--manifest", str(manifest), "--out", str(out),
                      "--image-size", str(image_size), "--quiet"])  # fmt: skip
         res.pop("stdout")
-        rows.append({"n": n, **res, "images_per_s": round(n / res["wall_s"], 1), "write_images_s": round(written, 1)})
+        rows.append(
+            {"n": n, **res, "images_per_s": round(n / res["wall_s"], 1), "write_images_s": round(written, 1)}
+        )
         print(f"embed n={n}: {rows[-1]}", flush=True)
         shutil.rmtree(folder)
         out.unlink()
@@ -203,7 +207,9 @@ def main() -> None:
     for r in rows:
         r.pop("stdout", None)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "what": args.what, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"cpu": cpu_name(), "what": args.what, "rows": rows}, indent=2) + "\n"
+        )
     print(json.dumps(rows, indent=2))
 
 

@@ -91,7 +91,13 @@ class Recorder:
 
     def __init__(self, path: Path, env: dict[str, Any], s: dict[str, Any]) -> None:
         self.path, self.t0 = path, time.perf_counter()
-        self.payload: dict[str, Any] = {"env": env, "settings": s, "argv": sys.argv, "sections_done": [], "rows": []}
+        self.payload: dict[str, Any] = {
+            "env": env,
+            "settings": s,
+            "argv": sys.argv,
+            "sections_done": [],
+            "rows": [],
+        }
         self.save()
 
     @property
@@ -161,7 +167,9 @@ def _measure_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, An
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def measure_rows(section: str, specs: list[dict[str, Any]], box: Deadline, add: Any, timeout: float | None) -> None:
+def measure_rows(
+    section: str, specs: list[dict[str, Any]], box: Deadline, add: Any, timeout: float | None
+) -> None:
     """One row per spec: in this process (``timeout`` None) or each in its own process group."""
     for sp in specs:
         name = checks.spec_name(sp)
@@ -193,11 +201,18 @@ def render(env: dict[str, Any], rows: list[dict[str, Any]], wall: float) -> str:
     head = f"gpu_check: {env.get('gpu', 'no GPU (dry run on CPU)')}; torch {env['torch']} (CUDA {env['cuda']}); " \
            f"CPU {env['cpu']} (avx512_bf16 {env['cpu_bf16']['avx512_bf16']}, amx_bf16 {env['cpu_bf16']['amx_bf16']}); " \
            f"{env['date']}; {wall:.0f} s"  # fmt: skip
-    lines = [head, "", "| section | config | status | img/s | peak MB | detail |", "|---|---|---|---|---|---|"]
+    lines = [
+        head,
+        "",
+        "| section | config | status | img/s | peak MB | detail |",
+        "|---|---|---|---|---|---|",
+    ]
     return "\n".join(lines + [render_row(r) for r in rows])
 
 
-def run_section(name: str, s: dict[str, Any], box: Deadline, work: Path, rec: Recorder, state: dict[str, Any], args: Any) -> None:
+def run_section(
+    name: str, s: dict[str, Any], box: Deadline, work: Path, rec: Recorder, state: dict[str, Any], args: Any
+) -> None:
     if name == "parity":
         checks.parity(s, box.left, rec.add)
     elif name == "ddp":
@@ -215,9 +230,15 @@ def run_section(name: str, s: dict[str, Any], box: Deadline, work: Path, rec: Re
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="run every section on CPU with the test model")
-    ap.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="folder for the JSON and the runs")
-    ap.add_argument("--budget", type=float, default=280.0, help="seconds for all sections (5 min with start-up)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list, in order, of {', '.join(SECTIONS)}")
+    ap.add_argument(
+        "--out", type=Path, default=Path("gpu_check_out"), help="folder for the JSON and the runs"
+    )
+    ap.add_argument(
+        "--budget", type=float, default=280.0, help="seconds for all sections (5 min with start-up)"
+    )
+    ap.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma list, in order, of {', '.join(SECTIONS)}"
+    )
     ap.add_argument("--compile-timeout", type=float, default=90.0, help="seconds per run.compile=true row")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)

@@ -69,10 +69,14 @@ def _kernel_name(model: Any, device: str, dtype: torch.dtype) -> str:
     return "varlen_attn" if fused else "grouped SDPA fallback"
 
 
-def _compare(dname: str, mode: str, o: Any, pd: Any, ref32: torch.Tensor | None) -> tuple[bool, dict[str, Any]]:
+def _compare(
+    dname: str, mode: str, o: Any, pd: Any, ref32: torch.Tensor | None
+) -> tuple[bool, dict[str, Any]]:
     """Per-layer differences of ``o`` against the padded output ``pd`` over real tokens."""
     N = pd.grid[0] * pd.grid[1]
-    real = torch.cat([torch.ones_like(pd.channel_mask[:, :1]), pd.channel_mask.repeat_interleave(N, dim=1)], dim=1)
+    real = torch.cat(
+        [torch.ones_like(pd.channel_mask[:, :1]), pd.channel_mask.repeat_interleave(N, dim=1)], dim=1
+    )
     abs_diff, rel_diff = [], []
     for a, b in zip(o.hidden_states, pd.hidden_states):
         d = float((a.float() - b.float())[real].abs().max())
@@ -132,7 +136,9 @@ def parity(s: dict[str, Any], left: Callable[[], float], add: Row) -> None:
             if mode not in outs:
                 continue
             try:
-                ok, fields = _compare(dname, mode, outs[mode], outs["padded"], ref32 if dname == "bf16" else None)
+                ok, fields = _compare(
+                    dname, mode, outs[mode], outs["padded"], ref32 if dname == "bf16" else None
+                )
                 if mode == "varlen":
                     fields["detail"] += f"; kernel {_kernel_name(model, device, dtype)}"
             except Exception as exc:
@@ -172,7 +178,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     select_device(device)
     torch.manual_seed(0)
     drop = 0.1 if spec["compile"] and mode == "train" else 0.0
-    model = create_model(spec["model"], attention=spec["attention"], drop_path_rate=drop).to(device).train(mode == "train")
+    model = (
+        create_model(spec["model"], attention=spec["attention"], drop_path_rate=drop)
+        .to(device)
+        .train(mode == "train")
+    )
     S = spec["image_size"]
     batches = [ChannelBatch(torch.randn(sum(c), S, S), torch.tensor(c)).to(device) for c in spec["mixes"]]
     extra: dict[str, Any] = {}
@@ -263,11 +273,19 @@ def compile_specs(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _common(s: dict[str, Any]) -> dict[str, Any]:
-    return dict(device=s["device"], model=s["model"], image_size=s["image_size"], warmup=s["warmup"], repeats=s["repeats"])
+    return dict(
+        device=s["device"],
+        model=s["model"],
+        image_size=s["image_size"],
+        warmup=s["warmup"],
+        repeats=s["repeats"],
+    )
 
 
 def spec_name(sp: dict[str, Any]) -> str:
-    return f"{sp['mode']} {sp['mix']} {sp['dtype']} {sp['attention']}" + (" run.compile=true" if sp["compile"] else "")
+    return f"{sp['mode']} {sp['mix']} {sp['dtype']} {sp['attention']}" + (
+        " run.compile=true" if sp["compile"] else ""
+    )
 
 
 def row_fields(sp: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:

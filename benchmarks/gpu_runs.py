@@ -28,13 +28,21 @@ Row = Callable[..., None]  # gpu_check's recorder: add(section, config, status, 
 
 
 # ----------------------------------------------------------------------------- processes
-def run_group(cmd: list[str], timeout: float, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_group(
+    cmd: list[str], timeout: float, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``subprocess.run`` whose timeout kills the whole process group (torchrun and its workers).
 
     Raises ``subprocess.TimeoutExpired`` after the group is gone; never leaves a process behind.
     """
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=max(timeout, 1))
@@ -112,7 +120,10 @@ def teacher_difference(a: Path, b: Path) -> float:
     """Largest relative difference ``max|a - b| / max|b|`` over the tensors of two exported teachers."""
     from safetensors.torch import load_file
 
-    ta, tb = load_file(str(a / "teacher" / "model.safetensors")), load_file(str(b / "teacher" / "model.safetensors"))
+    ta, tb = (
+        load_file(str(a / "teacher" / "model.safetensors")),
+        load_file(str(b / "teacher" / "model.safetensors")),
+    )
     if ta.keys() != tb.keys():
         raise ValueError("the two teachers have different tensors")
     worst = 0.0
@@ -129,8 +140,10 @@ def prepare_data(s: dict[str, Any], left: Callable[[], float], work: Path, add: 
     data, shards = work / "synth", work / "shards"
     t = time.perf_counter()
     for cmd in (
-        chada_cmd() + ["data", "synth", str(data), "--n-per-assay", str(s["synth_n"]), "--size", str(s["synth_size"])],
-        chada_cmd() + ["data", "shard", str(data / "manifest.csv"), str(shards), "--shard-size", str(s["shard_size"])],
+        chada_cmd()
+        + ["data", "synth", str(data), "--n-per-assay", str(s["synth_n"]), "--size", str(s["synth_size"])],
+        chada_cmd()
+        + ["data", "shard", str(data / "manifest.csv"), str(shards), "--shard-size", str(s["shard_size"])],
     ):
         p = run_group(cmd, left())
         if p.returncode != 0:
@@ -164,7 +177,14 @@ def launch(
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=NPROC chada pretrain OPTIONS --config ... OVERRIDES`` (argparse takes
     no option after the KEY=VALUE overrides)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--no-python"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "--no-python",
+    ]
     config = ["--config", str(REPO / "configs" / "idrcell100k_moyen.yaml")]
     cmd = launcher + chada_cmd() + ["pretrain"] + options + config + overrides
     return run_group(cmd, timeout, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))

@@ -46,7 +46,13 @@ def _run_row(
     t0 = time.perf_counter()
     with GpuMemoryPoller() as mem:
         try:
-            p = launch(nproc, options or [], overrides + [f"run.output_dir={out}", f"run.max_steps={steps}"], left(), env)
+            p = launch(
+                nproc,
+                options or [],
+                overrides + [f"run.output_dir={out}", f"run.max_steps={steps}"],
+                left(),
+                env,
+            )
         except Exception as exc:  # TimeoutExpired included: the process group is already gone
             add("ddp", label, f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             return False
@@ -55,14 +61,18 @@ def _run_row(
     if first > 1:  # a resume keeps the first run's rows and continues after them
         good = good and steps_logged[: first - 1] == list(range(1, first))
     exported = (out / "teacher" / "model.safetensors").exists()
-    detail = f"exit {p.returncode}, {time.perf_counter() - t0:.1f} s" + ("; teacher exported" if exported else "")
+    detail = f"exit {p.returncode}, {time.perf_counter() - t0:.1f} s" + (
+        "; teacher exported" if exported else ""
+    )
     span = f"steps {steps_logged[0]}..{steps_logged[-1]}" if steps_logged else "no steps logged"
     add("ddp", f"{label}: {span}", "PASS" if good else f"FAIL: {error_line(p.stderr, p.stdout)}",
         peak_mb=mem.peak_mb(), detail=detail, stderr_tail=(p.stderr or "")[-2000:])  # fmt: skip
     return good
 
 
-def _other_count(s: dict[str, Any], procs: int, n_gpus: int) -> tuple[str, int, list[str], dict[str, str]] | None:
+def _other_count(
+    s: dict[str, Any], procs: int, n_gpus: int
+) -> tuple[str, int, list[str], dict[str, str]] | None:
     """How to resume with another number of GPUs here: (label, processes, extra overrides, env)."""
     if s["device"] == "cpu":
         return f"resume with 1 process (saved by {procs})", 1, [], {}
@@ -83,7 +93,12 @@ def ddp(s: dict[str, Any], left: Callable[[], float], work: Path, add: Row) -> P
     procs = 2
     if s["device"] != "cpu" and n_gpus < 2:
         procs = 1
-        add("ddp", "2 processes", "skipped", detail="one GPU: two ranks cannot share it (chada refuses them); 1 process below")
+        add(
+            "ddp",
+            "2 processes",
+            "skipped",
+            detail="one GPU: two ranks cannot share it (chada refuses them); 1 process below",
+        )
     over = pretrain_overrides(s, shards, procs)
     T, H = s["total_steps"], s["total_steps"] // 2
     backend = "gloo" if s["device"] == "cpu" else "nccl"
@@ -93,7 +108,12 @@ def ddp(s: dict[str, Any], left: Callable[[], float], work: Path, add: Row) -> P
         return whole if ok_whole else None
     saved = work / "run_saved_half"
     shutil.copytree(parts, saved, dirs_exist_ok=True)
-    if _run_row(add, f"{procs} x {backend}, --resume", parts, procs, T, left, s, over, ["--resume"], first=H + 1) and ok_whole:
+    if (
+        _run_row(
+            add, f"{procs} x {backend}, --resume", parts, procs, T, left, s, over, ["--resume"], first=H + 1
+        )
+        and ok_whole
+    ):
         tol = 0.0 if s["device"] == "cpu" else RESUME_TOL_CUDA
         diff = teacher_difference(parts, whole)
         add("ddp", "resumed vs uninterrupted teacher", "PASS" if diff <= tol else "FAIL", teacher_rel_diff=diff,
@@ -103,7 +123,9 @@ def ddp(s: dict[str, Any], left: Callable[[], float], work: Path, add: Row) -> P
     if other is not None:
         label, nproc, extra, env = other
         allow = ["--resume-allow-changes", ",".join(["world_size"] + [e.split("=")[0] for e in extra])]
-        _run_row(add, label, saved, nproc, H + 1, left, s, over + extra, ["--resume", *allow], env, first=H + 1)
+        _run_row(
+            add, label, saved, nproc, H + 1, left, s, over + extra, ["--resume", *allow], env, first=H + 1
+        )
     return whole if ok_whole else None
 
 
@@ -123,7 +145,11 @@ def embed(s: dict[str, Any], left: Callable[[], float], work: Path, run_dir: Pat
     if not manifest.exists():
         add("embed", "manifest", "skipped: the ddp section made no data")
         return
-    teacher = run_dir / "teacher" if run_dir is not None and (run_dir / "teacher" / "config.json").exists() else None
+    teacher = (
+        run_dir / "teacher"
+        if run_dir is not None and (run_dir / "teacher" / "config.json").exists()
+        else None
+    )
     model = str(teacher) if teacher else "chada_vit_test" if s["device"] == "cpu" else s["model"]
     n = torch.cuda.device_count() if s["device"] != "cpu" else 0
     devices = ["cpu"] + (["cuda", f"cuda:{n - 1}"] if n else [])
@@ -143,7 +169,12 @@ def embed(s: dict[str, Any], left: Callable[[], float], work: Path, run_dir: Pat
             continue
         wall = time.perf_counter() - t0
         if p.returncode != 0 or not out.exists():
-            add("embed", f"--device {dev}", f"FAIL: {error_line(p.stderr, p.stdout)}", detail=f"exit {p.returncode}")
+            add(
+                "embed",
+                f"--device {dev}",
+                f"FAIL: {error_line(p.stderr, p.stdout)}",
+                detail=f"exit {p.returncode}",
+            )
             continue
         outs[dev] = out
         cos = _min_cosine(out, outs["cpu"]) if "cpu" in outs and dev != "cpu" else None

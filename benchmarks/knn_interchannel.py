@@ -59,7 +59,9 @@ def _scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) 
 def _labels(meta, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(mask of rows with a value, int labels of those rows)."""
     col = meta[column] if column in meta.columns else pd.Series([None] * len(meta))
-    v = pd.to_numeric(col.astype(str).replace({"": None, "<NA>": None, "None": None, "nan": None}), errors="coerce")
+    v = pd.to_numeric(
+        col.astype(str).replace({"": None, "<NA>": None, "None": None, "nan": None}), errors="coerce"
+    )
     mask = v.notna().to_numpy()
     return mask, v[mask].astype(int).to_numpy()
 
@@ -74,7 +76,10 @@ def evaluate(model, manifest: Path, work: Path, tag: str, size: int) -> dict[str
         kte, yte = _labels(mte, task)
         if len(ytr) == 0 or len(yte) == 0:
             continue
-        out[task] = _scores(xtr[ktr], ytr, xte[kte], yte) | {"n_test": int(len(yte)), "n_train": int(len(ytr))}
+        out[task] = _scores(xtr[ktr], ytr, xte[kte], yte) | {
+            "n_test": int(len(yte)),
+            "n_train": int(len(ytr)),
+        }
     return out
 
 
@@ -89,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "as data.manifest",
     )  # fmt: skip
     p.add_argument("--work", required=True, help="folder for the evaluation set and embeddings")
-    p.add_argument("--eval-manifest", help="default: generate a synthetic markers set under WORK (reused if there)")
+    p.add_argument(
+        "--eval-manifest", help="default: generate a synthetic markers set under WORK (reused if there)"
+    )
     p.add_argument("--eval-n", type=int, default=600, help="images per assay of the generated set")
     p.add_argument("--eval-seed", type=int, default=1)
     p.add_argument("--eval-synth-size", type=int, default=64)
@@ -144,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         timing = {"pretrain_wall_s": time.perf_counter() - t0, "pretrain_cpu_s": time.process_time() - c0}
         teacher = str(Path(folder) / "teacher")
         if not (Path(teacher) / "config.json").exists():
-            raise SystemExit(f"pretraining exported no teacher in {teacher} (stopped early by run.max_steps?)")
+            raise SystemExit(
+                f"pretraining exported no teacher in {teacher} (stopped early by run.max_steps?)"
+            )
 
     results: dict[str, dict] = {"teacher": evaluate(teacher, manifest, work, "teacher", a.embed_size)}
     for seed in [cfg.run.seed, *a.extra_seeds]:
@@ -155,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     rand = [k for k in results if k.startswith("random")]
     print(f"teacher: {teacher}   eval: {manifest}   embed {a.embed_size} px, CLS, train -> test")
     if timing:
-        print(f"pretraining: wall {timing['pretrain_wall_s']:.0f} s, CPU {timing['pretrain_cpu_s']:.0f} s (this process)")
+        print(
+            f"pretraining: wall {timing['pretrain_wall_s']:.0f} s, CPU {timing['pretrain_cpu_s']:.0f} s (this process)"
+        )
     metrics = ("k1", "k5", "k20", "dino_k20")
     for task in ("label", "interchannel_label"):
         if task not in results["teacher"]:
@@ -170,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             # binomial standard error of one accuracy over n_test (for the mean: over 3 x n_test draws)
             cells = "".join(f"{r[m]:>9.3f} ±{math.sqrt(r[m] * (1 - r[m]) / n):.3f}" for m in metrics)
             print(f"{name:<16}{cells}")
-        print(f"{'teacher - rand':<16}" + "".join(f"{results['teacher'][task][m] - mean[m]:>+16.3f}" for m in metrics))
+        print(
+            f"{'teacher - rand':<16}"
+            + "".join(f"{results['teacher'][task][m] - mean[m]:>+16.3f}" for m in metrics)
+        )
     if a.json:
-        Path(a.json).write_text(json.dumps({"results": results, "timing": timing, "teacher": teacher}, indent=2))
+        Path(a.json).write_text(
+            json.dumps({"results": results, "timing": timing, "teacher": teacher}, indent=2)
+        )
     return 0
 
 

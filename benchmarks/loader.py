@@ -49,7 +49,9 @@ def h100_images_per_s(channels: list[int]) -> tuple[float, float]:
     return rate / per_image, rate
 
 
-def forward_flops(c: int, d: int = 192, depth: int = 12, hidden: int = 768, n: int = 196, p: int = 16) -> float:
+def forward_flops(
+    c: int, d: int = 192, depth: int = 12, hidden: int = 768, n: int = 196, p: int = 16
+) -> float:
     """benchmarks/README.md's count of one Moyen forward on one image with ``c`` channels."""
     tokens = 1 + c * n
     block = 2 * tokens * (4 * d * d + 2 * d * hidden) + 4 * tokens * tokens * d
@@ -158,7 +160,13 @@ def loader_rows(work: Path, images: int, batch: int) -> list[dict[str, Any]]:
                     yield from sds
                     e += 1
 
-            rows.append({"source": f"shards ({dtype})", "channels": c, "img_per_s": 1 / time_items(stream(), images, batch)})
+            rows.append(
+                {
+                    "source": f"shards ({dtype})",
+                    "channels": c,
+                    "img_per_s": 1 / time_items(stream(), images, batch),
+                }
+            )
     return rows
 
 
@@ -170,7 +178,10 @@ def model_row(work: Path, batch: int, precision: str, repeats: int) -> dict[str,
     from chada.ssl.config import load_config
     from chada.ssl.trainer import Trainer
 
-    frames = [pd.read_csv(work / f"c{c}" / "manifest.csv").assign(file=lambda d, c=c: f"c{c}/" + d["file"]) for c in (1, 3, 5)]
+    frames = [
+        pd.read_csv(work / f"c{c}" / "manifest.csv").assign(file=lambda d, c=c: f"c{c}/" + d["file"])
+        for c in (1, 3, 5)
+    ]
     m = write_manifest(pd.concat(frames), work / "mixed.csv")
     cfg = load_config(CONFIG, [
         f"data.manifest={m}", "run.device=cpu", f"run.precision={precision}", "run.threads=2",
@@ -189,7 +200,13 @@ def model_row(work: Path, batch: int, precision: str, repeats: int) -> dict[str,
         if i:  # the first step allocates and warms up
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    return {"precision": precision, "batch": batch, "channels": counts, "step_s": step, "img_per_s": batch / step}
+    return {
+        "precision": precision,
+        "batch": batch,
+        "channels": counts,
+        "step_s": step,
+        "img_per_s": batch / step,
+    }
 
 
 def main() -> int:
@@ -204,7 +221,9 @@ def main() -> int:
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.processor()
+    )
     flags = next((ln for ln in info if ln.startswith("flags")), "")
     report: dict[str, Any] = {
         "cpu": cpu, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
@@ -223,11 +242,17 @@ def main() -> int:
         mean_loader = {src: 1 / statistics.mean(1 / r["img_per_s"] for r in report["loader"] if r["source"] == src)
                        for src in dict.fromkeys(r["source"] for r in report["loader"])}  # fmt: skip
         report["loader_mixed_img_per_s"] = mean_loader
-        print("\n| model step (Moyen, 2 threads) | img/s | loader cores to feed it: " + " | ".join(mean_loader) + " |")
+        print(
+            "\n| model step (Moyen, 2 threads) | img/s | loader cores to feed it: "
+            + " | ".join(mean_loader)
+            + " |"
+        )
         print("|---|---|" + "---|" * len(mean_loader))
         for r in report["model"]:
             cores = " | ".join(f"{r['img_per_s'] / v:.2f}" for v in mean_loader.values())
-            print(f"| {r['precision']}, batch {r['batch']}, C={r['channels']} | {r['img_per_s']:.2f} | {cores} |")
+            print(
+                f"| {r['precision']}, batch {r['batch']}, C={r['channels']} | {r['img_per_s']:.2f} | {cores} |"
+            )
         h100, rate = h100_images_per_s([1, 3, 5])
         report["h100_estimate"] = {"img_per_s": h100, "assumed_flop_rate": rate,
                                    "cores": {k: h100 / v for k, v in mean_loader.items()}}  # fmt: skip

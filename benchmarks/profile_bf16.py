@@ -46,7 +46,9 @@ from chada.models.precision import cpu_bf16_feature, cpu_model_name, read_cpu_fl
 VARIANTS = ("fp32", "bf16_sdpa", "bf16", "bf16_weights")
 
 
-def make_step(name: str, attention: str, model: torch.nn.Module, model_bf16: torch.nn.Module, batch: ChannelBatch):
+def make_step(
+    name: str, attention: str, model: torch.nn.Module, model_bf16: torch.nn.Module, batch: ChannelBatch
+):
     """A no-argument function running one inference step of variant ``name`` with ``attention``;
     returns CLS ``[B, D]`` in fp32."""
 
@@ -80,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--mix", default="idrcell", help=f"one of {MIXES} or allK")
-    ap.add_argument("--attentions", default="packed", help="comma list of packed,padded,varlen; x fp32 is against the first")
+    ap.add_argument(
+        "--attentions",
+        default="packed",
+        help="comma list of packed,padded,varlen; x fp32 is against the first",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -121,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in keys), file=sys.stderr)
+        print(
+            f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in keys),
+            file=sys.stderr,
+        )
 
     flags = read_cpu_flags()
     cpu = cpu_model_name()
@@ -137,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     for k in keys:
         a, v = k.split("/")
         ips = B / statistics.median(times[k])
-        rows.append({"attention": a, "variant": v, "images_per_s": ips, "x_ref": ips / fp32_ips, "min_cosine": cosine[k], "times": times[k]})
+        rows.append(
+            {
+                "attention": a,
+                "variant": v,
+                "images_per_s": ips,
+                "x_ref": ips / fp32_ips,
+                "min_cosine": cosine[k],
+                "times": times[k],
+            }
+        )
         lines.append(
             f"| {a} | {v} | {ips:.2f} | {ips / fp32_ips:.2f} | {cosine[k]:.6f} | "
             + " ".join(f"{t:.3f}" for t in times[k])
@@ -157,7 +175,19 @@ def main(argv: list[str] | None = None) -> int:
             profiles[k] = profile_table(steps[k], args.profile_rows)
             print(f"\n### profile: {k}\n```\n{profiles[k]}```")
     if args.json is not None:
-        args.json.write_text(json.dumps({"argv": sys.argv, "cpu": cpu, "flags": sorted(flags), "counts": counts, "rows": rows, "profiles": profiles}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "cpu": cpu,
+                    "flags": sorted(flags),
+                    "counts": counts,
+                    "rows": rows,
+                    "profiles": profiles,
+                },
+                indent=2,
+            )
+        )
     chada_layers.CPU_BF16_ATTENTION = "explicit"
     return 0
 

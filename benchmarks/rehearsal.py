@@ -102,9 +102,24 @@ def last_logged_step(log_csv: Path) -> int:
 
 
 def pretrain_cmd(overrides: list[str], resume: bool = False) -> list[str]:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--no-python",
+    ]
     chada = str(Path(sys.executable).parent / "chada")
-    return [*torchrun, chada, "pretrain", "--config", str(CONFIG), *overrides, *(["--resume"] if resume else [])]
+    return [
+        *torchrun,
+        chada,
+        "pretrain",
+        "--config",
+        str(CONFIG),
+        *overrides,
+        *(["--resume"] if resume else []),
+    ]
 
 
 def killed_run(overrides: list[str], out: Path, kill_after: int, log: Path) -> dict[str, Any]:
@@ -149,7 +164,12 @@ def main() -> int:
     # A cache of its own: the first compiled run compiles from scratch (its time is part of the
     # rehearsal), the killed and resumed runs reuse it, as a restarted job on the same machine would.
     ENV["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor_cache")
-    report: dict[str, Any] = {"scale": args.scale, "config": str(CONFIG.relative_to(ROOT)), "settings": sc, "runs": {}}
+    report: dict[str, Any] = {
+        "scale": args.scale,
+        "config": str(CONFIG.relative_to(ROOT)),
+        "settings": sc,
+        "runs": {},
+    }
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
@@ -177,18 +197,22 @@ def main() -> int:
     report["steps_per_epoch"] = steps_per_epoch
     report["total_steps"] = steps_per_epoch * sc["epochs"]
     ok = True
-    for comp in (["off", "on"] if args.compile == "both" else [args.compile]):
+    for comp in ["off", "on"] if args.compile == "both" else [args.compile]:
         tag = f"compile_{comp}"
         over = [*size, f"run.compile={'true' if comp == 'on' else 'false'}"]
         r: dict[str, Any] = {}
         full, part = out / tag / "full", out / tag / "killed"
         r["uninterrupted_s"] = run(pretrain_cmd([*over, f"run.output_dir={full}"]), out / f"{tag}_full.log")
-        r["killed"] = killed_run([*over, f"run.output_dir={part}"], part, sc["kill_after"], out / f"{tag}_killed.log")
+        r["killed"] = killed_run(
+            [*over, f"run.output_dir={part}"], part, sc["kill_after"], out / f"{tag}_killed.log"
+        )
         k = r["killed"]
         k["mid_epoch"] = 0 < k["checkpoint_step_in_epoch"] < steps_per_epoch
         # samples each rank consumed in this epoch at the checkpoint: mid-shard unless a multiple of the shard size
         k["mid_shard"] = (k["checkpoint_step_in_epoch"] * sc["batch"]) % sc["shard_size"] != 0
-        r["resumed_s"] = run(pretrain_cmd([*over, f"run.output_dir={part}"], resume=True), out / f"{tag}_resumed.log")
+        r["resumed_s"] = run(
+            pretrain_cmd([*over, f"run.output_dir={part}"], resume=True), out / f"{tag}_resumed.log"
+        )
         r["teacher_bit_identical"] = same_weights(full / "teacher", part / "teacher")
         r["student_bit_identical"] = same_weights(full / "student", part / "student")
         r["tensorboard"] = (full / "tensorboard").is_dir()

@@ -166,8 +166,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     model.train(mode == "train")
     counts = spec["counts"]
     S = spec["image_size"]
-    batch = ChannelBatch(torch.randn(sum(counts), S, S), torch.tensor(counts)).to(device)  # checked on the CPU
-    if spec["compile"]:  # as the trainer's run.compile=true: per block (a whole-model compile fails, see there)
+    batch = ChannelBatch(torch.randn(sum(counts), S, S), torch.tensor(counts)).to(
+        device
+    )  # checked on the CPU
+    if spec[
+        "compile"
+    ]:  # as the trainer's run.compile=true: per block (a whole-model compile fails, see there)
         from chada.ssl.trainer import compile_blocks
 
         compile_blocks(model)
@@ -324,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     for d in dtypes:
         if d not in ("float32", "bfloat16"):
             raise SystemExit(f"unknown dtype {d!r}; use float32 and/or bfloat16")
-    peaks = {d: matmul_peak(args.device, torch.bfloat16 if d == "bfloat16" else torch.float32) for d in dtypes}
+    peaks = {
+        d: matmul_peak(args.device, torch.bfloat16 if d == "bfloat16" else torch.float32) for d in dtypes
+    }
     info = machine_info(args)
     mixes = [m.strip() for m in args.mixes.split(",") if m.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 
-def render(rows: list[dict[str, Any]], peaks: dict[str, float], info: dict[str, str], args: argparse.Namespace) -> str:
+def render(
+    rows: list[dict[str, Any]], peaks: dict[str, float], info: dict[str, str], args: argparse.Namespace
+) -> str:
     """Markdown table (also readable as plain text)."""
     ref = {(r["mode"], r["mix"], r["dtype"]): r for r in rows if r["attention"] == "padded"}
     fp32 = {(r["mode"], r["mix"], r["attention"]): r for r in rows if r["dtype"] == "float32"}

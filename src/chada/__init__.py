@@ -34,4 +34,5 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_MODELS_API))
 
+
 __all__ = ["ChannelBatch", "create_model", "list_models", "load_model", "__version__"]

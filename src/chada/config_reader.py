@@ -51,7 +51,9 @@ def unknown_key_error(key: str, valid: Iterable[str], where: str = "") -> ValueE
     valid = list(valid)
     close = difflib.get_close_matches(str(key), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"{_join(where.rstrip('.'), str(key))}: unknown key{hint}; valid keys: {', '.join(valid)}")
+    return ValueError(
+        f"{_join(where.rstrip('.'), str(key))}: unknown key{hint}; valid keys: {', '.join(valid)}"
+    )
 
 
 def check_keys(values: dict[str, Any], valid: Iterable[str], where: str = "") -> None:

@@ -164,7 +164,9 @@ def _describe_yaml(exc: BaseException, source: str | None) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None)
     if mark is None or not problem:
-        return f"invalid YAML{where}: " + " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        return f"invalid YAML{where}: " + " ".join(
+            part.strip() for part in str(exc).splitlines() if part.strip()
+        )
     text = f"invalid YAML{where}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)

@@ -11,7 +11,9 @@ from chada.cli import build_parser
 DEVELOPER_MARKS = (":data:", ":func:", ":class:", ":mod:", "_add_", "_run_", "Structure:")
 
 
-def _parsers(parser: argparse.ArgumentParser, name: str = "chada") -> list[tuple[str, argparse.ArgumentParser]]:
+def _parsers(
+    parser: argparse.ArgumentParser, name: str = "chada"
+) -> list[tuple[str, argparse.ArgumentParser]]:
     out = [(name, parser)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

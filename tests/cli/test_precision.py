@@ -61,7 +61,9 @@ def test_bf16_embeddings_match_fp32(data, tmp_path, capfd, mode):
         assert not np.array_equal(a, b)  # bf16 really ran
 
 
-@pytest.mark.parametrize(("feature", "expected"), [("amx_bf16", "bf16"), ("avx512_bf16", "bf16"), (None, "fp32")])
+@pytest.mark.parametrize(
+    ("feature", "expected"), [("amx_bf16", "bf16"), ("avx512_bf16", "bf16"), (None, "fp32")]
+)
 def test_auto_says_what_it_picked(data, tmp_path, capfd, monkeypatch, feature, expected):
     """``auto`` follows the CPU's bf16 feature (faked here, so the test does not depend on this machine)."""
     root, manifest = data
@@ -134,7 +136,9 @@ def _spy(monkeypatch, module, name, seen):
     real = getattr(module, name)
 
     def spy(*a, **k):
-        seen.append(k.get("dtype", torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        seen.append(
+            k.get("dtype", torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        )
         return real(*a, **k)
 
     monkeypatch.setattr(module, name, spy)
@@ -162,7 +166,9 @@ def test_chammi_embeds_in_the_precision_asked(tmp_path, monkeypatch, capfd):
     make_chammi(tmp_path / "CHAMMI", n_train=3, n_per_task=1)
     seen: list = []
     real = encoders.autocast  # every forward pass of a model encoder runs under it, in its dtype
-    monkeypatch.setattr(encoders, "autocast", lambda dtype, *a, **k: seen.append(dtype) or real(dtype, *a, **k))
+    monkeypatch.setattr(
+        encoders, "autocast", lambda dtype, *a, **k: seen.append(dtype) or real(dtype, *a, **k)
+    )
     feats = {}
     for p in ("fp32", "bf16"):
         out = tmp_path / p

@@ -43,7 +43,10 @@ def test_two_models_readouts_comparisons_figures(tables, tmp_path, capsys):
     wells = pd.read_parquet(out / "on" / "wells.parquet")
     assert len(wells) == 4 * 36 and wells["n_cells"].eq(12).all()
     tr = pd.read_parquet(out / "on" / "treatments.parquet")
-    assert len(tr) == 1 + 14 * 2 - 1 and set(tr["batches"]) == {"B1", "B2"}  # treated only: 14 compounds x 2 doses
+    assert len(tr) == 1 + 14 * 2 - 1 and set(tr["batches"]) == {
+        "B1",
+        "B2",
+    }  # treated only: 14 compounds x 2 doses
     for f in ("map_scatter.png", "map_scatter.svg", "treatment_map.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     md = (out / "profiles.md").read_text()

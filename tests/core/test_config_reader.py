@@ -65,8 +65,12 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("reader", "write", "message"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_every_reader_names_the_file_and_the_dotted_key(reader: str, write, message: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("reader", "write", "message"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
+def test_every_reader_names_the_file_and_the_dotted_key(
+    reader: str, write, message: str, tmp_path: Path
+) -> None:
     with pytest.raises((ValueError, TypeError), match=rf"^{tmp_path / 'config.yaml'}: {message}"):
         write(tmp_path)
 
@@ -98,7 +102,10 @@ def test_number_bounds_and_choice_hint() -> None:
         cr.number(0, "lr", 0, strict_low=True)
     with pytest.raises(ValueError, match=r"^lr: expected a number, got True$"):
         cr.number(True, "lr")
-    with pytest.raises(ValueError, match=r"^run\.device: expected one of 'cpu', 'cuda', got 'cdua' \(did you mean 'cuda'\?\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^run\.device: expected one of 'cpu', 'cuda', got 'cdua' \(did you mean 'cuda'\?\)$",
+    ):
         cr.choice("cdua", "run.device", ("cpu", "cuda"))
 
 

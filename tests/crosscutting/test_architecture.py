@@ -138,7 +138,11 @@ def layer_violations(graph: dict[str, dict[str, int]]) -> list[str]:
                 bad.append(f"{where}: sideways, {pa} and {pb} are peers in one layer")
             for pkg, allowed in ONLY.items():
                 inside = mod == pkg or mod.startswith(pkg + ".")
-                ok = dep == pkg or dep.startswith(pkg + ".") or any(dep == a or dep.startswith(a + ".") for a in allowed)
+                ok = (
+                    dep == pkg
+                    or dep.startswith(pkg + ".")
+                    or any(dep == a or dep.startswith(a + ".") for a in allowed)
+                )
                 if inside and not ok:
                     bad.append(f"{where}: {pkg} may import only {', '.join(allowed)}")
     return bad
@@ -188,9 +192,13 @@ def size_violations(src: Path = SRC) -> tuple[list[str], set[str]]:
             if rel in KNOWN_LONG:
                 hit.add(rel)
                 if len(lines) > KNOWN_LONG[rel][0]:
-                    bad.append(f"{rel}: {len(lines)} lines > its cap of {KNOWN_LONG[rel][0]} in KNOWN_LONG; split it")
+                    bad.append(
+                        f"{rel}: {len(lines)} lines > its cap of {KNOWN_LONG[rel][0]} in KNOWN_LONG; split it"
+                    )
             elif not _has_reason(lines, 0, first_code):
-                bad.append(f"{rel}: {len(lines)} lines > {MAX_MODULE_LINES}; split it or say why ({REASON} ...)")
+                bad.append(
+                    f"{rel}: {len(lines)} lines > {MAX_MODULE_LINES}; split it or say why ({REASON} ...)"
+                )
         for node in ast.walk(tree):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -291,7 +299,9 @@ def test_known_long_entries_are_capped(tmp_path, monkeypatch):
     assert len(problems) == 2 and all("cap" in p for p in problems), problems
 
 
-@pytest.mark.parametrize("module", ["chada.eval.protocol", "chada.tasks.reconstruction.task", "chada.pipeline.summary"])
+@pytest.mark.parametrize(
+    "module", ["chada.eval.protocol", "chada.tasks.reconstruction.task", "chada.pipeline.summary"]
+)
 def test_former_cycles_are_gone(module):
     """eval/protocol <-> reconstruction and pipeline/quickstart <-> summary used to import each other."""
     graph = import_graph()
@@ -366,7 +376,10 @@ NOT_PACKAGES = ("core", "crosscutting", "helpers")  # the bottom layer, suites o
 def layout_problems(tests: Path = TESTS, src: Path = SRC) -> list[str]:
     """Where ``tests/`` strays from ``src/chada``: a test file outside a folder, a folder that names no
     package, or a module that imports a test file (shared code goes to tests/helpers/ or a conftest.py)."""
-    bad = [f"{f.name}: a test file belongs in the folder of the package it tests" for f in tests.glob("test_*.py")]
+    bad = [
+        f"{f.name}: a test file belongs in the folder of the package it tests"
+        for f in tests.glob("test_*.py")
+    ]
     for d in sorted(p for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"):
         rel = d.relative_to(tests)
         if rel.parts[0] in NOT_PACKAGES:
@@ -380,7 +393,9 @@ def layout_problems(tests: Path = TESTS, src: Path = SRC) -> list[str]:
                 names = [f"{node.module or ''}.{a.name}" for a in node.names] + [node.module or ""]
             for name in names:
                 if name.split(".")[-1].startswith("test_"):
-                    bad.append(f"{f.relative_to(tests).as_posix()}:{node.lineno}: imports the test file {name}")
+                    bad.append(
+                        f"{f.relative_to(tests).as_posix()}:{node.lineno}: imports the test file {name}"
+                    )
     return bad
 
 

@@ -29,7 +29,9 @@ def test_dry_run_passes_every_section(tmp_path: Path) -> None:
     assert result["sections_done"] == ["parity", "ddp", "embed", "train", "compile", "grid"]
     by_section = {s: [r for r in rows if r["section"] == s] for s in result["sections_done"]}
     # parity: packed and varlen against padded, fp32 and bf16, every layer
-    assert len(by_section["parity"]) == 4 and all(r["status"] == "PASS" for r in by_section["parity"]), by_section["parity"]
+    assert len(by_section["parity"]) == 4 and all(r["status"] == "PASS" for r in by_section["parity"]), (
+        by_section["parity"]
+    )
     assert all(max(r["layer_rel_diff"]) < 1e-4 for r in by_section["parity"])
     # ddp: shards; 2 gloo processes uninterrupted, interrupted at 2, resumed to 4; teachers bit-exact;
     # the half-way checkpoint resumed by 1 process
@@ -42,10 +44,14 @@ def test_dry_run_passes_every_section(tmp_path: Path) -> None:
     # embed of the exported teacher; varlen + drop path run; compile rows through compile_blocks
     assert [r["status"] for r in by_section["embed"]] == ["PASS"]
     assert [r["status"] for r in by_section["train"]] == ["PASS"], by_section["train"]
-    assert len(by_section["compile"]) == 4 and all(r["status"] == "ok" for r in by_section["compile"]), by_section["compile"]
+    assert len(by_section["compile"]) == 4 and all(r["status"] == "ok" for r in by_section["compile"]), (
+        by_section["compile"]
+    )
     assert all("graphs_added_by_other_mix" in r for r in by_section["compile"])
     # grid: 2 modes x 3 mixes x 2 dtypes x 3 attentions, all measured
-    assert len(by_section["grid"]) == 36 and all(r["status"] == "ok" and r["images_per_s"] > 0 for r in by_section["grid"])
+    assert len(by_section["grid"]) == 36 and all(
+        r["status"] == "ok" and r["images_per_s"] > 0 for r in by_section["grid"]
+    )
     # one markdown table on stdout; every row was also printed as it came
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| section | config | status") and len(table) == 2 + len(rows)
@@ -81,7 +87,12 @@ def test_a_run_killed_half_way_leaves_the_finished_sections(tmp_path: Path) -> N
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_without_cuda_it_says_so_and_exits_0(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
-    assert proc.stdout.strip().startswith("gpu_check: no CUDA device") and len(proc.stdout.strip().splitlines()) == 1
+    assert (
+        proc.stdout.strip().startswith("gpu_check: no CUDA device")
+        and len(proc.stdout.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "gpu_check.json").exists()

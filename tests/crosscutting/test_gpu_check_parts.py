@@ -104,8 +104,12 @@ def test_throughput_on_cuda_n_acts_on_gpu_n(monkeypatch: pytest.MonkeyPatch) -> 
     from torch.cuda._utils import _get_device_index
 
     calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", _get_device_index(d))))
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", _get_device_index(d))))
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda d: calls.append(("set_device", _get_device_index(d)))
+    )
+    monkeypatch.setattr(
+        torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", _get_device_index(d)))
+    )
     throughput.select_device("cuda:1")
     throughput._sync("cuda:1")
     throughput.select_device("cuda")  # the current device stays

@@ -79,7 +79,7 @@ def test_intensity_ops_are_per_channel():
     torch.manual_seed(0)
     x = torch.rand(6, 32, 32).clamp(0.05, 0.95)
     j = ChannelIntensityJitter(0.4, 0.4, 0.3, p=1.0)(x)
-    ratios = (j.mean(dim=(1, 2)) / x.mean(dim=(1, 2)))
+    ratios = j.mean(dim=(1, 2)) / x.mean(dim=(1, 2))
     assert ratios.std() > 1e-3  # channels got different factors
     blurred = ChannelGaussianBlur((0.1, 3.0), p=1.0)(x)
     assert blurred.shape == x.shape and torch.isfinite(blurred).all()
@@ -104,9 +104,20 @@ def test_channel_dropout_never_drops_all_and_shuffle_returns_perm():
 
 
 def test_multicrop_channel_index_consistent_across_views():
-    aug = MultiCropAugment(24, 12, n_local=2, channel_drop_max=2, channel_drop_p=1.0, channel_shuffle_p=1.0,
-                           jitter_p=0.0, global_blur_p=(0.0,), local_blur_p=0.0, global_solarize_p=(0.0,),
-                           return_channel_index=True, seed=5)
+    aug = MultiCropAugment(
+        24,
+        12,
+        n_local=2,
+        channel_drop_max=2,
+        channel_drop_p=1.0,
+        channel_shuffle_p=1.0,
+        jitter_p=0.0,
+        global_blur_p=(0.0,),
+        local_blur_p=0.0,
+        global_solarize_p=(0.0,),
+        return_channel_index=True,
+        seed=5,
+    )
     x = torch.arange(5.0)[:, None, None].expand(5, 40, 40).clone()
     views, index = aug(x)
     assert 3 <= len(index) <= 4

@@ -10,7 +10,13 @@ from chada.data.manifest import check_manifest, load_manifest
 
 
 def test_assets_and_licences_present():
-    for name in (*bundled.ASSET_FILES, "LICENSE-stardist.txt", "LICENSE-CC0-1.0.txt", "LICENSE-scikit-image.txt", "README.md"):
+    for name in (
+        *bundled.ASSET_FILES,
+        "LICENSE-stardist.txt",
+        "LICENSE-CC0-1.0.txt",
+        "LICENSE-scikit-image.txt",
+        "README.md",
+    ):
         assert (bundled.ASSET_DIR / name).is_file(), name
     total = sum(p.stat().st_size for p in bundled.ASSET_DIR.iterdir() if p.is_file())
     assert total < 3_000_000

@@ -189,9 +189,14 @@ def test_validate_channel_names_is_the_rule_resolve_applies():
 
 # ------------------------------------------------------------------ details pinned by mutation testing
 def test_policy_arguments_are_checked_with_their_messages():
-    with pytest.raises(ValueError, match=r"^unknown must be one of \('warn', 'error', 'append'\), got 'ignore'$"):
+    with pytest.raises(
+        ValueError, match=r"^unknown must be one of \('warn', 'error', 'append'\), got 'ignore'$"
+    ):
         ChannelPolicy(CANON, unknown="ignore")
-    with pytest.raises(TypeError, match=r"^canonical must be a list of names; use parse_channel_order\('a,b,c'\) for a string$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^canonical must be a list of names; use parse_channel_order\('a,b,c'\) for a string$",
+    ):
         ChannelPolicy("DAPI,Actin")
     with pytest.raises(ValueError, match=r"^max_slots must be >= 1, got 0$"):
         ChannelPolicy(None, max_slots=0)
@@ -227,7 +232,10 @@ def test_resolve_messages_name_the_image_or_say_image():
     )
     with pytest.warns(UnknownChannelWarning), pytest.raises(ChannelNameError) as err:
         ChannelPolicy(["a", "b"], max_slots=3).resolve(["a", "x", "y"], image="im")
-    assert str(err.value) == "image 'im': channels ['a', 'x', 'y'] need slot 3 but the model has only 3 channel slots (0..2)"
+    assert (
+        str(err.value)
+        == "image 'im': channels ['a', 'x', 'y'] need slot 3 but the model has only 3 channel slots (0..2)"
+    )
 
 
 def test_unknown_channel_warning_text_and_where_it_points():
@@ -259,8 +267,14 @@ def test_from_model_reads_max_channels_from_the_model_or_its_config():
     assert ChannelPolicy.from_model(SimpleNamespace(max_channels="10")).max_slots is None
     assert ChannelPolicy.from_model(object()).max_slots is None  # e.g. the hand-made "model"
     assert ChannelPolicy.from_model(object()).case_insensitive is True
-    strict_case = ChannelPolicy.from_model(config_only, unknown="error", case_insensitive=False, aliases={"h": "A"})
-    assert (strict_case.unknown, strict_case.case_insensitive, strict_case.aliases) == ("error", False, {"h": "A"})
+    strict_case = ChannelPolicy.from_model(
+        config_only, unknown="error", case_insensitive=False, aliases={"h": "A"}
+    )
+    assert (strict_case.unknown, strict_case.case_insensitive, strict_case.aliases) == (
+        "error",
+        False,
+        {"h": "A"},
+    )
 
 
 def test_model_channel_names_sources():
@@ -298,7 +312,9 @@ def test_alias_option_parsing():
     from chada.data.channel_names import _alias
 
     for bad in ("=DAPI", "Hoechst=", " = "):
-        with pytest.raises(argparse.ArgumentTypeError, match=rf"^--channel-alias takes OLD=NEW with both names, got '{bad}'$"):
+        with pytest.raises(
+            argparse.ArgumentTypeError, match=rf"^--channel-alias takes OLD=NEW with both names, got '{bad}'$"
+        ):
             _alias(bad)
     with pytest.raises(argparse.ArgumentTypeError, match=r"^--channel-alias takes OLD=NEW, got 'Hoechst'$"):
         _alias("Hoechst")
@@ -308,8 +324,14 @@ def test_channel_options_help():
     parser = argparse.ArgumentParser(prog="chada embed")
     add_channel_args(parser)
     text = " ".join(parser.format_help().split())
-    assert "channel names: --channel-order A,B,C canonical channel order: the channel named A goes to slot 0, B to slot 1, ... whatever order an image lists them in (default: the names the checkpoint recorded, else slot = position)" in text
-    assert "--strict-channels refuse images with a channel name outside the canonical order (default: warn and give it the next spare slot after the known ones)" in text
+    assert (
+        "channel names: --channel-order A,B,C canonical channel order: the channel named A goes to slot 0, B to slot 1, ... whatever order an image lists them in (default: the names the checkpoint recorded, else slot = position)"
+        in text
+    )
+    assert (
+        "--strict-channels refuse images with a channel name outside the canonical order (default: warn and give it the next spare slot after the known ones)"
+        in text
+    )
     assert "--channel-alias OLD=NEW treat channel OLD as NEW (repeatable), e.g. Hoechst=DAPI" in text
     assert parser.parse_args([]).channel_alias is None and parser.parse_args([]).channel_order is None
 
@@ -329,7 +351,10 @@ def test_describe_channels_and_to_dict():
     assert ChannelPolicy(None, case_insensitive=False).to_dict() == {
         "canonical": None, "unknown": "warn", "case_insensitive": False, "aliases": None, "max_slots": None,
     }  # fmt: skip
-    assert repr(pol) == "ChannelPolicy(canonical=['DAPI', 'Actin'], unknown='append', case_insensitive=True, max_slots=5)"
+    assert (
+        repr(pol)
+        == "ChannelPolicy(canonical=['DAPI', 'Actin'], unknown='append', case_insensitive=True, max_slots=5)"
+    )
 
 
 def test_collate_warns_with_the_image_ids(tmp_path):
@@ -361,7 +386,9 @@ def test_validate_channel_names_details():
     with pytest.raises(ChannelNameError, match=r"^image 'r1': channel 1 has an empty name$"):
         validate_channel_names(["DAPI", ""], "r1")
     # the keys as compared (after aliasing) decide, the names as written are what the message shows
-    with pytest.raises(ChannelNameError, match=r"^image: channel 'Hoechst' appears twice \(positions 0 and 1\)"):
+    with pytest.raises(
+        ChannelNameError, match=r"^image: channel 'Hoechst' appears twice \(positions 0 and 1\)"
+    ):
         validate_channel_names(["DAPI", "Hoechst"], keys=["dapi", "dapi"])
     validate_channel_names(["DAPI", "DAPI"], keys=["a", "b"])
     # case folding is str.lower(), as the policy's look-up: "Straße" and "STRASSE" are two names

@@ -21,13 +21,24 @@ def test_sample_dict(synth_manifest):
     ds = ManifestDataset(synth_manifest)
     assert len(ds) == 48
     s = ds[0]
-    assert set(s) == {"image", "channel_names", "channel_index", "image_id", "dataset", "split", "label", "meta"}
+    assert set(s) == {
+        "image",
+        "channel_names",
+        "channel_index",
+        "image_id",
+        "dataset",
+        "split",
+        "label",
+        "meta",
+    }
     assert s["image"].dtype == torch.float32 and s["image"].ndim == 3
     assert len(s["channel_names"]) == s["image"].shape[0]
     assert float(s["image"].min()) >= 0.0 and float(s["image"].max()) <= 1.0
     assert "interchannel_label" in s["meta"] and "target" in s["meta"]
     assert ds.classes == [0, 1, 2]
-    train = ManifestDataset(synth_manifest, split="train", datasets=["coloc_5ch"], size=20, label_column="target")
+    train = ManifestDataset(
+        synth_manifest, split="train", datasets=["coloc_5ch"], size=20, label_column="target"
+    )
     t = train[0]
     assert t["image"].shape == (5, 20, 20) and isinstance(t["label"], float)
     assert all(train[i]["split"] == "train" for i in range(len(train)))
@@ -54,12 +65,24 @@ def test_collate_mixed_channel_counts(synth_manifest):
 
 
 def test_dataloader_two_workers_multicrop(synth_manifest):
-    aug = MultiCropAugment(global_size=24, local_size=12, n_global=2, n_local=2, channel_drop_max=1,
-                           channel_drop_p=0.5, return_channel_index=True)
+    aug = MultiCropAugment(
+        global_size=24,
+        local_size=12,
+        n_global=2,
+        n_local=2,
+        channel_drop_max=1,
+        channel_drop_p=0.5,
+        return_channel_index=True,
+    )
     ds = ManifestDataset(synth_manifest, transform=aug)
     vocab = ["DAPI", "Actin", "Mito", "MarkerA", "MarkerB"]
-    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=2,
-                        collate_fn=make_collate(multicrop=True, channel_vocab=vocab))
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=make_collate(multicrop=True, channel_vocab=vocab),
+    )
     seen = 0
     for batch in loader:
         bs = batch["batches"]
@@ -84,8 +107,14 @@ def test_dataloader_two_workers_single_view(synth_manifest):
 def test_collate_errors():
     with pytest.raises(ValueError):
         collate_channels([])
-    s = {"image": [torch.zeros(1, 4, 4)], "channel_names": ["a"], "image_id": "x", "dataset": "d",
-         "label": None, "meta": {}}
+    s = {
+        "image": [torch.zeros(1, 4, 4)],
+        "channel_names": ["a"],
+        "image_id": "x",
+        "dataset": "d",
+        "label": None,
+        "meta": {},
+    }
     with pytest.raises(TypeError):
         collate_channels([s])
     t = dict(s, image=[torch.zeros(1, 4, 4), torch.zeros(1, 2, 2)])

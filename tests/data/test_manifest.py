@@ -28,27 +28,115 @@ def _broken_manifest(tmp_path):
     Image.fromarray((good[0] * 255).astype(np.uint8)).save(d / "ok.png")
     rows = [
         # 1: good multi-channel file
-        dict(image_id="a", dataset="s1", file="imgs/good.tif", channel_files=None, channel_names="DAPI;Actin", split="train", label="x"),
+        dict(
+            image_id="a",
+            dataset="s1",
+            file="imgs/good.tif",
+            channel_files=None,
+            channel_names="DAPI;Actin",
+            split="train",
+            label="x",
+        ),
         # 2: good per-channel files
-        dict(image_id="b", dataset="s1", file=None, channel_files="imgs/c0.tif;imgs/c1.tif", channel_names="DAPI;Actin", split="val", label="y"),
+        dict(
+            image_id="b",
+            dataset="s1",
+            file=None,
+            channel_files="imgs/c0.tif;imgs/c1.tif",
+            channel_names="DAPI;Actin",
+            split="val",
+            label="y",
+        ),
         # 3: missing file
-        dict(image_id="c", dataset="s1", file="imgs/nope.tif", channel_files=None, channel_names="DAPI", split="train", label=None),
+        dict(
+            image_id="c",
+            dataset="s1",
+            file="imgs/nope.tif",
+            channel_files=None,
+            channel_names="DAPI",
+            split="train",
+            label=None,
+        ),
         # 4: unreadable image
-        dict(image_id="d", dataset="s2", file="imgs/corrupt.png", channel_files=None, channel_names="DAPI", split="train", label=None),
+        dict(
+            image_id="d",
+            dataset="s2",
+            file="imgs/corrupt.png",
+            channel_files=None,
+            channel_names="DAPI",
+            split="train",
+            label=None,
+        ),
         # 5: too many channels (11 > 10)
-        dict(image_id="e", dataset="s2", file="imgs/eleven.tif", channel_files=None, channel_names=";".join(f"c{i}" for i in range(11)), split="train", label=None),
+        dict(
+            image_id="e",
+            dataset="s2",
+            file="imgs/eleven.tif",
+            channel_files=None,
+            channel_names=";".join(f"c{i}" for i in range(11)),
+            split="train",
+            label=None,
+        ),
         # 6: channel_names count mismatch
-        dict(image_id="f", dataset="s2", file="imgs/good.tif", channel_files=None, channel_names="DAPI", split="test", label=None),
+        dict(
+            image_id="f",
+            dataset="s2",
+            file="imgs/good.tif",
+            channel_files=None,
+            channel_names="DAPI",
+            split="test",
+            label=None,
+        ),
         # 7: inconsistent H/W between channel files
-        dict(image_id="g", dataset="s2", file=None, channel_files="imgs/c0.tif;imgs/c_small.tif", channel_names="A;B", split="train", label=None),
+        dict(
+            image_id="g",
+            dataset="s2",
+            file=None,
+            channel_files="imgs/c0.tif;imgs/c_small.tif",
+            channel_names="A;B",
+            split="train",
+            label=None,
+        ),
         # 8: duplicate id of row 1
-        dict(image_id="a", dataset="s3", file="imgs/ok.png", channel_files=None, channel_names="DAPI", split="train", label=None),
+        dict(
+            image_id="a",
+            dataset="s3",
+            file="imgs/ok.png",
+            channel_files=None,
+            channel_names="DAPI",
+            split="train",
+            label=None,
+        ),
         # 9: NaN pixels
-        dict(image_id="h", dataset="s3", file="imgs/nan.tif", channel_files=None, channel_names="A;B", split="train", label=None),
+        dict(
+            image_id="h",
+            dataset="s3",
+            file="imgs/nan.tif",
+            channel_files=None,
+            channel_names="A;B",
+            split="train",
+            label=None,
+        ),
         # 10: no file column filled, bad split
-        dict(image_id="i", dataset="s3", file=None, channel_files=None, channel_names="A", split="training", label=None),
+        dict(
+            image_id="i",
+            dataset="s3",
+            file=None,
+            channel_files=None,
+            channel_names="A",
+            split="training",
+            label=None,
+        ),
         # 11: good
-        dict(image_id="j", dataset="s3", file="imgs/ok.png", channel_files=None, channel_names="DAPI", split="train", label=None),
+        dict(
+            image_id="j",
+            dataset="s3",
+            file="imgs/ok.png",
+            channel_files=None,
+            channel_names="DAPI",
+            split="train",
+            label=None,
+        ),
     ]
     return write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
 
@@ -144,7 +232,10 @@ def test_duplicate_channel_names_and_nan_policy_in_check(tmp_path):
     ]
     path = write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
     problems = check_manifest(path)
-    assert [(p.row, p.kind, p.severity) for p in problems] == [(1, "channel_names", "error"), (2, "nan_pixels", "error")]
+    assert [(p.row, p.kind, p.severity) for p in problems] == [
+        (1, "channel_names", "error"),
+        (2, "nan_pixels", "error"),
+    ]
     assert "'Dapi' appears twice" in problems[0].message and "channel 0 'DAPI': 1 NaN" in problems[1].message
     relaxed = check_manifest(path, nan_policy="replace")
     assert [(p.row, p.severity) for p in relaxed] == [(1, "error"), (2, "warning")]

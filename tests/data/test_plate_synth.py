@@ -49,7 +49,9 @@ def _cells(out: Path) -> pd.DataFrame:
 def screen(tmp_path_factory) -> tuple[Path, pd.DataFrame, dict]:
     """One plate without plate effects: 3 MoAs x 1 compound + 1 inactive, 2 doses, 4 DMSO wells, 3 sites."""
     out = tmp_path_factory.mktemp("screen")
-    spec = PlateSpec(n_plates=1, n_wells=12, n_sites=3, compounds_per_moa=1, n_inactive=1, plate_effects=False)
+    spec = PlateSpec(
+        n_plates=1, n_wells=12, n_sites=3, compounds_per_moa=1, n_inactive=1, plate_effects=False
+    )
     generate_plate(out, spec)
     return out, _cells(out), json.loads((out / "ground_truth.json").read_text())
 
@@ -69,7 +71,9 @@ def test_labels_are_the_drawn_cells(screen):
         for i in range(1, n + 1):
             assert ndimage.label(lab == i)[1] == 1  # one connected cell
             assert (dapi[lab == i] > NUCLEUS_THRESHOLD).sum() > 20  # ... holding a nucleus
-        assert np.median(dapi[ndimage.binary_dilation(lab > 0, iterations=3) == 0]) < 0.06  # dark outside cells
+        assert (
+            np.median(dapi[ndimage.binary_dilation(lab > 0, iterations=3) == 0]) < 0.06
+        )  # dark outside cells
     assert len(cells) == sum(truth["cells"].values())
 
 
@@ -84,7 +88,12 @@ def test_phenotypes_follow_the_recorded_effect_and_dose_order(screen):
         for dose, recorded in t["effect_by_dose"].items():
             treated = cells[(cells["compound"] == name) & (cells["dose"] == float(dose))][feat]
             measured[dose] = treated.mean() / dmso[feat].mean() - 1
-            assert abs(measured[dose] - recorded) < 0.08 + 0.15 * abs(recorded), (name, dose, measured, recorded)
+            assert abs(measured[dose] - recorded) < 0.08 + 0.15 * abs(recorded), (
+                name,
+                dose,
+                measured,
+                recorded,
+            )
         low, high = sorted(t["effect_by_dose"], key=float)
         assert abs(measured[high]) > abs(measured[low]) + 0.1, (name, measured)  # dose order
         high_cells = cells[(cells["compound"] == name) & (cells["dose"] == float(high))][feat]
@@ -140,10 +149,15 @@ def test_plate_effects_are_the_recorded_gain_gradient_and_shift(plates):
             ratio = (on[f"mean_w{c + 1}"] / off[f"mean_w{c + 1}"])[sel]
             if name == fx["shift_channel"]:
                 field = f"{plate}/{on['well'][sel].iloc[0]}_s1"
-                bg_on, bg_off = (tifffile.imread(f / "images" / f"{field}_w{c + 1}.tif") / 65535.0 for f in (folder_on, folder_off))
+                bg_on, bg_off = (
+                    tifffile.imread(f / "images" / f"{field}_w{c + 1}.tif") / 65535.0
+                    for f in (folder_on, folder_off)
+                )
                 lab = tifffile.imread(folder_on / "images" / f"{field}_cp_masks.tif")
                 far = ndimage.binary_dilation(lab > 0, iterations=4) == 0
-                assert abs(np.median(bg_on[far]) - fx["gain"] * np.median(bg_off[far]) - fx["shift"]) < 0.006, plate
+                assert (
+                    abs(np.median(bg_on[far]) - fx["gain"] * np.median(bg_off[far]) - fx["shift"]) < 0.006
+                ), plate
                 continue
             fit = stats.linregress(proj, ratio)  # ratio = gain * (1 + strength * projection)
             assert abs(fit.intercept - fx["gain"]) < 0.03 * fx["gain"], (plate, name, fit)
@@ -159,20 +173,41 @@ def test_platemap_design_and_determinism(tmp_path):
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tif"))
     assert len(files) == 2 * 20 * (3 + 1)
     for rel in files:
-        assert np.array_equal(tifffile.imread(tmp_path / "a" / rel), tifffile.imread(tmp_path / "b" / rel)), rel
+        assert np.array_equal(tifffile.imread(tmp_path / "a" / rel), tifffile.imread(tmp_path / "b" / rel)), (
+            rel
+        )
     pm = pd.read_csv(tmp_path / "a" / "platemap.csv")
     truth = json.loads(a.read_text())
     for _, plate in pm.groupby("plate"):
         trt = plate[plate["control_type"] == "trt"]
         assert len(trt) == len(truth["compounds"]) * 2 and not trt.duplicated(["compound", "dose"]).any()
-        assert (plate["compound"] == "DMSO").sum() >= 2 and (plate.loc[plate["compound"] == "DMSO", "control_type"] == "negcon").all()
+        assert (plate["compound"] == "DMSO").sum() >= 2 and (
+            plate.loc[plate["compound"] == "DMSO", "control_type"] == "negcon"
+        ).all()
     c = generate_plate(tmp_path / "c", PlateSpec(**{**spec.__dict__, "seed": 6}))
     assert json.loads(c.read_text())["cells"] != truth["cells"]
 
 
 def test_cli_writes_a_plate_that_its_printed_scan_command_reads(tmp_path, capsys):
     out = tmp_path / "plate"
-    assert main(["data", "synth-plate", str(out), "--plates", "1", "--wells", "18", "--sites", "1", "--size", "64"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth-plate",
+                str(out),
+                "--plates",
+                "1",
+                "--wells",
+                "18",
+                "--sites",
+                "1",
+                "--size",
+                "64",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     scan = next(line for line in printed.splitlines() if line.startswith("next: chada "))
     assert main(shlex.split(scan)[2:]) == 0
@@ -199,14 +234,19 @@ def test_mito_and_er_moas_on_five_channels(tmp_path):
             idx = np.arange(1, lab.max() + 1)
             for c, name in ((4, "Mito"), (5, "ER")):
                 img = tifffile.imread(f"{stem}_w{c}.tif") / 65535.0 - BACKGROUND
-                rows += [{"compound": r["compound"], "channel": name, "value": v} for v in ndimage.mean(img, lab, idx)]
+                rows += [
+                    {"compound": r["compound"], "channel": name, "value": v}
+                    for v in ndimage.mean(img, lab, idx)
+                ]
     cells = pd.DataFrame(rows)
     for name, t in truth["compounds"].items():
         if t["channels"][0] not in ("Mito", "ER"):
             continue
         ch = t["channels"][0]
         sel = cells[cells["channel"] == ch]
-        measured = sel[sel["compound"] == name]["value"].mean() / sel[sel["compound"] == "DMSO"]["value"].mean() - 1
+        measured = (
+            sel[sel["compound"] == name]["value"].mean() / sel[sel["compound"] == "DMSO"]["value"].mean() - 1
+        )
         recorded = t["effect_by_dose"]["10"]
         assert abs(measured - recorded) < 0.08 + 0.15 * abs(recorded), (name, ch, measured, recorded)
 
@@ -232,8 +272,12 @@ def test_confounded_design_gives_each_moa_a_home_plate(tmp_path):
     truth = json.loads(generate_plate(tmp_path, spec).read_text())
     pm = pd.read_csv(tmp_path / "platemap.csv")
     for name, t in truth["compounds"].items():
-        assert sorted(pm.loc[pm["compound"] == name, "plate"].unique()) == t["plates"] and len(t["plates"]) == 1
-    by_moa = {m: [t["plates"][0] for t in truth["compounds"].values() if t["moa"] == m] for m in truth["moas"]}
+        assert (
+            sorted(pm.loc[pm["compound"] == name, "plate"].unique()) == t["plates"] and len(t["plates"]) == 1
+        )
+    by_moa = {
+        m: [t["plates"][0] for t in truth["compounds"].values() if t["moa"] == m] for m in truth["moas"]
+    }
     # MoA m: two compounds on its home plate P(m+1), its last on the next plate
     assert by_moa == {"nuclear_swelling": ["P1", "P1", "P2"], "tubulin_gain": ["P2", "P2", "P3"],
                       "actin_loss": ["P3", "P3", "P1"]}  # fmt: skip

@@ -64,7 +64,9 @@ def test_png_8_16_bit_grey_rgb_and_jpeg(tmp_path):
     np.testing.assert_array_equal(out16[0], g16.astype(np.float32))
     rgb = np.random.default_rng(3).integers(0, 255, (16, 20, 3)).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    np.testing.assert_array_equal(read_image(tmp_path / "rgb.png"), np.moveaxis(rgb, -1, 0).astype(np.float32))
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "rgb.png"), np.moveaxis(rgb, -1, 0).astype(np.float32)
+    )
     Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
     assert read_image(tmp_path / "rgb.jpg").shape == (3, 16, 20)
 
@@ -85,8 +87,12 @@ def test_ome_zarr_first_level(tmp_path, zarr_format):
         {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]},
         {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 2]}]},
     ]
-    ms = [{"version": "0.4" if zarr_format == 2 else "0.5", "name": "img", "axes": axes, "datasets": datasets}]
-    root.attrs.update({"multiscales": ms} if zarr_format == 2 else {"ome": {"version": "0.5", "multiscales": ms}})
+    ms = [
+        {"version": "0.4" if zarr_format == 2 else "0.5", "name": "img", "axes": axes, "datasets": datasets}
+    ]
+    root.attrs.update(
+        {"multiscales": ms} if zarr_format == 2 else {"ome": {"version": "0.5", "multiscales": ms}}
+    )
     root.create_array("s0", data=a, chunks=(1, 16, 16))
     root.create_array("s1", data=a[:, ::2, ::2], chunks=(1, 16, 12))
     out = read_image(path)

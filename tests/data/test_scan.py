@@ -72,7 +72,9 @@ def test_channel_keys_with_or_without_the_letters_and_the_stain_as_field(plate, 
     b = scan_folder(plate / "images", PATTERN, channel_names=NAMES, ignore=masks).table
     pd.testing.assert_frame_equal(a, b)
     # the channel order follows --channel-names, not the file names
-    c = scan_folder(plate / "images", PATTERN, channel_names="w2=Tubulin,w3=Actin,w1=DAPI", ignore=masks).table
+    c = scan_folder(
+        plate / "images", PATTERN, channel_names="w2=Tubulin,w3=Actin,w1=DAPI", ignore=masks
+    ).table
     assert c["channel_names"].iloc[0] == "Tubulin;Actin;DAPI"
     assert [f[-6:] for f in c["channel_files"].iloc[0].split(";")] == ["w2.tif", "w3.tif", "w1.tif"]
     # without names the values are the channel names, in natural order
@@ -94,7 +96,13 @@ def test_metadata_prefix_and_parquet(plate, tmp_path):
     out = tmp_path / "m.parquet"
     assert _scan(plate, out, "--metadata-prefix", "Metadata_") == 0
     df = load_manifest(out)
-    for col in ("Metadata_plate", "Metadata_well", "Metadata_site", "Metadata_compound", "Metadata_control_type"):
+    for col in (
+        "Metadata_plate",
+        "Metadata_well",
+        "Metadata_site",
+        "Metadata_compound",
+        "Metadata_control_type",
+    ):
         assert col in df.columns, col
     assert "plate" not in df.columns and "objects_file" in df.columns and "image_id" in df.columns
     assert main(["data", "check", str(out)]) == 0
@@ -155,7 +163,9 @@ def test_duplicate_keys_unknown_channels_and_label_images(copy, tmp_path, capsys
                  "--ignore", "*_cp_masks.tif", "--out", str(out)]) == 2  # fmt: skip
     assert "channel value(s) ['3'] not named (or named twice) in --channel-names" in capsys.readouterr().err
     (copy / "images" / "P1" / "A02_s1_cp_masks.tif").unlink()
-    shutil.copy(copy / "images" / "P1" / "A01_s1_cp_masks.tif", copy / "images" / "P1" / "Z09_s1_cp_masks.tif")
+    shutil.copy(
+        copy / "images" / "P1" / "A01_s1_cp_masks.tif", copy / "images" / "P1" / "Z09_s1_cp_masks.tif"
+    )
     assert _scan(copy, out) == 2
     err = capsys.readouterr().err
     assert "1 image(s) without a label image: P1/A02/1" in err
@@ -167,7 +177,10 @@ def test_duplicate_keys_unknown_channels_and_label_images(copy, tmp_path, capsys
     ("args", "message"),
     [
         (["--pattern", "{plate}/{well}_s{site}.tif"], "has no {channel} field"),
-        (["--pattern", PATTERN, "--objects-pattern", "{plate}/{well}_cp_masks.tif"], "must be the image key's fields"),
+        (
+            ["--pattern", PATTERN, "--objects-pattern", "{plate}/{well}_cp_masks.tif"],
+            "must be the image key's fields",
+        ),
         (["--pattern", PATTERN, "--channel-names", "w1"], "VALUE=NAME pairs"),
         (["--regex", "(?P<channel>[0-9"], "not a valid regular expression"),
         (["--pattern", "{well}_s{site}_w{channel}.tif"], "no file matches --pattern"),
@@ -184,8 +197,24 @@ def test_bad_platemaps(plate, tmp_path, capsys):
     no_well.write_text("plate,position,compound\nP1,A01,DMSO\n")
     garbage = tmp_path / "garbage.csv"
     garbage.write_bytes(b'\xff\xfe\x00"unterminated\n\x00\x01')
-    for path, message in ((no_well, "no well column"), (garbage, "not a readable CSV"), (tmp_path / "absent.csv", "not found")):
-        rc = main(["data", "scan", str(plate / "images"), "--pattern", PATTERN, "--platemap", str(path), "--out", str(tmp_path / "m.csv")])
+    for path, message in (
+        (no_well, "no well column"),
+        (garbage, "not a readable CSV"),
+        (tmp_path / "absent.csv", "not found"),
+    ):
+        rc = main(
+            [
+                "data",
+                "scan",
+                str(plate / "images"),
+                "--pattern",
+                PATTERN,
+                "--platemap",
+                str(path),
+                "--out",
+                str(tmp_path / "m.csv"),
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and message in err and str(path.name) in err, err
 
@@ -194,7 +223,14 @@ def test_patterns_do_not_span_folders_and_wells_normalise():
     m = Matcher("{well}_s{site}_w{channel}.tif")
     assert m.match("P1/B03_s1_w1.tif") is None
     assert m.match("B03_s1_w1.TIF") == {"well": "B03", "site": "1", "channel": "1"}
-    assert [normalize_well(w) for w in ("B3", "b03", "B003", "r02c03", "AF48", "x")] == ["B03", "B03", "B03", "B03", "AF48", "x"]
+    assert [normalize_well(w) for w in ("B3", "b03", "B003", "r02c03", "AF48", "x")] == [
+        "B03",
+        "B03",
+        "B03",
+        "B03",
+        "AF48",
+        "x",
+    ]
 
 
 def test_walk_skips_hidden_entries_keeps_zarr_folders_and_sorts_naturally(tmp_path):
@@ -211,7 +247,10 @@ def test_chada_embed_takes_the_scanned_manifest_unchanged(plate, tmp_path):
     out = tmp_path / "m.csv"
     assert _scan(plate, out) == 0
     emb = tmp_path / "emb.npz"
-    assert main(["embed", "--model", "chada_vit_test", "--manifest", str(out), "--out", str(emb), "--quiet"]) == 0
+    assert (
+        main(["embed", "--model", "chada_vit_test", "--manifest", str(out), "--out", str(emb), "--quiet"])
+        == 0
+    )
     from chada.encode.store import load_embeddings
 
     res = load_embeddings(emb)

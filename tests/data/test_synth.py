@@ -73,11 +73,15 @@ def test_generate_deterministic_and_valid(tmp_path):
     files = {p.suffix for p in (tmp_path / "a").rglob("*.*") if p.suffix in (".png", ".tif")}
     assert files == {".png", ".tif"}
     r = d1[d1["dataset"] == "cellpaint_3ch"].iloc[0]
-    np.testing.assert_array_equal(read_image(tmp_path / "a" / r["file"]), read_image(tmp_path / "b" / r["file"]))
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "a" / r["file"]), read_image(tmp_path / "b" / r["file"])
+    )
     assert read_image(tmp_path / "a" / r["file"]).shape == (3, 32, 32)
     m3 = generate(tmp_path / "c", n_per_assay=9, size=32, seed=4)
     r3 = load_manifest(m3).iloc[0]
-    assert not np.array_equal(read_image(tmp_path / "a" / d1.iloc[0]["file"]), read_image(tmp_path / "c" / r3["file"]))
+    assert not np.array_equal(
+        read_image(tmp_path / "a" / d1.iloc[0]["file"]), read_image(tmp_path / "c" / r3["file"])
+    )
 
 
 def test_domain_pattern_keeps_marginals(monkeypatch):
@@ -115,7 +119,9 @@ def test_generate_marker_pattern_argument(tmp_path):
     spo = load_manifest(generate(tmp_path / "s", n_per_assay=6, size=32, seed=0, marker_pattern="spots"))
     assert synth.MARKER_PATTERN == "spots"
     pair = dom["dataset"].isin(["markers_2ch", "coloc_5ch"])
-    assert set(dom.loc[pair, "marker_pattern"]) == {"domain"} and dom.loc[~pair, "marker_pattern"].isna().all()
+    assert (
+        set(dom.loc[pair, "marker_pattern"]) == {"domain"} and dom.loc[~pair, "marker_pattern"].isna().all()
+    )
     assert set(spo.loc[spo["dataset"] == "markers_2ch", "marker_pattern"]) == {"spots"}
     r = dom[dom["dataset"] == "markers_2ch"].iloc[0]
     a = np.concatenate([read_image(tmp_path / "d" / f) for f in r["channel_files"].split(";")])

@@ -41,7 +41,9 @@ def expected_objects(mask, min_area, max_area, skip_border):
         if area < min_area or area > max_area:
             continue
         ys, xs = np.nonzero(mask == lab)
-        if skip_border and (ys.min() == 0 or xs.min() == 0 or ys.max() == mask.shape[0] - 1 or xs.max() == mask.shape[1] - 1):
+        if skip_border and (
+            ys.min() == 0 or xs.min() == 0 or ys.max() == mask.shape[0] - 1 or xs.max() == mask.shape[1] - 1
+        ):
             continue
         keep.append(int(lab))
     return keep
@@ -65,8 +67,12 @@ def test_real_nuclei_count_and_metadata(tmp_path, capsys):
     assert df["image_id"].tolist() == ["field0"] * len(kept) + ["field1"] * len(kept)
     assert df["well"].iloc[-1] == "B01"
     com = ndimage.center_of_mass(np.ones_like(mask), mask, kept)
-    np.testing.assert_allclose(df[["centroid_y", "centroid_x"]].to_numpy()[: len(kept)], np.array(com), atol=1e-9)
-    np.testing.assert_array_equal(df["area"].to_numpy()[: len(kept)], ndimage.sum_labels(np.ones_like(mask), mask, kept))
+    np.testing.assert_allclose(
+        df[["centroid_y", "centroid_x"]].to_numpy()[: len(kept)], np.array(com), atol=1e-9
+    )
+    np.testing.assert_array_equal(
+        df["area"].to_numpy()[: len(kept)], ndimage.sum_labels(np.ones_like(mask), mask, kept)
+    )
     assert [c for c in df.columns if c.startswith("chada_cls_")] == [f"chada_cls_{j:04d}" for j in range(32)]
     assert f"wrote {out}: {2 * len(kept)} cells" in capsys.readouterr().out
 
@@ -123,7 +129,11 @@ def test_dataset_cuts_crops_from_the_normalised_field(tmp_path):
 )
 def test_bad_label_images_are_one_line_input_errors(tmp_path, capsys, case, match):
     mask = tifffile.imread(MASK)
-    labels = {"size": mask[:256], "float": mask.astype(np.float32), "negative": mask.astype(np.int32) - 1}.get(case)
+    labels = {
+        "size": mask[:256],
+        "float": mask.astype(np.float32),
+        "negative": mask.astype(np.int32) - 1,
+    }.get(case)
     man = nuclei_manifest(tmp_path, labels=labels)
     if case in ("missing", "no_column"):
         df = pd.read_csv(man)

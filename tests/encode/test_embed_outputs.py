@@ -156,7 +156,10 @@ def test_shards_run_side_by_side_but_one_shard_has_one_writer(tmp_path, capsys):
     base = ["embed", "--model", "chada_vit_test", "--manifest", str(man), "--objects", "--crop-size", "16",
             "--image-size", "16", "--batch-size", "2", "--chunk-batches", "1", "--quiet", "--out", str(out)]  # fmt: skip
     assert lock_paths(str(out), None, False) == [out]
-    assert lock_paths(str(out), (0, 2), True) == [out, shard_path(out, (0, 2))]  # rank 0 writes OUT at the end
+    assert lock_paths(str(out), (0, 2), True) == [
+        out,
+        shard_path(out, (0, 2)),
+    ]  # rank 0 writes OUT at the end
     with ExitStack() as held:  # shard 0 is running: it holds what a shard-0 run takes
         for path in lock_paths(str(out), (0, 2), False):
             held.enter_context(output_lock(path, "chada embed --shard 0/2"))
@@ -200,10 +203,34 @@ def test_a_killed_shard_resumes_its_own_part(tmp_path, monkeypatch):
 
 def test_bad_shard_spec(tmp_path, capsys):
     man = tiny_plate(tmp_path, 2)
-    rc = main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / "x.npz"), "--shard", "2/2"])
+    rc = main(
+        [
+            "embed",
+            "--model",
+            "handmade",
+            "--manifest",
+            str(man),
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--shard",
+            "2/2",
+        ]
+    )
     assert rc == 2 and "0 <= I < N" in capsys.readouterr().err
     assert main(["embed", "--merge", str(tmp_path / "x.npz")]) == 2
-    rc = main(["embed", "--model", "handmade", "--manifest", str(man), "--out", str(tmp_path / "x.npz"), "--shard", "2/3"])
+    rc = main(
+        [
+            "embed",
+            "--model",
+            "handmade",
+            "--manifest",
+            str(man),
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--shard",
+            "2/3",
+        ]
+    )
     assert rc == 2 and "3 shards for 1 chunk(s)" in capsys.readouterr().err
 
 
@@ -253,7 +280,9 @@ def test_evaluate_reads_parquet_and_h5ad(tmp_path):
     assert rc == 0
     rows = pd.read_csv(tmp_path / "eval" / "results_long.csv")
     assert set(rows["model"]) == {"hparquet", "hh5ad"}
-    a, b = (rows[rows["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("hparquet", "hh5ad"))
+    a, b = (
+        rows[rows["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("hparquet", "hh5ad")
+    )
     pd.testing.assert_frame_equal(a, b)  # the same features give the same scores
 
 

@@ -53,7 +53,9 @@ def test_image_size_and_per_channel_layout(manifest, tmp_path):
         features_for_manifest(manifest, "handmade", tmp_path / "x.npz", layout="per_channel", run=QUIET)
     with pytest.raises(ValueError, match="unknown feature kind"):
         features_for_manifest(manifest, "sift", tmp_path / "x.npz", run=QUIET)
-    emb = features_for_manifest(manifest, "shortcut", tmp_path / "s.npz", image=ImageOptions(size=48), run=QUIET)
+    emb = features_for_manifest(
+        manifest, "shortcut", tmp_path / "s.npz", image=ImageOptions(size=48), run=QUIET
+    )
     assert emb.info["image_size"] == 48
 
 
@@ -94,7 +96,9 @@ def _nucleus_vs_bimodal_manifest(folder):
         dapi = rng.normal(0.2, 0.08, (48, 48))
         for cy, cx in ((12, 12), (12, 34), (34, 14), (33, 35)):
             dapi[(yy - cy - i) ** 2 + (xx - cx) ** 2 < 16] += 0.35
-        actin = np.where((yy - 24) ** 2 + (xx - 24 + i) ** 2 < 20**2, 1.0, 0.0) + rng.normal(0, 0.01, (48, 48))
+        actin = np.where((yy - 24) ** 2 + (xx - 24 + i) ** 2 < 20**2, 1.0, 0.0) + rng.normal(
+            0, 0.01, (48, 48)
+        )
         arr = (np.clip(np.stack([dapi, actin]), 0, None) * 4000).astype(np.uint16)
         tifffile.imwrite(folder / f"img{i}.tif", arr, photometric="minisblack", metadata={"axes": "CYX"})
         rows.append(dict(image_id=f"img{i}", dataset="d", file=f"img{i}.tif", channel_names="DAPI;Actin"))

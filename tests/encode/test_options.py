@@ -23,16 +23,28 @@ from chada.encode.options import ChannelOptions, ImageOptions, OutputOptions, Ru
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: ImageOptions(size=0), r"^image_size must be a positive int, 'model' or None \(native\), got 0$"),
+        (
+            lambda: ImageOptions(size=0),
+            r"^image_size must be a positive int, 'model' or None \(native\), got 0$",
+        ),
         (lambda: ImageOptions(size="big"), r"^image_size must be .*got 'big'$"),
         (lambda: ImageOptions(size=True), r"^image_size must be .*got True$"),
-        (lambda: ImageOptions(nan_policy="keep"), r"^nan_policy must be one of \('error', 'replace'\), got 'keep'$"),
-        (lambda: ImageOptions(nan_policy="replace", nan_fill=float("nan")), r"^nan_fill must be a finite number"),
+        (
+            lambda: ImageOptions(nan_policy="keep"),
+            r"^nan_policy must be one of \('error', 'replace'\), got 'keep'$",
+        ),
+        (
+            lambda: ImageOptions(nan_policy="replace", nan_fill=float("nan")),
+            r"^nan_fill must be a finite number",
+        ),
         (lambda: ChannelOptions(unknown="ignore"), r"^unknown_channels must be one of .*got 'ignore'$"),
         (lambda: RunOptions(batch_size=0), r"^batch_size must be >= 1, got 0$"),
         (lambda: RunOptions(num_workers=-1), r"^num_workers must be >= 0, got -1$"),
         (lambda: OutputOptions(chunk_batches=0), r"^chunk_batches must be >= 1, got 0$"),
-        (lambda: OutputOptions(verify_inputs="md5"), r"^verify_inputs must be one of \('stat', 'hash'\), got 'md5'$"),
+        (
+            lambda: OutputOptions(verify_inputs="md5"),
+            r"^verify_inputs must be one of \('stat', 'hash'\), got 'md5'$",
+        ),
     ],
 )
 def test_bundles_refuse_bad_values_in_one_line(build, message):
@@ -74,8 +86,12 @@ def test_cli_builds_every_bundle_from_the_flags():
                        "--batch-size", "5", "--workers", "2", "--device", "cpu", "--seed", "4", "--quiet",
                        "--dataset", "a", "b", "--split", "test", "--chunk-batches", "3", "--no-resume",
                        "--verify-inputs", "hash")  # fmt: skip
-    assert o.image_options(args) == ImageOptions(size=None, normalize="minmax", nan_policy="replace", nan_fill=2.0)
-    assert o.channel_options(args) == ChannelOptions(order=["DNA", "Actin"], unknown="error", aliases={"dapi": "DNA"})
+    assert o.image_options(args) == ImageOptions(
+        size=None, normalize="minmax", nan_policy="replace", nan_fill=2.0
+    )
+    assert o.channel_options(args) == ChannelOptions(
+        order=["DNA", "Actin"], unknown="error", aliases={"dapi": "DNA"}
+    )
     assert o.run_options(args, dtype=torch.bfloat16) == RunOptions(
         batch_size=5, num_workers=2, device="cpu", dtype=torch.bfloat16, seed=4, progress=False)  # fmt: skip
     assert o.selection(args) == Selection(datasets=["a", "b"], split=["test"])
@@ -148,7 +164,9 @@ def test_feature_kind_encoder_has_no_model_to_move_or_digest():
     assert not enc.is_model and enc.precision is None and enc.dtype == torch.float32
     assert enc.to(torch.device("cpu")) is enc and enc.weights_digest() is None and not enc.random_init
     assert enc.fingerprint() == "shortcut" and enc.name == "shortcut" and enc.fixed_pool("all") == "shortcut"
-    enc.check_forward([{"image": torch.zeros(3, 8000, 8000), "image_id": "big"}], torch.device("cpu"), str, set())
+    enc.check_forward(
+        [{"image": torch.zeros(3, 8000, 8000), "image_id": "big"}], torch.device("cpu"), str, set()
+    )
 
 
 def test_model_encoder_answers_for_its_module():
@@ -171,7 +189,9 @@ def test_model_encoder_checks_the_forward_pass_before_it_runs(monkeypatch):
     import chada.encode.budget as budget
 
     seen = []
-    monkeypatch.setattr(budget, "check_forward", lambda module, samples, *a: seen.append((module, len(samples))))
+    monkeypatch.setattr(
+        budget, "check_forward", lambda module, samples, *a: seen.append((module, len(samples)))
+    )
     enc = resolve_encoder("chada_vit_test")
     enc.check_forward([{"image": np.zeros((2, 16, 16))}], torch.device("cpu"), str, set())
     FeatureKindEncoder().check_forward([{"image": np.zeros((2, 16, 16))}], torch.device("cpu"), str, set())
@@ -186,7 +206,9 @@ def test_a_commands_missing_flags_keep_its_own_defaults():
 
     parser = argparse.ArgumentParser()
     features.register(parser.add_subparsers())
-    args = parser.parse_args(["features", "--manifest", "m.csv", "--kind", "handmade", "--out", "f.npz", "--quiet"])
+    args = parser.parse_args(
+        ["features", "--manifest", "m.csv", "--kind", "handmade", "--out", "f.npz", "--quiet"]
+    )
     assert o.run_options(args, base=FEATURES_RUN) == RunOptions(batch_size=64, progress=False)
     assert o.output_options(args, base=FEATURES_OUTPUT) == OutputOptions(chunk_batches=4)
     assert o.image_options(args, base=FEATURES_IMAGE) == ImageOptions(size=None)

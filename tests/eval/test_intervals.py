@@ -99,9 +99,26 @@ def test_regression_rows_carry_a_bootstrap_interval_and_train_mean_chance():
 
 def _summary(rows):
     return pd.DataFrame(
-        [dict(task="t", kind="classification", model=m, family="learned", feature="cls", fraction=1.0,
-              metric="linear_top1", mean=v, std=0.0, n=1, chance=0.5, ci_low=lo, ci_high=hi, n_test=9,
-              design="split") for m, v, lo, hi in rows]  # fmt: skip
+        [
+            dict(
+                task="t",
+                kind="classification",
+                model=m,
+                family="learned",
+                feature="cls",
+                fraction=1.0,
+                metric="linear_top1",
+                mean=v,
+                std=0.0,
+                n=1,
+                chance=0.5,
+                ci_low=lo,
+                ci_high=hi,
+                n_test=9,
+                design="split",
+            )
+            for m, v, lo, hi in rows
+        ]  # fmt: skip
     )
 
 
@@ -116,15 +133,45 @@ def test_tie_marks():
 
 def test_summary_keeps_the_interval_and_a_model_at_chance_prints_a_dash():
     results = pd.DataFrame(
-        [dict(task="t", kind="classification", model="m", family="learned", arch="x", feature="cls", fraction=1.0,
-              seed=s, metric="linear_top1", value=0.5, chance=0.5, n_train=10, n_test=10, ci_low=0.2, ci_high=0.8,
-              design="split") for s in (0, 1)]  # fmt: skip
+        [
+            dict(
+                task="t",
+                kind="classification",
+                model="m",
+                family="learned",
+                arch="x",
+                feature="cls",
+                fraction=1.0,
+                seed=s,
+                metric="linear_top1",
+                value=0.5,
+                chance=0.5,
+                n_train=10,
+                n_test=10,
+                ci_low=0.2,
+                ci_high=0.8,
+                design="split",
+            )
+            for s in (0, 1)
+        ]  # fmt: skip
     )
     s = summarize(results)
     assert s.iloc[0][["ci_low", "ci_high", "n_test"]].tolist() == [0.2, 0.8, 10]
     diag = pd.DataFrame(
-        [dict(measure=m, model="m", family="untrained", other="u", task="t", feature="cls", fraction=1.0,
-              metric="linear_top1", value=v) for m, v in (("ratio", 0.9), ("chance_normalised", float("nan")))]  # fmt: skip
+        [
+            dict(
+                measure=m,
+                model="m",
+                family="untrained",
+                other="u",
+                task="t",
+                feature="cls",
+                fraction=1.0,
+                metric="linear_top1",
+                value=v,
+            )
+            for m, v in (("ratio", 0.9), ("chance_normalised", float("nan")))
+        ]  # fmt: skip
     )
     md = diagnostics_markdown(diag, s)
     row = next(line for line in md.splitlines() if line.startswith("| t |"))

@@ -109,7 +109,9 @@ def test_knn_chunks_bound_memory_and_change_nothing(monkeypatch):
     for chunk in (1, 7, None):
         assert knn_predict(x[:300], y[:300], x[300:], k=20, chunk=chunk).tolist() == whole.tolist()
         # the float32 product may round differently for another block height (then x 1/T in the weights)
-        np.testing.assert_allclose(knn_regress(x[:300], t[:300], x[300:], k=20, chunk=chunk), reg, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            knn_regress(x[:300], t[:300], x[300:], k=20, chunk=chunk), reg, rtol=1e-5, atol=1e-5
+        )
     monkeypatch.setattr(knn_mod, "MAX_BLOCK_BYTES", 12 * 300 * 3)  # 3 test rows per chunk by default
     assert knn_mod.chunk_rows(300, knn_mod.MAX_BLOCK_BYTES) == 3
     assert knn_predict(x[:300], y[:300], x[300:], k=20).tolist() == whole.tolist()

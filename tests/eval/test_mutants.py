@@ -63,7 +63,9 @@ def _loo_mse(z: np.ndarray, y: np.ndarray, alpha: float) -> float:
     return float(np.mean(res**2))
 
 
-def _ridge_cv_predict(z: np.ndarray, y: np.ndarray, z_new: np.ndarray, alphas=DEFAULT_ALPHAS) -> tuple[np.ndarray, float]:
+def _ridge_cv_predict(
+    z: np.ndarray, y: np.ndarray, z_new: np.ndarray, alphas=DEFAULT_ALPHAS
+) -> tuple[np.ndarray, float]:
     """Alpha of least leave-one-out error (first on ties), then the ridge fit on all rows."""
     errs = [_loo_mse(z, y, a) for a in alphas]
     alpha = alphas[int(np.argmin(errs))]
@@ -169,10 +171,13 @@ def test_knn_neighbour_set_is_exactly_the_k_nearest() -> None:
         kk = min(k, 40)
         for temp in (0.1, 5.0):
             want = _knn_reference(train, t, test, kk, temp, regress=True)
-            np.testing.assert_allclose(knn_regress(train, t, test, k=k, temperature=temp), want, rtol=1e-5, atol=1e-6)
-            assert knn_predict(train, labels, test, k=k, temperature=temp).tolist() == _knn_reference(
-                train, labels, test, kk, temp, n_cls=4
-            ).tolist()
+            np.testing.assert_allclose(
+                knn_regress(train, t, test, k=k, temperature=temp), want, rtol=1e-5, atol=1e-6
+            )
+            assert (
+                knn_predict(train, labels, test, k=k, temperature=temp).tolist()
+                == _knn_reference(train, labels, test, kk, temp, n_cls=4).tolist()
+            )
     # every chunk height, including one that leaves a short last chunk, gives the same rows
     for chunk in (1, 3, 7):
         np.testing.assert_allclose(
@@ -196,7 +201,9 @@ def test_knn_cosine_ignores_norms_and_zero_rows() -> None:
     t = np.array([1.0, 3.0, 10.0])
     q = np.array([[0.003, 0.003]])
     w = np.exp(np.array([2**-0.5, 2**-0.5, 0.0]) / 0.5)
-    assert knn_regress(train, t, q, k=3, temperature=0.5)[0] == pytest.approx((w * t).sum() / w.sum(), rel=1e-6)
+    assert knn_regress(train, t, q, k=3, temperature=0.5)[0] == pytest.approx(
+        (w * t).sum() / w.sum(), rel=1e-6
+    )
 
 
 def test_knn_half_precision_features_are_normalised_in_float32() -> None:
@@ -277,7 +284,9 @@ def test_knn_chunk_bounds_the_similarity_block_memory() -> None:
 
 def test_feature_prep_is_train_standardisation() -> None:
     rng = np.random.default_rng(2)
-    x = np.stack([rng.normal(5, 0.5, 20), rng.normal(-3, 40, 20), np.full(20, 0.1), rng.normal(0, 1e-3, 20)], 1)
+    x = np.stack(
+        [rng.normal(5, 0.5, 20), rng.normal(-3, 40, 20), np.full(20, 0.1), rng.normal(0, 1e-3, 20)], 1
+    )
     x_new = rng.normal(size=(4, 4))
     prep = FeaturePrep().fit(x)
     want_tr, want_new = _standardise(x, x_new)
@@ -290,9 +299,15 @@ def test_feature_prep_is_train_standardisation() -> None:
 
 def test_feature_prep_projects_only_above_max_dim() -> None:
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(30, 6)) @ np.diag([9.0, 5.0, 3.0, 2.0, 1.0, 0.5]) @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    x = (
+        rng.normal(size=(30, 6))
+        @ np.diag([9.0, 5.0, 3.0, 2.0, 1.0, 0.5])
+        @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    )
     z = _standardise(x)[0]
-    np.testing.assert_allclose(FeaturePrep(max_dim=6).fit_transform(x), z, atol=1e-12)  # D == max_dim: untouched
+    np.testing.assert_allclose(
+        FeaturePrep(max_dim=6).fit_transform(x), z, atol=1e-12
+    )  # D == max_dim: untouched
     np.testing.assert_allclose(FeaturePrep(max_dim=None).fit_transform(x), z, atol=1e-12)
     axes, _ = _top_axes(z, 3)
     _same_up_to_sign(FeaturePrep(max_dim=3).fit_transform(x), (z - z.mean(0)) @ axes, atol=1e-8)
@@ -467,7 +482,9 @@ def test_ridge_probe_is_the_closed_form() -> None:
     w, b = _ridge(ztr, y, 3.0)
     got = ridge_probe_regression(x, y, xt, yt, alphas=[3.0], return_predictions=True)
     np.testing.assert_allclose(got["predictions"], zte @ w + b, rtol=1e-9)
-    assert got["r2"] == pytest.approx(_r2(yt, zte @ w + b), rel=1e-9) and got["alpha"] == 3.0 and got["dim"] == 3
+    assert (
+        got["r2"] == pytest.approx(_r2(yt, zte @ w + b), rel=1e-9) and got["alpha"] == 3.0 and got["dim"] == 3
+    )
     # the default grid 10^-3 .. 10^4, alpha of least leave-one-out error
     pred, alpha = _ridge_cv_predict(ztr, y, zte)
     got = ridge_probe_regression(x, y, xt, yt)
@@ -600,21 +617,29 @@ def test_shortcut_probes_reduce_wide_embeddings_to_principal_components() -> Non
     z = _standardise(emb)[0]
     axes, _ = _top_axes(z, 3)
     pcs = (z - z.mean(0)) @ axes  # signs do not matter to a ridge on standardised inputs
-    assert shortcut_probes(emb, {"t": t}, max_dim=3)["t"] == pytest.approx(_cv_r2_reference(pcs, t, 5, 0)[0], rel=1e-6)
-    assert shortcut_probes(emb, {"t": t}, max_dim=6)["t"] == pytest.approx(_cv_r2_reference(emb, t, 5, 0)[0], rel=1e-9)
+    assert shortcut_probes(emb, {"t": t}, max_dim=3)["t"] == pytest.approx(
+        _cv_r2_reference(pcs, t, 5, 0)[0], rel=1e-6
+    )
+    assert shortcut_probes(emb, {"t": t}, max_dim=6)["t"] == pytest.approx(
+        _cv_r2_reference(emb, t, 5, 0)[0], rel=1e-9
+    )
     wide = rng.normal(size=(n, 257))
     z = _standardise(wide)[0]
     axes, _ = _top_axes(z, n - 1)  # default max_dim 256 > N - 1: N - 1 components
     pcs = (z - z.mean(0)) @ axes
     tw = wide[:, 0] + 0.1 * rng.normal(size=n)
-    assert shortcut_probes(wide, {"t": tw})["t"] == pytest.approx(_cv_r2_reference(pcs, tw, 5, 0)[0], rel=1e-6)
+    assert shortcut_probes(wide, {"t": tw})["t"] == pytest.approx(
+        _cv_r2_reference(pcs, tw, 5, 0)[0], rel=1e-6
+    )
 
 
 def test_shortcut_explained_is_variance_weighted_cv_r2_of_the_top_pcs() -> None:
     rng = np.random.default_rng(12)
     n = 30
     s = rng.normal(size=(n, 2))
-    emb = np.concatenate([s @ rng.normal(size=(2, 6)), rng.normal(size=(n, 7))], 1) + 0.1 * rng.normal(size=(n, 13))
+    emb = np.concatenate([s @ rng.normal(size=(2, 6)), rng.normal(size=(n, 7))], 1) + 0.1 * rng.normal(
+        size=(n, 13)
+    )
     z = _standardise(emb)[0]
     for kwargs, k, folds, seed in (({}, 10, 5, 0), ({"n_components": 3, "folds": 4, "seed": 1}, 3, 4, 1)):
         got = shortcut_explained(s, emb, **kwargs)
@@ -646,5 +671,7 @@ def test_shortcut_analyses_are_reproducible_with_the_randomised_pca() -> None:
     rng = np.random.default_rng(13)
     emb, s = rng.normal(size=(40, 600)), rng.normal(size=(40, 2))
     t = {"t": emb[:, 0] + rng.normal(size=40)}
-    assert shortcut_explained(s, emb, n_components=4, seed=3) == shortcut_explained(s, emb, n_components=4, seed=3)
+    assert shortcut_explained(s, emb, n_components=4, seed=3) == shortcut_explained(
+        s, emb, n_components=4, seed=3
+    )
     assert shortcut_probes(emb, t, max_dim=8, seed=3) == shortcut_probes(emb, t, max_dim=8, seed=3)

@@ -156,7 +156,13 @@ def test_cross_validated_items_pair_every_image_out_of_fold():
     assert it.values.mean() == pytest.approx(acc)  # the items are what the score was computed from
     table = comparison_table(items, long)
     over = table[(table.seed == "all") & (table.metric == "knn_top1")].iloc[0]
-    assert (over.model, over.reference, over.role, over.n, over.n_seeds) == ("good", "good_untrained", "untrained", 60, 2)
+    assert (over.model, over.reference, over.role, over.n, over.n_seeds) == (
+        "good",
+        "good_untrained",
+        "untrained",
+        60,
+        2,
+    )
     assert over.difference > 0.3 and over.p_adj < 1e-4 and over.n_comparisons == 1
     per_seed = table[(table.seed != "all") & (table.metric == "knn_top1")]
     assert sorted(per_seed.seed) == ["0", "1"]

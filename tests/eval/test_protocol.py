@@ -162,7 +162,9 @@ def test_run_evaluation_api_and_errors(tmp_path, capsys):
     (tmp_path / "list.yaml").write_text("- models\n- tasks\n")  # a YAML list, not a mapping
     assert main(["evaluate", "--config", str(tmp_path / "list.yaml")]) == 2
     assert "list.yaml: an evaluation config must be a mapping" in capsys.readouterr().err
-    (tmp_path / "tasks.yaml").write_text("models: {a: a.npz}\ntasks: [label]\n")  # a task that is not a mapping
+    (tmp_path / "tasks.yaml").write_text(
+        "models: {a: a.npz}\ntasks: [label]\n"
+    )  # a task that is not a mapping
     assert main(["evaluate", "--config", str(tmp_path / "tasks.yaml")]) == 2
     assert "task 0: expected a mapping" in capsys.readouterr().err
     assert len(load_embeddings(paths["chada"])) == N

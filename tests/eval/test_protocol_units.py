@@ -55,12 +55,16 @@ def test_loader_sorts_rows_by_image_id_and_reads_each_file_once(tmp_path):
 
 def test_loader_keeps_the_order_of_a_file_without_image_ids(tmp_path):
     path = tmp_path / "e.npz"
-    EmbeddingSet({"cls": np.array([[3.0], [1.0]], np.float32)}, pd.DataFrame({"label": ["x", "y"]}), {}).save(path)
+    EmbeddingSet({"cls": np.array([[3.0], [1.0]], np.float32)}, pd.DataFrame({"label": ["x", "y"]}), {}).save(
+        path
+    )
     assert P.Loader()(path).get("cls")[:, 0].tolist() == [3.0, 1.0]
 
 
 def test_resolve_kind():
-    two = EmbeddingSet({"cls": np.zeros((1, 1)), "all": np.zeros((1, 1))}, pd.DataFrame({"image_id": ["a"]}), {})
+    two = EmbeddingSet(
+        {"cls": np.zeros((1, 1)), "all": np.zeros((1, 1))}, pd.DataFrame({"image_id": ["a"]}), {}
+    )
     one = EmbeddingSet({"handmade": np.zeros((1, 1))}, pd.DataFrame({"image_id": ["a"]}), {})
     assert P.resolve_kind(two, "all") == "all" and P.resolve_kind(two, "mean") is None
     assert P.resolve_kind(one, "cls") == "handmade" and P.resolve_kind(one, "handmade") == "handmade"
@@ -212,7 +216,9 @@ def test_probe_metrics_regression_returns_predictions():
 def test_pooled_classification_weights_folds_by_their_test_size():
     tests = [np.arange(3), np.arange(3, 4)]
     # per-row right/wrong of each fold: 3 of 3 right, then 0 of 1 -> 3 of 4 pooled (not the fold mean 0.5)
-    acc, (lo, hi) = P._pooled("classification", [np.ones(3, bool), np.zeros(1, bool)], tests, np.zeros(4), seed=0)
+    acc, (lo, hi) = P._pooled(
+        "classification", [np.ones(3, bool), np.zeros(1, bool)], tests, np.zeros(4), seed=0
+    )
     assert acc == 0.75 and (lo, hi) == wilson_interval(0.75, 4)
 
 
@@ -230,7 +236,9 @@ def test_pooled_regression_scores_the_concatenated_predictions():
 def test_chance_pools_the_folds():
     labels = np.array(["a", "a", "a", "b", "b", "c"])
     tests = [np.array([0, 3]), np.array([4, 5])]
-    assert P._chance("classification", [], tests, labels) == chance_score(np.array(["a", "b", "b", "c"]), "classification")
+    assert P._chance("classification", [], tests, labels) == chance_score(
+        np.array(["a", "b", "b", "c"]), "classification"
+    )
     y = np.array([0.0, 1.0, 2.0, 3.0, 10.0, 20.0])
     subs = [np.array([0, 1]), np.array([2, 3])]
     tests = [np.array([4]), np.array([5])]
@@ -287,7 +295,9 @@ def test_task_test_fraction_must_lie_in_the_open_unit_interval(fraction, ok):
     if ok:
         assert P._check_task(_task(test_fraction=fraction), labels)
     else:
-        with pytest.raises(ValueError, match=f"task 't': test_fraction must lie in \\(0, 1\\), got {fraction}"):
+        with pytest.raises(
+            ValueError, match=f"task 't': test_fraction must lie in \\(0, 1\\), got {fraction}"
+        ):
             P._check_task(_task(test_fraction=fraction), labels)
 
 
@@ -322,7 +332,9 @@ def test_run_task_rows_on_a_fixed_split():
     assert list(rows.columns) == P.RESULT_COLUMNS
     assert set(rows.feature) == {"cls"}  # no 'mean' kind in a two-kind file: skipped
     assert len(rows) == 2 * 2 * 3 and set(rows.design) == {"split"}
-    assert set(rows.task) == {"t"} and set(rows.kind) == {"classification"} and set(rows.family) == {"learned"}
+    assert (
+        set(rows.task) == {"t"} and set(rows.kind) == {"classification"} and set(rows.family) == {"learned"}
+    )
     assert set(rows.arch) == {"vit"} and set(rows.model) == {"m"}
     full = rows[rows.fraction == 1.0]
     assert set(full.n_train) == {30} and set(full.n_test) == {10}
@@ -361,7 +373,9 @@ def test_common_images_restricts_every_model_to_the_shared_labelled_images():
     big = _emb([f"i{k}" for k in range(8)], labels=["a", "b"] * 4)
     small = _emb(["i5", "i1", "i2", "i9"], labels=["b", "b", None, "a"])
     task = _task()
-    with pytest.warns(UserWarning, match=r"\(big: 8, small: 3 labelled images\); every model is scored on the 2 "):
+    with pytest.warns(
+        UserWarning, match=r"\(big: 8, small: 3 labelled images\); every model is scored on the 2 "
+    ):
         out = P.common_images(task, {"big": big, "small": small})
     assert out["big"].meta["image_id"].tolist() == ["i1", "i5"]
     assert out["small"].meta["image_id"].tolist() == ["i5", "i1"]
@@ -380,15 +394,19 @@ def test_common_images_leave_equal_files_alone():
         assert P.common_images(_task(), {"one": one, "bare": bare})["bare"] is bare
     # a file without the label column counts all its images (its own error comes from _task_labels)
     nolabel = _emb(["a", "b"])
-    with pytest.warns(UserWarning, match=r"one: 3, nolabel: 2 labelled images\); every model is scored on the 2 "):
+    with pytest.warns(
+        UserWarning, match=r"one: 3, nolabel: 2 labelled images\); every model is scored on the 2 "
+    ):
         P.common_images(_task(), {"one": _emb(["a", "b", "c"], labels=["x", "y", "x"]), "nolabel": nolabel})
 
 
 @pytest.mark.parametrize("shared", [0, 1])
 def test_common_images_refuse_fewer_than_two_shared_images(shared):
-    a = _emb(["s0", "a1", "a2"][: 3], labels=["x", "y", "x"])
+    a = _emb(["s0", "a1", "a2"][:3], labels=["x", "y", "x"])
     b = _emb((["s0"] if shared else ["b0"]) + ["b1", "b2"], labels=["x", "y", "x"])
-    with pytest.raises(ValueError, match=f"\\(a: 3, b: 3 labelled images\\) and share {shared}; embed the same"):
+    with pytest.raises(
+        ValueError, match=f"\\(a: 3, b: 3 labelled images\\) and share {shared}; embed the same"
+    ):
         P.common_images(_task(), {"a": a, "b": b})
     c = _emb(["s0", "a1", "b9"], labels=["x", "y", "x"])
     d = _emb(["s0", "a1", "b8"], labels=["x", "y", "x"])
@@ -445,7 +463,9 @@ def test_regression_subsets_are_stratified_by_bins_and_intervals_follow_the_seed
     tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     pred = P._probe_metrics(task, x[tr], target[tr], x[te], target[te], SETTINGS, seed=0)["linear_r2"]
     for seed in (0, 1):
-        assert (full.loc[seed, "ci_low"], full.loc[seed, "ci_high"]) == bootstrap_r2_interval(target[te], pred, seed=seed)
+        assert (full.loc[seed, "ci_low"], full.loc[seed, "ci_high"]) == bootstrap_r2_interval(
+            target[te], pred, seed=seed
+        )
 
 
 def test_a_missing_first_feature_kind_does_not_stop_the_others():
@@ -482,15 +502,22 @@ def test_probe_metrics_pass_every_setting():
     np.testing.assert_array_equal(reg["linear_r2"], ridge["predictions"])
     # and the settings matter on this data: the defaults give other numbers
     base = P._probe_metrics(_task(kind="regression"), x[:40], t[:40], x[40:], t[40:], SETTINGS, seed=4)
-    assert not np.array_equal(base["knn_r2"], reg["knn_r2"]) and not np.array_equal(base["linear_r2"], reg["linear_r2"])
+    assert not np.array_equal(base["knn_r2"], reg["knn_r2"]) and not np.array_equal(
+        base["linear_r2"], reg["linear_r2"]
+    )
     base = P._probe_metrics(_task(), x[:40], y[:40], x[40:], y[40:], SETTINGS, seed=4)
-    assert not (np.array_equal(base["knn_top1"], cls["knn_top1"]) and np.array_equal(base["linear_top1"], cls["linear_top1"]))
+    assert not (
+        np.array_equal(base["knn_top1"], cls["knn_top1"])
+        and np.array_equal(base["linear_top1"], cls["linear_top1"])
+    )
 
 
 def test_nn1_is_the_nearest_neighbour_by_hand():
     x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     y = np.array(["a", "b", "b"])
-    out = P._probe_metrics(_task(), x, y, np.array([[1.0, 0.02], [0.1, 1.0]]), np.array(["a", "b"]), SETTINGS, seed=0)
+    out = P._probe_metrics(
+        _task(), x, y, np.array([[1.0, 0.02], [0.1, 1.0]]), np.array(["a", "b"]), SETTINGS, seed=0
+    )
     assert out["nn1_top1"].all()  # the 2nd neighbour of the first test point is 'b'
 
 

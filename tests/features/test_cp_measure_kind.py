@@ -73,10 +73,13 @@ def test_features_cli_on_a_manifest_with_objects_file(nuclei, measured, tmp_path
     ids, X1, names1 = measured
     assert names == names1 and len(meta) == 2 * len(ids) and meta.well.tolist()[:1] == ["A01"]
     assert meta.object_id.tolist()[: len(ids)] == ids.tolist()  # each row's id beside its own features
-    np.testing.assert_allclose(X[: len(ids)], X1, rtol=1e-6, equal_nan=True)  # float32 field read, same numbers
+    np.testing.assert_allclose(
+        X[: len(ids)], X1, rtol=1e-6, equal_nan=True
+    )  # float32 field read, same numbers
     a = names.index("Nuclei_Area")
-    np.testing.assert_array_equal(np.sort(X[len(ids):, a]), np.sort(X1[:, a]))  # mirrored field, same areas
+    np.testing.assert_array_equal(np.sort(X[len(ids) :, a]), np.sort(X1[:, a]))  # mirrored field, same areas
     pd.DataFrame({"image_id": ["f1"], "dataset": "d", "file": ["f1.tif"], "channel_names": "DNA"}).to_csv(
-        tmp_path / "n.csv", index=False)
+        tmp_path / "n.csv", index=False
+    )
     rc = main(["features", "--manifest", str(tmp_path / "n.csv"), "--kind", "cp_measure", "--out", str(out)])
     assert rc == 2 and "no 'objects_file' column" in capsys.readouterr().err

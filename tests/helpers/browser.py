@@ -26,7 +26,9 @@ def _no_browser(reason: str) -> None:
 
 def _driver():
     if BROWSER is None or not CHROMEDRIVER.exists():
-        _no_browser(f"no browser: chromium {BROWSER or 'missing'}, {CHROMEDRIVER} {'found' if CHROMEDRIVER.exists() else 'missing'}")
+        _no_browser(
+            f"no browser: chromium {BROWSER or 'missing'}, {CHROMEDRIVER} {'found' if CHROMEDRIVER.exists() else 'missing'}"
+        )
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -69,11 +71,15 @@ def browser_check(html: Path) -> dict:
         facts = driver.execute_script(_PROBE)
     finally:
         driver.quit()
-    assert facts["page"] <= facts["viewport"], f"the page scrolls sideways: {facts['page']} > {facts['viewport']} px"
+    assert facts["page"] <= facts["viewport"], (
+        f"the page scrolls sideways: {facts['page']} > {facts['viewport']} px"
+    )
     assert facts["bare"] == 0, "a table outside a scrolling box"
     for w in facts["wraps"]:
         assert w["left"] >= 0 and w["right"] <= facts["viewport"] + 0.5, f"a table box leaves the page: {w}"
-        assert w["table_right"] <= w["right"] + 0.5 or w["scrolls"], f"a table is cut off, its box does not scroll: {w}"
+        assert w["table_right"] <= w["right"] + 0.5 or w["scrolls"], (
+            f"a table is cut off, its box does not scroll: {w}"
+        )
     bad = [i for i in facts["imgs"] if not i["complete"] or i["w"] == 0]
     assert not bad, f"figures that did not load: {bad}"
     assert facts["maxLines"] <= 1, "a number wraps over lines inside a table cell"

@@ -55,4 +55,6 @@ def dino_cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0, st
 
 def dino_teacher_temp(warmup_temp, temp, warmup_epochs, nepochs):
     """DINO's DINOLoss.teacher_temp_schedule (one value per epoch)."""
-    return np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(nepochs - warmup_epochs) * temp))
+    return np.concatenate(
+        (np.linspace(warmup_temp, temp, warmup_epochs), np.ones(nepochs - warmup_epochs) * temp)
+    )

@@ -47,7 +47,9 @@ def tiff_bytes(arr: np.ndarray, compression: str | None = "zlib") -> bytes:
     return buf.getvalue()
 
 
-def write_case(name: str, data: bytes | Callable[[Path], None], names: str = GOOD_NAMES) -> Callable[[Path], Path]:
+def write_case(
+    name: str, data: bytes | Callable[[Path], None], names: str = GOOD_NAMES
+) -> Callable[[Path], Path]:
     def build(tmp: Path) -> Path:
         target = tmp / name
         if callable(data):
@@ -86,7 +88,10 @@ def model_folder_case(config: dict | None = None, extra: dict | None = None, wei
         (folder / "config.json").write_text(json.dumps(meta))
         if weights:
             state = load_file(str(folder / "model.safetensors"))
-            save_file({k: (v * 100).to(getattr(torch, weights)) for k, v in state.items()}, str(folder / "model.safetensors"))
+            save_file(
+                {k: (v * 100).to(getattr(torch, weights)) for k, v in state.items()},
+                str(folder / "model.safetensors"),
+            )
         return bad_manifest(tmp, "good0.tif")
 
     return build

@@ -14,7 +14,11 @@ def write_manifest(folder, specs, name="manifest.csv"):
     for ds, c, size, n in specs:
         for i in range(n):
             iid = f"{ds}_{i:03d}"
-            tifffile.imwrite(folder / f"{iid}.tif", rng.integers(0, 4000, (c, size, size), dtype=np.uint16), photometric="minisblack")
+            tifffile.imwrite(
+                folder / f"{iid}.tif",
+                rng.integers(0, 4000, (c, size, size), dtype=np.uint16),
+                photometric="minisblack",
+            )
             rows.append(
                 {
                     "image_id": iid,

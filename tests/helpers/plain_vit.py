@@ -61,7 +61,9 @@ def dino_matrix(n_in: int, n_out: int) -> np.ndarray:
         src = (i + 0.5) * scale - 0.5
         x0 = math.floor(src)
         t = src - x0
-        for k, w in enumerate([cubic(t + 1, -0.75), cubic(t, -0.75), cubic(1 - t, -0.75), cubic(2 - t, -0.75)]):
+        for k, w in enumerate(
+            [cubic(t + 1, -0.75), cubic(t, -0.75), cubic(1 - t, -0.75), cubic(2 - t, -0.75)]
+        ):
             m[i, min(max(x0 - 1 + k, 0), n_in - 1)] += w
     return m
 
@@ -147,7 +149,9 @@ def conv2d(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
     out = torch.zeros(weight.shape[0], h_out, w_out, dtype=x.dtype)
     for dy in range(k):
         for dx in range(k):
-            window = xp[:, dy : dy + stride * (h_out - 1) + 1 : stride, dx : dx + stride * (w_out - 1) + 1 : stride]
+            window = xp[
+                :, dy : dy + stride * (h_out - 1) + 1 : stride, dx : dx + stride * (w_out - 1) + 1 : stride
+            ]
             out += torch.einsum("oc,chw->ohw", weight[:, :, dy, dx], window)
     return out
 

@@ -255,7 +255,11 @@ def test_inter_channel_padded_mode_masks_and_packed_mode_does_not(monkeypatch):
     seen = []
     real = layers.Block.forward
     monkeypatch.setattr(
-        layers.Block, "forward", lambda self, x, key_mask=None, *a, **k: seen.append((x.shape[1], key_mask is not None)) or real(self, x, key_mask, *a, **k)
+        layers.Block,
+        "forward",
+        lambda self, x, key_mask=None, *a, **k: (
+            seen.append((x.shape[1], key_mask is not None)) or real(self, x, key_mask, *a, **k)
+        ),
     )
     images = [torch.rand(2, 32, 32), torch.rand(3, 32, 32)]
     _model("inter_channel_vit_test", attention="padded")(images)
@@ -271,7 +275,9 @@ def test_drop_path_rates_rise_linearly_to_the_last_block():
         assert [b.drop_path for b in m.blocks] == [0.0, 0.3]
     m = create_model("one_channel_vit_test", drop_path_rate=0.3, depth=3)
     assert [b.drop_path for b in m.blocks] == [0.0, 0.15, 0.3]
-    assert [b.drop_path for b in create_model("one_channel_vit_test", drop_path_rate=0.3, depth=1).blocks] == [0.0]
+    assert [
+        b.drop_path for b in create_model("one_channel_vit_test", drop_path_rate=0.3, depth=1).blocks
+    ] == [0.0]
 
 
 def test_one_channel_tokens_is_an_int_and_bf16_positions_stay_bf16():

@@ -49,7 +49,10 @@ def plain_one_channel(model, image: torch.Tensor):
     h, w = image.shape[1] // p, image.shape[2] // p
     out = []
     for ch in image.double():
-        tokens = patches(ch[None], p) @ P["patch_embed.proj.weight"].reshape(D, p * p).T + P["patch_embed.proj.bias"]
+        tokens = (
+            patches(ch[None], p) @ P["patch_embed.proj.weight"].reshape(D, p * p).T
+            + P["patch_embed.proj.bias"]
+        )
         out.append(plain_trunk(model, P, tokens, h, w))
     return out
 
@@ -72,8 +75,13 @@ def test_one_channel_vit_equals_plain_code(size: int) -> None:
         for b, ref in enumerate(refs):
             for c, (_, _, att) in enumerate(ref):
                 torch.testing.assert_close(feats.cls_self_attention[b, :, c], att[:, 0], atol=tol, rtol=0)
-                torch.testing.assert_close(feats.attention[b, :, c], att[:, 1:].reshape(heads, h, w), atol=tol, rtol=0)
-            assert not feats.attention[b, :, len(ref):].any() and not feats.cls_self_attention[b, :, len(ref):].any()
+                torch.testing.assert_close(
+                    feats.attention[b, :, c], att[:, 1:].reshape(heads, h, w), atol=tol, rtol=0
+                )
+            assert (
+                not feats.attention[b, :, len(ref) :].any()
+                and not feats.cls_self_attention[b, :, len(ref) :].any()
+            )
         assert feats.attention.shape == (3, heads, cmax, h, w)
         # pools: per-channel [CLS] or [CLS, mean patch], concatenated (one count) or averaged (mixed counts)
         per_all = [torch.stack([torch.cat([r[0], r[1].mean(0)]) for r in ref]) for ref in refs]  # [C_b, 2D]
@@ -87,7 +95,9 @@ def test_one_channel_vit_equals_plain_code(size: int) -> None:
         cat_cls = model(same, pool="cls")
         cat_all = model(same, pool="all")
         torch.testing.assert_close(cat_cls[0], torch.cat([r[0] for r in ref3]), atol=tol, rtol=0)
-        torch.testing.assert_close(cat_all[1], torch.cat([torch.cat([r[0], r[1].mean(0)]) for r in ref3]), atol=tol, rtol=0)
+        torch.testing.assert_close(
+            cat_all[1], torch.cat([torch.cat([r[0], r[1].mean(0)]) for r in ref3]), atol=tol, rtol=0
+        )
 
 
 def test_fixed_channel_vit_equals_plain_code() -> None:
@@ -100,7 +110,10 @@ def test_fixed_channel_vit_equals_plain_code() -> None:
         out_all = model(images, pool="all")
     assert feats.grid == (6, 6)
     for b, img in enumerate(images):
-        tokens = patches(img.double(), p) @ P["patch_embed.proj.weight"].reshape(D, 2 * p * p).T + P["patch_embed.proj.bias"]
+        tokens = (
+            patches(img.double(), p) @ P["patch_embed.proj.weight"].reshape(D, 2 * p * p).T
+            + P["patch_embed.proj.bias"]
+        )
         cls, patch, _ = plain_trunk(model, P, tokens, 6, 6)
         torch.testing.assert_close(feats.cls[b], cls, atol=1e-5, rtol=0)
         torch.testing.assert_close(feats.patch_tokens[b], patch, atol=1e-5, rtol=0)
@@ -114,7 +127,9 @@ def plain_token_learner(P, widths, image_channel: torch.Tensor, act) -> torch.Te
     for i in range(len(widths)):
         k, s = (7, 4) if i == 0 else (3, 2)
         x = conv2d(x, P[f"token_learner.convs.{3 * i}.weight"], s, k // 2)
-        x = group_norm_1(x, P[f"token_learner.convs.{3 * i + 1}.weight"], P[f"token_learner.convs.{3 * i + 1}.bias"])
+        x = group_norm_1(
+            x, P[f"token_learner.convs.{3 * i + 1}.weight"], P[f"token_learner.convs.{3 * i + 1}.bias"]
+        )
         x = act(x)
     return x.mean(dim=(1, 2)) @ P["token_learner.proj.weight"].T + P["token_learner.proj.bias"]
 
@@ -122,7 +137,12 @@ def plain_token_learner(P, widths, image_channel: torch.Tensor, act) -> torch.Te
 @pytest.mark.parametrize(("mode", "act"), [("packed", "gelu"), ("padded", "relu")])
 def test_inter_channel_vit_equals_plain_code(mode: str, act: str) -> None:
     model = _perturbed(
-        "inter_channel_vit_test", attention=mode, act=act, tokenizer_widths=[4, 6, 8], layer_scale=0.5, max_channels=5
+        "inter_channel_vit_test",
+        attention=mode,
+        act=act,
+        tokenizer_widths=[4, 6, 8],
+        layer_scale=0.5,
+        max_channels=5,
     )
     assert model.attention_mode == mode
     P, c = _params(model), model.config
@@ -134,7 +154,9 @@ def test_inter_channel_vit_equals_plain_code(mode: str, act: str) -> None:
         feats = model.forward_features(batch)
         out_all = model(batch, pool="all")
     for b, (img, sl) in enumerate(zip(images, slots)):
-        tokens = torch.stack([plain_token_learner(P, c.tokenizer_widths, ch.double(), activation) for ch in img])
+        tokens = torch.stack(
+            [plain_token_learner(P, c.tokenizer_widths, ch.double(), activation) for ch in img]
+        )
         x = torch.cat([P["cls_token"][0], tokens + P["channel_embed"][sl]])
         hidden, _ = prenorm_blocks(x, P, c.depth, c.num_heads, c.norm_eps, act)
         x = layer_norm(hidden[-1], P["norm.weight"], P["norm.bias"], c.norm_eps)
@@ -150,10 +172,15 @@ def test_inter_channel_vit_equals_plain_code(mode: str, act: str) -> None:
 def test_token_learner_layers() -> None:
     tl = ConvTokenLearner([4, 6], 8)
     convs = [m for m in tl.convs if isinstance(m, torch.nn.Conv2d)]
-    assert [(m.kernel_size, m.stride, m.padding, m.bias) for m in convs] == [((7, 7), (4, 4), (3, 3), None), ((3, 3), (2, 2), (1, 1), None)]
+    assert [(m.kernel_size, m.stride, m.padding, m.bias) for m in convs] == [
+        ((7, 7), (4, 4), (3, 3), None),
+        ((3, 3), (2, 2), (1, 1), None),
+    ]
     norms = [m for m in tl.convs if isinstance(m, torch.nn.GroupNorm)]
     assert [(m.num_groups, m.num_channels) for m in norms] == [(1, 4), (1, 6)]
-    assert isinstance(tl.convs[2], torch.nn.GELU) and isinstance(ConvTokenLearner([4], 8, act="relu").convs[2], torch.nn.ReLU)
+    assert isinstance(tl.convs[2], torch.nn.GELU) and isinstance(
+        ConvTokenLearner([4], 8, act="relu").convs[2], torch.nn.ReLU
+    )
     assert (tl.proj.in_features, tl.proj.out_features) == (6, 8)
     with pytest.raises(ValueError, match=r"^tokenizer_widths needs at least one conv width$"):
         ConvTokenLearner([], 8)
@@ -169,7 +196,16 @@ def test_token_learner_layers() -> None:
 
 @pytest.mark.parametrize("name", ["one_channel_vit_test", "fixed_channel_vit_test", "inter_channel_vit_test"])
 def test_options_reach_the_blocks(name: str) -> None:
-    model = chada.create_model(name, depth=3, drop_path_rate=0.4, layer_scale=0.2, qkv_bias=False, norm_eps=1e-3, act="relu", mlp_ratio=1.5)
+    model = chada.create_model(
+        name,
+        depth=3,
+        drop_path_rate=0.4,
+        layer_scale=0.2,
+        qkv_bias=False,
+        norm_eps=1e-3,
+        act="relu",
+        mlp_ratio=1.5,
+    )
     assert [b.drop_path for b in model.blocks] == pytest.approx([0.0, 0.2, 0.4])
     for blk in model.blocks:
         assert blk.attn.qkv.bias is None and blk.norm1.eps == 1e-3 and isinstance(blk.mlp.act, torch.nn.ReLU)
@@ -181,7 +217,11 @@ def test_options_reach_the_blocks(name: str) -> None:
 def test_baseline_init() -> None:
     torch.manual_seed(0)
     for name in ("one_channel_vit_test", "fixed_channel_vit_test", "inter_channel_vit_test"):
-        model = chada.create_model(name, embed_dim=64, max_channels=40) if name != "fixed_channel_vit_test" else chada.create_model(name, embed_dim=64)
+        model = (
+            chada.create_model(name, embed_dim=64, max_channels=40)
+            if name != "fixed_channel_vit_test"
+            else chada.create_model(name, embed_dim=64)
+        )
         for mname, m in model.named_modules():
             if isinstance(m, torch.nn.Linear):
                 assert 0.018 < m.weight.std().item() < 0.022 and not m.bias.any(), mname
@@ -191,7 +231,9 @@ def test_baseline_init() -> None:
         if name == "inter_channel_vit_test":
             assert 0.018 < model.channel_embed.std().item() < 0.022
             for m in model.token_learner.modules():
-                if isinstance(m, torch.nn.Conv2d):  # Kaiming normal, fan_out, for ReLU: std = sqrt(2 / fan_out)
+                if isinstance(
+                    m, torch.nn.Conv2d
+                ):  # Kaiming normal, fan_out, for ReLU: std = sqrt(2 / fan_out)
                     fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
                     assert abs(m.weight.std().item() / (2 / fan_out) ** 0.5 - 1) < 0.15
         else:
@@ -209,15 +251,26 @@ def test_small_api() -> None:
     assert one.no_weight_decay() == {"pos_embed", "cls_token"} == fixed.no_weight_decay()
     assert inter.no_weight_decay() == {"cls_token", "channel_embed"}
     assert one.config.tokens(3) == 17 and inter.config.tokens(3) == 4
-    assert (fixed.embedding_dim(), fixed.embedding_dim("all"), inter.embedding_dim(), inter.embedding_dim("all")) == (32, 64, 32, 64)
-    assert (one.embedding_dim("cls", 3), one.embedding_dim("all", 10), one.embedding_dim("mean")) == (96, 640, 32)
+    assert (
+        fixed.embedding_dim(),
+        fixed.embedding_dim("all"),
+        inter.embedding_dim(),
+        inter.embedding_dim("all"),
+    ) == (32, 64, 32, 64)
+    assert (one.embedding_dim("cls", 3), one.embedding_dim("all", 10), one.embedding_dim("mean")) == (
+        96,
+        640,
+        32,
+    )
     for m in (one, fixed, inter):
         with pytest.raises(ValueError, match=r"^pool must be one of \(.*\), got 'max'$"):
             m.embedding_dim("max")
     for bad in (0, 11):
         with pytest.raises(ValueError, match=rf"^channels must be in 1\.\.10, got {bad}$"):
             one.embedding_dim("cls", bad)
-    assert inter.set_attention("padded") is inter and inter.attention_mode == inter.config.attention == "padded"
+    assert (
+        inter.set_attention("padded") is inter and inter.attention_mode == inter.config.attention == "padded"
+    )
     with pytest.raises(ValueError, match=r"^attention must be one of 'packed', 'padded'; got 'varlen'$"):
         inter.set_attention("varlen")
     with pytest.raises(ValueError, match=r"^in_channels must be >= 1, got 0$"):
@@ -248,12 +301,17 @@ def test_input_checks() -> None:
         for m in (inter, one):
             with pytest.raises(ValueError) as err:
                 m([torch.rand(4, 32, 32), torch.rand(5, 32, 32), torch.rand(6, 32, 32)])
-            assert str(err.value) == "images [1, 2] have more than C_max=4 channels (largest: 6); this model cannot take them"
+            assert (
+                str(err.value)
+                == "images [1, 2] have more than C_max=4 channels (largest: 6); this model cannot take them"
+            )
         for ids in ([0, 4], [-1, 0]):
             with pytest.raises(ValueError, match=r"^channel_ids must lie in 0\.\.3$"):
                 inter(ChannelBatch(torch.rand(2, 32, 32), torch.tensor([2]), torch.tensor(ids)))
         inter(ChannelBatch(torch.rand(2, 32, 32), torch.tensor([2]), torch.tensor([3, 0])))
-        with pytest.raises(ValueError, match=r"^image size 32x36 is not divisible by the patch size 8; crop or resize"):
+        with pytest.raises(
+            ValueError, match=r"^image size 32x36 is not divisible by the patch size 8; crop or resize"
+        ):
             one(torch.rand(1, 1, 32, 36))
         with pytest.raises(ValueError, match=r"^image size 36x32 is not divisible"):
             one(torch.rand(1, 1, 36, 32))

@@ -32,7 +32,11 @@ def test_counts_and_ids_become_long_tensors() -> None:
     b = ChannelBatch(torch.rand(3, 2, 2), [2, 1], [0, 1, 5])
     assert b.counts.dtype == torch.long and b.counts.tolist() == [2, 1]
     assert b.channel_ids.dtype == torch.long and b.channel_ids.tolist() == [0, 1, 5]
-    b = ChannelBatch(torch.rand(3, 2, 2), torch.tensor([2, 1], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32))
+    b = ChannelBatch(
+        torch.rand(3, 2, 2),
+        torch.tensor([2, 1], dtype=torch.int32),
+        torch.tensor([0, 1, 5], dtype=torch.int32),
+    )
     assert b.counts.dtype == torch.long and b.channel_ids.dtype == torch.long
 
 
@@ -63,7 +67,11 @@ def test_as_channel_batch_input_forms() -> None:
         ([torch.rand(1, 4, 4), torch.rand(0, 4, 4)], ValueError, r"^image 1 has 0 channels"),
         ([torch.rand(1, 4, 4), torch.rand(1, 4, 5)], ValueError, r"got sizes \[\(4, 4\), \(4, 5\)\]"),
         ([torch.rand(2, 4, 4), torch.rand(2, 5, 4)], ValueError, r"got sizes \[\(4, 4\), \(5, 4\)\]"),
-        ([torch.rand(1, 4, 4), torch.ones(2, 4, 4, dtype=torch.uint8)], TypeError, r"^image 1 must be a floating-point"),
+        (
+            [torch.rand(1, 4, 4), torch.ones(2, 4, 4, dtype=torch.uint8)],
+            TypeError,
+            r"^image 1 must be a floating-point",
+        ),
     ],
 )
 def test_as_channel_batch_refusals(bad, err, message: str) -> None:
@@ -72,7 +80,9 @@ def test_as_channel_batch_refusals(bad, err, message: str) -> None:
 
 
 def test_from_images_refusals() -> None:
-    with pytest.raises(TypeError, match=r"^from_images takes a list of \[C_i, H, W\] tensors; use as_channel_batch"):
+    with pytest.raises(
+        TypeError, match=r"^from_images takes a list of \[C_i, H, W\] tensors; use as_channel_batch"
+    ):
         ChannelBatch.from_images(torch.rand(2, 1, 4, 4))
     with pytest.raises(ValueError, match=r"^channel_ids has 1 entries for 2 images$"):
         ChannelBatch.from_images(_imgs(1, 2), channel_ids=[[0]])
@@ -85,12 +95,18 @@ def test_constructor_refusals() -> None:
         ChannelBatch([[0.0]], torch.tensor([1]))
     with pytest.raises(ValueError, match=r"must be \[sum C_i, H, W\] \(3 dims\), got shape \(2, 4\)$"):
         ChannelBatch(torch.rand(2, 4), torch.tensor([2]))
-    with pytest.raises(TypeError, match=r"^pixels must be a floating-point tensor, got torch\.int64: normalise"):
+    with pytest.raises(
+        TypeError, match=r"^pixels must be a floating-point tensor, got torch\.int64: normalise"
+    ):
         ChannelBatch(torch.ones(2, 4, 4, dtype=torch.long), torch.tensor([2]))
     for counts, shape in (([], r"\(0,\)"), ([[1, 1]], r"\(1, 2\)")):
-        with pytest.raises(ValueError, match=rf"^ChannelBatch\.counts must be a non-empty 1-D tensor, got shape {shape}$"):
+        with pytest.raises(
+            ValueError, match=rf"^ChannelBatch\.counts must be a non-empty 1-D tensor, got shape {shape}$"
+        ):
             ChannelBatch(torch.rand(2, 4, 4), torch.tensor(counts, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"^every image needs at least one channel; images \[1, 3\] have C_i = 0$"):
+    with pytest.raises(
+        ValueError, match=r"^every image needs at least one channel; images \[1, 3\] have C_i = 0$"
+    ):
         ChannelBatch(torch.rand(3, 4, 4), torch.tensor([2, 0, 1, -1, 1]))
     with pytest.raises(ValueError, match=r"^counts sum to 2 channels but pixels holds 3$"):
         ChannelBatch(torch.rand(3, 5, 4), torch.tensor([1, 1]))
@@ -136,7 +152,11 @@ def test_pin_memory_pins_every_tensor(monkeypatch) -> None:
     b = ChannelBatch.from_images(_imgs(2, 1), channel_ids=[[3, 1], [0]])
     p = b.pin_memory()
     assert len(pinned) == 3 and all(any(t is q for q in pinned) for t in (p.pixels, p.counts, p.channel_ids))
-    assert torch.equal(p.pixels, b.pixels) and p.counts.tolist() == [2, 1] and p.channel_ids.tolist() == [3, 1, 0]
+    assert (
+        torch.equal(p.pixels, b.pixels)
+        and p.counts.tolist() == [2, 1]
+        and p.channel_ids.tolist() == [3, 1, 0]
+    )
     pinned.clear()
     q = ChannelBatch.from_images(_imgs(1)).pin_memory()
     assert len(pinned) == 2 and q.channel_ids is None

@@ -360,7 +360,9 @@ def test_nan_weights_are_refused_naming_the_official_tensor(ckpt_sd, tmp_path, c
     bad = sd["backbone.blocks.4.linear2.weight"].clone()
     bad[0, 0] = float("nan")
     sd["backbone.blocks.4.linear2.weight"] = bad
-    with pytest.raises(ValueError, match=r"NaN or inf weights in backbone\.blocks\.4\.linear2\.weight \(1 of"):
+    with pytest.raises(
+        ValueError, match=r"NaN or inf weights in backbone\.blocks\.4\.linear2\.weight \(1 of"
+    ):
         load_official_checkpoint(sd, "student")
     # The teacher is another tensor set: a NaN in the student does not block converting the teacher.
     load_official_checkpoint(sd, "teacher")
@@ -464,13 +466,21 @@ class HyperStorage:
 def test_tensors_only_unpickler_rebuilds_only_tensors_and_dtypes(ckpt_sd, tmp_path):
     small = {k: v for k, v in ckpt_sd.items() if k.startswith("backbone.")}
     ckpt = tmp_path / "hp.ckpt"
-    hp = {"cfg": _HyperParams(), "dtype": torch.bfloat16, "half": half(), "args": _Args(), "foreign": HyperStorage()}
+    hp = {
+        "cfg": _HyperParams(),
+        "dtype": torch.bfloat16,
+        "half": half(),
+        "args": _Args(),
+        "foreign": HyperStorage(),
+    }
     torch.save({"state_dict": small, "hyper_parameters": hp}, ckpt)
     obj = read_checkpoint(ckpt)["hyper_parameters"]
     assert obj["dtype"] is torch.bfloat16  # torch's own dtypes resolve
     assert type(obj["cfg"]).__module__ == f"chada.opaque.{_HyperParams.__module__}"
     assert type(obj["cfg"]).__name__ == "_HyperParams" and obj["cfg"]._state == {"lr": 1e-4, "name": "dino"}
-    assert type(obj["half"]).__module__.startswith("chada.opaque.")  # not torch.half: only module "torch" resolves
+    assert type(obj["half"]).__module__.startswith(
+        "chada.opaque."
+    )  # not torch.half: only module "torch" resolves
     assert obj["args"]._args == (1, "two")
     assert type(obj["foreign"]).__module__.startswith("chada.opaque.")  # a "...Storage" name outside torch
 
@@ -490,7 +500,9 @@ def test_reshape_and_unwrap_errors(student_sd):
     with pytest.raises(TypeError, match=r"^official key 'norm\.bias' holds a int, not a tensor$"):
         convert_official_state_dict(dict(student_sd, **{"norm.bias": 3}))
     sd = dict(student_sd, **{"head.a": torch.zeros(1), "head.b": torch.zeros(1)})
-    with pytest.raises(ValueError, match=r"no counterpart in chada_vit_moyen_official\): \['head\.a', 'head\.b'\]$"):
+    with pytest.raises(
+        ValueError, match=r"no counterpart in chada_vit_moyen_official\): \['head\.a', 'head\.b'\]$"
+    ):
         convert_official_state_dict(sd)
 
 
@@ -506,7 +518,10 @@ def test_backbone_selection_messages(ckpt_sd, student_sd):
     with pytest.raises(ValueError, match=r"no teacher backbone .*use --student / which='student'$"):
         select_official_backbone(student_only, "teacher")
     two = {f"a.{k}": v for k, v in student_sd.items()} | {f"b.{k}": v for k, v in student_sd.items()}
-    with pytest.raises(ValueError, match=r"^several backbones in the checkpoint \(\['a\.', 'b\.'\]\) and none is the student's; cannot choose$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^several backbones in the checkpoint \(\['a\.', 'b\.'\]\) and none is the student's; cannot choose$",
+    ):
         select_official_backbone(two)
 
 
@@ -517,12 +532,21 @@ def test_load_report_and_in_memory_source(ckpt_sd, tmp_path):
     assert (report["source"], report["which"], report["prefix"]) == (None, "student", "backbone.")
     assert report["model_name"] == "chada_vit_moyen_official" and report["overrides"] == {}
     assert report["mapped"]["blocks.3.linear1.bias"] == "blocks.3.mlp.fc1.bias"
-    assert report["ignored"] == {"momentum_backbone": len(official_backbone(1)), "projector": 2, "momentum_projector": 1, "classifier": 1}
+    assert report["ignored"] == {
+        "momentum_backbone": len(official_backbone(1)),
+        "projector": 2,
+        "momentum_projector": 1,
+        "classifier": 1,
+    }
     ckpt = tmp_path / "s.ckpt"
     torch.save({"state_dict": ckpt_sd}, ckpt)
     report = {}
     load_official_checkpoint(ckpt, "teacher", report=report, num_heads=4)
-    assert report["source"] == str(ckpt) and report["prefix"] == "momentum_backbone." and report["overrides"] == {"num_heads": 4}
+    assert (
+        report["source"] == str(ckpt)
+        and report["prefix"] == "momentum_backbone."
+        and report["overrides"] == {"num_heads": 4}
+    )
     sd = dict(ckpt_sd)
     bad = sd["backbone.norm.weight"].clone()
     bad[0] = float("inf")
@@ -532,7 +556,10 @@ def test_load_report_and_in_memory_source(ckpt_sd, tmp_path):
     sd = dict(ckpt_sd)
     sd["backbone.blocks.2.linear1.weight"] = torch.zeros(1024, D)
     sd["backbone.blocks.5.linear2.bias"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"fc1\.weight: checkpoint \(1024, 192\) vs model \(2048, 192\); blocks\.5\.mlp\.fc2\.bias"):
+    with pytest.raises(
+        ValueError,
+        match=r"fc1\.weight: checkpoint \(1024, 192\) vs model \(2048, 192\); blocks\.5\.mlp\.fc2\.bias",
+    ):
         load_official_checkpoint(sd)
 
 
@@ -555,5 +582,7 @@ def test_non_persistent_buffers_are_initialised(ckpt_sd, monkeypatch):
     registry.register_model("official_with_buffer", "chada_vit_with_buffer", **cfg)
     model = load_official_checkpoint(ckpt_sd, model_name="official_with_buffer", num_heads=4)
     assert torch.equal(model.scale, torch.full((64,), 2.5))
-    assert model.config.num_heads == 4 and model.blocks[0].attn.num_heads == 4  # overrides reach this path too
+    assert (
+        model.config.num_heads == 4 and model.blocks[0].attn.num_heads == 4
+    )  # overrides reach this path too
     assert torch.equal(model.blocks[0].attn.qkv.weight, ckpt_sd["backbone.blocks.0.self_attn.in_proj_weight"])

@@ -52,7 +52,9 @@ def test_upsampling_sizes(channels: str) -> None:
     plain = dense_from_tokens(tokens, mask, (2, 3), (16, 24), channels=channels)
     torch.testing.assert_close(same.maps, plain.maps, atol=1e-12, rtol=0)  # bilinear at the same size
     for bad in ((0, 4), (2.0, 3), (4,), (1, 2, 3), "16x24"):
-        with pytest.raises(ValueError, match=r"^upsample must be False, True or a \(H, W\) pair of positive ints, got "):
+        with pytest.raises(
+            ValueError, match=r"^upsample must be False, True or a \(H, W\) pair of positive ints, got "
+        ):
             dense_from_tokens(tokens, mask, (2, 3), (16, 24), channels=channels, upsample=bad)
 
 

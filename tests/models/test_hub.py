@@ -74,10 +74,16 @@ def test_registered_names_load_with_overrides() -> None:
 
 def test_damaged_folders_are_named(tmp_path) -> None:
     _model().save_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match=r"model\.safetensors is a file; pass the folder holding config\.json and model\.safetensors$"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors is a file; pass the folder holding config\.json and model\.safetensors$",
+    ):
         load_model(tmp_path / "m" / "model.safetensors")
     (tmp_path / "m" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"model\.safetensors not found: the model folder has no weights; re-save or copy it again$"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model\.safetensors not found: the model folder has no weights; re-save or copy it again$",
+    ):
         load_model(tmp_path / "m")
     (tmp_path / "m" / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"config\.json not found: not a saved chada model folder$"):
@@ -93,14 +99,18 @@ def test_unreadable_weights_message_without_error_text(tmp_path, monkeypatch) ->
         raise OSError()
 
     monkeypatch.setattr(safetensors.torch, "load_file", fail)
-    with pytest.raises(ValueError, match=r"is not a readable safetensors file \(OSError\): it is truncated or corrupt"):
+    with pytest.raises(
+        ValueError, match=r"is not a readable safetensors file \(OSError\): it is truncated or corrupt"
+    ):
         load_model(tmp_path / "m")
 
 
 def test_unreadable_weights_message_quotes_the_first_line(tmp_path) -> None:
     _model().save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00\xff" * 500)
-    with pytest.raises(ValueError, match=r"safetensors file \(Error while deserializing header: [^)\n]+\): it is truncated"):
+    with pytest.raises(
+        ValueError, match=r"safetensors file \(Error while deserializing header: [^)\n]+\): it is truncated"
+    ):
         load_model(tmp_path / "m")
 
 
@@ -113,14 +123,19 @@ def _edit_weights(folder, edit) -> None:
 def test_unexpected_tensor_alone_is_refused(tmp_path) -> None:
     _model().save_pretrained(tmp_path / "m")
     _edit_weights(tmp_path / "m", lambda s: s.update({"head.weight": torch.zeros(2)}))
-    with pytest.raises(ValueError, match=r"do not match chada_vit as configured in config\.json: missing=\[\] unexpected=\['head\.weight'\]$"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not match chada_vit as configured in config\.json: missing=\[\] unexpected=\['head\.weight'\]$",
+    ):
         load_model(tmp_path / "m")
 
 
 @pytest.mark.parametrize("n_wrong", [5, 6])
 def test_shape_mismatches_list_five_then_count(tmp_path, n_wrong: int) -> None:
     _model().save_pretrained(tmp_path / "m")
-    names = [f"blocks.{i}.{p}" for i in range(2) for p in ("norm1.weight", "norm1.bias", "norm2.weight")][:n_wrong]
+    names = [f"blocks.{i}.{p}" for i in range(2) for p in ("norm1.weight", "norm1.bias", "norm2.weight")][
+        :n_wrong
+    ]
     _edit_weights(tmp_path / "m", lambda s: s.update({n: torch.zeros(3) for n in names}))
     with pytest.raises(ValueError) as err:
         load_model(tmp_path / "m")
@@ -142,7 +157,14 @@ def test_check_finite_counts_the_other_tensors() -> None:
         "use an earlier checkpoint"
     )
     with pytest.raises(ValueError, match=r"in b \(1 of 1 values\) and 2 more tensors;"):
-        check_finite({"b": torch.tensor([float("nan")]), "c": torch.tensor([float("inf")]), "d": torch.tensor([float("-inf")])}, "x")
+        check_finite(
+            {
+                "b": torch.tensor([float("nan")]),
+                "c": torch.tensor([float("inf")]),
+                "d": torch.tensor([float("-inf")]),
+            },
+            "x",
+        )
 
 
 def test_num_params_trainable_only() -> None:

@@ -65,7 +65,9 @@ def test_blocks_pass_their_options_on() -> None:
     assert (off.norm1.eps, off.norm2.eps) == (1e-3, 1e-3)
 
 
-@pytest.mark.parametrize("make", [lambda: Attention(8, 2), lambda: Block(8, 2, 16), lambda: OfficialBlock(8, 2, 16)])
+@pytest.mark.parametrize(
+    "make", [lambda: Attention(8, 2), lambda: Block(8, 2, 16), lambda: OfficialBlock(8, 2, 16)]
+)
 def test_attention_weights_only_when_asked(make) -> None:
     m = make().eval()
     x = torch.randn(2, 5, 8)
@@ -114,7 +116,9 @@ def test_varlen_kernel_unavailable_without_the_varlen_module(monkeypatch) -> Non
     import sys
 
     monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # makes the import fail
-    assert not layers._varlen_kernel_available(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 2, 64)))
+    assert not layers._varlen_kernel_available(
+        SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 2, 64))
+    )
 
 
 def test_bf16_cpu_kernel_choice_follows_gradients(monkeypatch) -> None:
@@ -153,7 +157,9 @@ def test_explicit_attention_default_chunk_and_mask() -> None:
     for chunk in (None, 4, 1):
         got = layers._explicit_attention(q, k, v, mask, chunk=chunk)
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
-    torch.testing.assert_close(layers._explicit_attention(q, k, v, None), logits.softmax(-1) @ v, atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        layers._explicit_attention(q, k, v, None), logits.softmax(-1) @ v, atol=1e-12, rtol=0
+    )
     # more batch x heads than keys: the default chunk is still a whole number of rows
     q, k, v = (torch.randn(4, 2, 3, 4, generator=g, dtype=torch.float64) for _ in range(3))
     ref = (q @ k.transpose(-2, -1) / 2.0).softmax(-1) @ v
@@ -227,7 +233,9 @@ def test_check_pixels_reads_host_copies_only() -> None:
     counts and the pixels back from the device.)"""
     from chada.models import ChannelBatch
 
-    cpu = ChannelBatch.from_images([torch.rand(2, 16, 16), torch.rand(3, 16, 16)], channel_ids=[[0, 4], [1, 2, 7]])
+    cpu = ChannelBatch.from_images(
+        [torch.rand(2, 16, 16), torch.rand(3, 16, 16)], channel_ids=[[0, 4], [1, 2, 7]]
+    )
     meta = cpu.to("meta")
     layers.check_pixels(meta, 8, 8, min_size=1)
     msg = r"^images \[1\] have more than C_max=2 channels \(largest: 3\); this model cannot take them$"

@@ -50,7 +50,13 @@ def test_padding_values_have_no_influence_in_padded_attention() -> None:
             grid[b, :c] = tokens[start : start + c]
             start += c
         x = torch.cat([cls.expand(B, 1, D), grid.reshape(B, Cmax * N, D)], dim=1)
-        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), (torch.arange(Cmax)[None] < counts[:, None]).repeat_interleave(N, 1)], 1)
+        mask = torch.cat(
+            [
+                torch.ones(B, 1, dtype=torch.bool),
+                (torch.arange(Cmax)[None] < counts[:, None]).repeat_interleave(N, 1),
+            ],
+            1,
+        )
         for i, blk in enumerate(blocks):
             x, _ = blk(x, mask)
             real = x * mask[..., None]
@@ -174,7 +180,11 @@ def test_load_errors(tmp_path) -> None:
         ([torch.rand(32, 32)], ValueError, "3 dims"),
         (torch.rand(2, 3, 1, 32, 32), ValueError, "shape"),
         ([torch.full((2, 32, 32), float("nan"))], ValueError, "NaN"),
-        ([torch.rand(2, 32, 32), torch.rand(1, 32, 32) * float("inf")], ValueError, r"NaN or inf pixels in images \[1\]"),
+        (
+            [torch.rand(2, 32, 32), torch.rand(1, 32, 32) * float("inf")],
+            ValueError,
+            r"NaN or inf pixels in images \[1\]",
+        ),
         ([torch.rand(2, 32, 32), torch.rand(2, 64, 64)], ValueError, "share H and W"),
         ([torch.rand(2, 30, 32)], ValueError, "not divisible by the patch size"),
         ([], ValueError, "empty"),
@@ -207,7 +217,13 @@ def test_unknown_model_and_override() -> None:
         make().set_attention("sparse")
 
 
-SIZES = ["chada_vit_test", "chada_vit_petit", "chada_vit_moyen", "chada_vit_grand", "chada_vit_moyen_official"]
+SIZES = [
+    "chada_vit_test",
+    "chada_vit_petit",
+    "chada_vit_moyen",
+    "chada_vit_grand",
+    "chada_vit_moyen_official",
+]
 
 
 @pytest.mark.parametrize("name", SIZES)
@@ -215,13 +231,20 @@ def test_parameter_count_matches_config(name: str) -> None:
     model = chada.create_model(name)
     cfg: ChAdaViTConfig = model.config
     n = model.num_params()
-    print(f"{name}: {n:,} parameters; tokens at C=1: {cfg.tokens(1)}, at C_max={cfg.max_channels}: {cfg.tokens(cfg.max_channels)}")
+    print(
+        f"{name}: {n:,} parameters; tokens at C=1: {cfg.tokens(1)}, at C_max={cfg.max_channels}: {cfg.tokens(cfg.max_channels)}"
+    )
     assert n == cfg.expected_num_params()
     if name == "chada_vit_moyen_official":
         assert math.isclose(n / 1e6, 11.34, abs_tol=0.005)  # the authors' released model
     if name == "chada_vit_moyen":
         assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size, cfg.max_channels) == (
-            192, 12, 3, 16, 224, 10,
+            192,
+            12,
+            3,
+            16,
+            224,
+            10,
         )
         assert cfg.tokens(10) == 1961
 
@@ -264,7 +287,9 @@ def test_forward_dense_is_the_patch_tokens_as_maps(mode: str) -> None:
     for b, c_b in enumerate([2, 5, 1]):
         for c in range(c_b):
             # map pixel (i, j) is patch token i * w + j of that channel
-            torch.testing.assert_close(dense.maps[b, c].permute(1, 2, 0).reshape(h * w, D), out.patch_tokens[b, c])
+            torch.testing.assert_close(
+                dense.maps[b, c].permute(1, 2, 0).reshape(h * w, D), out.patch_tokens[b, c]
+            )
         assert not dense.maps[b, c_b:].any()
         mean = out.patch_tokens[b, :c_b].mean(0).T.reshape(D, h, w)
         torch.testing.assert_close(pooled.maps[b], mean, atol=1e-6, rtol=1e-5)
@@ -287,7 +312,9 @@ def test_forward_dense_same_in_every_mode_and_upsampled() -> None:
     up = torch.nn.functional.interpolate(each_small[1], size=(48, 48), mode="bilinear", align_corners=False)
     torch.testing.assert_close(maps["varlen"][1], up, atol=1e-6, rtol=1e-5)
     assert pooled.shape == (3, model.embed_dim, 20, 24)
-    ref = torch.nn.functional.interpolate(each_small[0, :3].mean(0, keepdim=True), size=(20, 24), mode="bilinear")
+    ref = torch.nn.functional.interpolate(
+        each_small[0, :3].mean(0, keepdim=True), size=(20, 24), mode="bilinear"
+    )
     torch.testing.assert_close(pooled[:1], ref, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="channels must be one of"):
         model.forward_dense(x, channels="mean")
@@ -376,7 +403,10 @@ def test_load_refuses_nan_weights_naming_the_tensor(tmp_path) -> None:
     state["blocks.1.mlp.fc2.weight"][3, 4] = float("nan")
     state["norm.weight"][0] = float("inf")
     save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"model\.safetensors: NaN or inf weights in blocks\.1\.mlp\.fc2\.weight \(1 of .*and 1 more"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: NaN or inf weights in blocks\.1\.mlp\.fc2\.weight \(1 of .*and 1 more",
+    ):
         chada.load_model(folder)
 
 
@@ -386,7 +416,9 @@ def test_load_refuses_corrupt_weights_file(tmp_path, damage: str) -> None:
     f = folder / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00\xff" * 500, "empty": b""}[damage])
-    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file.*truncated or corrupt"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors is not a readable safetensors file.*truncated or corrupt"
+    ):
         chada.load_model(folder)
 
 
@@ -397,7 +429,10 @@ def test_load_refuses_corrupt_weights_file(tmp_path, damage: str) -> None:
         (lambda m: m.update(arch="chada_vit_xl"), r"config\.json: unknown architecture 'chada_vit_xl'"),
         (lambda m: m["config"].update(act="GELU"), r"config\.json: act must be one of"),
         (lambda m: m["config"].update(embed_dimm=3), r"config\.json: unknown config keys"),
-        (lambda m: m["config"].update(embed_dim=64, num_heads=2), r"do not fit the config.*qkv\.weight \(96, 32\) \(config wants \(192, 64\)\).*and 26 more"),
+        (
+            lambda m: m["config"].update(embed_dim=64, num_heads=2),
+            r"do not fit the config.*qkv\.weight \(96, 32\) \(config wants \(192, 64\)\).*and 26 more",
+        ),
     ],
 )
 def test_load_refuses_damaged_config(tmp_path, edit, match: str) -> None:
@@ -467,12 +502,18 @@ def test_input_check_messages() -> None:
     model = make(max_channels=4)
     with pytest.raises(ValueError) as err:
         model(imgs(4, 5, 1, 6))  # exactly C_max channels is fine: image 0 is not named
-    assert str(err.value) == "images [1, 3] have more than C_max=4 channels (largest: 6); this model cannot take them"
+    assert (
+        str(err.value)
+        == "images [1, 3] have more than C_max=4 channels (largest: 6); this model cannot take them"
+    )
     for ids in ([0, 4], [-1, 0]):
         with pytest.raises(ValueError, match=r"^channel_ids must lie in 0\.\.3$"):
             model(ChannelBatch.from_images(imgs(2), channel_ids=[ids]))
     model(ChannelBatch.from_images(imgs(2), channel_ids=[[3, 0]]))
-    with pytest.raises(ValueError, match=r"^image size 32x36 is not divisible by the patch size 8; crop or resize to a multiple of 8$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^image size 32x36 is not divisible by the patch size 8; crop or resize to a multiple of 8$",
+    ):
         model([torch.rand(1, 32, 36)])
     x = imgs(1, 2, 3)
     x[2][2, 0, 0] = float("inf")
@@ -500,10 +541,14 @@ def test_each_attention_mode_runs_its_own_path(mode: str, monkeypatch) -> None:
     model = make(attention=mode)
     ran = []
     for name, real in list(chada_paths.PATHS.items()):
-        monkeypatch.setitem(chada_paths.PATHS, name, lambda *a, _n=name, _r=real, **k: ran.append(_n) or _r(*a, **k))
+        monkeypatch.setitem(
+            chada_paths.PATHS, name, lambda *a, _n=name, _r=real, **k: ran.append(_n) or _r(*a, **k)
+        )
     model(imgs(2, 1))
     assert ran == [mode]
-    with pytest.raises(ValueError, match=r"^attention must be one of 'padded', 'packed', 'varlen'; got 'flash'$"):
+    with pytest.raises(
+        ValueError, match=r"^attention must be one of 'padded', 'packed', 'varlen'; got 'flash'$"
+    ):
         model.set_attention("flash")
 
 
@@ -527,5 +572,7 @@ def test_dino_bicubic_grid_check_names_both_sizes(monkeypatch) -> None:
     model = make(pos_interpolation="dino_bicubic")
     real = F.interpolate
     monkeypatch.setattr(F, "interpolate", lambda x, **k: real(x, **k)[..., :-1])
-    with pytest.raises(ValueError, match=r"^dino_bicubic interpolation gave grid \(3, 4\), expected \(3, 5\)$"):
+    with pytest.raises(
+        ValueError, match=r"^dino_bicubic interpolation gave grid \(3, 4\), expected \(3, 5\)$"
+    ):
         model.interpolate_pos_embed(3, 5)

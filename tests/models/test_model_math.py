@@ -123,7 +123,11 @@ def _images(counts: list[int], size: int, seed: int, dtype=torch.float32) -> lis
 @pytest.mark.parametrize("mode", ["padded", "packed", "varlen"])
 @pytest.mark.parametrize(
     ("size", "overrides"),
-    [(32, {"layer_scale": 0.7}), (48, {}), (24, {"pos_interpolation": "bilinear", "max_channels": 4, "act": "relu"})],
+    [
+        (32, {"layer_scale": 0.7}),
+        (48, {}),
+        (24, {"pos_interpolation": "bilinear", "max_channels": 4, "act": "relu"}),
+    ],
 )
 def test_forward_equals_plain_reference(mode: str, size: int, overrides: dict) -> None:
     """Every output of ``forward_features`` in every mode equals the plain per-image reference: the CLS,
@@ -162,7 +166,9 @@ def test_forward_equals_plain_reference(mode: str, size: int, overrides: dict) -
         assert not out.attention[b, :, c:].any()
         # the pooled embedding: CLS, then the mean over the real patch tokens only
         emb = model.forward_head(out, "all")[b]
-        torch.testing.assert_close(emb, torch.cat([ref["cls"], ref["patch"].reshape(-1, D).mean(0)]), atol=tol, rtol=0)
+        torch.testing.assert_close(
+            emb, torch.cat([ref["cls"], ref["patch"].reshape(-1, D).mean(0)]), atol=tol, rtol=0
+        )
     torch.testing.assert_close(model.forward_head(out, "cls"), out.cls, atol=0, rtol=0)
     torch.testing.assert_close(model(batch), out.cls, atol=tol, rtol=0)
 
@@ -209,7 +215,9 @@ def test_init_follows_the_documented_scheme() -> None:
     """trunc-normal(0.02) linears, patch projection and channel embedding; zero biases; unit LayerNorms;
     a near-zero CLS token; the positional CLS slot at 0.02 whatever pos_embed_std is."""
     torch.manual_seed(0)
-    model = chada.create_model("chada_vit_test", embed_dim=64, img_size=64, pos_embed_std=0.3, max_channels=40)
+    model = chada.create_model(
+        "chada_vit_test", embed_dim=64, img_size=64, pos_embed_std=0.3, max_channels=40
+    )
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear):
             assert 0.018 < m.weight.std().item() < 0.022, name

@@ -268,7 +268,9 @@ def test_varlen_drop_path_drops_whole_images() -> None:
     blk = Block(8, 2, 16, drop_path=0.5).train()
     seg = VarlenSegments.from_lengths([3, 5, 4, 2, 6, 1], "cpu")
     out = blk._drop(torch.ones(seg.total, 8), seg)
-    values = [out[a:b].unique().tolist() for a, b in zip(seg.cu_seqlens[:-1].tolist(), seg.cu_seqlens[1:].tolist())]
+    values = [
+        out[a:b].unique().tolist() for a, b in zip(seg.cu_seqlens[:-1].tolist(), seg.cu_seqlens[1:].tolist())
+    ]
     assert all(len(v) == 1 for v in values), values
     assert {v[0] for v in values} == {0.0, 2.0}
 

@@ -142,12 +142,20 @@ def test_reasons_name_the_deciding_fact() -> None:
     assert resolve_precision("auto", cpu_flags=ZEN4)[1] == "bf16 (auto: the CPU reports avx512_bf16)"
     assert resolve_precision(" BF16 ", cpu_flags=ZEN4)[1] == "bf16 (as asked; the CPU reports avx512_bf16)"
     assert resolve_precision("32", cpu_flags=ZEN4)[0] == torch.float32
-    assert resolve_precision("auto", "cuda", cuda_bf16=True)[1] == "bf16 (auto: this CUDA device supports bf16)"
-    assert resolve_precision("auto", "cuda", cuda_bf16=False)[1] == "fp32 (auto: this CUDA device has no native bf16)"
+    assert (
+        resolve_precision("auto", "cuda", cuda_bf16=True)[1] == "bf16 (auto: this CUDA device supports bf16)"
+    )
+    assert (
+        resolve_precision("auto", "cuda", cuda_bf16=False)[1]
+        == "fp32 (auto: this CUDA device has no native bf16)"
+    )
     assert resolve_precision("bf16", "cuda", cuda_bf16=False)[1] == (
         "bf16 (as asked, but this CUDA device has no native bf16: it is emulated and may run slower than fp32)"
     )
-    assert resolve_precision("auto", "meta")[1] == "fp32 (auto: chada does not check bf16 support on meta devices)"
+    assert (
+        resolve_precision("auto", "meta")[1]
+        == "fp32 (auto: chada does not check bf16 support on meta devices)"
+    )
 
 
 def test_cuda_check_is_asked_for_the_given_device(monkeypatch) -> None:
@@ -174,7 +182,11 @@ def test_cuda_check_is_asked_for_the_given_device(monkeypatch) -> None:
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device", FakeDevice)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: calls.append(including_emulation) or True)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: calls.append(including_emulation) or True,
+    )
     assert real(torch.device("cuda:1")) is True
     assert calls == [("device", torch.device("cuda:1")), False]  # inside the device, emulation not counted
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -241,7 +253,9 @@ def test_cpuinfo_readers_default_to_proc_cpuinfo(monkeypatch, tmp_path) -> None:
     info.write_text("model name\t: Fake CPU 7\nflags\t\t: fpu avx512_bf16\n")
     opened = []
     real_open = open
-    monkeypatch.setattr(precision, "open", lambda path, *a: opened.append(path) or real_open(info, *a), raising=False)
+    monkeypatch.setattr(
+        precision, "open", lambda path, *a: opened.append(path) or real_open(info, *a), raising=False
+    )
     assert read_cpu_flags() == {"fpu", "avx512_bf16"}
     assert cpu_model_name() == "Fake CPU 7"
     assert opened == ["/proc/cpuinfo", "/proc/cpuinfo"]

@@ -27,7 +27,9 @@ def eager_dynamo(monkeypatch: pytest.MonkeyPatch):
     import torch.nn.attention.varlen as torch_varlen
 
     original = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: original(self, *a, **dict(kw, backend="eager")))
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, *a, **kw: original(self, *a, **dict(kw, backend="eager"))
+    )
     monkeypatch.setattr(torch_varlen, "varlen_attn", _fake_varlen_attn)
     monkeypatch.setattr(varlen_mod, "_varlen_kernel_available", lambda q: True)
     monkeypatch.setattr(varlen_mod, "varlen_kernel_supported", lambda device: True)

@@ -11,7 +11,9 @@ from chada.pipeline.summary import HEADLINE_METRICS, headline_table
 TASK = "synth_interchannel"
 
 
-def _comp(model, reference, role, diff, p_adj, a=41, b=20, seed="all", fraction=1.0, task=TASK, metric="knn_top1"):
+def _comp(
+    model, reference, role, diff, p_adj, a=41, b=20, seed="all", fraction=1.0, task=TASK, metric="knn_top1"
+):
     return dict(task=task, feature="cls", fraction=fraction, metric=metric, kind="accuracy", model=model,
                 reference=reference, role=role, seed=seed, n=180, difference=diff, low=diff - 0.08, high=diff + 0.08,
                 p=p_adj / 5, p_adj=p_adj, n_comparisons=5, n_a_only=a, n_b_only=b)  # fmt: skip
@@ -54,7 +56,11 @@ def test_caveats_are_written_from_the_paired_numbers():
     ])  # fmt: skip
     text = caveats(_summary(), comparisons=comp)
     assert "right where its untrained copy is wrong on 41 of 180 test images and the reverse on 20" in text
-    assert "The paired test separates them" in text and "46 of 180" in text and "better by the paired test" in text
+    assert (
+        "The paired test separates them" in text
+        and "46 of 180" in text
+        and "better by the paired test" in text
+    )
     assert "intervals overlap" not in text
     lost = pd.DataFrame([_comp("chada_vit", "chada_vit_untrained", "untrained", 0.03, 0.4, a=25, b=20)])
     text = caveats(_summary(), comparisons=lost)

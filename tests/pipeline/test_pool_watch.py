@@ -36,7 +36,9 @@ def test_a_killed_pretraining_process_ends_the_watch(tmp_path: Path) -> None:
 
     try:
         jobs = {"chada_vit": pool.apply_async(_die), "one_channel_vit": pool.apply_async(_nap)}
-        thread = threading.Thread(target=watch, daemon=True)  # a watch that never ends must not hang the suite
+        thread = threading.Thread(
+            target=watch, daemon=True
+        )  # a watch that never ends must not hang the suite
         thread.start()
         thread.join(20)
         assert not thread.is_alive(), "the watch still waits for a dead process"

@@ -43,9 +43,13 @@ def test_cp_measure_measures_every_labelled_cell_of_the_plate(staged):
     cp = pd.read_parquet(out / "profiles" / "cells" / "cp_measure.parquet")
     per_field = cp.groupby(["plate", "well"]).size()
     # every label of every field, border cells included (CellProfiler measures what it is given)
-    assert {f"{p}/{w}_s1": n for (p, w), n in per_field.items()} == {k: v for k, v in truth["cells"].items() if v}
+    assert {f"{p}/{w}_s1": n for (p, w), n in per_field.items()} == {
+        k: v for k, v in truth["cells"].items() if v
+    }
     cols = [c for c in cp.columns if c.startswith("Cells_")]
-    assert "Cells_Intensity_MeanIntensity_Tubulin" in cols or any("Intensity" in c and "Tubulin" in c for c in cols)
+    assert "Cells_Intensity_MeanIntensity_Tubulin" in cols or any(
+        "Intensity" in c and "Tubulin" in c for c in cols
+    )
     assert not any("Texture" in c or "Costes" in c for c in cols)  # the groups left out for time
     assert any("Granularity" in c for c in cols) and any("Correlation" in c for c in cols)
 

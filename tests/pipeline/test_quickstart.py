@@ -113,7 +113,9 @@ def test_readme_results_block_is_regenerated_from_the_run(quickstart_dir, tmp_pa
     readme = tmp_path / "README.md"
     readme.write_text(before + BEGIN + "\nold numbers\n" + END + after)
     script = REPO / "scripts" / "readme_results.py"
-    subprocess.run([sys.executable, str(script), str(quickstart_dir), str(readme)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(script), str(quickstart_dir), str(readme)], check=True, capture_output=True
+    )
     text = readme.read_text()
     assert text.startswith(before + BEGIN) and text.endswith(END + after)
     assert "old numbers" not in text and text.count(BEGIN) == 1
@@ -128,7 +130,9 @@ def test_readme_results_block_is_regenerated_from_the_run(quickstart_dir, tmp_pa
     # A README without the markers is refused, and left as it was.
     bare = tmp_path / "bare.md"
     bare.write_text("no markers\n")
-    r = subprocess.run([sys.executable, str(script), str(quickstart_dir), str(bare)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(script), str(quickstart_dir), str(bare)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "results:begin" in r.stderr and bare.read_text() == "no markers\n"
 
 
@@ -139,14 +143,20 @@ def test_console_names_the_encoder_and_prints_the_pool_note_once(quickstart_dir)
 
 def test_report_states_the_paired_comparisons(quickstart_dir) -> None:
     comp = pd.read_csv(quickstart_dir / "evaluation" / "comparisons.csv", dtype={"seed": str})
-    top = comp[(comp.seed == "all") & (comp.feature == "cls") & (comp.metric == "knn_top1") & (comp.fraction == 1.0)]
+    top = comp[
+        (comp.seed == "all") & (comp.feature == "cls") & (comp.metric == "knn_top1") & (comp.fraction == 1.0)
+    ]
     pairs = set(zip(top.model, top.reference, top.role))
     assert {("chada_vit", "chada_vit_untrained", "untrained"), ("chada_vit", "one_channel_vit", "one_channel"),
             ("chada_vit", "handmade", "handmade")} <= pairs  # fmt: skip
     inter = top[(top.task == "synth_interchannel") & (top.model == "chada_vit") & (top.role == "untrained")]
-    assert len(inter) == 1 and inter.n_comparisons.iloc[0] == len(TASKS)  # Holm over the 5 tasks of the kNN table
+    assert len(inter) == 1 and inter.n_comparisons.iloc[0] == len(
+        TASKS
+    )  # Holm over the 5 tasks of the kNN table
     report = (quickstart_dir / "report.md").read_text()
-    assert "## Paired tests: did pretraining help?" in report and "Did pretraining help, task by task?" in report
+    assert (
+        "## Paired tests: did pretraining help?" in report and "Did pretraining help, task by task?" in report
+    )
     assert "paired_untrained_cls" in report
 
 

@@ -25,7 +25,11 @@ def _fixture_report(out: Path) -> Path:
     tasks = {"synth_interchannel": "knn_top1", "synth_size": "linear_top1", "synth_radius": "linear_r2",
              "real_nuclei_size": "linear_top1", "real_ihc_dab": "knn_top1"}  # fmt: skip
     encs = ["chada_vit", "one_channel_vit", "inter_channel_vit"] + [f"other_vit_{i}" for i in range(4)]
-    models = [(e, "learned") for e in encs] + [(f"{e}_untrained", "untrained") for e in encs] + [("handmade", "handmade")]
+    models = (
+        [(e, "learned") for e in encs]
+        + [(f"{e}_untrained", "untrained") for e in encs]
+        + [("handmade", "handmade")]
+    )
     rows = []
     for task, metric in tasks.items():
         kind = "regression" if metric.endswith("r2") else "classification"
@@ -55,7 +59,9 @@ def _fixture_report(out: Path) -> Path:
     plt.close(fig)
     sections = [
         Section("Headline", headline_table(summary, comparisons=comp) + "\n\n" + MARK_NOTE),
-        Section("Paired tests", paired_table(comp, HEADLINE_METRICS) or "", [("wide figure", out / "wide.png")]),
+        Section(
+            "Paired tests", paired_table(comp, HEADLINE_METRICS) or "", [("wide figure", out / "wide.png")]
+        ),
         Section("All results", summary_markdown(summary)),
     ]
     return write_report(sections, out, "browser test")[1]

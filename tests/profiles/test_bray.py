@@ -32,7 +32,9 @@ def _image_table(root: Path) -> None:
     rng = np.random.default_rng(0)
     rows = []
     for plate in (20585, 20586):
-        plan = [("", "DMSO", "mock")] * 6 + [(c, f"BRD-{c}", "compound") for c in ACTIVE + INACTIVE for _ in range(2)]
+        plan = [("", "DMSO", "mock")] * 6 + [
+            (c, f"BRD-{c}", "compound") for c in ACTIVE + INACTIVE for _ in range(2)
+        ]
         for i, (name, broad, role) in enumerate(plan):
             well = f"A{i + 1:02d}"
             r = {"Image_Metadata_PlateID": plate, "Image_Metadata_CPD_WELL_POSITION": well,
@@ -43,7 +45,9 @@ def _image_table(root: Path) -> None:
                 fname = f"{plate}_{well}_s1_w{w}.tif"
                 r[f"Image_FileName_Orig{ch}"], r[f"Image_PathName_Orig{ch}"] = fname, f"/nfs/{plate}-{ch}"
                 (root / f"{plate}-{ch}").mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(root / f"{plate}-{ch}" / fname, rng.integers(0, 4000, (8, 8), dtype=np.uint16))
+                tifffile.imwrite(
+                    root / f"{plate}-{ch}" / fname, rng.integers(0, 4000, (8, 8), dtype=np.uint16)
+                )
             rows.append(r)
     pd.DataFrame(rows).to_csv(root / "BBBC022_v1_image.csv", index=False)
 
@@ -69,7 +73,12 @@ def test_bray_config_profiles_section_parses() -> None:
     task = settings["profiles"]
     cfg = task.config
     assert set(task.tables) == set(models)  # default: the models' embedding files
-    assert (cfg.plate_col, cfg.well_col, cfg.compound_col, cfg.dose_col) == ("plateid", "cpd_well_position", "label", "cpd_mmol_conc")
+    assert (cfg.plate_col, cfg.well_col, cfg.compound_col, cfg.dose_col) == (
+        "plateid",
+        "cpd_well_position",
+        "label",
+        "cpd_mmol_conc",
+    )
     assert cfg.moa_col is None and cfg.batch_cols == ["plateid"]
 
 

@@ -28,8 +28,13 @@ def test_parquet_schema_metadata_decides(tmp_path):
     names = [f"chada_cls_{i:04d}" for i in range(3)]
     df = pd.concat([meta, pd.DataFrame(X, columns=names)], axis=1)
     table = pa.Table.from_pandas(df, preserve_index=False)
-    spec = {"feature_columns": names, "metadata_columns": list(meta.columns)}  # qc_score: numeric, yet metadata
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"chada": json.dumps(spec).encode()})
+    spec = {
+        "feature_columns": names,
+        "metadata_columns": list(meta.columns),
+    }  # qc_score: numeric, yet metadata
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"chada": json.dumps(spec).encode()}
+    )
     pq.write_table(table, tmp_path / "cells.parquet")
     m, Y, f = read_feature_table(tmp_path / "cells.parquet")
     assert f == names and list(m.columns) == list(meta.columns)
@@ -79,7 +84,9 @@ def test_chada_embed_files_read_one_pool_through_load_embeddings(tmp_path):
         for pool in ("cls", "all"):
             m, Y, f = read_feature_table(path, pool=pool)
             np.testing.assert_array_equal(Y, load_embeddings(path).get(pool).astype(np.float64))
-            assert Y.shape == (5, 3 if pool == "cls" else 6) and len(f) == Y.shape[1] and len(set(f)) == len(f)
+            assert (
+                Y.shape == (5, 3 if pool == "cls" else 6) and len(f) == Y.shape[1] and len(set(f)) == len(f)
+            )
             assert list(m.well) == list("ABCDE") and "qc_score" in m.columns
         with pytest.raises(InputError, match="patch"):
             read_feature_table(path, pool="patch")

@@ -22,7 +22,9 @@ import pytest
 
 from chada.cli import main
 
-pytestmark = pytest.mark.slow  # ~40 s on 2 shared cores: two 3-plate screens drawn, embedded, profiled 4 times
+pytestmark = (
+    pytest.mark.slow
+)  # ~40 s on 2 shared cores: two 3-plate screens drawn, embedded, profiled 4 times
 
 PLATE = ["--design", "confounded", "--plates", "3", "--compounds-per-moa", "3", "--replicates", "3", "--wells", "40",
          "--sites", "1"]  # fmt: skip
@@ -42,7 +44,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]
     out: dict[str, dict[str, float]] = {}
     for fx in ("on", "off"):
         d = root / fx
-        assert main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])]) == 0
+        assert (
+            main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])])
+            == 0
+        )
         scan = json.loads((d / "ground_truth.json").read_text())["scan"]
         assert main(["data", "scan", str(d / "images"), "--pattern", scan["pattern"], "--channel-names", scan["channel_names"],
                      "--objects-pattern", scan["objects_pattern"], "--platemap", str(d / "platemap.csv"),

@@ -25,7 +25,18 @@ from chada.cli import main
 
 pytestmark = pytest.mark.slow  # ~40 s on 2 shared cores: two plates drawn, embedded, profiled 4 times
 
-PLATE = ["--design", "split", "--compounds-per-moa", "4", "--replicates", "3", "--wells", "48", "--sites", "1"]
+PLATE = [
+    "--design",
+    "split",
+    "--compounds-per-moa",
+    "4",
+    "--replicates",
+    "3",
+    "--wells",
+    "48",
+    "--sites",
+    "1",
+]
 GLOBAL = ["--plate-col", "dataset", "--well-col", "image_id"]
 
 
@@ -43,7 +54,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out: dict[str, object] = {}
     for fx in ("on", "off"):
         d = root / fx
-        assert main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])]) == 0
+        assert (
+            main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])])
+            == 0
+        )
         scan = json.loads((d / "ground_truth.json").read_text())["scan"]
         assert main(["data", "scan", str(d / "images"), "--pattern", scan["pattern"], "--channel-names", scan["channel_names"],
                      "--objects-pattern", scan["objects_pattern"], "--platemap", str(d / "platemap.csv"),

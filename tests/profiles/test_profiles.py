@@ -38,7 +38,12 @@ def runs(tables):
     (on, names, _), (off, _, _) = tables
     out = {}
     for key, cells in (("on", on), ("off", off)):
-        for norm, corr in (("none", "none"), ("standardize", "none"), ("spherize", "none"), ("none", "harmony")):
+        for norm, corr in (
+            ("none", "none"),
+            ("standardize", "none"),
+            ("spherize", "none"),
+            ("none", "harmony"),
+        ):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out[key, norm, corr] = profile_table(cells, names, _cfg(normalize=norm, correction=corr))
@@ -57,10 +62,13 @@ def test_wells_are_medians_of_their_cells_with_counts():
     assert row["compound"] == "DMSO" and "object_id" not in wells.columns  # varies within a well: not carried
     mean = aggregate_rows(cells, names, ["plate", "well"], "mean")
     np.testing.assert_allclose(mean.loc[0, names].to_numpy(float), first[names].to_numpy().mean(axis=0))
-    tr = aggregate_rows(wells, names, ["compound", "dose"], "median", count_col="n_wells", weight_col="n_cells")
+    tr = aggregate_rows(
+        wells, names, ["compound", "dose"], "median", count_col="n_wells", weight_col="n_cells"
+    )
     dmso = tr[tr.compound == "DMSO"].iloc[0]
     assert dmso["n_wells"] == 8 * 4 and dmso["n_cells_total"] == (wells.compound == "DMSO").pipe(
-        lambda m: wells.loc[m, "n_cells"].sum())
+        lambda m: wells.loc[m, "n_cells"].sum()
+    )
 
 
 # ---------------------------------------------------------------------------------- normalisation
@@ -105,7 +113,10 @@ def test_feature_flat_on_a_plates_controls_is_dropped_not_blown_up(tables):
     ctrl_p1 = (cells.plate == "P1") & (cells.compound == "DMSO")
     cells["sparse"] = np.where(ctrl_p1, 0.0, np.random.default_rng(0).exponential(size=len(cells)))
     for method in ("mad_robustize", "standardize"):
-        with pytest.warns(UserWarning, match=rf"{method}: dropped 1 feature\(s\) without spread among a plate's negative controls \(scale 0\): sparse"):
+        with pytest.warns(
+            UserWarning,
+            match=rf"{method}: dropped 1 feature\(s\) without spread among a plate's negative controls \(scale 0\): sparse",
+        ):
             wells, kept = well_profiles(cells, [*names, "sparse"], _cfg(normalize=method))
         ref, ref_names = well_profiles(cells, names, _cfg(normalize=method))
         assert kept == ref_names and np.abs(wells[kept].to_numpy()).max() < 1e3
@@ -165,7 +176,9 @@ def test_plate_effects_off_nothing_to_correct(runs):
 def _six_wells() -> tuple[pd.DataFrame, list[str]]:
     """A: 3 replicates at 0, 10, 50 degrees; DMSO at 30, 120, 180 degrees (2-D unit vectors)."""
     deg = np.radians([0, 10, 50, 30, 120, 180])
-    df = pd.DataFrame({"compound": ["A"] * 3 + ["DMSO"] * 3, "dose": 1.0, "f0": np.cos(deg), "f1": np.sin(deg)})
+    df = pd.DataFrame(
+        {"compound": ["A"] * 3 + ["DMSO"] * 3, "dose": 1.0, "f0": np.cos(deg), "f1": np.sin(deg)}
+    )
     return df, ["f0", "f1"]
 
 
@@ -202,7 +215,9 @@ def test_activity_and_consistency_equal_copairs_called_directly(runs):
 
 def test_one_replicate_treatment_is_named():
     df, names = _six_wells()
-    df = pd.concat([df, pd.DataFrame({"compound": ["B"], "dose": [2.0], "f0": [0.5], "f1": [0.5]})], ignore_index=True)
+    df = pd.concat(
+        [df, pd.DataFrame({"compound": ["B"], "dose": [2.0], "f0": [0.5], "f1": [0.5]})], ignore_index=True
+    )
     with pytest.raises(InputError, match="one replicate well.*B/2.0"):
         activity_map(df, names, ["compound", "dose"], (df.compound == "DMSO").to_numpy())
 
@@ -236,13 +251,19 @@ def test_paired_bootstrap_and_model_comparison():
     keys = ["compound", "dose"]
     va = np.array([0.9, 0.2, 0.5, 0.7, 0.1, 0.4])
     A = pd.DataFrame({"compound": list("uvwxyz"), "dose": 1.0, "nsc": va})
-    B = pd.DataFrame({"compound": list("zyxwvu"), "dose": 1.0, "nsc": (va - 0.1)[::-1]})  # same items, other order
+    B = pd.DataFrame(
+        {"compound": list("zyxwvu"), "dose": 1.0, "nsc": (va - 0.1)[::-1]}
+    )  # same items, other order
     B.loc[0, "nsc"] = np.nan  # z unscored by B: left out of the pairs
     out = compare_models({"learned": A, "untrained": B}, keys, ["nsc"], n_boot=200)
     row = out.iloc[0]
     assert (row.model_a, row.model_b, row.n) == ("learned", "untrained", 5)
     # every pair differs by exactly 0.1: a zero-width interval only when items are paired by key
-    assert row["diff"] == pytest.approx(0.1) and row.ci_low == pytest.approx(0.1) and row.ci_high == pytest.approx(0.1)
+    assert (
+        row["diff"] == pytest.approx(0.1)
+        and row.ci_low == pytest.approx(0.1)
+        and row.ci_high == pytest.approx(0.1)
+    )
 
 
 def test_feature_select_drops_redundant_and_flat_features():
@@ -252,7 +273,9 @@ def test_feature_select_drops_redundant_and_flat_features():
     a, b = rng.normal(size=40), rng.normal(size=40)
     df = pd.DataFrame({"plate": "P1", "a": a, "a_copy": 2 * a + 1e-3 * rng.normal(size=40), "b": b,
                        "flat": np.r_[np.ones(39), 1.0 + 1e-9]})  # fmt: skip
-    out, kept = select_features(df, ["a", "a_copy", "b", "flat"], ["variance_threshold", "correlation_threshold"])
+    out, kept = select_features(
+        df, ["a", "a_copy", "b", "flat"], ["variance_threshold", "correlation_threshold"]
+    )
     assert kept in (["a", "b"], ["a_copy", "b"]) and "plate" in out.columns
     assert select_features(df, ["a", "b"], [])[1] == ["a", "b"]
 

@@ -14,7 +14,9 @@ from tests.helpers.dino import tiny_dino
 
 
 def _draws(sampler: ChannelSampler, counts: list[int], n_batches: int) -> list[list[torch.Tensor]]:
-    return [sampler.draw(counts, [f"img{b}_{i}" for i in range(len(counts))], epoch=0) for b in range(n_batches)]
+    return [
+        sampler.draw(counts, [f"img{b}_{i}" for i in range(len(counts))], epoch=0) for b in range(n_batches)
+    ]
 
 
 def _assert_valid(keep: torch.Tensor, c: int) -> None:
@@ -175,7 +177,11 @@ def _overrides(manifest: Path, out: Path, extra: list[str]) -> list[str]:
     "extra",
     [
         ["data.channel_sampling.scheme=discard_one"],
-        ["data.channel_sampling.scheme=hierarchical", "data.channel_sampling.per=sample", "data.channel_vocab=auto"],
+        [
+            "data.channel_sampling.scheme=hierarchical",
+            "data.channel_sampling.per=sample",
+            "data.channel_vocab=auto",
+        ],
         ["data.channel_sampling.scheme=hierarchical", "data.channel_sampling.per=batch"],
         ["data.channel_sampling.shuffle=true"],
     ],

@@ -29,8 +29,12 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
         monkeypatch.setattr(torch.cuda, "get_rng_state", self.get)
         monkeypatch.setattr(torch.cuda, "set_rng_state", self.set)
-        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [self.get(i) for i in range(self.visible)])
-        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda ts: [self.set(t, i) for i, t in enumerate(ts)])
+        monkeypatch.setattr(
+            torch.cuda, "get_rng_state_all", lambda: [self.get(i) for i in range(self.visible)]
+        )
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state_all", lambda ts: [self.set(t, i) for i, t in enumerate(ts)]
+        )
         real_seed = torch.manual_seed
 
         def manual_seed(seed: int):
@@ -97,9 +101,13 @@ def test_each_of_8_ranks_restores_its_own_gpu_stream(monkeypatch: pytest.MonkeyP
         assert torch.equal(fresh.states[rank], torch.full((16,), 10 + rank, dtype=torch.uint8)), rank
 
 
-def test_old_checkpoints_with_every_visible_gpu_restore_the_ranks_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_old_checkpoints_with_every_visible_gpu_restore_the_ranks_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     old = _save_ranks(world=1, visible=1, monkeypatch=monkeypatch)[0]
-    old["cuda"] = [torch.full((16,), 30 + i, dtype=torch.uint8) for i in range(8)]  # get_rng_state_all, 8 GPUs
+    old["cuda"] = [
+        torch.full((16,), 30 + i, dtype=torch.uint8) for i in range(8)
+    ]  # get_rng_state_all, 8 GPUs
     one = FakeCuda(visible=1)
     one.install(monkeypatch)
     ckpt.restore_rank_rng([old], rank=0, seed=0, device=torch.device("cuda", 0))

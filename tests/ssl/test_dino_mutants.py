@@ -50,7 +50,12 @@ def test_head_mlp_layout_is_dinos(use_bn: bool) -> None:
     # DINO's DINOHead: Linear(in, hid) [BN] GELU, (nlayers - 2) x (Linear(hid, hid) [BN] GELU), Linear(hid, bot)
     bn = [("bn", 6)] if use_bn else []
     assert _layers(DINOHead(4, 3, 6, 5, nlayers=1, use_bn=use_bn)) == [("linear", 4, 5)]
-    assert _layers(DINOHead(4, 3, 6, 5, nlayers=2, use_bn=use_bn)) == [("linear", 4, 6), *bn, ("gelu",), ("linear", 6, 5)]
+    assert _layers(DINOHead(4, 3, 6, 5, nlayers=2, use_bn=use_bn)) == [
+        ("linear", 4, 6),
+        *bn,
+        ("gelu",),
+        ("linear", 6, 5),
+    ]
     mid = [("linear", 6, 6), *bn, ("gelu",)]
     for n in (3, 4):
         got = _layers(DINOHead(4, 3, 6, 5, nlayers=n, use_bn=use_bn))
@@ -59,7 +64,13 @@ def test_head_mlp_layout_is_dinos(use_bn: bool) -> None:
 
 def test_head_defaults_are_dinos() -> None:
     head = DINOHead(8)
-    assert _layers(head) == [("linear", 8, 2048), ("gelu",), ("linear", 2048, 2048), ("gelu",), ("linear", 2048, 256)]
+    assert _layers(head) == [
+        ("linear", 8, 2048),
+        ("gelu",),
+        ("linear", 2048, 2048),
+        ("gelu",),
+        ("linear", 2048, 256),
+    ]
     assert head.out_dim == 65536 and tuple(head.last_layer.weight_v.shape) == (65536, 256)
     assert not head.last_layer.weight_g.requires_grad  # norm_last_layer=True
 
@@ -148,7 +159,9 @@ def test_concat_keeps_the_single_batch_and_positional_ids() -> None:
     a2 = ChannelBatch.from_images([torch.rand(2, 4, 4)], channel_ids=[[5, 6]])
     b2 = ChannelBatch.from_images([torch.rand(1, 4, 4)], channel_ids=[[9]])
     assert concat_channel_batches([a2, b2]).channel_ids.tolist() == [5, 6, 9]
-    with pytest.raises(ValueError, match=r"^cannot concatenate ChannelBatches of different sizes \[\(4, 4\), \(8, 8\)\]$"):
+    with pytest.raises(
+        ValueError, match=r"^cannot concatenate ChannelBatches of different sizes \[\(4, 4\), \(8, 8\)\]$"
+    ):
         concat_channel_batches([a, ChannelBatch.from_images([torch.rand(1, 8, 8)])])
     with pytest.raises(ValueError, match="^no batches to concatenate$"):
         concat_channel_batches([])
@@ -165,7 +178,9 @@ class _Probe(nn.Module):
 
     def forward(self, batch: ChannelBatch, **kwargs):
         self.calls.append((batch.image_size[0], batch.batch_size, kwargs))
-        feats = torch.stack([torch.stack([img.mean(), torch.tensor(float(img.shape[-1]))]) for img in batch.split()])
+        feats = torch.stack(
+            [torch.stack([img.mean(), torch.tensor(float(img.shape[-1]))]) for img in batch.split()]
+        )
         return feats, torch.full_like(feats, 99.0)
 
 
@@ -175,7 +190,12 @@ def _view(size: int, seed: int) -> ChannelBatch:
 
 
 def _expected(views: list[ChannelBatch]) -> torch.Tensor:
-    return torch.cat([torch.stack([torch.stack([i.mean(), torch.tensor(float(i.shape[-1]))]) for i in v.split()]) for v in views])
+    return torch.cat(
+        [
+            torch.stack([torch.stack([i.mean(), torch.tensor(float(i.shape[-1]))]) for i in v.split()])
+            for v in views
+        ]
+    )
 
 
 def test_wrapper_runs_consecutive_same_size_views_together_in_view_order() -> None:
@@ -277,7 +297,9 @@ def test_loss_without_center_update_and_in_bf16() -> None:
     student, teacher = torch.randn(6, K).bfloat16(), torch.randn(4, K).bfloat16()
     got = loss_fn(student, teacher, 0.05, update_center=False)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(_dino_loss(student, teacher, _center(K), 3, 2, 0.1, 0.05).item(), rel=1e-5)
+    assert got.item() == pytest.approx(
+        _dino_loss(student, teacher, _center(K), 3, 2, 0.1, 0.05).item(), rel=1e-5
+    )
     torch.testing.assert_close(loss_fn.center, _center(K))
 
 
@@ -386,7 +408,9 @@ def test_collapse_kind_thresholds_are_strict() -> None:
 
 
 def test_warmup_of_two_values_reaches_the_end() -> None:
-    assert warmup_value(0, 2, 0.5, 1.5) == 0.5 and warmup_value(1, 2, 0.5, 1.5) == 1.5  # np.linspace(.5, 1.5, 2)
+    assert (
+        warmup_value(0, 2, 0.5, 1.5) == 0.5 and warmup_value(1, 2, 0.5, 1.5) == 1.5
+    )  # np.linspace(.5, 1.5, 2)
     assert warmup_value(1, 4, 0.0, 3.0, form="ramp") == 0.75
     with pytest.raises(ValueError, match="warm-up form must be one of"):
         warmup_value(0, 3, 0.0, 1.0, form="cosine")
@@ -400,9 +424,9 @@ def test_cosine_edges() -> None:
     assert cosine_value(3, 4, 1.0, 0.0, warmup_steps=4) == 1.0  # all warm-up: np.linspace(0, 1, 4)[3]
     assert cosine_value(4, 4, 1.0, 0.2, warmup_steps=4) == 0.2  # past the end: final
     # a warm-up longer than the run is cut to the run: linspace(0.1, 1, 5) over the 5 steps
-    assert [cosine_value(i, 5, 1.0, 0.0, warmup_steps=9, warmup_start=0.1) for i in range(5)] == pytest.approx(
-        [0.1, 0.325, 0.55, 0.775, 1.0]
-    )
+    assert [
+        cosine_value(i, 5, 1.0, 0.0, warmup_steps=9, warmup_start=0.1) for i in range(5)
+    ] == pytest.approx([0.1, 0.325, 0.55, 0.775, 1.0])
     for bad in (0, -1):
         with pytest.raises(ValueError, match="total_steps must be positive"):
             cosine_value(0, bad, 1.0, 0.0)

@@ -42,8 +42,13 @@ def _worker(rank: int, world: int, port: int, overrides: list[str], result_dir: 
 def test_two_process_gloo_ranks_agree(manifest: Path, tmp_path: Path) -> None:
     # batch 4 per process x 2 processes = the single-process run's batch of 8; no drop path (each rank
     # draws its own masks, so a 2-process run cannot match a 1-process one with it)
-    over = tiny_overrides(manifest, tmp_path / "ddp") + ["optim.batch_size_per_gpu=4", "model.drop_path_rate=0"]
-    mp.start_processes(_worker, args=(2, _free_port(), over, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    over = tiny_overrides(manifest, tmp_path / "ddp") + [
+        "optim.batch_size_per_gpu=4",
+        "model.drop_path_rate=0",
+    ]
+    mp.start_processes(
+        _worker, args=(2, _free_port(), over, str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+    )
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     assert r0.keys() == r1.keys()
@@ -54,7 +59,9 @@ def test_two_process_gloo_ranks_agree(manifest: Path, tmp_path: Path) -> None:
     # one process, batch 8: same samples per step (DistributedSampler interleaves one permutation),
     # same augmentations (seeded per sample), gradients averaged the same way -> same weights up to
     # float round-off.
-    single = Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "single") + ["model.drop_path_rate=0"]))
+    single = Trainer(
+        load_config(None, tiny_overrides(manifest, tmp_path / "single") + ["model.drop_path_rate=0"])
+    )
     single.fit()
     s_state = {f"student.{k}": v for k, v in single.student.state_dict().items()}
     s_state.update({f"teacher.{k}": v for k, v in single.teacher.state_dict().items()})

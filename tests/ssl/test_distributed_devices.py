@@ -25,7 +25,12 @@ def gpus(monkeypatch: pytest.MonkeyPatch):
 
     def launch(n_gpus: int, rank: int, world: int, local_world: int | None = None) -> distributed.DistInfo:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
-        env = dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(local_world or world))
+        env = dict(
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(local_world or world),
+        )
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         calls["init"].clear()

@@ -48,9 +48,13 @@ class SyncCounter:
 
 
 def test_a_step_that_neither_logs_nor_saves_has_no_host_sync(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    manifest: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
-    cfg = load_config(None, tiny_overrides(manifest, tmp_path / "run") + ["run.log_every_steps=100", "optim.epochs=1"])
+    cfg = load_config(
+        None, tiny_overrides(manifest, tmp_path / "run") + ["run.log_every_steps=100", "optim.epochs=1"]
+    )
     t = Trainer(cfg)
     counter = SyncCounter(monkeypatch)
     t.student_fwd, t.teacher_fwd = counter.paused(t.student_fwd), counter.paused(t.teacher_fwd)
@@ -75,7 +79,9 @@ def test_a_step_that_neither_logs_nor_saves_has_no_host_sync(
 
 
 def test_a_non_finite_loss_stops_before_the_next_log_or_checkpoint(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    manifest: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
     """The loss turns NaN at step 1 (0-based); logs and saves only at the last step (3): the run stops
     there, names step 1, and writes neither a log row nor a checkpoint nor teacher/."""

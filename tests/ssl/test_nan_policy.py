@@ -25,7 +25,9 @@ def nan_manifest(tmp_path: Path) -> Path:
         if i == 2:
             arr[1, 3, 5] = np.nan  # one pixel of one channel of one image
         np.save(tmp_path / f"img{i}.npy", arr)
-        rows.append({"image_id": f"img{i}", "dataset": "d", "file": f"img{i}.npy", "channel_names": "DAPI;Actin"})
+        rows.append(
+            {"image_id": f"img{i}", "dataset": "d", "file": f"img{i}.npy", "channel_names": "DAPI;Actin"}
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     return tmp_path / "m.csv"
 

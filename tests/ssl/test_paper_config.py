@@ -115,9 +115,14 @@ def _overrides(data: dict[str, Path], key: str | None = None, value: Any = None)
     }  # fmt: skip
     if key is not None:
         if isinstance(value, str):
-            value = {"<other manifest>": str(data["other"]), "<other dir>": str(data["root"] / "other")}.get(value, value)
+            value = {"<other manifest>": str(data["other"]), "<other dir>": str(data["root"] / "other")}.get(
+                value, value
+            )
         over[key] = value
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in over.items()]
+    return [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in over.items()
+    ]
 
 
 def fingerprint(t: Trainer) -> dict[str, Any]:
@@ -147,10 +152,15 @@ def fingerprint(t: Trainer) -> dict[str, Any]:
         "freeze": t.freeze_last_layer_steps,
         "steps": (spe, n),
         "augment": (
-            [views(v) for v in a.global_views], [views(v) for v in a.local_views],
+            [views(v) for v in a.global_views],
+            [views(v) for v in a.local_views],
             None if a.dropout is None else (a.dropout.max_drop, a.dropout.p),
         ),  # fmt: skip
-        "data": (len(t.dataset), t.dataset.dataset.normalizer.method, tuple(t.dataset.dataset.frame["image_id"][:3])),
+        "data": (
+            len(t.dataset),
+            t.dataset.dataset.normalizer.method,
+            tuple(t.dataset.dataset.frame["image_id"][:3]),
+        ),
         "out_dir": str(t.out_dir),
         "device": str(t.device),
         "precision": str(getattr(t._autocast(), "fast_dtype", None)),
@@ -178,7 +188,9 @@ BUILD = [k for k, (_, how, *_) in CASES.items() if how == "build"]
 
 
 @pytest.mark.parametrize("key", BUILD)
-def test_option_changes_what_the_trainer_builds(key: str, data: dict[str, Path], base: dict[str, Any]) -> None:
+def test_option_changes_what_the_trainer_builds(
+    key: str, data: dict[str, Path], base: dict[str, Any]
+) -> None:
     alt, _, *context = CASES[key]
     context = context[0] if context else []
     if context:
@@ -228,7 +240,9 @@ def test_options_change_the_data_loader(data: dict[str, Path], monkeypatch: pyte
 
     def loader(*args: Any, **kwargs: Any) -> Any:
         seen.append({k: kwargs.get(k) for k in ("num_workers", "pin_memory")})
-        return real(*args, **{**kwargs, "num_workers": 0, "pin_memory": False})  # nothing forked or pinned here
+        return real(
+            *args, **{**kwargs, "num_workers": 0, "pin_memory": False}
+        )  # nothing forked or pinned here
 
     monkeypatch.setattr(tr, "DataLoader", loader)
     paper = load_config(CONFIG).data
@@ -238,7 +252,9 @@ def test_options_change_the_data_loader(data: dict[str, Path], monkeypatch: pyte
     runs += [[o for o in runs[0] if not o.startswith(k)] + [f"{k}={str(CASES[k][0]).lower()}"] for k in keys]
     assert (paper.num_workers, paper.pin_memory) == (8, True)
     for extra in runs:
-        t = Trainer(load_config(CONFIG, [o for o in _overrides(data) if not o.startswith("data.num_workers")] + extra))
+        t = Trainer(
+            load_config(CONFIG, [o for o in _overrides(data) if not o.startswith("data.num_workers")] + extra)
+        )
         t.device = torch.device("cuda", 0)  # read only to decide pinning, which happens for CUDA runs
         next(t._loader(0, 0))
     for key, got in zip(keys, seen[1:]):

@@ -101,10 +101,14 @@ class ReferenceDINO:
         self.center = torch.zeros(1, cfg.head.out_dim)
         self.optimizer = torch.optim.AdamW(ref_param_groups(self.student), betas=cfg.optim.betas)
         o, d, E = cfg.optim, cfg.dino, cfg.optim.epochs
-        self.lr = dino_cosine_scheduler(o.lr * o.batch_size_per_gpu * 1 / 256.0, o.min_lr, E, self.niter, int(o.warmup_epochs))
+        self.lr = dino_cosine_scheduler(
+            o.lr * o.batch_size_per_gpu * 1 / 256.0, o.min_lr, E, self.niter, int(o.warmup_epochs)
+        )
         self.wd = dino_cosine_scheduler(o.weight_decay, o.weight_decay_end, E, self.niter)
         self.momentum = dino_cosine_scheduler(d.momentum_teacher, 1, E, self.niter)
-        self.temp = dino_teacher_temp(d.warmup_teacher_temp, d.teacher_temp, int(d.warmup_teacher_temp_epochs), E)
+        self.temp = dino_teacher_temp(
+            d.warmup_teacher_temp, d.teacher_temp, int(d.warmup_teacher_temp_epochs), E
+        )
 
     def step(self, it: int, images: list) -> float:
         epoch = it // self.niter
@@ -114,7 +118,14 @@ class ReferenceDINO:
                 param_group["weight_decay"] = self.wd[it]
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_output = self.student(images)
-        loss = ref_dino_loss(student_output, teacher_output, self.center, len(images), self.cfg.dino.student_temp, self.temp[epoch])
+        loss = ref_dino_loss(
+            student_output,
+            teacher_output,
+            self.center,
+            len(images),
+            self.cfg.dino.student_temp,
+            self.temp[epoch],
+        )
         self.optimizer.zero_grad()
         loss.backward()
         ref_clip_gradients(self.student, self.cfg.optim.clip_grad)
@@ -125,7 +136,9 @@ class ReferenceDINO:
             for param_q, param_k in zip(self.student.parameters(), self.teacher.parameters()):
                 param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
             batch_center = teacher_output.sum(dim=0, keepdim=True) / len(teacher_output)
-            self.center = self.center * self.cfg.dino.center_momentum + batch_center * (1 - self.cfg.dino.center_momentum)
+            self.center = self.center * self.cfg.dino.center_momentum + batch_center * (
+                1 - self.cfg.dino.center_momentum
+            )
         return float(loss.detach())
 
 
@@ -154,7 +167,9 @@ def _compare(trainer: Trainer, ref: ReferenceDINO, start: dict[str, torch.Tensor
         b = theirs[k].detach()
         moved = float((b - start[k]).norm())
         off = float((a - b).norm())
-        assert off <= rel * moved + 1e-7, f"{k}: off the reference by {off:.3g} for a reference change of {moved:.3g}"
+        assert off <= rel * moved + 1e-7, (
+            f"{k}: off the reference by {off:.3g} for a reference change of {moved:.3g}"
+        )
     torch.testing.assert_close(trainer.loss_fn.center, ref.center, atol=1e-6, rtol=0, msg="center")
 
 
@@ -187,7 +202,12 @@ def test_weight_decay_groups_are_dinos(manifest: Path, tmp_path: Path) -> None:
     trainer = _trainer(manifest, tmp_path / "run")
     decayed = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
     names = {n for n, p in trainer.student.named_parameters() if id(p) in decayed}
-    for n in ("backbone.pos_embed", "backbone.cls_token", "backbone.channel_embed", "head.last_layer.weight_v"):
+    for n in (
+        "backbone.pos_embed",
+        "backbone.cls_token",
+        "backbone.channel_embed",
+        "head.last_layer.weight_v",
+    ):
         assert n in names, n
     for n, p in trainer.student.named_parameters():
         if p.requires_grad and (n.endswith(".bias") or p.ndim == 1):
@@ -195,7 +215,9 @@ def test_weight_decay_groups_are_dinos(manifest: Path, tmp_path: Path) -> None:
     assert trainer.optimizer.param_groups[1]["weight_decay"] == 0.0
     # the option kept for the quickstart's measured runs also leaves the embeddings undecayed
     legacy = param_groups(trainer.student, "dino_and_embeddings", trainer.student.backbone.no_weight_decay())
-    legacy_names = {n for n, p in trainer.student.named_parameters() if any(p is q for q in legacy[0]["params"])}
+    legacy_names = {
+        n for n, p in trainer.student.named_parameters() if any(p is q for q in legacy[0]["params"])
+    }
     assert names - legacy_names == {"backbone.pos_embed", "backbone.cls_token", "backbone.channel_embed"}
 
 
@@ -209,7 +231,9 @@ def test_every_step_uses_dinos_schedules(manifest: Path, tmp_path: Path) -> None
     np.testing.assert_allclose([trainer.lr_schedule(i) for i in range(n)], ref.lr, rtol=1e-12)
     np.testing.assert_allclose([trainer.wd_schedule(i) for i in range(n)], ref.wd, rtol=1e-12)
     np.testing.assert_allclose([trainer.momentum_schedule(i) for i in range(n)], ref.momentum, rtol=1e-12)
-    np.testing.assert_allclose([trainer.teacher_temp(i) for i in range(n)], [ref.temp[i // ref.niter] for i in range(n)])
+    np.testing.assert_allclose(
+        [trainer.teacher_temp(i) for i in range(n)], [ref.temp[i // ref.niter] for i in range(n)]
+    )
     assert trainer.lr_schedule(ref.niter - 1) == pytest.approx(trainer.base_lr)  # warm-up ends AT base
 
 
@@ -217,7 +241,9 @@ def test_teacher_has_no_drop_path_but_keeps_head_batchnorm_statistics(manifest: 
     trainer = _trainer(manifest, tmp_path / "run", ["head.use_bn=true", "model.drop_path_rate=0.5"])
     trainer.student.train()
     trainer._teacher_mode()
-    assert not trainer.teacher.backbone.training and all(not m.training for m in trainer.teacher.backbone.modules())
+    assert not trainer.teacher.backbone.training and all(
+        not m.training for m in trainer.teacher.backbone.modules()
+    )
     bns = [m for m in trainer.teacher.head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert bns and all(m.training for m in bns)
     views = _batches(trainer, 1)[0]
@@ -235,5 +261,7 @@ def test_drop_path_default_is_dinos(manifest: Path, tmp_path: Path) -> None:
     assert cfg.model.drop_path_rate == 0.1
     trainer = Trainer(cfg)
     assert trainer.student.backbone.config.drop_path_rate == 0.1
-    cfg2 = load_config(None, tiny_overrides(manifest, tmp_path / "y") + ["model.overrides.drop_path_rate=0.3"])
+    cfg2 = load_config(
+        None, tiny_overrides(manifest, tmp_path / "y") + ["model.overrides.drop_path_rate=0.3"]
+    )
     assert Trainer(cfg2).student.backbone.config.drop_path_rate == 0.3  # overrides win

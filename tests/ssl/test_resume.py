@@ -44,10 +44,14 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_shard_run_stopped_half_way_and_resumed_equals_uninterrupted(manifest: Path, tmp_path: Path, workers: int) -> None:
+def test_shard_run_stopped_half_way_and_resumed_equals_uninterrupted(
+    manifest: Path, tmp_path: Path, workers: int
+) -> None:
     from chada.data.shards import write_shards
 
-    shards = write_shards(manifest, tmp_path / "shards", shard_size=5)  # 5 shards: 2 workers read different ones
+    shards = write_shards(
+        manifest, tmp_path / "shards", shard_size=5
+    )  # 5 shards: 2 workers read different ones
     full = Trainer(load_config(None, _shard_overrides(manifest, shards, tmp_path / "full", workers)))
     full.fit()
     # stops after 4 of 6 steps: mid-epoch 2 (3 steps per epoch), mid-shard
@@ -84,7 +88,9 @@ def _bad_checkpoint_cli(manifest: Path, run: Path, capsys: pytest.CaptureFixture
     return err
 
 
-def test_malicious_pickle_checkpoint_runs_nothing(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_malicious_pickle_checkpoint_runs_nothing(
+    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -120,7 +126,9 @@ def test_corrupt_checkpoint_is_a_clean_error(
     _bad_checkpoint_cli(manifest, run, capsys)
 
 
-def test_resume_refuses_changes_that_change_the_result(finished_run: Path, manifest: Path, tmp_path: Path, capsys) -> None:
+def test_resume_refuses_changes_that_change_the_result(
+    finished_run: Path, manifest: Path, tmp_path: Path, capsys
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     base = tiny_overrides(manifest, run) + ["optim.epochs=1"]
@@ -133,18 +141,25 @@ def test_resume_refuses_changes_that_change_the_result(finished_run: Path, manif
     assert main(["pretrain", *base, "optim.lr=0.01", "--resume"]) == 2
     assert "optim.lr" in capsys.readouterr().err
     # safe keys change silently; an unknown allowed key is an error
-    Trainer(load_config(None, base + ["run.log_every_steps=3", "run.progress=true", "data.num_workers=1"]), resume=True)
+    Trainer(
+        load_config(None, base + ["run.log_every_steps=3", "run.progress=true", "data.num_workers=1"]),
+        resume=True,
+    )
     with pytest.raises(ValueError, match="unknown key"):
         Trainer(load_config(None, base), resume=True, allow_changes=["optim.lrr"])
     # an explicit allowance trains on: 1 more epoch, and teacher/ is rewritten with it
     before = (run / "teacher" / "model.safetensors").read_bytes()
-    assert main(["pretrain", *base, "optim.epochs=2", "--resume", "--resume-allow-changes", "optim.epochs"]) == 0
+    assert (
+        main(["pretrain", *base, "optim.epochs=2", "--resume", "--resume-allow-changes", "optim.epochs"]) == 0
+    )
     assert "finished" in capsys.readouterr().out
     assert json.loads((run / "teacher" / "config.json").read_text())["extra"]["global_step"] == 6
     assert (run / "teacher" / "model.safetensors").read_bytes() != before
 
 
-def test_finished_run_is_not_retrained_or_rewritten(finished_run: Path, manifest: Path, tmp_path: Path) -> None:
+def test_finished_run_is_not_retrained_or_rewritten(
+    finished_run: Path, manifest: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     teacher = run / "teacher" / "model.safetensors"

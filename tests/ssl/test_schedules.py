@@ -22,8 +22,12 @@ def test_lr_schedule_is_dinos_cosine_scheduler(warmup_epochs: int, epochs: int, 
 
 
 def test_weight_decay_and_momentum_schedules_are_dinos() -> None:
-    np.testing.assert_allclose([CosineSchedule(0.04, 0.4, 30)(i) for i in range(30)], dino_cosine_scheduler(0.04, 0.4, 10, 3))
-    np.testing.assert_allclose([cosine_value(i, 30, 0.996, 1.0) for i in range(30)], dino_cosine_scheduler(0.996, 1, 6, 5))
+    np.testing.assert_allclose(
+        [CosineSchedule(0.04, 0.4, 30)(i) for i in range(30)], dino_cosine_scheduler(0.04, 0.4, 10, 3)
+    )
+    np.testing.assert_allclose(
+        [cosine_value(i, 30, 0.996, 1.0) for i in range(30)], dino_cosine_scheduler(0.996, 1, 6, 5)
+    )
 
 
 @pytest.mark.parametrize(("warmup", "epochs"), [(30, 100), (1, 4), (5, 5), (0, 3)])

@@ -31,7 +31,9 @@ def test_tiny_run_logs_checkpoints_and_exports(manifest: Path, tmp_path: Path) -
     assert emb.shape == (2, 32) and torch.isfinite(emb).all()
     # the teacher moved away from its initial (= student initial) weights, and differs from the student
     student = chada.load_model(out / "student")
-    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), student.state_dict().values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), student.state_dict().values())
+    )
     with pytest.raises(ValueError, match="--resume"):
         Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "run")))
     # init/ holds the weights the run started from: the "same architecture, untrained" baseline.
@@ -60,7 +62,9 @@ def test_resume_matches_uninterrupted_run(manifest: Path, tmp_path: Path) -> Non
     full = Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "full") + extra))
     full.fit()
     # the interrupted run: stops after 4 of 6 steps (mid-epoch 2, checkpoint at step 4)
-    part = Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "part") + extra + ["run.max_steps=4"]))
+    part = Trainer(
+        load_config(None, tiny_overrides(manifest, tmp_path / "part") + extra + ["run.max_steps=4"])
+    )
     part.fit()
     assert part.global_step == 4 and not (tmp_path / "part" / "teacher").exists()
     resumed = Trainer(load_config(None, tiny_overrides(manifest, tmp_path / "part") + extra), resume=True)
@@ -100,7 +104,11 @@ def test_too_small_dataset_is_a_clear_error(manifest: Path, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("name", ["one_channel_vit_test", "inter_channel_vit_test"])
 def test_baselines_train_with_the_same_recipe(name: str, manifest: Path, tmp_path: Path) -> None:
-    over = tiny_overrides(manifest, tmp_path / name) + [f"model.name={name}", "optim.epochs=1", "run.export_student=false"]
+    over = tiny_overrides(manifest, tmp_path / name) + [
+        f"model.name={name}",
+        "optim.epochs=1",
+        "run.export_student=false",
+    ]
     if name.startswith("inter"):
         over.remove("model.overrides.img_size=16")
     trainer = Trainer(load_config(None, over))

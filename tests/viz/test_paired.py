@@ -17,7 +17,10 @@ def test_forest_draws_the_over_seed_rows_at_the_largest_fraction(tmp_path):
     comp = pd.DataFrame([_row(), _row(seed="0"), _row(fraction=0.1), _row(role="handmade", reference="h"),
                          _row(task="u", fraction=0.1, p_adj=0.3), _row(feature="all")])  # fmt: skip
     rows = forest_rows(comp, feature="cls")
-    assert sorted(zip(rows.task, rows.fraction)) == [("t", 1.0), ("u", 0.1)]  # each task's own largest fraction
+    assert sorted(zip(rows.task, rows.fraction)) == [
+        ("t", 1.0),
+        ("u", 0.1),
+    ]  # each task's own largest fraction
     paths = plot_paired_forest(comp, tmp_path)
     assert sorted(p.name for p in paths) == ["paired_untrained_all.png", "paired_untrained_all.svg",
                                              "paired_untrained_cls.png", "paired_untrained_cls.svg"]  # fmt: skip

@@ -11,7 +11,11 @@ from chada.viz.style import model_style, model_styles
 
 def _summary() -> pd.DataFrame:
     rows = []
-    for model, fam in (("chada_vit", "learned"), ("inter_channel_vit_untrained", "untrained"), ("handmade", "handmade")):
+    for model, fam in (
+        ("chada_vit", "learned"),
+        ("inter_channel_vit_untrained", "untrained"),
+        ("handmade", "handmade"),
+    ):
         for frac in (0.01, 0.1, 1.0):
             # handmade at 1 %: R² -67.7, the point that stretched the old axis to -20,000
             mean = -67.7 if (model == "handmade" and frac == 0.01) else 0.5 + 0.4 * frac
@@ -49,6 +53,14 @@ def test_one_colour_per_model_across_figures(tmp_path):
     assert all(u >= c for u, c in zip(light, a["chada_vit"]["color"]))
     fig = lowdata_figure(_summary(), "t")
     drawn = {c.get_label(): c.lines[0].get_color() for c in fig.axes[0].containers}
-    assert drawn["inter_channel_vit_untrained (untrained)"] == model_style("inter_channel_vit_untrained", "untrained")["color"]
+    assert (
+        drawn["inter_channel_vit_untrained (untrained)"]
+        == model_style("inter_channel_vit_untrained", "untrained")["color"]
+    )
     plt.close(fig)
-    assert {p.name for p in plot_results(_summary(), tmp_path)} == {"fig1_cls.png", "fig1_cls.svg", "fig4_cls.png", "fig4_cls.svg"}
+    assert {p.name for p in plot_results(_summary(), tmp_path)} == {
+        "fig1_cls.png",
+        "fig1_cls.svg",
+        "fig4_cls.png",
+        "fig4_cls.svg",
+    }

@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rc = args.func(args)
         except KeyboardInterrupt:
-            print("\ninterrupted; finished stages and checkpoints are kept, re-run to resume", file=sys.stderr)
+            print(
+                "\ninterrupted; finished stages and checkpoints are kept, re-run to resume", file=sys.stderr
+            )
             return 130
         except Exception as exc:  # noqa: BLE001 - the CLI's one error policy (chada.errors)
             if debug:

@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
             )
         print(f"{label}: image {C}x{img.shape[1]}x{img.shape[2]}, patch {patch}")
         with torch.inference_mode(), autocast(dtype, "cpu"):  # maps come back as float32
-            results.append(compute_model_attention(model, img, label, args.channel_ids, upsample=args.upsample))
+            results.append(
+                compute_model_attention(model, img, label, args.channel_ids, upsample=args.upsample)
+            )
 
     paths = plot_attention_grid(
         fitted, results, names, args.out, title=args.title, show_heads=not args.no_heads

@@ -55,7 +55,11 @@ def _run_check(args: argparse.Namespace) -> int:
     from chada.data.manifest import check_manifest, load_manifest
 
     problems = check_manifest(
-        args.manifest, c_max=args.c_max, root=args.root, read_pixels=not args.no_read, nan_policy=args.nan_policy,
+        args.manifest,
+        c_max=args.c_max,
+        root=args.root,
+        read_pixels=not args.no_read,
+        nan_policy=args.nan_policy,
         patch_size=args.patch_size or None,
     )
     errors = [p for p in problems if p.severity == "error"]
@@ -190,7 +194,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-per-assay", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--assays", nargs="+", default=None, help="subset of nuclei_1ch markers_2ch cellpaint_3ch coloc_5ch")
+    p.add_argument(
+        "--assays", nargs="+", default=None, help="subset of nuclei_1ch markers_2ch cellpaint_3ch coloc_5ch"
+    )
     p.add_argument(
         "--marker-pattern", choices=("spots", "domain"), default=None,
         help="how MarkerA/MarkerB are drawn: K spots each, or one sector of the cell each (default: spots)",
@@ -219,7 +225,12 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest")
     p.add_argument("out")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--dtype", choices=("uint16", "float16"), default="uint16", help="pixel storage (default: uint16, exact to 1/65535)")
+    p.add_argument(
+        "--dtype",
+        choices=("uint16", "float16"),
+        default="uint16",
+        help="pixel storage (default: uint16, exact to 1/65535)",
+    )
     add_normalize(p)
     p.add_argument("--size", type=int, default=None, help="resize every image to SIZE x SIZE")
     p.add_argument("--split", default=None, help="only this split")

@@ -124,10 +124,14 @@ def run(args: argparse.Namespace) -> int:
         if merged is not None:
             print(f"merged the {shard[1]} shard files into {merged}")
         elif not distributed:
-            print(f"shard {shard[0]}/{shard[1]} done; the last shard merges (or: chada embed --merge {args.out})")
+            print(
+                f"shard {shard[0]}/{shard[1]} done; the last shard merges (or: chada embed --merge {args.out})"
+            )
     if not hasattr(emb, "features"):  # a streamed Parquet file: no table in memory to count channels in
         return 0
-    used = Counter(describe_channels(n, s) for n, s in zip(emb.meta["channel_names"], emb.meta["channel_slots"]))
+    used = Counter(
+        describe_channels(n, s) for n, s in zip(emb.meta["channel_names"], emb.meta["channel_slots"])
+    )
     print("channels used (name@slot):")
     for combo, n in used.most_common():
         print(f"  {n:6d} image(s): {combo}")

@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pooled: mean/std/max over channels (any channel count); per_channel: one block per channel "
         "(handmade and cellprofiler; fixed channel set only)",
     )
-    p.add_argument("--object-name", default="Cells", help="cp_measure: compartment prefix of the columns (default Cells)")
+    p.add_argument(
+        "--object-name", default="Cells", help="cp_measure: compartment prefix of the columns (default Cells)"
+    )
     p.add_argument("--intensity-max", type=float, default=65535.0,
                    help="cp_measure: pixel value that maps to 1 in every image (default 65535, 16-bit)")  # fmt: skip
     o.add_normalize(p)

@@ -20,7 +20,20 @@ def run(args: argparse.Namespace) -> int:
 
     names = args.model or chada.list_models()
     table = Table(title="chada models")
-    for col in ("name", "arch", "params", "D", "depth", "heads", "patch", "img", "C_max", "tokens C=1", "tokens C_max", "about"):
+    for col in (
+        "name",
+        "arch",
+        "params",
+        "D",
+        "depth",
+        "heads",
+        "patch",
+        "img",
+        "C_max",
+        "tokens C=1",
+        "tokens C_max",
+        "about",
+    ):
         table.add_column(col, justify="right" if col not in ("name", "arch", "about") else "left")
     for name in names:
         arch, _, desc = model_spec(name)
@@ -32,9 +45,18 @@ def run(args: argparse.Namespace) -> int:
         t1 = str(tokens(1)) if tokens else "-"
         tmax = str(tokens(cmax)) if tokens and cmax else "-"
         table.add_row(
-            name, arch, f"{n:,}", str(getattr(cfg, "embed_dim", "-")), str(getattr(cfg, "depth", "-")),
-            str(getattr(cfg, "num_heads", "-")), str(getattr(cfg, "patch_size", "-")), f"{getattr(cfg, 'img_size', '-')}",
-            str(cmax if cmax is not None else "-"), t1, tmax, desc,
+            name,
+            arch,
+            f"{n:,}",
+            str(getattr(cfg, "embed_dim", "-")),
+            str(getattr(cfg, "depth", "-")),
+            str(getattr(cfg, "num_heads", "-")),
+            str(getattr(cfg, "patch_size", "-")),
+            f"{getattr(cfg, 'img_size', '-')}",
+            str(cmax if cmax is not None else "-"),
+            t1,
+            tmax,
+            desc,
         )
     Console(width=200).print(table)
     return 0

@@ -56,7 +56,11 @@ __all__ = [
     "selection",
 ]
 
-NORMALIZE_CHOICES = ("percentile", "minmax", "none")  # chada.encode.options has the same (no torch import here)
+NORMALIZE_CHOICES = (
+    "percentile",
+    "minmax",
+    "none",
+)  # chada.encode.options has the same (no torch import here)
 
 _Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -72,7 +76,9 @@ def add_model(p: _Parser, *, handmade: bool = False, seed: bool = True, required
 
 def add_seed(p: _Parser) -> None:
     """``--seed`` of the random weights a registered model name is built with (the untrained baselines)."""
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights of a registered model name")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights of a registered model name"
+    )
 
 
 def add_manifest(p: _Parser, *, required: bool = True, help: str | None = None) -> None:
@@ -85,7 +91,9 @@ def add_dataset_filter(p: _Parser) -> None:
     p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
 
 
-def add_image_size(p: _Parser, *, default: int | None = None, help: str | None = None, metavar: str | None = None) -> None:
+def add_image_size(
+    p: _Parser, *, default: int | None = None, help: str | None = None, metavar: str | None = None
+) -> None:
     """``--image-size``: resize every image to this square size (``None``: native size)."""
     text = help or (
         "resize images to this square size (default: native size)"
@@ -105,7 +113,9 @@ def parse_image_size(text: str) -> int | str | None:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, 'native' or 'model', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, 'native' or 'model', got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, 'native' or 'model', got {text!r}")
     return value
@@ -148,7 +158,9 @@ def add_objects(p: _Parser) -> None:
     g.add_argument("--crop-size", type=int, default=None, metavar="N",
                    help="crop side in field pixels (default: the model's image size); crops are resized to "
                    "the model's size")  # fmt: skip
-    g.add_argument("--mask-neighbours", action="store_true", help="zero the pixels of other objects in a crop")
+    g.add_argument(
+        "--mask-neighbours", action="store_true", help="zero the pixels of other objects in a crop"
+    )
     g.add_argument("--min-area", type=int, default=None, metavar="PX", help="skip objects under PX pixels")
     g.add_argument("--max-area", type=int, default=None, metavar="PX", help="skip objects over PX pixels")
     g.add_argument("--skip-border", action="store_true", help="skip objects touching the field's edge")
@@ -251,7 +263,9 @@ def precision_dtype(args: argparse.Namespace, device: str | None = None) -> Any:
 
 def add_batch_size(p: _Parser, *, default: int = 32) -> None:
     """``--batch-size``: images per forward pass."""
-    p.add_argument("--batch-size", type=int, default=default, help=f"images per forward pass (default {default})")
+    p.add_argument(
+        "--batch-size", type=int, default=default, help=f"images per forward pass (default {default})"
+    )
 
 
 def add_workers(p: _Parser) -> None:
@@ -281,7 +295,11 @@ def image_options(args: argparse.Namespace, base: Any = None) -> Any:
     from chada.encode.options import ImageOptions
 
     base = base or ImageOptions()
-    nan = nan_kwargs(args) if hasattr(args, "nan_policy") else {"nan_policy": base.nan_policy, "nan_fill": base.nan_fill}
+    nan = (
+        nan_kwargs(args)
+        if hasattr(args, "nan_policy")
+        else {"nan_policy": base.nan_policy, "nan_fill": base.nan_fill}
+    )
     return ImageOptions(size=getattr(args, "image_size", base.size), normalize=getattr(args, "normalize", base.normalize),
                         **nan)  # fmt: skip
 
@@ -292,10 +310,14 @@ def channel_options(args: argparse.Namespace) -> Any:
     from chada.encode.options import ChannelOptions
 
     kw = channel_kwargs(args)
-    return ChannelOptions(order=kw["channel_order"], unknown=kw["unknown_channels"], aliases=kw["channel_aliases"])
+    return ChannelOptions(
+        order=kw["channel_order"], unknown=kw["unknown_channels"], aliases=kw["channel_aliases"]
+    )
 
 
-def run_options(args: argparse.Namespace, device: str | None = None, dtype: Any = None, base: Any = None) -> Any:
+def run_options(
+    args: argparse.Namespace, device: str | None = None, dtype: Any = None, base: Any = None
+) -> Any:
     """:class:`chada.encode.options.RunOptions` of ``--batch-size``, ``--workers``, ``--device`` (or
     ``device``: a torchrun rank's), ``dtype`` (:func:`precision_dtype`; None: ``base``'s), ``--seed``,
     ``--quiet``; a flag the command lacks keeps ``base``'s value (default: the bundle's defaults)."""

@@ -1,9 +1,9 @@
 """``chada pretrain``: DINO self-supervised pretraining from a YAML config.
 
-    chada pretrain --config configs/quickstart.yaml data.manifest=data/synth/manifest.csv optim.epochs=10
-    chada pretrain --config configs/quickstart.yaml --resume            # continue after an interruption
-    chada pretrain --config c.yaml --resume optim.epochs=200 --resume-allow-changes optim.epochs
-    torchrun --nproc_per_node=8 --no-python chada pretrain --config configs/idrcell100k_moyen.yaml
+chada pretrain --config configs/quickstart.yaml data.manifest=data/synth/manifest.csv optim.epochs=10
+chada pretrain --config configs/quickstart.yaml --resume            # continue after an interruption
+chada pretrain --config c.yaml --resume optim.epochs=200 --resume-allow-changes optim.epochs
+torchrun --nproc_per_node=8 --no-python chada pretrain --config configs/idrcell100k_moyen.yaml
 """
 
 from __future__ import annotations

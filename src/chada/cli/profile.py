@@ -37,23 +37,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("tables", nargs="+", metavar="TABLE", help="feature tables, one per model")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--names", nargs="+", default=None, help="model names (default: the file stems)")
-    p.add_argument("--config", default=None, help="YAML with the settings (top level or a 'profiles:' section)")
+    p.add_argument(
+        "--config", default=None, help="YAML with the settings (top level or a 'profiles:' section)"
+    )
     p.add_argument("--pool", default="cls", help=".npz tables: the feature array to read (default cls)")
-    for col, default in (("plate", "plate"), ("well", "well"), ("compound", "compound"), ("dose", "dose"), ("moa", "moa")):
-        p.add_argument(f"--{col}-col", dest=f"{col}_col", default=None, help=f"column of the {col} (default {default}; dose, moa: 'none' for no such column)")
-    p.add_argument("--control-query", default=None, help="pandas query of the negative controls (default \"compound == 'DMSO'\")")
-    p.add_argument("--batch-col", dest="batch_cols", nargs="+", default=None, help="batch column(s) for NSCB and Harmony (default plate)")
-    p.add_argument("--aggregate", default=None, choices=["median", "mean"], help="cells -> wells (default median)")
+    for col, default in (
+        ("plate", "plate"),
+        ("well", "well"),
+        ("compound", "compound"),
+        ("dose", "dose"),
+        ("moa", "moa"),
+    ):
+        p.add_argument(
+            f"--{col}-col",
+            dest=f"{col}_col",
+            default=None,
+            help=f"column of the {col} (default {default}; dose, moa: 'none' for no such column)",
+        )
+    p.add_argument(
+        "--control-query",
+        default=None,
+        help="pandas query of the negative controls (default \"compound == 'DMSO'\")",
+    )
+    p.add_argument(
+        "--batch-col",
+        dest="batch_cols",
+        nargs="+",
+        default=None,
+        help="batch column(s) for NSCB and Harmony (default plate)",
+    )
+    p.add_argument(
+        "--aggregate", default=None, choices=["median", "mean"], help="cells -> wells (default median)"
+    )
     p.add_argument("--normalize", default=None, choices=["none", "standardize", "mad_robustize", "spherize"],
                    help="per plate against the controls (default mad_robustize)")  # fmt: skip
     p.add_argument("--feature-select", nargs="+", default=None, metavar="OP",
                    help="pycytominer feature_select operations, e.g. variance_threshold correlation_threshold")  # fmt: skip
-    p.add_argument("--correction", default=None, choices=["none", "harmony"], help="batch correction (default none)")
-    p.add_argument("--exclude-moa", nargs="+", default=None, help="MoA labels left out of consistency and NSC/NSCB")
-    p.add_argument("--null-size", type=int, default=None, help="copairs permutations per p-value (default 2000)")
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for intervals (default 1000)")
+    p.add_argument(
+        "--correction", default=None, choices=["none", "harmony"], help="batch correction (default none)"
+    )
+    p.add_argument(
+        "--exclude-moa", nargs="+", default=None, help="MoA labels left out of consistency and NSC/NSCB"
+    )
+    p.add_argument(
+        "--null-size", type=int, default=None, help="copairs permutations per p-value (default 2000)"
+    )
+    p.add_argument(
+        "--n-boot", type=int, default=None, help="bootstrap resamples for intervals (default 1000)"
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--projection", default="umap", choices=["umap", "pca", "none"], help="treatment map (default umap)")
+    p.add_argument(
+        "--projection", default="umap", choices=["umap", "pca", "none"], help="treatment map (default umap)"
+    )
     add_debug(p)
     p.set_defaults(func=run)
 

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from chada.io import check_writable_file
     from chada.locks import hold_output
+
     t0 = time.perf_counter()
     _step(f"loading {len(args.embeddings)} embedding file(s)")
     from chada.viz.projection import format_stats, project, write_coords_csv

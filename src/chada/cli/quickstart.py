@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finished stages.",
     )
     p.add_argument("--out", default="chada_quickstart", help="output folder (default: ./chada_quickstart)")
-    p.add_argument("--fast", action="store_true", help="a ~1-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)")
+    p.add_argument(
+        "--fast", action="store_true", help="a ~1-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)"
+    )
     p.add_argument("--epochs", type=int, help="DINO epochs for every encoder")
     p.add_argument("--n-per-assay", type=int, help="synthetic images per assay")
     p.add_argument("--seeds", type=int, help="evaluation seeds")
@@ -26,8 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DINO runs per encoder, seeds 0..N-1 (default 1: each more seed adds a whole pretraining stage, "
         "the bulk of the run time; the report gives the learned scores' mean and std over the seeds)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores; 1 per parallel pretraining)")
-    p.add_argument("--jobs", type=int, help="encoders pretrained at once, in separate processes (default: all 3 on a multi-core machine)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: all cores; 1 per parallel pretraining)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="encoders pretrained at once, in separate processes (default: all 3 on a multi-core machine)",
+    )
     p.add_argument(
         "--marker-pattern", choices=("domain", "spots"),
         help="synthetic MarkerA/MarkerB design (default: domain; spots is finer and not learned at this budget)",

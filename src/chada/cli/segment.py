@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     from chada.tasks.dense.probe import load_probe, order_channels, segment_image
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:  # NaN fails too
-        raise ValueError(f"--threshold {args.threshold}: a probability threshold lies in [0, 1] (default: the probe's)")
+        raise ValueError(
+            f"--threshold {args.threshold}: a probability threshold lies in [0, 1] (default: the probe's)"
+        )
     _check_out(args.out, (".png", ".tif", ".tiff"), "--out")
     if args.probability:
         _check_out(args.probability, (".tif", ".tiff"), "--probability")
@@ -127,5 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if module is not None:  # said once the probe accepted the model: a refused model's error stays one line
         trained = probe.meta.get("precision")
         other = trained and trained != precision_name(dtype)
-        print(f"precision: {reason}" + (f"; note: the probe was fitted on {trained} features" if other else ""))
+        print(
+            f"precision: {reason}" + (f"; note: the probe was fitted on {trained} features" if other else "")
+        )
     return 0

@@ -54,9 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset sample (default 0)")
     o.add_image_size(p)
     p.add_argument("--pool", default="cls", choices=["cls", "all"], help="feature kind (default cls)")
-    p.add_argument("--train-split", nargs="+", default=["train"], help="split value(s) to fit on (default train)")
-    p.add_argument("--test-split", nargs="+", default=["test"], help="split value(s) to test on (default test)")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="seeded split when the split column is unusable")
+    p.add_argument(
+        "--train-split", nargs="+", default=["train"], help="split value(s) to fit on (default train)"
+    )
+    p.add_argument(
+        "--test-split", nargs="+", default=["test"], help="split value(s) to test on (default test)"
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.3, help="seeded split when the split column is unusable"
+    )
     p.add_argument("--metrics", nargs="+", default=["linear_probe", "knn"], choices=["linear_probe", "knn"])
     o.add_batch_size(p, default=128)
     o.add_normalize(p)

@@ -109,7 +109,9 @@ class RandomResizedCrop:
         self.size, self.scale, self.ratio, self.generator = size, scale, ratio, generator
 
     def __call__(self, image: Tensor) -> Tensor:
-        box = random_resized_crop_box(image.shape[-2], image.shape[-1], self.scale, self.ratio, self.generator)
+        box = random_resized_crop_box(
+            image.shape[-2], image.shape[-1], self.scale, self.ratio, self.generator
+        )
         return resized_crop(image, box, self.size)
 
 
@@ -120,7 +122,11 @@ class RandomFlipRotate:
     """
 
     def __init__(
-        self, p_hflip: float = 0.5, p_vflip: float = 0.5, p_rot90: float = 0.5, generator: torch.Generator | None = None
+        self,
+        p_hflip: float = 0.5,
+        p_vflip: float = 0.5,
+        p_rot90: float = 0.5,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.p_hflip, self.p_vflip, self.p_rot90, self.generator = p_hflip, p_vflip, p_rot90, generator
 
@@ -232,9 +238,12 @@ class MultiCropAugment:
         )  # fmt: skip
         gb, gs = list(global_blur_p) or [0.0], list(global_solarize_p) or [0.0]
         self.global_views = [
-            ViewAugment(global_size, global_scale, gb[i % len(gb)], gs[i % len(gs)], **common) for i in range(n_global)
+            ViewAugment(global_size, global_scale, gb[i % len(gb)], gs[i % len(gs)], **common)
+            for i in range(n_global)
         ]
-        self.local_views = [ViewAugment(local_size, local_scale, local_blur_p, 0.0, **common) for _ in range(n_local)]
+        self.local_views = [
+            ViewAugment(local_size, local_scale, local_blur_p, 0.0, **common) for _ in range(n_local)
+        ]
         self.dropout = ChannelDropout(channel_drop_max, channel_drop_p, g) if channel_drop_max > 0 else None
         self.shuffle = ChannelShuffle(channel_shuffle_p, g) if channel_shuffle_p > 0 else None
         self.return_channel_index = return_channel_index

@@ -49,7 +49,13 @@ class ChannelIntensityJitter:
         p: float = 0.8,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.brightness, self.contrast, self.gamma, self.p, self.generator = brightness, contrast, gamma, p, generator
+        self.brightness, self.contrast, self.gamma, self.p, self.generator = (
+            brightness,
+            contrast,
+            gamma,
+            p,
+            generator,
+        )
 
     def __call__(self, image: Tensor) -> Tensor:
         g = self.generator
@@ -82,7 +88,10 @@ class ChannelGaussianBlur:
     """Gaussian blur with an independent sigma per channel (separable, grouped conv, reflect padding)."""
 
     def __init__(
-        self, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5, generator: torch.Generator | None = None
+        self,
+        sigma: tuple[float, float] = (0.1, 2.0),
+        p: float = 0.5,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.sigma, self.p, self.generator = sigma, p, generator
 
@@ -120,7 +129,9 @@ class ChannelGaussianNoise:
 class ChannelSolarize:
     """Invert values above ``threshold`` (per channel, each channel solarised with probability ``p``)."""
 
-    def __init__(self, threshold: float = 0.5, p: float = 0.2, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, threshold: float = 0.5, p: float = 0.2, generator: torch.Generator | None = None
+    ) -> None:
         self.threshold, self.p, self.generator = threshold, p, generator
 
     def __call__(self, image: Tensor) -> Tensor:

@@ -94,7 +94,13 @@ class CellDataset(Dataset):
         image = {"image_id": iid, "dataset": str(_clean(row.get("dataset")) or ""),
                  "split": str(_clean(row.get("split")) or "train"), "label": _clean(row.get(self.fields.label_column)),
                  "meta": {k: _clean(row.get(k)) for k in self.fields.meta_columns}}  # fmt: skip
-        return {"field": index, "crops": tensor, "objects": table, "channel_names": list(names), "image": image}
+        return {
+            "field": index,
+            "crops": tensor,
+            "objects": table,
+            "channel_names": list(names),
+            "image": image,
+        }
 
 
 def cells_of(item: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ class ChannelNameError(InputError):
     """A channel name an image cannot use: duplicated, unknown under the strict policy, or no slot left."""
 
 
-
 def validate_channel_names(
     names: Sequence[str],
     image: str | None = None,

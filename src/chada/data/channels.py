@@ -131,7 +131,9 @@ class ChannelPolicy:
         if unknown not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
         if isinstance(canonical, str):
-            raise TypeError("canonical must be a list of names; use parse_channel_order('a,b,c') for a string")
+            raise TypeError(
+                "canonical must be a list of names; use parse_channel_order('a,b,c') for a string"
+            )
         if max_slots is not None and max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         self.unknown = unknown
@@ -150,7 +152,9 @@ class ChannelPolicy:
                 if not key:
                     raise ValueError("the canonical channel order contains an empty name")
                 if key in self._slots:
-                    raise ValueError(f"channel {name!r} appears twice in the canonical order {list(canonical)}")
+                    raise ValueError(
+                        f"channel {name!r} appears twice in the canonical order {list(canonical)}"
+                    )
                 self._slots[key] = len(self.canonical)
                 self.canonical.append(str(name).strip())
             if max_slots is not None and len(self.canonical) > max_slots:

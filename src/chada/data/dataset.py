@@ -221,9 +221,11 @@ def make_sample(
 
 def channel_ids_from_names(names: Sequence[str], vocab: Sequence[str] | dict[str, int]) -> list[int]:
     """Map channel names to channel-embedding slots through a canonical vocabulary (case-insensitive)."""
-    table = {k.lower(): v for k, v in vocab.items()} if isinstance(vocab, dict) else {
-        k.lower(): i for i, k in enumerate(vocab)
-    }
+    table = (
+        {k.lower(): v for k, v in vocab.items()}
+        if isinstance(vocab, dict)
+        else {k.lower(): i for i, k in enumerate(vocab)}
+    )
     ids = []
     for n in names:
         if n.lower() not in table:

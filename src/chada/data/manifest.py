@@ -117,7 +117,9 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         raise ManifestError(f"{p}: is a directory; a manifest is a .csv, .tsv or .parquet file")
     suf = p.suffix.lower()
-    str_cols = {c: "string" for c in ("image_id", "dataset", "channel_files", "file", "channel_names", "split")}
+    str_cols = {
+        c: "string" for c in ("image_id", "dataset", "channel_files", "file", "channel_names", "split")
+    }
     if suf not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
         raise ManifestError(f"{p}: manifest must be .csv, .tsv or .parquet, got {suf!r}")
     check_header(p, suf, ManifestError)  # not a FIFO; no column twice (pandas would rename it silently)
@@ -233,7 +235,9 @@ def check_manifest(
         problems.append(Problem(int(i) + 1, str(ids.iloc[i]), "duplicate_id", msg))
 
     for i, row in enumerate(df.to_dict("records")):
-        problems += _row_problems(row, i + 1, list(df.columns), base, c_max, read_pixels, nan_policy, patch_size)
+        problems += _row_problems(
+            row, i + 1, list(df.columns), base, c_max, read_pixels, nan_policy, patch_size
+        )
     problems.sort(key=lambda p: (p.row or 0, p.kind))
     return problems
 
@@ -266,7 +270,7 @@ def _row_problems(row: dict, rnum: int, columns: Sequence[str], base: Path, c_ma
         except ChannelNameError as exc:
             msg = str(exc)
             prefix = f"image {iid!r}: "
-            add("channel_names", msg[len(prefix):] if msg.startswith(prefix) else msg)
+            add("channel_names", msg[len(prefix) :] if msg.startswith(prefix) else msg)
     try:
         kind, paths = row_paths(row, base)
     except ValueError as exc:
@@ -302,7 +306,10 @@ def _row_problems(row: dict, rnum: int, columns: Sequence[str], base: Path, c_ma
     if detail:
         src = f" in {paths[0]}" if len(paths) == 1 else ""
         if nan_policy == "error":
-            add("nan_pixels", f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')")
+            add(
+                "nan_pixels",
+                f"non-finite pixels{src}: {detail} (fix the file, or read with nan_policy='replace')",
+            )
         else:
             add("nan_pixels", f"non-finite pixels{src}, replaced when read: {detail}", severity="warning")
     return problems

@@ -23,7 +23,9 @@ def check_header(path: Path, suffix: str, error: type[Exception]) -> None:
         raise error(f"{path}: is not a regular file (a FIFO, socket or device?); a manifest is a .csv, .tsv or "
                     ".parquet file")  # fmt: skip
     if twice := duplicated_columns(path, suffix):  # pandas would rename the second copy and ignore it
-        raise error(f"{path}: column(s) {', '.join(map(repr, twice))} appear twice in the header; keep one of each")
+        raise error(
+            f"{path}: column(s) {', '.join(map(repr, twice))} appear twice in the header; keep one of each"
+        )
 
 
 def duplicated_columns(path: str | Path, suffix: str = ".csv") -> list[str]:

@@ -74,7 +74,11 @@ def _read_row_raw(row: pd.Series | dict, root: str | Path) -> tuple[np.ndarray, 
     from chada.data.readers import read_channels, read_image
 
     kind, paths = row_paths(row, root)
-    arr = read_channels(paths, nan_policy="keep") if kind == "channel_files" else read_image(paths[0], nan_policy="keep")
+    arr = (
+        read_channels(paths, nan_policy="keep")
+        if kind == "channel_files"
+        else read_image(paths[0], nan_policy="keep")
+    )
     return arr, paths
 
 
@@ -105,7 +109,9 @@ def read_row_image(
     except ValueError as exc:  # row_paths: no file / both file columns
         raise InputError(f"{who}: {exc}; {READ_HINT}") from exc
     if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
-        raise ImageReadError(f"{who}: the image is empty (shape {tuple(arr.shape)}) in {paths[0]}; {READ_HINT}")
+        raise ImageReadError(
+            f"{who}: the image is empty (shape {tuple(arr.shape)}) in {paths[0]}; {READ_HINT}"
+        )
     return check_finite_pixels(
         arr,
         image_id=None if _is_missing(iid) else str(iid),

@@ -102,7 +102,9 @@ def _percentiles(flat: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]
     below, above = ranks.long(), ranks.ceil().long()
     arr = flat.numpy()
     part = np.partition(arr, sorted({*below.tolist(), *above.tolist()}), axis=1)
-    lo_hi = torch.lerp(torch.from_numpy(part[:, below.numpy()]), torch.from_numpy(part[:, above.numpy()]), ranks - below)
+    lo_hi = torch.lerp(
+        torch.from_numpy(part[:, below.numpy()]), torch.from_numpy(part[:, above.numpy()]), ranks - below
+    )
     nan = torch.from_numpy(np.isnan(arr).any(axis=1))
     if bool(nan.any()):
         lo_hi[nan] = float("nan")

@@ -71,7 +71,9 @@ def validate_labels(labels: np.ndarray, field_hw: tuple[int, int], where: str) -
             "per object): save the masks as uint16/int32"
         )
     if arr.size and arr.min() < 0:
-        raise InputError(f"{where}: negative labels (min {int(arr.min())}); 0 is background, objects are 1, 2, ...")
+        raise InputError(
+            f"{where}: negative labels (min {int(arr.min())}); 0 is background, objects are 1, 2, ..."
+        )
     if tuple(arr.shape) != tuple(field_hw):
         raise InputError(
             f"{where}: label image is {arr.shape[0]} x {arr.shape[1]} px but its field is {field_hw[0]} x "
@@ -118,7 +120,12 @@ def object_table(
         keep &= table["area"] <= max_area
     if skip_border:
         h, w = labels.shape
-        edge = (table["bbox_y0"] == 0) | (table["bbox_x0"] == 0) | (table["bbox_y1"] == h) | (table["bbox_x1"] == w)
+        edge = (
+            (table["bbox_y0"] == 0)
+            | (table["bbox_x0"] == 0)
+            | (table["bbox_y1"] == h)
+            | (table["bbox_x1"] == w)
+        )
         keep &= ~edge
     return {k: v[keep] for k, v in table.items()}
 

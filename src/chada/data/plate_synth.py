@@ -92,7 +92,9 @@ class PlateSpec:
     compounds_per_moa: int = 2
     n_inactive: int = 2
     replicates: int = 1  # wells per (compound, dose) on each plate that holds the compound
-    design: str = "all"  # "all": every compound on every plate; "split", "confounded": each compound on one plate
+    design: str = (
+        "all"  # "all": every compound on every plate; "split", "confounded": each compound on one plate
+    )
     doses: tuple[float, ...] = (1.0, 10.0)
     plate_effects: bool = True
     seed: int = 0
@@ -101,22 +103,32 @@ class PlateSpec:
     def check(self) -> None:
         """Refuse a design that cannot be drawn, naming the option."""
         if not 1 <= self.n_channels <= len(CHANNELS):
-            raise InputError(f"--channels must be 1..{len(CHANNELS)} ({', '.join(CHANNELS)}), got {self.n_channels}")
+            raise InputError(
+                f"--channels must be 1..{len(CHANNELS)} ({', '.join(CHANNELS)}), got {self.n_channels}"
+            )
         usable = [p for p in PHENOTYPES if p.channel in CHANNELS[: self.n_channels]]
         if not 0 <= self.n_moas <= len(usable):
-            raise InputError(f"--moas: {self.n_channels} channel(s) allow 0..{len(usable)} MoA classes, got {self.n_moas}")
+            raise InputError(
+                f"--moas: {self.n_channels} channel(s) allow 0..{len(usable)} MoA classes, got {self.n_moas}"
+            )
         for name in ("n_plates", "n_sites", "compounds_per_moa"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.size < 48:
-            raise InputError(f"--size must be >= 48 px (cells are ~{2 * CELL_RADIUS:.0f} px wide), got {self.size}")
+            raise InputError(
+                f"--size must be >= 48 px (cells are ~{2 * CELL_RADIUS:.0f} px wide), got {self.size}"
+            )
         if not self.doses or any(d <= 0 for d in self.doses) or len(set(self.doses)) != len(self.doses):
             raise InputError(f"--doses must be distinct positive numbers, got {list(self.doses)}")
         if self.design not in DESIGNS or self.replicates < 1:
-            raise InputError(f"--design must be one of {DESIGNS} and --replicates >= 1, got {self.design!r}, {self.replicates}")
+            raise InputError(
+                f"--design must be one of {DESIGNS} and --replicates >= 1, got {self.design!r}, {self.replicates}"
+            )
         if self.design == "confounded" and (self.n_plates < 2 or self.compounds_per_moa < 3):
-            raise InputError(f"--design confounded needs --plates >= 2 and --compounds-per-moa >= 3 (two compounds of an "
-                             f"MoA on its home plate, one elsewhere), got {self.n_plates} and {self.compounds_per_moa}")
+            raise InputError(
+                f"--design confounded needs --plates >= 2 and --compounds-per-moa >= 3 (two compounds of an "
+                f"MoA on its home plate, one elsewhere), got {self.n_plates} and {self.compounds_per_moa}"
+            )
         per_plate = max(np.bincount(plate_indices(self), minlength=self.n_plates)) if self.design != "all" else (
             self.n_moas * self.compounds_per_moa + self.n_inactive)  # fmt: skip
         need = per_plate * len(self.doses) * self.replicates + 2
@@ -165,7 +177,13 @@ def _compounds(spec: PlateSpec) -> dict[str, dict[str, Any]]:
 def _plate_effects(spec: PlateSpec, plate: int) -> dict[str, Any]:
     channels = CHANNELS[: spec.n_channels]
     if not spec.plate_effects:
-        return {"gain": 1.0, "gradient_strength": 0.0, "gradient_angle": 0.0, "shift_channel": None, "shift": 0.0}
+        return {
+            "gain": 1.0,
+            "gradient_strength": 0.0,
+            "gradient_angle": 0.0,
+            "shift_channel": None,
+            "shift": 0.0,
+        }
     rng = np.random.default_rng([spec.seed, 29, plate])
     return {
         "gain": float(rng.uniform(0.75, 1.25)),
@@ -250,7 +268,12 @@ def render_field(
     e = {c: float(effects.get(c, 0.0)) for c in CHANNELS}
     for i, (cy, cx, r) in enumerate(cells):
         t = _draw_cell(rng)
-        y0, y1, x0, x1 = max(0, int(cy - r) - 3), min(size, int(cy + r) + 4), max(0, int(cx - r) - 3), min(size, int(cx + r) + 4)
+        y0, y1, x0, x1 = (
+            max(0, int(cy - r) - 3),
+            min(size, int(cy + r) + 4),
+            max(0, int(cx - r) - 3),
+            min(size, int(cx + r) + 4),
+        )
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         win = (slice(y0, y1), slice(x0, x1))
         dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
@@ -269,8 +292,12 @@ def render_field(
         k = t["n_spots"]
         ang, rad = t["spot_ang"][:k], t["spot_rad"][:k] * r
         pos = np.stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)], 1)
-        sig["Mito"][win] += gauss_blobs(yy, xx, pos, t["spot_sig"][:k], 0.35 * (1 + e["Mito"]) * t["spot_amp"][:k]) * cell
-        sig["ER"][win] += 0.25 * t["er"] * (1 + e["ER"]) * cyto * np.exp(-np.maximum(nuc_d - rn, 0) / (0.35 * r))
+        sig["Mito"][win] += (
+            gauss_blobs(yy, xx, pos, t["spot_sig"][:k], 0.35 * (1 + e["Mito"]) * t["spot_amp"][:k]) * cell
+        )
+        sig["ER"][win] += (
+            0.25 * t["er"] * (1 + e["ER"]) * cyto * np.exp(-np.maximum(nuc_d - rn, 0) / (0.35 * r))
+        )
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     a, s = plate_fx["gradient_angle"], plate_fx["gradient_strength"]
     light = plate_fx["gain"] * (1 + s * ((xx - size / 2) * np.cos(a) + (yy - size / 2) * np.sin(a)) / size)
@@ -318,7 +345,11 @@ def generate_plate(out_dir: str | Path, spec: PlateSpec | None = None) -> Path:
             for s in range(1, spec.n_sites + 1):
                 img, labels = render_field(spec, effects, fx, (spec.seed, p, w, s))
                 for c in range(spec.n_channels):
-                    tifffile.imwrite(folder / f"{well}_s{s}_w{c + 1}.tif", np.round(img[c] * 65535).astype(np.uint16), compression=comp)
+                    tifffile.imwrite(
+                        folder / f"{well}_s{s}_w{c + 1}.tif",
+                        np.round(img[c] * 65535).astype(np.uint16),
+                        compression=comp,
+                    )
                 tifffile.imwrite(folder / f"{well}_s{s}_cp_masks.tif", labels, compression=comp)
                 counts[f"{plate}/{well}_s{s}"] = int(labels.max())
     channels = list(CHANNELS[: spec.n_channels])

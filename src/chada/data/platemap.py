@@ -22,7 +22,15 @@ import pandas as pd
 
 from chada.errors import InputError, short_message, type_name
 
-__all__ = ["WELL_NAMES", "PLATE_NAMES", "Platemap", "join_platemap", "normalize_well", "read_platemap", "strip_prefix"]
+__all__ = [
+    "WELL_NAMES",
+    "PLATE_NAMES",
+    "Platemap",
+    "join_platemap",
+    "normalize_well",
+    "read_platemap",
+    "strip_prefix",
+]
 
 WELL_NAMES = ("well", "well_id", "wellid", "well_name", "well_position")
 PLATE_NAMES = ("plate", "plate_id", "plateid", "plate_name", "barcode", "plate_barcode")
@@ -144,7 +152,9 @@ def join_platemap(keys: list[tuple], key_fields: list[str], path: str | Path) ->
     well_f = [f for f in key_fields if strip_prefix(f) in WELL_NAMES]
     plate_f = [f for f in key_fields if strip_prefix(f) in PLATE_NAMES]
     if not well_f:
-        raise InputError(f"--platemap given but the pattern has no well field to join it on (fields: {key_fields})")
+        raise InputError(
+            f"--platemap given but the pattern has no well field to join it on (fields: {key_fields})"
+        )
     use_plate = bool(plate_f) and pm.plate_column is not None
     lookup = pm.lookup(use_plate)
     wi = key_fields.index(well_f[0])

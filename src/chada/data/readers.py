@@ -74,6 +74,8 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr", ".npy")
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower().rstrip("/")
     for suf in SUPPORTED_SUFFIXES:
@@ -141,7 +143,9 @@ def _as_float32(arr: np.ndarray, path: Path) -> np.ndarray:
         # a finite float64 beyond float32's range would turn into inf in the cast
         big = np.abs(np.where(np.isfinite(arr), arr, 0)).max()
         if big > np.finfo(np.float32).max:
-            raise ImageReadError(f"{path}: pixel values up to {big:.3g} do not fit float32; rescale the image")
+            raise ImageReadError(
+                f"{path}: pixel values up to {big:.3g} do not fit float32; rescale the image"
+            )
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -241,10 +245,14 @@ def _check_file_kind(p: Path, suf: str) -> None:
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {p}") from None
     except PermissionError:
-        raise ImageReadError(f"{p}: permission denied (a folder above it is not searchable); fix its permissions") from None
+        raise ImageReadError(
+            f"{p}: permission denied (a folder above it is not searchable); fix its permissions"
+        ) from None
     if stat.S_ISDIR(mode):
         if suf != ".zarr":
-            raise ImageReadError(f"{p}: is a directory, expected an image file (only .zarr images are folders)")
+            raise ImageReadError(
+                f"{p}: is a directory, expected an image file (only .zarr images are folders)"
+            )
         return
     if not stat.S_ISREG(mode):
         kind = next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
@@ -294,12 +302,16 @@ def read_raw(path: str | Path) -> np.ndarray:
             raise
         raise ImageReadError(f"{p}: {exc}") from exc
     except PermissionError as exc:  # inside a .zarr folder, or a file made unreadable since the check
-        raise ImageReadError(f"{p}: permission denied ({exc.filename or p}); make it readable (chmod) or copy it") from exc
+        raise ImageReadError(
+            f"{p}: permission denied ({exc.filename or p}); make it readable (chmod) or copy it"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file makes decoders raise anything: zlib.error,
         # struct.error, IndexError, tifffile.TiffFileError, PIL errors, zarr errors, MemoryError for a
         # garbage size field...; each is this file's fault, and the message must name the file.
         why = short_message(f"{type_name(exc)}: {exc}", limit=200, one_line=True)
-        raise ImageReadError(f"{p}: cannot read image, the file is corrupt, truncated or not a {suf} image ({why})") from exc
+        raise ImageReadError(
+            f"{p}: cannot read image, the file is corrupt, truncated or not a {suf} image ({why})"
+        ) from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
@@ -319,7 +331,11 @@ def read_channels(
     planes: list[np.ndarray] = []
     for path in paths:
         arr = read_image(path, nan_policy="keep")
-        if arr.shape[0] in (3, 4) and np.array_equal(arr[0], arr[1], equal_nan=True) and np.array_equal(arr[0], arr[2], equal_nan=True):
+        if (
+            arr.shape[0] in (3, 4)
+            and np.array_equal(arr[0], arr[1], equal_nan=True)
+            and np.array_equal(arr[0], arr[2], equal_nan=True)
+        ):
             arr = arr[:1]
         if arr.shape[0] != 1:
             raise ImageReadError(f"{path}: a per-channel file must hold one channel, got {arr.shape[0]}")

@@ -53,7 +53,15 @@ from chada.data.readers import is_supported
 from chada.data.scan_patterns import Matcher, channel_name, natural_key, parse_channel_names, walk_files
 from chada.errors import InputError
 
-__all__ = ["ScanError", "ScanProblem", "ScanResult", "Matcher", "parse_channel_names", "scan_folder", "natural_key"]
+__all__ = [
+    "ScanError",
+    "ScanProblem",
+    "ScanResult",
+    "Matcher",
+    "parse_channel_names",
+    "scan_folder",
+    "natural_key",
+]
 
 RESERVED = (*STANDARD_COLUMNS, "objects_file")
 
@@ -94,17 +102,23 @@ def _listing(names: list[str], limit: int = 12) -> str:
 
 @dataclass
 class _Found:
-    images: dict[tuple, dict[str, list[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    images: dict[tuple, dict[str, list[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
     objects: dict[tuple, list[str]] = field(default_factory=lambda: defaultdict(list))
     unmatched: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def _key_of(values: dict[str, str], key_fields: list[str]) -> tuple[str, ...]:
-    return tuple(normalize_well(values[f]) if strip_prefix(f) in WELL_NAMES else values[f] for f in key_fields)
+    return tuple(
+        normalize_well(values[f]) if strip_prefix(f) in WELL_NAMES else values[f] for f in key_fields
+    )
 
 
-def _collect(root: Path, image: Matcher, objects: Matcher | None, key_fields: list[str], ignore: tuple[str, ...]) -> _Found:
+def _collect(
+    root: Path, image: Matcher, objects: Matcher | None, key_fields: list[str], ignore: tuple[str, ...]
+) -> _Found:
     found = _Found()
     for rel in walk_files(root):
         if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(rel.rsplit("/", 1)[-1], g) for g in ignore):
@@ -168,11 +182,20 @@ def _key_text(key: tuple[str, ...]) -> str:
     return "/".join(key) if key else "(no key fields)"
 
 
-def _file_problems(found: _Found, channels: list[str], want_objects: bool) -> tuple[list[ScanProblem], dict[str, set]]:
+def _file_problems(
+    found: _Found, channels: list[str], want_objects: bool
+) -> tuple[list[ScanProblem], dict[str, set]]:
     """Duplicates (always errors) and the incomplete images, by reason (errors unless dropped)."""
     problems: list[ScanProblem] = []
-    dups = [f"{_key_text(k)} {c}: {' and '.join(fs)}" for k, chans in found.images.items() for c, fs in chans.items() if len(fs) > 1]
-    dups += [f"{_key_text(k)} label image: {' and '.join(fs)}" for k, fs in found.objects.items() if len(fs) > 1]
+    dups = [
+        f"{_key_text(k)} {c}: {' and '.join(fs)}"
+        for k, chans in found.images.items()
+        for c, fs in chans.items()
+        if len(fs) > 1
+    ]
+    dups += [
+        f"{_key_text(k)} label image: {' and '.join(fs)}" for k, fs in found.objects.items() if len(fs) > 1
+    ]
     if dups:
         problems.append(ScanProblem("duplicate", f"{len(dups)} duplicate key(s), two files for one image and channel "
                                     f"(a field missing from the pattern?): {_listing(dups, 5)}", tuple(dups)))  # fmt: skip
@@ -247,7 +270,9 @@ def scan_folder(
     key_fields = _check_patterns(image, objects, metadata_prefix)
     pairs = parse_channel_names(channel_names)
     found = _collect(root, image, objects, key_fields, tuple(ignore))
-    n_files = sum(len(fs) for ch in found.images.values() for fs in ch.values()) + sum(map(len, found.objects.values()))
+    n_files = sum(len(fs) for ch in found.images.values() for fs in ch.values()) + sum(
+        map(len, found.objects.values())
+    )
     if not found.images:
         example = f" (unmatched image files: {_listing(found.unmatched, 3)})" if found.unmatched else ""
         raise InputError(f"{root}: no file matches --pattern {pattern!r}{example}")
@@ -271,15 +296,23 @@ def scan_folder(
     if not keys:
         raise InputError(f"{root}: no complete image left (dropped {len(drop)}: {', '.join(incomplete)})")
     if pm is not None:
-        clash = [c for c in pm.value_columns if _column(c, metadata_prefix) in {*RESERVED, *(_column(f, metadata_prefix) for f in key_fields)}]
+        clash = [
+            c
+            for c in pm.value_columns
+            if _column(c, metadata_prefix) in {*RESERVED, *(_column(f, metadata_prefix) for f in key_fields)}
+        ]
         if clash:
-            raise InputError(f"platemap {pm.path}: column(s) {clash} clash with a manifest column or a pattern field; rename them")
+            raise InputError(
+                f"platemap {pm.path}: column(s) {clash} clash with a manifest column or a pattern field; rename them"
+            )
     opts = {"root": root.resolve(), "base": None if base is None else Path(base).resolve(), "objects": objects is not None,
             "metadata_prefix": metadata_prefix, "dataset": dataset or root.resolve().name}  # fmt: skip
     table = _rows(keys, found, channels, key_fields, plate_values, opts)
     dup_ids = table["image_id"][table["image_id"].duplicated()].tolist()
     if dup_ids:
-        raise InputError(f"{root}: the key values join to the same image_id for {_listing(dup_ids)}; use field values without '_'")
+        raise InputError(
+            f"{root}: the key values join to the same image_id for {_listing(dup_ids)}; use field values without '_'"
+        )
     skipped = dict(found.skipped)
     if found.unmatched:
         skipped["image files matching no pattern"] = len(found.unmatched)
@@ -289,19 +322,39 @@ def scan_folder(
     return ScanResult(table=table, channel_names=channels, n_files=n_files, skipped=skipped, dropped=dropped)
 
 
-def _incomplete_problems(found: _Found, channels: list[str], incomplete: dict[str, set], orphans: list[str]) -> list[ScanProblem]:
+def _incomplete_problems(
+    found: _Found, channels: list[str], incomplete: dict[str, set], orphans: list[str]
+) -> list[ScanProblem]:
     problems = []
     if found.unmatched:
         problems.append(ScanProblem("unmatched", f"{len(found.unmatched)} image file(s) match no pattern: "
                                     f"{_listing(found.unmatched)}", tuple(found.unmatched)))  # fmt: skip
     keys = sorted(incomplete.get("missing a channel", ()), key=lambda k: [natural_key(v) for v in k])
     if keys:
-        names = [f"{_key_text(k)} (no {', '.join(c for c in channels if c not in found.images[k])})" for k in keys]
-        problems.append(ScanProblem("missing_channel", f"{len(keys)} image(s) missing a channel: {_listing(names)}", tuple(names)))
+        names = [
+            f"{_key_text(k)} (no {', '.join(c for c in channels if c not in found.images[k])})" for k in keys
+        ]
+        problems.append(
+            ScanProblem(
+                "missing_channel", f"{len(keys)} image(s) missing a channel: {_listing(names)}", tuple(names)
+            )
+        )
     keys = sorted(incomplete.get("without a label image", ()), key=lambda k: [natural_key(v) for v in k])
     if keys:
         names = [_key_text(k) for k in keys]
-        problems.append(ScanProblem("missing_objects", f"{len(keys)} image(s) without a label image: {_listing(names)}", tuple(names)))
+        problems.append(
+            ScanProblem(
+                "missing_objects",
+                f"{len(keys)} image(s) without a label image: {_listing(names)}",
+                tuple(names),
+            )
+        )
     if orphans:
-        problems.append(ScanProblem("orphan_objects", f"{len(orphans)} label image(s) without an image: {_listing(orphans)}", tuple(orphans)))
+        problems.append(
+            ScanProblem(
+                "orphan_objects",
+                f"{len(orphans)} label image(s) without an image: {_listing(orphans)}",
+                tuple(orphans),
+            )
+        )
     return problems

@@ -48,7 +48,9 @@ class Matcher:
                 raise InputError(f"{what} {pattern!r}: not a valid pattern ({exc})") from exc
             self.fields = list(self._parser.named_fields)
         if not self.fields:
-            raise InputError(f"{what} {pattern!r} has no named field; write e.g. '{{well}}_s{{site}}_w{{channel}}.tif'")
+            raise InputError(
+                f"{what} {pattern!r} has no named field; write e.g. '{{well}}_s{{site}}_w{{channel}}.tif'"
+            )
 
     def match(self, rel: str) -> dict[str, str] | None:
         if self.regex:
@@ -66,7 +68,9 @@ def parse_channel_names(text: str | None) -> list[tuple[str, str]]:
     for part in str(text).split(","):
         key, sep, name = part.partition("=")
         if not sep or not key.strip() or not name.strip():
-            raise InputError(f"--channel-names takes VALUE=NAME pairs separated by commas, got {part.strip()!r}")
+            raise InputError(
+                f"--channel-names takes VALUE=NAME pairs separated by commas, got {part.strip()!r}"
+            )
         pairs.append((key.strip(), name.strip()))
     keys = [k.lower() for k, _ in pairs]
     if len(set(keys)) != len(keys):

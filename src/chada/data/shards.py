@@ -80,11 +80,18 @@ def write_shards(
     channel_counts: dict[str, int] = {}  # name -> images, in first-seen order
     from chada.io import naming_path
 
-    with naming_path(out / f"{prefix}-*.tar"), wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+    with (
+        naming_path(out / f"{prefix}-*.tar"),
+        wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink,
+    ):
         for i in range(len(ds)):
             s = ds[i]
             img = s["image"].numpy()
-            arr = img.astype(np.float16) if dtype == "float16" else np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
+            arr = (
+                img.astype(np.float16)
+                if dtype == "float16"
+                else np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
+            )
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
             meta = {
@@ -242,6 +249,8 @@ class ShardDataset(IterableDataset):
             # The yield stays outside the fork: the consumer must not run on the forked RNG.
             with torch.random.fork_rng(devices=[]):
                 # the CPU generator only: torch.manual_seed would also reseed (and cost) every accelerator's
-                torch.default_generator.manual_seed(_seed(self.seed, self.epoch, self.pass_index, self.rank, worker, k))
+                torch.default_generator.manual_seed(
+                    _seed(self.seed, self.epoch, self.pass_index, self.rank, worker, k)
+                )
                 sample = _decode(raw, self.transform)
             yield sample

@@ -181,9 +181,13 @@ def render_cell(
         elif name in ("MarkerA", "MarkerB"):
             a = name == "MarkerA"
             if pattern == "domain":
-                p = 0.12 * cell + _domain(ang_a if a else ang_b, wid_a if a else wid_b, amp_a[0] if a else amp_b[0])
+                p = 0.12 * cell + _domain(
+                    ang_a if a else ang_b, wid_a if a else wid_b, amp_a[0] if a else amp_b[0]
+                )
             else:
-                p = 0.12 * cell + gauss_blobs(yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b)))
+                p = 0.12 * cell + gauss_blobs(
+                    yy, xx, *((pos_a, sig_a, amp_a) if a else (pos_b, sig_b, amp_b))
+                )
         p = p + 0.03 + rng.normal(0, 0.02, (size, size))
         planes.append(np.clip(p, 0.0, 1.0).astype(np.float32))
     img = np.stack(planes, 0)
@@ -192,7 +196,9 @@ def render_cell(
     else:
         regions = [discs(yy, xx, pos, 1.5 * sig) for pos, sig in ((pos_a, sig_a), (pos_b, sig_b))]
     masks = dict(zip(MASK_NAMES, (dist < radius, nuc_d < n_r, *regions, regions[0] & regions[1])))
-    return img, SynthInfo(size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1, masks=masks)
+    return img, SynthInfo(
+        size_class=sc, radius=radius, coloc=cl, n_spots=k if pattern == "spots" else 1, masks=masks
+    )
 
 
 def write_masks(path: str | Path, masks: dict[str, np.ndarray]) -> None:
@@ -228,7 +234,9 @@ def _write_image(path: Path, planes: np.ndarray, fmt: str) -> None:
             tifffile.imwrite(path, data[0], compression="zlib")
         else:
             # Explicit axes: 3-plane uint16 would otherwise be stored as RGB.
-            tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
+            tifffile.imwrite(
+                path, data, photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib"
+            )
 
 
 # assay -> (layout, format): how each assay is stored, chosen to cover the readers.
@@ -299,7 +307,9 @@ def generate(
         has_pair = "MarkerA" in chans and "MarkerB" in chans
         for i in range(n_per_assay):
             rng = np.random.default_rng([seed, a_idx, i])
-            img, info = render_cell(chans, size, rng, size_class=i % 3, coloc=(i // 3) % 2, marker_pattern=pattern)
+            img, info = render_cell(
+                chans, size, rng, size_class=i % 3, coloc=(i // 3) % 2, marker_pattern=pattern
+            )
             iid = f"{assay}_{i:05d}"
             row: dict[str, Any] = {"image_id": iid, "dataset": assay, "file": "", "channel_files": ""}
             if layout == "file":

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["discs", "gauss_blobs", "mitochondria", "nucleus_ellipse", "sector", "separated_points", "smooth_noise"]
+__all__ = [
+    "discs",
+    "gauss_blobs",
+    "mitochondria",
+    "nucleus_ellipse",
+    "sector",
+    "separated_points",
+    "smooth_noise",
+]
 
 
-def gauss_blobs(yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, sig: np.ndarray, amp: np.ndarray) -> np.ndarray:
+def gauss_blobs(
+    yy: np.ndarray, xx: np.ndarray, pos: np.ndarray, sig: np.ndarray, amp: np.ndarray
+) -> np.ndarray:
     out = np.zeros(yy.shape, np.float32)
     for (py, px), s, a in zip(pos, sig, amp):
         out += a * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * s * s))
@@ -42,7 +52,9 @@ def separated_points(
     return arr[rng.permutation(n)]  # exchangeable order: both halves identically distributed
 
 
-def nucleus_ellipse(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, radius: float) -> tuple[float, np.ndarray, np.ndarray]:
+def nucleus_ellipse(
+    rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, radius: float
+) -> tuple[float, np.ndarray, np.ndarray]:
     """``(nuclear radius, [H, W] elliptic distance, [H, W] soft nucleus)``: an ellipse at a random angle
     around the cell centre (``dy``, ``dx``: each pixel's offset from it)."""
     n_r = radius * 0.45 * rng.uniform(0.9, 1.1)

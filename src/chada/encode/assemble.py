@@ -52,7 +52,10 @@ def write_output(
     features = store.assemble(chunks, pools)
     if cells:
         meta = pd.concat(
-            [chunk_meta(ds.frame, rows, store.read_names(k), policy, store.read_objects(k)) for k, rows in chunks.items()],
+            [
+                chunk_meta(ds.frame, rows, store.read_names(k), policy, store.read_objects(k))
+                for k, rows in chunks.items()
+            ],
             ignore_index=True,
         )
     else:
@@ -82,7 +85,9 @@ def _write_parquet(
     try:
         for k, rows in chunks.items():
             feats = store.read(k, pools)
-            meta = chunk_meta(ds.frame, rows, store.read_names(k), policy, store.read_objects(k) if cells else None)
+            meta = chunk_meta(
+                ds.frame, rows, store.read_names(k), policy, store.read_objects(k) if cells else None
+            )
             if len(meta):
                 encoder.finish(ds, meta, sink.info, feats)
             sink.write(meta, feats)

@@ -57,7 +57,11 @@ def _check_patches(samples: Sequence[dict[str, Any]], p: int, where: Callable[[s
         h, w = (int(v) for v in s["image"].shape[-2:])
         if h < p or w < p or h % p or w % p:
             iid = str(s.get("image_id"))
-            what = f"smaller than one {p}x{p} patch" if h < p or w < p else f"not a multiple of the patch size {p}"
+            what = (
+                f"smaller than one {p}x{p} patch"
+                if h < p or w < p
+                else f"not a multiple of the patch size {p}"
+            )
             raise InputError(
                 f"image {iid!r} ({where(iid)}): {h}x{w} px is {what}; resize with --image-size N (a multiple of "
                 f"{p}, e.g. --image-size 224) or crop the image"
@@ -97,7 +101,10 @@ def check_forward(
         big = max(group, key=lambda s: int(s["image"].shape[0]))
         tokens = image_tokens(int(big["image"].shape[0]), h, w, p)
         n = (h // p) * (w // p)
-        need = forward_bytes(tokens, D, hidden, int(cfg.num_heads), batch=len(group)) + len(group) * cmax * n * D * 4
+        need = (
+            forward_bytes(tokens, D, hidden, int(cfg.num_heads), batch=len(group))
+            + len(group) * cmax * n * D * 4
+        )
         iid = str(big.get("image_id"))
         if need > have:
             raise InputError(

@@ -79,7 +79,9 @@ class ChunkStore:
                     old = None
             if not resume or old != fp:
                 if resume:
-                    log.warning("discarding partial results in %s: they were made with other settings", self.dir)
+                    log.warning(
+                        "discarding partial results in %s: they were made with other settings", self.dir
+                    )
                 shutil.rmtree(self.dir)
             else:
                 remove_stale_temps(self.dir)  # chunks half-written by a killed run
@@ -115,7 +117,11 @@ class ChunkStore:
             return None, f"{path.name} holds other rows"
         n_out = len(objects["field"]) if objects and "field" in objects else len(rows)
         bad = [p for p, v in feats.items() if v.ndim != 2 or v.shape[0] != n_out or v.dtype != np.float32]
-        if bad or len(names) != len(rows) or digest != _digest(stored_rows, stored_inputs, names_json, feats, objects):
+        if (
+            bad
+            or len(names) != len(rows)
+            or digest != _digest(stored_rows, stored_inputs, names_json, feats, objects)
+        ):
             return None, f"{path.name} does not match its content digest (damaged or edited)"
         changed = [i for i, (a, b) in enumerate(zip(stored_inputs.tolist(), inputs)) if a != b]
         if len(stored_inputs) != len(rows) or changed:

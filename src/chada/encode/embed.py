@@ -158,7 +158,9 @@ def embed_manifest(
     dev = torch.device(run.device)
     encoder.to(dev)
     policy = channels.policy(encoder.module)
-    ds = ManifestDataset(manifest, size=None if objects else size, **select.dataset_kwargs(), **image.dataset_kwargs())
+    ds = ManifestDataset(
+        manifest, size=None if objects else size, **select.dataset_kwargs(), **image.dataset_kwargs()
+    )
     n = len(ds)
     if n == 0:
         raise ValueError("no image to embed: the manifest (after the dataset/split filters) is empty")
@@ -186,13 +188,19 @@ def embed_manifest(
     if shard is not None:
         info["shard"] = list(shard)
         info["n_images"] = int(sum(len(r) for r in mine.values()))
-    result = write_output(target, store, mine, ds, policy, pools, encoder, info, t0, cells=objects is not None)
+    result = write_output(
+        target, store, mine, ds, policy, pools, encoder, info, t0, cells=objects is not None
+    )
     store.remove()
     return result
 
 
 def _seam(
-    encoder: Encoder, samples: list[dict[str, Any]], pool_map: dict[str, str], device: torch.device, policy: Any
+    encoder: Encoder,
+    samples: list[dict[str, Any]],
+    pool_map: dict[str, str],
+    device: torch.device,
+    policy: Any,
 ) -> dict[str, np.ndarray]:
     # looked up at call time, so tests can replace _embed_samples to interrupt a run
     return _embed_samples(encoder, samples, pool_map, device, policy)
@@ -214,11 +222,16 @@ def _cell_data(
         )
     if objects.crop_size is None:
         if size is None:
-            raise InputError("--objects needs a crop size: --crop-size N, or a model that recorded its image size")
+            raise InputError(
+                "--objects needs a crop size: --crop-size N, or a model that recorded its image size"
+            )
         objects = dataclasses.replace(objects, crop_size=size)
         log.info("crop size %d px: the model's image size (--crop-size to change)", size)
     data = CellDataset(ds, objects, size)
-    labels = [row_signature({"file": str(objects_path(r, ds.root, objects.column))}, ds.root, verify) for r in ds._rows]
+    labels = [
+        row_signature({"file": str(objects_path(r, ds.root, objects.column))}, ds.root, verify)
+        for r in ds._rows
+    ]
     return data, objects, [a + b for a, b in zip(inputs, labels)]
 
 
@@ -268,7 +281,10 @@ def _image_size(encoder: Encoder, image_size: int | str | None) -> tuple[int | N
         return recorded, "model"
     if image_size is None:
         if recorded is not None:
-            log.warning("native image sizes, but the model was trained at %d px (recorded in its config.json)", recorded)
+            log.warning(
+                "native image sizes, but the model was trained at %d px (recorded in its config.json)",
+                recorded,
+            )
         return None, "native"
     if recorded is not None and image_size != recorded:
         log.warning(
@@ -288,7 +304,9 @@ def run_settings(
         "model": encoder.info.get("model"),
         "encoder": {k: v for k, v in encoder.info.items() if k in ("kind", "layout", "arch")},
         "seed": run.seed if encoder.random_init else None,
-        "manifest": str(Path(manifest).resolve()) if not isinstance(manifest, pd.DataFrame) else "<DataFrame>",
+        "manifest": str(Path(manifest).resolve())
+        if not isinstance(manifest, pd.DataFrame)
+        else "<DataFrame>",
         "image_ids": hashlib.sha256("\n".join(map(str, ds.frame["image_id"])).encode()).hexdigest(),
         "pools": pool_map,
         "image_size": image_size,

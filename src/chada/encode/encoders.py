@@ -56,7 +56,9 @@ DEFAULT_POOLS = ("cls", "all")
 class ModelEncoder(Encoder):
     """A frozen model with ``forward_features`` / ``forward_head`` (every chada encoder)."""
 
-    def __init__(self, module: nn.Module, info: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, module: nn.Module, info: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.module = module
         self.info = dict(info or {})
         self.dtype = dtype
@@ -69,7 +71,9 @@ class ModelEncoder(Encoder):
     @property
     def exact_channels(self) -> int | None:
         fixed = getattr(getattr(self.module, "config", None), "in_channels", None)
-        return int(fixed) if getattr(self.module, "arch_name", None) == "fixed_channel_vit" and fixed else None
+        return (
+            int(fixed) if getattr(self.module, "arch_name", None) == "fixed_channel_vit" and fixed else None
+        )
 
     @property
     def recorded_image_size(self) -> int | None:
@@ -90,7 +94,9 @@ class ModelEncoder(Encoder):
             return variable[pool]
         known = tuple(getattr(self.module, "pools", DEFAULT_POOLS))
         if pool not in known:
-            raise ValueError(f"pool {pool!r} not supported by {type(self.module).__name__}; choose from {known}")
+            raise ValueError(
+                f"pool {pool!r} not supported by {type(self.module).__name__}; choose from {known}"
+            )
         return pool
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
@@ -100,7 +106,9 @@ class ModelEncoder(Encoder):
         known = tuple(getattr(model, "pools", DEFAULT_POOLS))
         unknown = [p for p in pools if p not in known]
         if unknown:
-            raise ValueError(f"pool(s) {unknown} not supported by {type(model).__name__}; choose from {known}")
+            raise ValueError(
+                f"pool(s) {unknown} not supported by {type(model).__name__}; choose from {known}"
+            )
         variable = getattr(model, "variable_size_pools", {}) or {}
         out = {}
         for p in pools:
@@ -223,7 +231,9 @@ class FeatureKindEncoder(Encoder):
             meta[col] = x[:, j].astype(np.float64)
 
 
-def resolve_model(model: nn.Module | str | os.PathLike, seed: int = 0) -> tuple[nn.Module | None, dict[str, Any]]:
+def resolve_model(
+    model: nn.Module | str | os.PathLike, seed: int = 0
+) -> tuple[nn.Module | None, dict[str, Any]]:
     """Load ``model`` (folder, registered name, module, or ``"handmade"``) and describe it for ``info``.
 
     Returns ``(module or None for handmade, info dict)``. A registered name is built with random
@@ -234,7 +244,10 @@ def resolve_model(model: nn.Module | str | os.PathLike, seed: int = 0) -> tuple[
     from chada.models.registry import list_models
 
     if isinstance(model, nn.Module):
-        desc: dict[str, Any] = {"model": getattr(model, "model_name", None) or type(model).__name__, "source": "module"}
+        desc: dict[str, Any] = {
+            "model": getattr(model, "model_name", None) or type(model).__name__,
+            "source": "module",
+        }
         return model, desc | _describe(model)
     spec = str(model)
     if spec == HANDMADE:
@@ -242,11 +255,15 @@ def resolve_model(model: nn.Module | str | os.PathLike, seed: int = 0) -> tuple[
     path = Path(spec)
     if path.exists():
         module = load_model(path)
-        return module, {"model": str(path.resolve()), "source": "pretrained", "seed": None} | _describe(module)
+        return module, {"model": str(path.resolve()), "source": "pretrained", "seed": None} | _describe(
+            module
+        )
     if spec in list_models():
         torch.manual_seed(seed)
         module = load_model(spec)
-        return module, {"model": spec, "source": "random_init", "untrained": True, "seed": seed} | _describe(module)
+        return module, {"model": spec, "source": "random_init", "untrained": True, "seed": seed} | _describe(
+            module
+        )
     raise FileNotFoundError(
         f"{spec!r} is neither a saved model folder, a registered model name ({', '.join(list_models())}), "
         f"nor {HANDMADE!r}"

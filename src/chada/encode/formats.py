@@ -27,7 +27,15 @@ import pandas as pd
 
 from chada.io import remove_stale_temps
 
-__all__ = ["FORMATS", "ParquetSink", "feature_column", "output_format", "read_h5ad", "read_parquet", "write_h5ad"]
+__all__ = [
+    "FORMATS",
+    "ParquetSink",
+    "feature_column",
+    "output_format",
+    "read_h5ad",
+    "read_parquet",
+    "write_h5ad",
+]
 
 FORMATS = (".npz", ".parquet", ".h5ad")
 PREFIX = "chada"
@@ -49,7 +57,11 @@ def feature_column(pool: str, j: int) -> str:
 
 
 def _list_columns(meta: pd.DataFrame) -> list[str]:
-    return [c for c in meta.columns if meta[c].dtype == object and meta[c].map(lambda v: isinstance(v, list)).any()]
+    return [
+        c
+        for c in meta.columns
+        if meta[c].dtype == object and meta[c].map(lambda v: isinstance(v, list)).any()
+    ]
 
 
 def _missing(v: Any) -> bool:
@@ -71,7 +83,9 @@ class ParquetSink:
             the first row group, so everything in it must be known by then).
     """
 
-    def __init__(self, path: str | os.PathLike, schema: Any = None, info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, schema: Any = None, info: dict[str, Any] | None = None
+    ) -> None:
         self.info = dict(info or {})
         self.path = Path(path)
         self.tmp = _temp(self.path)
@@ -92,7 +106,9 @@ class ParquetSink:
         base = self.base_schema
         # a column with no value in the first chunk takes its type over the whole manifest
         fields = [
-            base.field(f.name) if pa.types.is_null(f.type) and base is not None and f.name in base.names else f
+            base.field(f.name)
+            if pa.types.is_null(f.type) and base is not None and f.name in base.names
+            else f
             for f in inferred
         ]
         self.columns = {p: [feature_column(p, j) for j in range(v.shape[1])] for p, v in feats.items()}
@@ -117,7 +133,11 @@ class ParquetSink:
             return
         if self.writer is None:
             self._open(meta, feats)
-        arrays = [pa.Array.from_pandas(meta[f.name], type=f.type) for f in self.schema if f.name in self.meta_columns]
+        arrays = [
+            pa.Array.from_pandas(meta[f.name], type=f.type)
+            for f in self.schema
+            if f.name in self.meta_columns
+        ]
         for p, cols in self.columns.items():
             block = np.ascontiguousarray(feats[p], dtype=np.float32)
             arrays += [pa.array(block[:, j]) for j in range(len(cols))]
@@ -141,7 +161,15 @@ class ParquetSink:
 def _lists_back(meta: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for c in columns:
         if c in meta.columns:
-            meta[c] = meta[c].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, (list, tuple)) else v)
+            meta[c] = meta[c].map(
+                lambda v: (
+                    v.tolist()
+                    if isinstance(v, np.ndarray)
+                    else list(v)
+                    if isinstance(v, (list, tuple))
+                    else v
+                )
+            )
     return meta
 
 
@@ -164,7 +192,9 @@ def read_parquet(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], pd.Dat
     return feats, _lists_back(meta, lists), info
 
 
-def write_h5ad(path: str | os.PathLike, features: dict[str, np.ndarray], meta: pd.DataFrame, info: dict[str, Any]) -> Path:
+def write_h5ad(
+    path: str | os.PathLike, features: dict[str, np.ndarray], meta: pd.DataFrame, info: dict[str, Any]
+) -> Path:
     """An AnnData file: ``X`` = the first pool, ``obsm`` = the others, ``obs`` = ``meta``, ``uns`` = info."""
     import anndata as ad
 
@@ -214,5 +244,7 @@ def read_h5ad(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], pd.DataFr
     for c in lists:
         meta[c] = meta[c].map(lambda v: v.split(LIST_SEP) if isinstance(v, str) else v)
     if "channel_slots" in lists:
-        meta["channel_slots"] = meta["channel_slots"].map(lambda v: [int(x) for x in v] if isinstance(v, list) else v)
+        meta["channel_slots"] = meta["channel_slots"].map(
+            lambda v: [int(x) for x in v] if isinstance(v, list) else v
+        )
     return feats, meta, info

@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["VERIFY_CHOICES", "refuse_duplicate_ids", "row_signature", "row_signatures", "weights_digest", "weights_sha1"]
+__all__ = [
+    "VERIFY_CHOICES",
+    "refuse_duplicate_ids",
+    "row_signature",
+    "row_signatures",
+    "weights_digest",
+    "weights_sha1",
+]
 
 VERIFY_CHOICES = ("stat", "hash")
 _BLOCK = 1 << 20
@@ -110,7 +117,8 @@ def refuse_duplicate_ids(frame: pd.DataFrame, manifest: str | os.PathLike | pd.D
     full = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     all_ids = full["image_id"].astype(str).to_numpy()
     parts = [
-        f"{iid!r} on rows {', '.join(str(int(i) + 1) for i in np.flatnonzero(all_ids == iid))}" for iid in repeated[:5]
+        f"{iid!r} on rows {', '.join(str(int(i) + 1) for i in np.flatnonzero(all_ids == iid))}"
+        for iid in repeated[:5]
     ]
     more = f" and {len(repeated) - 5} more ids" if len(repeated) > 5 else ""
     where = "the manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)

@@ -77,7 +77,9 @@ class Encoder(ABC):
 
         return weights_sha1(self.module) if self.module is not None else self.name
 
-    def check_forward(self, samples: Sequence[dict[str, Any]], device: torch.device, where: Any, warned: set[str]) -> None:
+    def check_forward(
+        self, samples: Sequence[dict[str, Any]], device: torch.device, where: Any, warned: set[str]
+    ) -> None:
         """Before a forward pass: token count and memory of ``samples`` on ``device``
         (:func:`chada.encode.budget.check_forward`); nothing to check without a model."""
         if self.module is not None:
@@ -88,7 +90,9 @@ class Encoder(ABC):
     @property
     def name(self) -> str:
         """What error messages call the encoder: the module's class, else the feature kind."""
-        return type(self.module).__name__ if self.module is not None else str(self.info.get("kind", "handmade"))
+        return (
+            type(self.module).__name__ if self.module is not None else str(self.info.get("kind", "handmade"))
+        )
 
     def fixed_pool(self, pool: str) -> str:
         """The pool whose size does not depend on the channel count (a probe fitted on C channels reads
@@ -157,7 +161,9 @@ class Encoder(ABC):
                 if p not in result:
                     result[p] = np.zeros((len(samples), f.shape[1]), dtype=np.float32)
                 elif result[p].shape[1] != f.shape[1]:
-                    raise ValueError(f"pool {p!r} gave {f.shape[1]} and {result[p].shape[1]} features in one batch")
+                    raise ValueError(
+                        f"pool {p!r} gave {f.shape[1]} and {result[p].shape[1]} features in one batch"
+                    )
                 result[p][rows] = f
         return {req: result[act] for req, act in pool_map.items()}
 

@@ -54,7 +54,9 @@ def reusable_chunks(
         elif why is not None:
             log.warning("recomputing chunk %d: %s", k, why)
     if changed:
-        shown = ", ".join(repr(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        shown = ", ".join(repr(c) for c in changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
         log.warning(
             "%d image(s) read other or changed files since the interrupted run (%s): recomputing %d chunk(s)",
             len(changed), shown, len(redo),
@@ -177,7 +179,9 @@ def meta_frame(frame: pd.DataFrame, used_names: list[list[str]], policy: Any) ->
     meta["channel_names"] = pd.Series(used_names, index=meta.index, dtype=object)
     meta["n_channels"] = [len(x) for x in used_names]
     meta["channel_slots"] = pd.Series(
-        [policy.resolve(nm, str(i)) for nm, i in zip(used_names, meta["image_id"])], index=meta.index, dtype=object
+        [policy.resolve(nm, str(i)) for nm, i in zip(used_names, meta["image_id"])],
+        index=meta.index,
+        dtype=object,
     )
     return meta
 

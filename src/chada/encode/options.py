@@ -72,7 +72,9 @@ class ImageOptions:
         if self.size == "native":
             object.__setattr__(self, "size", None)
         size = self.size
-        if size not in (None, MODEL_SIZE) and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        if size not in (None, MODEL_SIZE) and (
+            isinstance(size, bool) or not isinstance(size, int) or size < 1
+        ):
             raise ValueError(f"image_size must be a positive int, 'model' or None (native), got {size!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")

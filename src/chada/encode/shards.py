@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Shard", "finish_shard", "merge_if_complete", "merge_shards", "parse_shard", "shard_chunks", "shard_path",
+    "Shard",
+    "finish_shard",
+    "merge_if_complete",
+    "merge_shards",
+    "parse_shard",
+    "shard_chunks",
+    "shard_path",
     "torchrun_shard",
 ]
 
@@ -120,7 +126,9 @@ def merge_shards(out: str | os.PathLike, n: int | None = None, remove: bool = Tr
         found = sorted(out.parent.glob(f"{out.stem}.shard-*-of-*{out.suffix}"))
         counts = {int(re.search(r"-of-(\d+)", p.name).group(1)) for p in found}  # type: ignore[union-attr]
         if len(counts) != 1:
-            raise FileNotFoundError(f"no single set of shard files for {out} (found {[p.name for p in found]})")
+            raise FileNotFoundError(
+                f"no single set of shard files for {out} (found {[p.name for p in found]})"
+            )
         n = counts.pop()
     paths = [shard_path(out, (i, n)) for i in range(n)]
     missing = [p.name for p in paths if not p.exists()]
@@ -159,7 +167,9 @@ def _merge_parquet(out: Path, paths: list[Path]) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
             for f in files:
                 for g in range(f.num_row_groups):
-                    writer.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata).cast(schema))
+                    writer.write_table(
+                        f.read_row_group(g).replace_schema_metadata(schema.metadata).cast(schema)
+                    )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -46,7 +46,9 @@ class EmbeddingSet:
         n = len(self.meta)
         for k, v in self.features.items():
             if v.ndim != 2 or v.shape[0] != n:
-                raise ValueError(f"feature {k!r} has shape {v.shape}; expected [{n}, D] to match the metadata rows")
+                raise ValueError(
+                    f"feature {k!r} has shape {v.shape}; expected [{n}, D] to match the metadata rows"
+                )
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -60,7 +62,9 @@ class EmbeddingSet:
     def subset(self, rows: np.ndarray) -> EmbeddingSet:
         rows = np.asarray(rows)
         return EmbeddingSet(
-            {k: v[rows] for k, v in self.features.items()}, self.meta.iloc[rows].reset_index(drop=True), dict(self.info)
+            {k: v[rows] for k, v in self.features.items()},
+            self.meta.iloc[rows].reset_index(drop=True),
+            dict(self.info),
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -99,7 +103,10 @@ def save_embeddings(emb: EmbeddingSet, path: str | os.PathLike) -> Path:
         elif meta[col].dtype.kind == "f" and np.isinf(meta[col].to_numpy()).any():
             # JSON writes inf as null, which reads back as "missing": keep it as "inf" (read back as inf),
             # so that the evaluation refuses an infinite target by name instead of dropping its row
-            meta[col] = [("inf" if v > 0 else "-inf") if np.isinf(v) else (None if np.isnan(v) else v) for v in meta[col]]
+            meta[col] = [
+                ("inf" if v > 0 else "-inf") if np.isinf(v) else (None if np.isnan(v) else v)
+                for v in meta[col]
+            ]
     arrays = {f"feat_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in emb.features.items()}
     atomic_write_npz(
         path,

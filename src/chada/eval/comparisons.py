@@ -33,8 +33,15 @@ from chada.eval.config import ModelSpec
 from chada.eval.markdown import markdown_table
 from chada.eval.paired import PairedItems, compare, holm
 
-__all__ = ["COMPARISON_COLUMNS", "ROLES", "comparison_table", "comparisons_markdown", "holm_by_table", "metric_kind",
-           "reference_pairs"]
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "ROLES",
+    "comparison_table",
+    "comparisons_markdown",
+    "holm_by_table",
+    "metric_kind",
+    "reference_pairs",
+]
 
 ROLES = ("untrained", "one_channel", "handmade")
 COMPARISON_COLUMNS = [
@@ -59,7 +66,9 @@ def _seed_tag(name: str) -> str:
     return m.group(0) if m else ""
 
 
-def reference_pairs(models: pd.DataFrame, specs: Mapping[str, ModelSpec] | None = None) -> list[tuple[str, str, str]]:
+def reference_pairs(
+    models: pd.DataFrame, specs: Mapping[str, ModelSpec] | None = None
+) -> list[tuple[str, str, str]]:
     """``[(model, reference, role)]`` for every learned model of ``models`` (columns model, family, arch)."""
     specs = specs or {}
     m = models.drop_duplicates("model")

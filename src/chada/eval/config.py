@@ -166,7 +166,9 @@ def parse_settings(config: dict[str, Any], base: Path) -> dict[str, Any]:
         settings["blas_threads"] = integer(settings["blas_threads"], "blas_threads", 1)
     settings["probe"]["max_iter"] = integer(settings["probe"]["max_iter"], "probe.max_iter", 1)
     settings["knn"]["k"] = integer(settings["knn"]["k"], "knn.k", 1)
-    settings["knn"]["temperature"] = number(settings["knn"]["temperature"], "knn.temperature", 0, strict_low=True)
+    settings["knn"]["temperature"] = number(
+        settings["knn"]["temperature"], "knn.temperature", 0, strict_low=True
+    )
     small = settings["small_data"]
     small["folds"] = integer(small["folds"], "small_data.folds", 2)
     small["max_images"] = integer(small["max_images"], "small_data.max_images", 0)
@@ -254,7 +256,10 @@ def parse_tasks(
                 test_split=t.get("test_split", "test"),
                 test_fraction=t.get("test_fraction", t.get("split_fraction")),
                 feature_kinds=list(t.get("feature_kinds", settings["feature_kinds"])),
-                fractions=[number(f, f"{where}.fractions", 0, strict_low=True) for f in t.get("fractions", settings["fractions"])],
+                fractions=[
+                    number(f, f"{where}.fractions", 0, strict_low=True)
+                    for f in t.get("fractions", settings["fractions"])
+                ],
                 seeds=seed_list(t.get("seeds", settings["seeds"]), f"{where}.seeds"),
                 cross_validation=None if cv in ("auto", None) else bool(cv),
             )

@@ -118,7 +118,17 @@ def compute_diagnostics(
     for n, (fam, _arch_name, emb) in info.items():
         for k in emb.features:
             x = emb.get(k)
-            add("participation_ratio", n, fam, "", "", k, np.nan, "", participation_ratio(x[_cap(len(x), max_rows)]))
+            add(
+                "participation_ratio",
+                n,
+                fam,
+                "",
+                "",
+                k,
+                np.nan,
+                "",
+                participation_ratio(x[_cap(len(x), max_rows)]),
+            )
     pairs = diag.get("cka_pairs")
     _cka(info, _default_pairs(info, models) if pairs is None else pairs, kinds, max_rows, add)
     if diag.get("shortcut_features"):
@@ -139,7 +149,17 @@ def _ratios(results: pd.DataFrame, add: _Add) -> None:
         base = g[g.family != "learned"]
         for _, m in learned.iterrows():
             for _, b in base.iterrows():
-                add("ratio", m.model, b.family, b.model, task, feat, frac, metric, score_ratio(b.value, m.value))
+                add(
+                    "ratio",
+                    m.model,
+                    b.family,
+                    b.model,
+                    task,
+                    feat,
+                    frac,
+                    metric,
+                    score_ratio(b.value, m.value),
+                )
                 add("chance_normalised", m.model, b.family, b.model, task, feat, frac, metric,
                     chance_normalised(b.value, m.value, m.chance))  # fmt: skip
 
@@ -159,7 +179,9 @@ def _model_infos(
     return info
 
 
-def _default_pairs(info: dict[str, tuple[str, str, EmbeddingSet]], models: dict[str, ModelSpec]) -> list[list[str]]:
+def _default_pairs(
+    info: dict[str, tuple[str, str, EmbeddingSet]], models: dict[str, ModelSpec]
+) -> list[list[str]]:
     """Each learned model against its untrained copy (``untrained_of`` or same arch) and every hand-made file."""
     pairs = []
     for n, (fam, arch, _e) in info.items():
@@ -167,7 +189,11 @@ def _default_pairs(info: dict[str, tuple[str, str, EmbeddingSet]], models: dict[
             continue
         for o, (ofam, oarch, _oe) in info.items():
             spec = models.get(o)
-            if ofam == "untrained" and ((spec and spec.untrained_of == n) or oarch == arch) or ofam == "handmade":
+            if (
+                ofam == "untrained"
+                and ((spec and spec.untrained_of == n) or oarch == arch)
+                or ofam == "handmade"
+            ):
                 pairs.append([n, o])
     return pairs
 
@@ -189,7 +215,17 @@ def _cka(
             ka, kb = resolve_kind(ea, k), resolve_kind(eb, k)
             if ka is None or kb is None:
                 continue
-            add("cka", a, info[b][0], b, "", k, np.nan, "", linear_cka(ea.get(ka)[ia[sel]], eb.get(kb)[ib[sel]]))
+            add(
+                "cka",
+                a,
+                info[b][0],
+                b,
+                "",
+                k,
+                np.nan,
+                "",
+                linear_cka(ea.get(ka)[ia[sel]], eb.get(kb)[ib[sel]]),
+            )
 
 
 def _shortcuts(
@@ -219,7 +255,17 @@ def _shortcuts(
             x = emb.get(kk)[ie[sel]]
             if good.any():
                 r = shortcut_explained(s_x[:, good], x, n_components=ncomp, folds=folds)
-                add("shortcut_r2_pcs", n, fam, "shortcut", "", k, np.nan, f"top{r['n_components']}", r["r2_weighted"])
+                add(
+                    "shortcut_r2_pcs",
+                    n,
+                    fam,
+                    "shortcut",
+                    "",
+                    k,
+                    np.nan,
+                    f"top{r['n_components']}",
+                    r["r2_weighted"],
+                )
             tg = {t: v[isc[sel]] for t, v in targets_all.items()}
             for t, v in shortcut_probes(x, tg, folds=folds).items():
                 add("shortcut_probe_r2", n, fam, t, "", k, np.nan, t, v)

@@ -91,7 +91,11 @@ def bootstrap_values(
 
 
 def percentile_bootstrap(
-    statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval ``(low, high)`` of :func:`bootstrap_values` (undefined resamples, NaN, dropped)."""
     vals = bootstrap_values(statistic, n, n_boot, seed)

@@ -20,7 +20,15 @@ import numpy as np
 
 from chada.eval.probes import encode_labels
 
-__all__ = ["MAX_BLOCK_BYTES", "chunk_rows", "knn_accuracy", "knn_correct", "knn_predict", "knn_regress", "knn_r2"]
+__all__ = [
+    "MAX_BLOCK_BYTES",
+    "chunk_rows",
+    "knn_accuracy",
+    "knn_correct",
+    "knn_predict",
+    "knn_regress",
+    "knn_r2",
+]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ __all__ = ["markdown_table"]
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A pipe table: ``header`` (``[K]`` column names), then one line per row of ``K`` cells (``str()``
     of each; a ``|`` inside a cell is escaped so it cannot split the cell). Ends with a newline."""
+
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 

@@ -61,7 +61,9 @@ def paired_bootstrap(
     if a.shape != b.shape or a.ndim == 0 or len(a) == 0:
         raise ValueError(f"a and b must hold the same items [N, ...], got shapes {a.shape} and {b.shape}")
     diff = float(statistic(a[None])[0] - statistic(b[None])[0])
-    low, high = percentile_bootstrap(lambda idx: statistic(a[idx]) - statistic(b[idx]), len(a), n_boot, seed, level)
+    low, high = percentile_bootstrap(
+        lambda idx: statistic(a[idx]) - statistic(b[idx]), len(a), n_boot, seed, level
+    )
     return diff, low, high
 
 
@@ -74,7 +76,9 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
 
     ca, cb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if ca.shape != cb.shape or ca.ndim != 1:
-        raise ValueError(f"correct_a and correct_b must be [N] of the same items, got {ca.shape} and {cb.shape}")
+        raise ValueError(
+            f"correct_a and correct_b must be [N] of the same items, got {ca.shape} and {cb.shape}"
+        )
     n01, n10 = int((ca & ~cb).sum()), int((~ca & cb).sum())
     if n01 + n10 == 0:
         return n01, n10, 1.0
@@ -116,8 +120,12 @@ class PairedItems:
         self.values = np.asarray(self.values, dtype=np.float64)
         if self.target is not None:
             self.target = np.asarray(self.target, dtype=np.float64)
-        if self.values.shape != self.ids.shape or (self.target is not None and self.target.shape != self.ids.shape):
-            raise ValueError(f"ids, values and target must all be [N]; got {self.ids.shape}, {self.values.shape}")
+        if self.values.shape != self.ids.shape or (
+            self.target is not None and self.target.shape != self.ids.shape
+        ):
+            raise ValueError(
+                f"ids, values and target must all be [N]; got {self.ids.shape}, {self.values.shape}"
+            )
         if len(np.unique(self.ids)) != len(self.ids):
             raise ValueError("item ids repeat: a pairing by id needs each item once")
 
@@ -163,7 +171,9 @@ def _aligned(a: PairedItems, b: PairedItems) -> tuple[np.ndarray, np.ndarray]:
     return ia, np.array([pos_b[a.ids[i]] for i in ia], dtype=np.int64)
 
 
-def _r2_pairs(a: PairedItems, b: PairedItems, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _r2_pairs(
+    a: PairedItems, b: PairedItems, ia: np.ndarray, ib: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     if a.target is None or b.target is None:
         raise ValueError("kind='r2' needs the targets of both sides")
     if not np.allclose(a.target[ia], b.target[ib]):

@@ -178,7 +178,11 @@ def ridge_probe_regression(
     zte = prep.transform(x_test)
     if len(ztr) < 2:
         pred = np.full(len(y_test), y_train.mean())
-        out: dict[str, Any] = {"r2": float(r2_score(y_test, pred)), "alpha": float("nan"), "dim": int(ztr.shape[1])}
+        out: dict[str, Any] = {
+            "r2": float(r2_score(y_test, pred)),
+            "alpha": float("nan"),
+            "dim": int(ztr.shape[1]),
+        }
     else:
         reg = RidgeCV(alphas=[float(a) for a in alphas]).fit(ztr, y_train)
         pred = reg.predict(zte)

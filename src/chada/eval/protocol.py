@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from chada.encode.store import EmbeddingSet, load_embeddings
+from chada.encode.store import EmbeddingSet
 from chada.eval.config import ModelSpec, TaskSpec, arch_name, infer_family
+from chada.eval.feature_files import Loader, align_rows, common_images, resolve_kind
 from chada.eval.intervals import bootstrap_r2_interval, chance_score, r2, wilson_interval
 from chada.eval.knn import knn_correct, knn_regress
 from chada.eval.lowdata import quantile_bins, stratified_fraction_indices, stratified_split
@@ -48,44 +48,6 @@ RESULT_COLUMNS = [
     "task", "kind", "model", "family", "arch", "feature", "fraction", "seed",
     "metric", "value", "chance", "n_train", "n_test", "ci_low", "ci_high", "design",
 ]  # fmt: skip
-
-
-class Loader:
-    """Loads each embedding file once, with its rows sorted by image_id (same split for every model)."""
-
-    def __init__(self) -> None:
-        self.cache: dict[Path, EmbeddingSet] = {}
-
-    def __call__(self, path: Path) -> EmbeddingSet:
-        if path not in self.cache:
-            emb = load_embeddings(path)
-            if "image_id" in emb.meta.columns:
-                order = np.argsort(emb.meta["image_id"].astype(str).to_numpy(), kind="stable")
-                emb = emb.subset(order)
-            self.cache[path] = emb
-        return self.cache[path]
-
-
-def resolve_kind(emb: EmbeddingSet, kind: str) -> str | None:
-    """The feature kind to use for ``kind``: itself, or the only kind of a single-kind file."""
-    if kind in emb.features:
-        return kind
-    if len(emb.features) == 1:
-        return next(iter(emb.features))
-    return None
-
-
-def align_rows(a: EmbeddingSet, b: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
-    """Row positions ``(ia, ib)`` of the images present in both sets, matched by ``image_id``."""
-    for e in (a, b):
-        if "image_id" not in e.meta.columns:
-            raise ValueError("cannot align embedding files without an image_id column")
-    ids_a = a.meta["image_id"].astype(str).to_numpy()
-    ids_b = b.meta["image_id"].astype(str).to_numpy()
-    pos_b = {v: i for i, v in enumerate(ids_b)}
-    ia = np.array([i for i, v in enumerate(ids_a) if v in pos_b], dtype=np.int64)
-    ib = np.array([pos_b[ids_a[i]] for i in ia], dtype=np.int64)
-    return ia, ib
 
 
 def _key(*arrays: np.ndarray) -> str:
@@ -123,7 +85,9 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, regression: bool
     return [(np.sort(tr), np.sort(te)) for tr, te in cv.split(np.zeros(len(strata)), strata)]
 
 
-def _design(task: TaskSpec, meta: pd.DataFrame, labels: np.ndarray, seed: int, settings: dict) -> tuple[list, str]:
+def _design(
+    task: TaskSpec, meta: pd.DataFrame, labels: np.ndarray, seed: int, settings: dict
+) -> tuple[list, str]:
     """The folds of one seed and how they were made: ``"split"`` (the split column), ``"random split"``
     or ``"K-fold CV"`` (small data: every image is tested)."""
     small = settings.get("small_data") or {}
@@ -212,7 +176,9 @@ def _task_labels(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet) -> tuple[E
     return emb, labels
 
 
-def _items(emb: EmbeddingSet, tests: list, labels: np.ndarray, per_fold: list, regression: bool) -> PairedItems:
+def _items(
+    emb: EmbeddingSet, tests: list, labels: np.ndarray, per_fold: list, regression: bool
+) -> PairedItems:
     """The pooled test rows' per-image results, keyed by image_id (row position without one)."""
     te = np.concatenate(tests)
     if "image_id" in emb.meta.columns:
@@ -229,7 +195,9 @@ def _refuse_infinite(task: TaskSpec, model: ModelSpec, emb: EmbeddingSet, values
     bad = np.flatnonzero(np.isinf(values))
     if len(bad):
         ids = emb.meta["image_id"].astype(str).to_numpy()[bad] if "image_id" in emb.meta.columns else bad
-        listed = ", ".join(repr(str(i)) for i in ids[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        listed = ", ".join(repr(str(i)) for i in ids[:5]) + (
+            f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        )
         raise ValueError(
             f"task {task.name!r}: {task.label_column!r} is infinite for image(s) {listed} in the embeddings of "
             f"{model.name!r}; fix the target in the manifest (or leave it empty to drop the row) and re-embed"
@@ -280,7 +248,10 @@ def run_task(
         folds, design = _design(task, emb.meta, labels, seed, settings)
         tests = [te for _, te in folds]
         for frac in task.fractions:
-            subs = [tr[stratified_fraction_indices(labels[tr], frac, seed, regression=regression)] for tr, _ in folds]
+            subs = [
+                tr[stratified_fraction_indices(labels[tr], frac, seed, regression=regression)]
+                for tr, _ in folds
+            ]
             chance = _chance(task.kind, subs, tests, labels)
             for feat in task.feature_kinds:
                 src = resolve_kind(emb, feat)
@@ -290,9 +261,13 @@ def run_task(
                 per_fold = []
                 for sub, te in zip(subs, tests):
                     # A probe is a deterministic function of its rows: a fixed split at 100 % is fit once.
-                    key = _key(np.frombuffer(str((id(x), src, model.name, task.name)).encode(), np.uint8), sub, te)
+                    key = _key(
+                        np.frombuffer(str((id(x), src, model.name, task.name)).encode(), np.uint8), sub, te
+                    )
                     if key not in cache:
-                        cache[key] = _probe_metrics(task, x[sub], labels[sub], x[te], labels[te], settings, seed=0)
+                        cache[key] = _probe_metrics(
+                            task, x[sub], labels[sub], x[te], labels[te], settings, seed=0
+                        )
                     per_fold.append(cache[key])
                 for metric in per_fold[0]:
                     value, (lo, hi) = _pooled(task.kind, [f[metric] for f in per_fold], tests, labels, seed)
@@ -302,10 +277,22 @@ def run_task(
                         )
                     rows.append(
                         dict(
-                            task=task.name, kind=task.kind, model=model.name, family=family, arch=arch,
-                            feature=feat, fraction=frac, seed=seed, metric=metric, value=float(value),
-                            chance=float(chance), n_train=int(np.mean([len(s) for s in subs])),
-                            n_test=sum(len(te) for te in tests), ci_low=lo, ci_high=hi, design=design,
+                            task=task.name,
+                            kind=task.kind,
+                            model=model.name,
+                            family=family,
+                            arch=arch,
+                            feature=feat,
+                            fraction=frac,
+                            seed=seed,
+                            metric=metric,
+                            value=float(value),
+                            chance=float(chance),
+                            n_train=int(np.mean([len(s) for s in subs])),
+                            n_test=sum(len(te) for te in tests),
+                            ci_low=lo,
+                            ci_high=hi,
+                            design=design,
                         )  # fmt: skip
                     )
     return rows
@@ -337,40 +324,3 @@ def run_feature_tasks(
                 rows.extend(run_task(task, spec, sets[name], settings, cache, items))
                 bar.update(1)
     return rows
-
-
-def common_images(task: TaskSpec, embs: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
-    """Each model's embeddings restricted to the labelled images every model of the task holds.
-
-    Models ranked in one table must be scored on the same images: when the files hold different
-    labelled images, a warning names each model's count and the common count; no common image (or one
-    only) is an error.
-    """
-    if len(embs) < 2:
-        return embs
-    labelled = {}
-    for name, emb in embs.items():
-        if "image_id" not in emb.meta.columns:
-            return embs  # nothing to match on: align_rows-style matching is impossible, keep the files as they are
-        col = emb.meta.get(task.label_column)
-        ids = emb.meta["image_id"].astype(str)
-        labelled[name] = set(ids[col.notna()]) if col is not None else set(ids)
-    common = set.intersection(*labelled.values())
-    if all(len(v) == len(common) for v in labelled.values()):
-        return embs
-    counts = ", ".join(f"{n}: {len(v)}" for n, v in labelled.items())
-    if len(common) < 2:
-        raise ValueError(
-            f"task {task.name!r}: the feature files hold different images ({counts} labelled images) and share "
-            f"{len(common)}; embed the same manifest with every model"
-        )
-    warnings.warn(
-        f"task {task.name!r}: the feature files hold different images ({counts} labelled images); every model "
-        f"is scored on the {len(common)} images they share",
-        stacklevel=2,
-    )
-    out = {}
-    for name, emb in embs.items():
-        ids = emb.meta["image_id"].astype(str).to_numpy()
-        out[name] = emb.subset(np.flatnonzero([i in common for i in ids]))
-    return out

@@ -97,7 +97,9 @@ def mark_ties(summary: pd.DataFrame) -> pd.DataFrame:
         lower = g.metric.iloc[0] in LOWER_IS_BETTER
         best = g["mean"].idxmin() if lower else g["mean"].idxmax()
         b = (out.at[best, "ci_low"], out.at[best, "ci_high"])
-        ties = [i for i in g.index if i != best and not separated(b, (out.at[i, "ci_low"], out.at[i, "ci_high"]))]
+        ties = [
+            i for i in g.index if i != best and not separated(b, (out.at[i, "ci_low"], out.at[i, "ci_high"]))
+        ]
         if ties:
             out.loc[[best, *ties], "mark"] = "tie"
         else:
@@ -123,7 +125,6 @@ def format_score(r: Any, scale: float, std: bool = True, mark: bool = True) -> s
 def metric_scale(metric: str) -> float:
     """100 for accuracies (shown in %), 1 otherwise."""
     return 100.0 if metric.endswith("top1") else 1.0
-
 
 
 def _frac_label(f: float) -> str:
@@ -188,7 +189,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 RATIO_NOTE = (
     "ratio = baseline / model; chance_normalised = (baseline − chance) / (model − chance), the share of "
-    "the model's above-chance score that the baseline also reaches. \"-\": undefined, because the learned "
+    'the model\'s above-chance score that the baseline also reaches. "-": undefined, because the learned '
     "model scores at or below chance there (model − chance ≤ 0), so it has no above-chance score to share."
 )
 

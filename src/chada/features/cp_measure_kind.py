@@ -36,7 +36,9 @@ def check_labels(labels: np.ndarray, shape: tuple[int, int], name: str) -> np.nd
         raise InputError(f"{name}: label image is {labels.shape[0]}x{labels.shape[1]} but its field is "
                          f"{shape[0]}x{shape[1]}; use the mask made from this field")  # fmt: skip
     if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{name}: label image has dtype {labels.dtype}; expected integer labels (0 = background)")
+        raise InputError(
+            f"{name}: label image has dtype {labels.dtype}; expected integer labels (0 = background)"
+        )
     if labels.size and labels.min() < 0:
         raise InputError(f"{name}: label image has negative labels; expected 0 = background, 1.. = objects")
     if labels.size and labels.max() > np.iinfo(np.int32).max:

@@ -101,7 +101,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, newline: bool = False, **dumps_kwargs: Any) -> None:
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, *, newline: bool = False, **dumps_kwargs: Any
+) -> None:
     """``json.dumps(obj, **dumps_kwargs)`` (plus ``"\\n"`` with ``newline``), written atomically."""
     atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + ("\n" if newline else ""))
 

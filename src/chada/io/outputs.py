@@ -16,6 +16,7 @@ from chada.io.atomic import remove_stale_temps
 # writes at most three levels down: embeddings/<group>/<model>.npz.parts/chunk_*.npz).
 _CLEAN_DEPTH = 4
 
+
 def _existing_ancestor(path: Path) -> Path:
     """``path`` itself if it exists, else its nearest existing parent."""
     p = path.absolute()
@@ -53,7 +54,9 @@ def check_writable_file(path: str | os.PathLike, *, what: str = "output file", c
     """
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(f"{what} {p} is a folder; give a file path (for example {p / ('out' + (p.suffix or ''))})")
+        raise IsADirectoryError(
+            f"{what} {p} is a folder; give a file path (for example {p / ('out' + (p.suffix or ''))})"
+        )
     _check_ancestor(p, what, start=p.parent)  # os.replace needs the folder writable, not the old file
     if clean and p.parent.is_dir():
         remove_stale_temps(p.parent, p.name)

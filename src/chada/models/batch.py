@@ -75,7 +75,9 @@ class ChannelBatch:
         check_pixel_dtype(self.pixels)
         counts = torch.as_tensor(self.counts, dtype=torch.long)
         if counts.ndim != 1 or counts.numel() == 0:
-            raise ValueError(f"ChannelBatch.counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}")
+            raise ValueError(
+                f"ChannelBatch.counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}"
+            )
         if self.host_counts is None:  # validated on the host: one read-back only if counts live on a GPU
             host = counts.cpu()
             if bool((host <= 0).any()):
@@ -85,7 +87,9 @@ class ChannelBatch:
         elif len(self.host_counts) != counts.numel():
             raise ValueError(f"host_counts has {len(self.host_counts)} entries for {counts.numel()} images")
         if sum(self.host_counts) != self.pixels.shape[0]:
-            raise ValueError(f"counts sum to {sum(self.host_counts)} channels but pixels holds {self.pixels.shape[0]}")
+            raise ValueError(
+                f"counts sum to {sum(self.host_counts)} channels but pixels holds {self.pixels.shape[0]}"
+            )
         self.counts = counts.to(self.pixels.device) if counts.device != self.pixels.device else counts
         if self.channel_ids is not None:
             ids = torch.as_tensor(self.channel_ids, dtype=torch.long)
@@ -121,7 +125,9 @@ class ChannelBatch:
         n, dev = self.pixels.shape[0], self.counts.device
         offsets = torch.cumsum(self.counts, 0) - self.counts
         # output_size: the result's length is known on the host, so no read-back of counts from a GPU
-        image_of = torch.repeat_interleave(torch.arange(self.batch_size, device=dev), self.counts, output_size=n)
+        image_of = torch.repeat_interleave(
+            torch.arange(self.batch_size, device=dev), self.counts, output_size=n
+        )
         return torch.arange(n, device=dev) - offsets[image_of]
 
     def split(self) -> list[Tensor]:
@@ -150,7 +156,11 @@ class ChannelBatch:
         counts and ids too). Moving off the CPU checks the pixels there first, so that the model
         needs no read-back from the GPU; pixels are copied once."""
         device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None and torch.device(device) != self.pixels.device and self.pixels.device.type == "cpu":
+        if (
+            device is not None
+            and torch.device(device) != self.pixels.device
+            and self.pixels.device.type == "cpu"
+        ):
             self.check_finite()
         pixels = self.pixels.to(*args, **kwargs)
         dev = pixels.device
@@ -169,7 +179,12 @@ class ChannelBatch:
         self.check_finite()
         ids = None if self.channel_ids is None else self.channel_ids.pin_memory()
         return ChannelBatch(
-            self.pixels.pin_memory(), self.counts.pin_memory(), ids, self.host_counts, self.host_id_range, True
+            self.pixels.pin_memory(),
+            self.counts.pin_memory(),
+            ids,
+            self.host_counts,
+            self.host_id_range,
+            True,
         )
 
     # ------------------------------------------------------------ constructors
@@ -184,7 +199,9 @@ class ChannelBatch:
             ValueError: empty list, wrong ndim, C_i = 0, or H/W differing inside the batch.
         """
         if isinstance(images, Tensor):
-            raise TypeError("from_images takes a list of [C_i, H, W] tensors; use as_channel_batch for a 4-D tensor")
+            raise TypeError(
+                "from_images takes a list of [C_i, H, W] tensors; use as_channel_batch for a 4-D tensor"
+            )
         images = list(images)
         if not images:
             raise ValueError("empty batch: at least one image is needed")
@@ -222,7 +239,9 @@ def _cat_keep_pinned(images: list[Tensor]) -> Tensor:
     first = images[0]
     if first.device.type != "cpu" or not all(img.dtype == first.dtype and img.is_pinned() for img in images):
         return torch.cat(images, dim=0)
-    out = torch.empty((sum(img.shape[0] for img in images), *first.shape[1:]), dtype=first.dtype, pin_memory=True)
+    out = torch.empty(
+        (sum(img.shape[0] for img in images), *first.shape[1:]), dtype=first.dtype, pin_memory=True
+    )
     return torch.cat(images, dim=0, out=out)
 
 

@@ -157,7 +157,9 @@ class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
         super().__init__()
         config = config or ChAdaViTConfig()
         if config.img_size % config.patch_size:
-            raise ValueError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
+            raise ValueError(
+                f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}"
+            )
         check_choice("block", config.block, BLOCK_STYLES)
         check_choice("attention", config.attention, ATTENTION_MODES)
         check_choice("act", config.act, ACTIVATIONS)
@@ -172,8 +174,16 @@ class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, D))
         self.channel_embed = nn.Parameter(torch.zeros(config.max_channels, D))
         self.blocks = make_blocks(
-            D, config.depth, config.num_heads, config.hidden_dim, config.qkv_bias, config.block_norm_eps, config.act,
-            config.layer_scale, config.drop_path_rate, block_cls=Block if config.block == "prenorm" else OfficialBlock,
+            D,
+            config.depth,
+            config.num_heads,
+            config.hidden_dim,
+            config.qkv_bias,
+            config.block_norm_eps,
+            config.act,
+            config.layer_scale,
+            config.drop_path_rate,
+            block_cls=Block if config.block == "prenorm" else OfficialBlock,
         )
         self.norm = nn.LayerNorm(D, eps=config.norm_eps)
         self.attention_mode = config.attention
@@ -208,7 +218,9 @@ class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
         """``[1 + h*w, D]`` positional embedding for an ``h x w`` patch grid (bicubic, as timm; or
         ``pos_interpolation="dino_bicubic"``, the authors' exact resampling: see
         :func:`~chada.models.layers.interpolate_pos_embed`)."""
-        return interpolate_pos_embed(self.pos_embed[0], self.config.grid_size, h, w, self.config.pos_interpolation)
+        return interpolate_pos_embed(
+            self.pos_embed[0], self.config.grid_size, h, w, self.config.pos_interpolation
+        )
 
     def embed(self, batch: ChannelBatch) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Patch + positional + channel embedding of every channel.
@@ -276,9 +288,13 @@ class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
         channel_ids[image_of, slot_of] = batch.resolved_channel_ids().to(dev)
 
         heads = self.config.num_heads
-        layout = TokenLayout(counts, list(batch.host_counts or ()), image_of, slot_of, channel_mask, Cmax, heads)
+        layout = TokenLayout(
+            counts, list(batch.host_counts or ()), image_of, slot_of, channel_mask, Cmax, heads
+        )
         path = chada_paths.PATHS[self.attention_mode]
-        cls_out, patch, cls_attn, hidden = path(self, tokens, cls, layout, return_attention, return_hidden_states)
+        cls_out, patch, cls_attn, hidden = path(
+            self, tokens, cls, layout, return_attention, return_hidden_states
+        )
 
         attention = cls_self = None
         if cls_attn is not None:
@@ -316,7 +332,9 @@ class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
         """
         batch = as_channel_batch(images)
         out = self.forward_features(batch)
-        return dense_from_tokens(out.patch_tokens, out.channel_mask, out.grid, batch.image_size, channels, upsample)
+        return dense_from_tokens(
+            out.patch_tokens, out.channel_mask, out.grid, batch.image_size, channels, upsample
+        )
 
 
 register_model(

@@ -36,12 +36,18 @@ class DenseOutput:
     grid: tuple[int, int]
 
 
-def _target_size(upsample: bool | tuple[int, int] | list[int], image_size: tuple[int, int]) -> tuple[int, int] | None:
+def _target_size(
+    upsample: bool | tuple[int, int] | list[int], image_size: tuple[int, int]
+) -> tuple[int, int] | None:
     if upsample is False or upsample is None:
         return None
     if upsample is True:
         return image_size
-    if isinstance(upsample, (tuple, list)) and len(upsample) == 2 and all(isinstance(v, int) and v > 0 for v in upsample):
+    if (
+        isinstance(upsample, (tuple, list))
+        and len(upsample) == 2
+        and all(isinstance(v, int) and v > 0 for v in upsample)
+    ):
         return int(upsample[0]), int(upsample[1])
     raise ValueError(f"upsample must be False, True or a (H, W) pair of positive ints, got {upsample!r}")
 
@@ -75,6 +81,8 @@ def dense_from_tokens(
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     elif size is not None:
         # padding positions hold zero tokens, and interpolating zeros gives zeros
-        maps = F.interpolate(maps.reshape(B * c_used, D, h, w), size=size, mode="bilinear", align_corners=False)
+        maps = F.interpolate(
+            maps.reshape(B * c_used, D, h, w), size=size, mode="bilinear", align_corners=False
+        )
         maps = maps.reshape(B, c_used, D, *size)
     return DenseOutput(maps=maps.contiguous(), channel_mask=mask, grid=grid)

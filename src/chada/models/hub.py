@@ -21,7 +21,9 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``config.json`` and ``model.safetensors`` for a registered-architecture model."""
     from safetensors.torch import save
 
@@ -80,7 +82,9 @@ def _read_weights(weights: Path, map_location: str | torch.device) -> dict[str, 
     from safetensors.torch import load_file
 
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the model folder has no weights; re-save or copy it again")
+        raise FileNotFoundError(
+            f"{weights} not found: the model folder has no weights; re-save or copy it again"
+        )
     try:
         return load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -90,7 +94,9 @@ def _read_weights(weights: Path, map_location: str | torch.device) -> dict[str, 
         ) from None
 
 
-def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+def load_model(
+    name_or_dir: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any
+) -> nn.Module:
     """Load a model saved with ``save_pretrained``, or build a registered name with random weights.
 
     Loading is strict: every config value is checked before anything is built (type, range, the
@@ -117,7 +123,9 @@ def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device 
     try:
         cfg_cls = get_arch(meta["arch"]).config_class  # type: ignore[attr-defined]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}. The folder was written by another chada version or edited") from None
+        raise ValueError(
+            f"{where}: {exc}. The folder was written by another chada version or edited"
+        ) from None
     # every value, the invariants and the memory the model needs, before anything is allocated
     validate_config(cfg_cls, config, where)
     validate_extra(meta.get("extra"), where)
@@ -147,7 +155,8 @@ def load_model(name_or_dir: str | os.PathLike, map_location: str | torch.device 
     ]
     if wrong:
         raise ValueError(
-            f"weights in {weights} do not fit the config in {CONFIG_NAME}: " + "; ".join(wrong[:5])
+            f"weights in {weights} do not fit the config in {CONFIG_NAME}: "
+            + "; ".join(wrong[:5])
             + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
             + ". config.json and model.safetensors come from different models"
         )

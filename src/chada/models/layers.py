@@ -67,7 +67,9 @@ CPU_BF16_ATTENTION = "explicit"
 _CPU_BF16_CHUNK_ELEMENTS = 1 << 20
 
 
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, chunk: int | None = None) -> Tensor:
+def _explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, chunk: int | None = None
+) -> Tensor:
     """``softmax(q k^T / sqrt(hd)) v`` on ``[B, h, L, hd]``, ``chunk`` query rows at a time.
 
     ``k`` and ``v`` are made contiguous once (not once per chunk inside the matmul), and the result
@@ -272,7 +274,9 @@ class OfficialBlock(nn.Module):
     used twice), then ``x = norm2(x + ffn(x))`` with a ReLU feed-forward.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, norm_eps: float = 1e-5, **_: object) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_hidden: int, norm_eps: float = 1e-5, **_: object
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
@@ -309,7 +313,13 @@ def make_blocks(
     dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
     return nn.ModuleList(
         block_cls(
-            dim, num_heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, act=act, layer_scale=layer_scale,
+            dim,
+            num_heads,
+            hidden,
+            qkv_bias=qkv_bias,
+            norm_eps=norm_eps,
+            act=act,
+            layer_scale=layer_scale,
             drop_path=dpr[i],
         )
         for i in range(depth)
@@ -381,5 +391,7 @@ def interpolate_pos_embed(pos: Tensor, grid: int, h: int, w: int, mode: str) -> 
             raise ValueError(f"dino_bicubic interpolation gave grid {tuple(g.shape[-2:])}, expected {(h, w)}")
         g = g.to(pos.dtype)
     else:
-        g = F.interpolate(g.float(), size=(h, w), mode=mode, align_corners=False, antialias=True).to(pos.dtype)
+        g = F.interpolate(g.float(), size=(h, w), mode=mode, align_corners=False, antialias=True).to(
+            pos.dtype
+        )
     return torch.cat([cls_pos, g.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)

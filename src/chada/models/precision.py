@@ -51,7 +51,14 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_ALIASES = {"fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "auto": "auto"}
+_ALIASES = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "32": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "auto": "auto",
+}
 # Strongest first: the first flag found is the one named in the reason.
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 

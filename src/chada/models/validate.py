@@ -58,7 +58,9 @@ def _conforms(value: Any, hint: Any) -> bool:
         return any(_conforms(value, h) for h in typing.get_args(hint))
     if origin in (list, tuple):
         args = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value) if args else True
+        return (
+            isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value) if args else True
+        )
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
@@ -119,7 +121,11 @@ def estimate_params(config: Mapping[str, Any]) -> int:
     n_patches = (size // p) ** 2 if p <= size else 1
     widths = list(config.get("tokenizer_widths") or [])
     conv = sum(a * b * 9 for a, b in zip([1, *widths], widths)) + (widths[-1] * D if widths else 0)
-    embed = int(config.get("in_channels", 1)) * p * p * D + (n_patches + 1) * D + int(config.get("max_channels", 1)) * D
+    embed = (
+        int(config.get("in_channels", 1)) * p * p * D
+        + (n_patches + 1) * D
+        + int(config.get("max_channels", 1)) * D
+    )
     block = 4 * D * D + 2 * D * hidden + 9 * D + hidden
     return embed + conv + int(config.get("depth", 12)) * block + 2 * D
 
@@ -166,8 +172,14 @@ def validate_extra(extra: Any, source: str | os.PathLike) -> None:
     if extra is None:
         return
     if not isinstance(extra, Mapping):
-        raise InputError(f"{source}: 'extra' is a {type(extra).__name__}, not a mapping; restore the file or re-save the model")
-    augment = (extra.get("pretrain_config") or {}).get("augment") if isinstance(extra.get("pretrain_config"), Mapping) else None
+        raise InputError(
+            f"{source}: 'extra' is a {type(extra).__name__}, not a mapping; restore the file or re-save the model"
+        )
+    augment = (
+        (extra.get("pretrain_config") or {}).get("augment")
+        if isinstance(extra.get("pretrain_config"), Mapping)
+        else None
+    )
     sizes = {"extra.image_size": extra.get("image_size")}
     if isinstance(augment, Mapping):  # the older record of the training size (chada embed's fallback)
         sizes["extra.pretrain_config.augment.global_size"] = augment.get("global_size")
@@ -180,12 +192,18 @@ def validate_extra(extra: Any, source: str | os.PathLike) -> None:
     for key in ("channel_vocab", "channel_names_seen"):
         value = extra.get(key)
         if value is not None and not _conforms(value, list[str]):
-            raise InputError(f"{source}: extra.{key} = {value!r} is not a list of channel names; restore the file")
+            raise InputError(
+                f"{source}: extra.{key} = {value!r} is not a list of channel names; restore the file"
+            )
 
 
 def check_dtypes(state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Refuse weights that are not floating point, naming the first such tensor and how many there are."""
-    bad = [f"{k} ({t.dtype})" for k, t in state.items() if isinstance(t, torch.Tensor) and not t.is_floating_point()]
+    bad = [
+        f"{k} ({t.dtype})"
+        for k, t in state.items()
+        if isinstance(t, torch.Tensor) and not t.is_floating_point()
+    ]
     if bad:
         more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
         raise InputError(

@@ -69,7 +69,9 @@ class VarlenSegments:
         kernel_device: the tokens' device can run the fused varlen kernel.
     """
 
-    def __init__(self, lengths: list[int], device: torch.device | str, seq_lengths: Tensor | None = None) -> None:
+    def __init__(
+        self, lengths: list[int], device: torch.device | str, seq_lengths: Tensor | None = None
+    ) -> None:
         if not lengths or min(lengths) < 1:
             raise ValueError(f"every sequence needs at least one token, got lengths {lengths}")
         device = torch.device(device)
@@ -87,7 +89,9 @@ class VarlenSegments:
         self._grouping: tuple[Tensor | None, Tensor | None, list[tuple[int, int]]] | None = None
 
     @classmethod
-    def from_lengths(cls, lengths: list[int], device: torch.device | str, seq_lengths: Tensor | None = None) -> VarlenSegments:
+    def from_lengths(
+        cls, lengths: list[int], device: torch.device | str, seq_lengths: Tensor | None = None
+    ) -> VarlenSegments:
         """Segments of ``lengths`` (host ints); ``seq_lengths`` is the same on ``device`` when the caller
         already has it there."""
         return cls(lengths, device, seq_lengths)
@@ -101,7 +105,12 @@ class VarlenSegments:
             for i, n in enumerate(self.lengths):
                 by_len.setdefault(n, []).append(i)
             groups = [(n, len(members)) for n, members in sorted(by_len.items())]
-            rows = [r for n, members in sorted(by_len.items()) for i in members for r in range(starts[i], starts[i] + n)]
+            rows = [
+                r
+                for n, members in sorted(by_len.items())
+                for i in members
+                for r in range(starts[i], starts[i] + n)
+            ]
             order = inverse = None
             if rows != list(range(starts[-1])):
                 order = torch.tensor(rows, dtype=torch.long).to(self._device)
@@ -142,7 +151,9 @@ class VarlenSegments:
         start = 0
         for n, G in self.groups:
             sl = slice(start, start + n * G)
-            qg, kg, vg = (t[sl].reshape(G, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # [G, h, n, hd]
+            qg, kg, vg = (
+                t[sl].reshape(G, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
+            )  # [G, h, n, hd]
             if want_cls_row:
                 w = ((qg * qg.shape[-1] ** -0.5) @ kg.transpose(-2, -1)).softmax(dim=-1)
                 og = w @ vg
@@ -159,7 +170,9 @@ class VarlenSegments:
             cls_w = torch.cat(cls_rows, dim=0)  # sequences in group order
             seq_order = [i for n, _ in self.groups for i, m in enumerate(self.lengths) if m == n]
             inv = torch.empty(len(seq_order), dtype=torch.long, device=cls_w.device)
-            inv[torch.tensor(seq_order, device=cls_w.device)] = torch.arange(len(seq_order), device=cls_w.device)
+            inv[torch.tensor(seq_order, device=cls_w.device)] = torch.arange(
+                len(seq_order), device=cls_w.device
+            )
             cls_w = cls_w.index_select(0, inv)
         return out, cls_w
 

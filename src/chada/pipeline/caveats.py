@@ -65,8 +65,9 @@ def _paired_verdict(pr: Any) -> str:
 def _interchannel(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[str]:
     """The inter-channel bullets: each claim checked against this run's paired tests (else intervals)."""
     out = []
-    chada, chada_u = _row(summary, INTERCHANNEL, "chada_vit", "knn_top1"), _row(
-        summary, INTERCHANNEL, "chada_vit_untrained", "knn_top1"
+    chada, chada_u = (
+        _row(summary, INTERCHANNEL, "chada_vit", "knn_top1"),
+        _row(summary, INTERCHANNEL, "chada_vit_untrained", "knn_top1"),
     )
     if chada is not None and chada_u is not None:
         pr = best_row(comparisons, INTERCHANNEL, "chada_vit", "untrained", "knn_top1")
@@ -115,7 +116,10 @@ def _small_tasks(summary: pd.DataFrame) -> str | None:
     small = full[full["design"].astype(str).str.contains("CV", na=False)].drop_duplicates("task")
     if small.empty:
         return None
-    parts = [f"`{r.task}` ({int(r.n_test)} images: one image is {100 / r.n_test:.1f} points)" for r in small.itertuples()]
+    parts = [
+        f"`{r.task}` ({int(r.n_test)} images: one image is {100 / r.n_test:.1f} points)"
+        for r in small.itertuples()
+    ]
     return (
         "- The real labels shipped here are weak (nucleus-area tercile, DAB level) and the datasets small: "
         + ", ".join(parts)
@@ -155,8 +159,8 @@ def caveats(
         "",
         *_interchannel(summary, comparisons),
         *[b for b in (_task_by_task(comparisons),) if b],
-        "- Untrained networks and hand-made features often score close to learned encoders, as the \"what are "
-        "we learning?\" study warns. Read every learned score next to those baselines and the diagnostics.",
+        '- Untrained networks and hand-made features often score close to learned encoders, as the "what are '
+        'we learning?" study warns. Read every learned score next to those baselines and the diagnostics.',
     ]
     small = _small_tasks(summary)
     if small:
@@ -172,7 +176,7 @@ def caveats(
     else:
         lines.append(
             f"- **{pretrain_seeds} pretraining seeds.** Each learned model was pretrained {pretrain_seeds} times "
-            "(`<encoder>_s<k>` rows); the table \"Learned models over pretraining seeds\" gives their mean and spread."
+            '(`<encoder>_s<k>` rows); the table "Learned models over pretraining seeds" gives their mean and spread.'
         )
     return "\n".join(lines)
 
@@ -202,7 +206,7 @@ def reading_guide() -> str:
         "the full tables. **Bold**: the best of its column, and its interval separates it from every other "
         "model's. **~**: the interval overlaps the best one's, so the table does not rank the two. (Non-overlap "
         "is a conservative test: every model sees the same test images, so the report also compares models image "
-        "by image, a paired test that separates more pairs: the marks ▲u / ▲1 and the section \"Paired tests\"; "
+        'by image, a paired test that separates more pairs: the marks ▲u / ▲1 and the section "Paired tests"; '
         "docs/reading-the-report.md.) **Chance** is the score of the best constant predictor on the same test images: the most "
         "frequent class's rate for accuracy, the R² of predicting the training mean for regression. Tasks with "
         "fewer than 200 labelled images are scored by stratified 5-fold cross-validation over all their images, "

@@ -57,7 +57,9 @@ class _Formatter(logging.Formatter):
 def _not_pool_note(record: logging.LogRecord) -> bool:
     """False for chada.encode.encoders' "pool ... concatenates one block per channel" warning: the
     quickstart embeds many files per encoder and says it once per encoder itself (:mod:`.stages`)."""
-    return not (record.name == "chada.encode.encoders" and "concatenates one block per channel" in str(record.msg))
+    return not (
+        record.name == "chada.encode.encoders" and "concatenates one block per channel" in str(record.msg)
+    )
 
 
 class _SyncQueueHandler(logging.handlers.QueueHandler):

@@ -33,7 +33,7 @@ MARKS = {"untrained": "▲u", "one_channel": "▲1"}
 MARK_NOTE = (
     "**▲u**: beats its untrained copy, **▲1**: beats the One-Channel ViT, by a paired test on the same test "
     "images (exact McNemar for accuracy, paired bootstrap for R²; Holm-adjusted p < 0.05 over the tasks of "
-    "the table). The differences, intervals and discordant-image counts are in \"Paired tests\" below."
+    'the table). The differences, intervals and discordant-image counts are in "Paired tests" below.'
 )
 
 
@@ -102,7 +102,9 @@ def verdict(r: Any, a: str, b: str) -> str:
             f"Holm-adjusted over {int(r['n_comparisons'])} tasks p = {_p(r['p_adj'])})")  # fmt: skip
 
 
-def paired_table(comparisons: pd.DataFrame | None, metrics: Mapping[str, str], feature: str = "cls") -> str | None:
+def paired_table(
+    comparisons: pd.DataFrame | None, metrics: Mapping[str, str], feature: str = "cls"
+) -> str | None:
     """Markdown: per task and headline metric, each learned model against its untrained copy and the
     One-Channel ViT: difference x 100 [95 %], discordant images, p and Holm p, and a yes / no."""
     if comparisons is None or comparisons.empty:
@@ -135,7 +137,9 @@ def paired_table(comparisons: pd.DataFrame | None, metrics: Mapping[str, str], f
 _SEED = re.compile(r"_s(\d+)$")
 
 
-def seed_spread(comparisons: pd.DataFrame | None, metrics: Mapping[str, str], feature: str = "cls") -> str | None:
+def seed_spread(
+    comparisons: pd.DataFrame | None, metrics: Mapping[str, str], feature: str = "cls"
+) -> str | None:
     """With several pretraining seeds (models ``<encoder>_s<k>``): per encoder, task, metric and
     reference, each seed's paired difference and how many seeds beat the reference (Holm p < 0.05)."""
     if comparisons is None or comparisons.empty:
@@ -153,7 +157,9 @@ def seed_spread(comparisons: pd.DataFrame | None, metrics: Mapping[str, str], fe
         g = g.sort_values("pseed")
         diffs = ", ".join(f"s{k}: {v * 100:+.1f}" for k, v in zip(g.pseed, g.difference))
         wins = sum(significant(r) for _, r in g.iterrows())
-        spread = f"{g.difference.mean() * 100:+.1f} ± {g.difference.std(ddof=1) * 100:.1f}" if len(g) > 1 else "-"
+        spread = (
+            f"{g.difference.mean() * 100:+.1f} ± {g.difference.std(ddof=1) * 100:.1f}" if len(g) > 1 else "-"
+        )
         rows.append([enc, task, metrics.get(metric, metric), role, diffs, spread, f"{wins} / {len(g)}"])
     header = ["encoder", "task", "metric", "reference", "difference per seed", "mean ± std", "seeds better"]
     return ("The paired analysis once per pretraining seed: a result that one lucky seed carries shows as "

@@ -52,7 +52,9 @@ def _plate(out: Path) -> Path:
     return write_manifest(result.table, manifest)
 
 
-def stage_profiles(s: QuickstartSettings, teachers: dict[str, str], untrained: dict[str, str]) -> dict[str, Any]:
+def stage_profiles(
+    s: QuickstartSettings, teachers: dict[str, str], untrained: dict[str, str]
+) -> dict[str, Any]:
     """Embed the plate's cells with each model and profile them; return the readouts per model."""
     from chada.data.objects import ObjectOptions
     from chada.encode.cp_measure import cp_measure_for_manifest

@@ -69,14 +69,22 @@ def run_quickstart(settings: QuickstartSettings, log: Callable[[str], None] = pr
         teachers = {run: r["teacher"] for run, r in runs.items()}
         untrained = {run: r["untrained"] for run, r in runs.items()}
         emb = stages.run("embed", lambda: stage_embed(s, manifests, teachers, untrained, log))
-        ev = stages.run("evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained, log))
+        ev = stages.run(
+            "evaluate", lambda: stage_evaluate(s, emb["files"], teachers, manifests, untrained, log)
+        )
         figs = stages.run("figures", lambda: stage_figures(s, manifests, teachers, emb["files"], log))
         stages.run("dense", lambda: stage_dense(s, teachers, untrained))
         # last: its plate has its own seed, so the stages above (and the headline) are unchanged by it
         stages.run("profiles", lambda: stage_profiles(s, teachers, untrained))
-    timings = {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))}
+    timings = {
+        p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in sorted(stages.dir.glob("*.json"))
+    }
     timings["total (this run)"] = time.perf_counter() - t_all
-    run = {"total_s": timings["total (this run)"], "reused_stages": stages.reused, "finished": time.strftime("%Y-%m-%d %H:%M %Z")}
+    run = {
+        "total_s": timings["total (this run)"],
+        "reused_stages": stages.reused,
+        "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
     atomic_write_bytes(s.out / "run.json", json.dumps(run, indent=1).encode())
     md = build_report(s, data, teachers, ev, figs, timings, emb)
     # Last: what the README block and a reader trust (chada.io.check_finished).

@@ -61,7 +61,9 @@ def _load(run: Path) -> tuple[pd.DataFrame, dict, dict, dict, dict]:
 
 def _timing_sentence(run_info: dict, settings: dict, stages: dict) -> str:
     pre = [v.get("seconds", 0.0) for k, v in stages.items() if k.startswith("pretrain_")]
-    sec = {k: stages.get(k, {}).get("seconds", 0.0) for k in ("data", "embed", "evaluate", "figures", "dense")}
+    sec = {
+        k: stages.get(k, {}).get("seconds", 0.0) for k in ("data", "embed", "evaluate", "figures", "dense")
+    }
     text = f"**The whole run took {_minutes(run_info['total_s'])}** (the run's own clock)"
     if pre:
         parts = [f"{sec['data']:.0f} s of data preparation", f"{sec['embed']:.0f} s of embedding",

@@ -44,7 +44,9 @@ def machine_description() -> dict[str, str]:
     cpu = fields.get("model name") or platform.processor()
     flags = set(fields.get("flags", "").split())
     return {
-        "cpu_flags": ", ".join(f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16"))
+        "cpu_flags": ", ".join(
+            f"{f}: {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16")
+        )
         if flags
         else "unknown",
         "cpu": cpu or "unknown",
@@ -68,7 +70,9 @@ def _cell(match: re.Match) -> str:
     marks = "".join(f'<span class="mark">{m}</span>' for m in _MARK.findall(body))
     ci = _INTERVAL.search(body)
     rest = _INTERVAL.sub("", _MARK.sub("", body)).strip()
-    return f"{match.group(1)}{rest}{marks}" + (f'<span class="ci">{ci.group(0)}</span>' if ci else "") + "</td>"
+    return (
+        f"{match.group(1)}{rest}{marks}" + (f'<span class="ci">{ci.group(0)}</span>' if ci else "") + "</td>"
+    )
 
 
 def markdown_to_html(md: str) -> str:

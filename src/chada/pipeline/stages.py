@@ -27,7 +27,11 @@ def _absolute_manifest(manifest: Path) -> pd.DataFrame:
     for col in ("channel_files", "file"):
         if col in df.columns:
             df[col] = df[col].map(
-                lambda v: ";".join(str((root / p).resolve()) for p in split_list(v)) if isinstance(v, str) and v else v
+                lambda v: (
+                    ";".join(str((root / p).resolve()) for p in split_list(v))
+                    if isinstance(v, str) and v
+                    else v
+                )
             )
     return df
 
@@ -131,8 +135,13 @@ def stage_embed(
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
-                features_for_manifest(m, kind, out, image=ImageOptions(size=s.synth_size),
-                                      run=RunOptions(batch_size=64, progress=not s.fast))
+                features_for_manifest(
+                    m,
+                    kind,
+                    out,
+                    image=ImageOptions(size=s.synth_size),
+                    run=RunOptions(batch_size=64, progress=not s.fast),
+                )
             files[group][kind] = str(out)
     return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed, "precision": precision_name(dtype)}
 
@@ -206,7 +215,9 @@ def stage_evaluate(
     out = s.out / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "eval_config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
-    results = run_evaluation(cfg, out, progress=not s.fast, print_table=False, log=lambda m: log(f"[evaluate] {m}"))
+    results = run_evaluation(
+        cfg, out, progress=not s.fast, print_table=False, log=lambda m: log(f"[evaluate] {m}")
+    )
     return {"out": str(out), "rows": len(results)}
 
 
@@ -218,7 +229,11 @@ def _attention_image(manifests: dict[str, str]) -> tuple[Any, list[str], str]:
     df = df[df["channel_names"].str.count(";") == 4]
     pick = df[(df["split"] == "test") & (df["interchannel_label"].astype(float) == 1)]
     row = (pick if len(pick) else df).iloc[0]
-    return read_row_image(row, Path(manifests["synth_markers"]).parent), row_channel_names(row), str(row["image_id"])
+    return (
+        read_row_image(row, Path(manifests["synth_markers"]).parent),
+        row_channel_names(row),
+        str(row["image_id"]),
+    )
 
 
 def stage_figures(
@@ -240,13 +255,17 @@ def stage_figures(
     log("[figures] attention grid: ChAda-ViT and the One-Channel ViT on a 5-channel test image")
     image, names, image_id = _attention_image(manifests)
     x = torch.as_tensor(normalize_channels(image), dtype=torch.float32)
-    x = torch.nn.functional.interpolate(x[None], size=(s.embed_size, s.embed_size), mode="bilinear", antialias=True)[0]
+    x = torch.nn.functional.interpolate(
+        x[None], size=(s.embed_size, s.embed_size), mode="bilinear", antialias=True
+    )[0]
     results = [
         compute_model_attention(chada.load_model(teachers["chada_vit"]), x, "ChAda-ViT (DINO)"),
         compute_model_attention(chada.load_model(teachers["one_channel_vit"]), x, "One-Channel ViT (DINO)"),
     ]
     attn_png = fig_dir / "attention.png"
-    plot_attention_grid(x, results, names, attn_png, title=f"Last-layer CLS attention, synthetic image {image_id}")
+    plot_attention_grid(
+        x, results, names, attn_png, title=f"Last-layer CLS attention, synthetic image {image_id}"
+    )
 
     sets = [load_embeddings(files[g]["chada_vit"]) for g in ("synth_all", "real_nuclei", "real_ihc")]
     methods = ("pca", "umap") if s.umap else ("pca",)
@@ -258,4 +277,9 @@ def stage_figures(
     plot_projection(coords, stats, proj_png, color_by="label")
     atomic_write_text(fig_dir / "projection.csv", coords.to_csv(index=False))
     log(f"[figures] attention grid and projection drawn in {time.perf_counter() - t0:.0f} s")
-    return {"attention": str(attn_png), "projection": str(proj_png), "projection_stats": stats, "image_id": image_id}
+    return {
+        "attention": str(attn_png),
+        "projection": str(proj_png),
+        "projection_stats": stats,
+        "image_id": image_id,
+    }

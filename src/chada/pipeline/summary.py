@@ -29,7 +29,12 @@ from chada.pipeline.settings import ENCODERS, RECONSTRUCTION_TASK, TASKS
 __all__ = ["HEADLINE_METRICS", "build_report", "headline_table", "seed_table"]
 
 # The columns of the headline table, per task: these metrics where the task has them, else its first.
-HEADLINE_METRICS = {"linear_top1": "probe", "knn_top1": "kNN", "linear_r2": "ridge R²", "recon_r2": "decoder R²"}
+HEADLINE_METRICS = {
+    "linear_top1": "probe",
+    "knn_top1": "kNN",
+    "linear_r2": "ridge R²",
+    "recon_r2": "decoder R²",
+}
 
 
 def _headline_rows(summary: pd.DataFrame, feature: str) -> pd.DataFrame:
@@ -42,7 +47,9 @@ def _headline_rows(summary: pd.DataFrame, feature: str) -> pd.DataFrame:
     return pd.concat(keep) if keep else s
 
 
-def headline_table(summary: pd.DataFrame, feature: str = "cls", comparisons: pd.DataFrame | None = None) -> str:
+def headline_table(
+    summary: pd.DataFrame, feature: str = "cls", comparisons: pd.DataFrame | None = None
+) -> str:
     """Markdown: every task's headline metrics at 100 % of the labels, ``feature`` features, one row per
     model: ``mean [95 % interval]`` with the tie marks, then a chance row and the test design. With
     ``comparisons`` (``comparisons.csv``) a learned model's cell also carries the paired marks of
@@ -88,7 +95,9 @@ def seed_table(summary: pd.DataFrame, runs: dict[str, tuple[str, int]], feature:
         for tag in ("", "_untrained"):
             cells = []
             for t, metric in cols:
-                v = s[(s.task == t) & (s.metric == metric) & s.model.isin([f"{r}{tag}" for r in members])]["mean"]
+                v = s[(s.task == t) & (s.metric == metric) & s.model.isin([f"{r}{tag}" for r in members])][
+                    "mean"
+                ]
                 cells.append(f"{v.mean() * 100:.1f} ± {v.std(ddof=1) * 100:.1f}" if len(v) > 1 else "-")
             rows.append([f"{enc}{tag}", len(members), *cells])
     header = ["encoder", "seeds", *(f"{t} {HEADLINE_METRICS.get(m, m)}" for t, m in cols)]
@@ -122,7 +131,9 @@ def _what_ran(s: Any, data: dict[str, Any], machine: dict[str, str]) -> str:
 
 def _tasks(mixed_groups: dict[str, list[int]]) -> str:
     return (
-        "\n".join(f"- `{name}` ({kind}, label `{label}`): {what}" for name, (_, label, kind, what) in TASKS.items())
+        "\n".join(
+            f"- `{name}` ({kind}, label `{label}`): {what}" for name, (_, label, kind, what) in TASKS.items()
+        )
         + f"\n- `{RECONSTRUCTION_TASK}` (reconstruction): the Actin channel of the synthetic 3-channel assay "
         "predicted from the frozen CLS embedding of DAPI + Mito by a decoder of 2 fully-connected + 5 conv "
         "layers (the paper's BBBC021 protocol, decoder size scaled to 32 px, equal for every encoder)\n\n"
@@ -151,7 +162,9 @@ def _figure_sections(figs: dict[str, Any]) -> list[Section]:
         Section(
             "One embedding space for three datasets",
             "ChAda-ViT CLS embeddings of the synthetic assays and the two real datasets (1, 2, 3, 5 channels) "
-            "projected together.\n\n```\n" + json.dumps(figs.get("projection_stats", {}), indent=1, default=str)[:3000] + "\n```",
+            "projected together.\n\n```\n"
+            + json.dumps(figs.get("projection_stats", {}), indent=1, default=str)[:3000]
+            + "\n```",
             [("projection", Path(figs["projection"]))],
         ),
     ]
@@ -179,21 +192,35 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
             "Headline: 100 % labels, CLS features (accuracy % / R² x 100; mean [95 % interval])",
             headline_table(summary, comparisons=comparisons) + ("\n\n" + MARK_NOTE if paired else ""),
         ),
-        *([Section("Paired tests: did pretraining help? (same test images)", paired,
-                   [(f.stem, f) for f in _pngs(eval_dir, "paired_untrained_cls.png")])] if paired else []),  # fmt: skip
+        *(
+            [
+                Section(
+                    "Paired tests: did pretraining help? (same test images)",
+                    paired,
+                    [(f.stem, f) for f in _pngs(eval_dir, "paired_untrained_cls.png")],
+                )
+            ]
+            if paired
+            else []
+        ),  # fmt: skip
         *([Section("Learned models over pretraining seeds (mean ± std over seeds)", seeds)] if seeds else []),
         *([Section("Paired tests per pretraining seed", spread)] if spread else []),
         *[sec for sec in (dense_section(s.out), profiles_section(s.out)) if sec is not None],
         Section(
             "All results and diagnostics",
             _results_markdown(eval_dir),
-            [(p.stem, p) for p in _pngs(eval_dir, "fig1_*.png") + _pngs(eval_dir, "fig4_*.png")
-             + _pngs(eval_dir, "reconstruction_*.png")],
+            [
+                (p.stem, p)
+                for p in _pngs(eval_dir, "fig1_*.png")
+                + _pngs(eval_dir, "fig4_*.png")
+                + _pngs(eval_dir, "reconstruction_*.png")
+            ],
         ),
         *_figure_sections(figs),
         Section(
             "What these numbers can and cannot tell",
-            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None, comparisons) + "\n"
+            caveats(summary, s.pretrain_seeds, pretrain_s / 60 if pretrain_s else None, comparisons)
+            + "\n"
             + determinism(),
         ),
         Section(
@@ -202,7 +229,9 @@ def build_report(s, data: dict[str, Any], teachers: dict[str, str], ev: dict[str
         ),
         Section(
             "Settings and files",
-            "```\n" + json.dumps({k: str(v) for k, v in vars(s).items() if k != "timings"}, indent=1) + "\n```\n\n"
+            "```\n"
+            + json.dumps({k: str(v) for k, v in vars(s).items() if k != "timings"}, indent=1)
+            + "\n```\n\n"
             + "\n".join(f"- teacher `{k}`: `{v}`" for k, v in teachers.items())
             + f"\n- evaluation tables: `{eval_dir}`",
         ),

@@ -28,7 +28,9 @@ def to_frame(meta: pd.DataFrame, X: np.ndarray, names: Sequence[str]) -> pd.Data
     meta = meta.copy()
     for c in meta.columns:  # list cells (channel names of a feature file) cannot be grouped: join them
         if meta[c].dtype == object and meta[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
-            meta[c] = meta[c].map(lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
+            meta[c] = meta[c].map(
+                lambda v: ";".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v
+            )
     feats = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(names), index=meta.index)
     return pd.concat([meta, feats], axis=1)
 
@@ -72,7 +74,9 @@ def aggregate_rows(
     work = df.assign(**{_COUNT: 1})
     for c in strata:  # pycytominer groups with dropna=True: a missing key would silently drop rows
         if work[c].isna().any():
-            raise InputError(f"column {c!r} has {int(work[c].isna().sum())} empty value(s); fill them before profiling")
+            raise InputError(
+                f"column {c!r} has {int(work[c].isna().sum())} empty value(s); fill them before profiling"
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         agg = pycytominer.aggregate(

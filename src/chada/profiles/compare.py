@@ -13,7 +13,11 @@ __all__ = ["compare_models"]
 
 
 def compare_models(
-    per_treatment: Mapping[str, pd.DataFrame], keys: list[str], readouts: list[str], n_boot: int = 1000, seed: int = 0
+    per_treatment: Mapping[str, pd.DataFrame],
+    keys: list[str],
+    readouts: list[str],
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """For every pair of models and readout: ``model_a - model_b`` with its paired 95 % interval.
 
@@ -33,7 +37,9 @@ def compare_models(
             both = left.merge(right, on=keys, suffixes=("_a", "_b"))
             d = lo = hi = float("nan")  # no treatment scored by both: no difference to give
             if len(both):
-                d, lo, hi = paired_bootstrap(both[f"{r}_a"].to_numpy(), both[f"{r}_b"].to_numpy(), n_boot=n_boot, seed=seed)
+                d, lo, hi = paired_bootstrap(
+                    both[f"{r}_a"].to_numpy(), both[f"{r}_b"].to_numpy(), n_boot=n_boot, seed=seed
+                )
             rows.append({"model_a": ma, "model_b": mb, "readout": r, "diff": d, "ci_low": lo, "ci_high": hi,
                          "n": len(both)})  # fmt: skip
     return pd.DataFrame(rows, columns=["model_a", "model_b", "readout", "diff", "ci_low", "ci_high", "n"])

@@ -28,10 +28,14 @@ class ProfileConfig:
     batch_cols: list[str] = field(default_factory=lambda: ["plate"])
     aggregate: str = "median"  # cells -> wells
     normalize: str = "mad_robustize"
-    feature_select: list[str] = field(default_factory=list)  # pycytominer operations, e.g. ["variance_threshold"]
+    feature_select: list[str] = field(
+        default_factory=list
+    )  # pycytominer operations, e.g. ["variance_threshold"]
     correction: str = "none"
     harmony_sigma: float = 0.5  # Harmony's soft-clustering width (see normalize.correct_batches)
-    exclude_moa: list[str] = field(default_factory=list)  # MoA labels left out of consistency / NSC (e.g. "inactive")
+    exclude_moa: list[str] = field(
+        default_factory=list
+    )  # MoA labels left out of consistency / NSC (e.g. "inactive")
     null_size: int = 2000
     n_boot: int = 1000
     seed: int = 0

@@ -58,7 +58,9 @@ def _from_frame(df: pd.DataFrame, meta_cols: list[str], feat_cols: list[str], pa
     if missing:
         raise InputError(f"{path}: columns named in its 'chada' schema metadata are missing: {missing[:5]}")
     if not feat_cols:
-        raise InputError(f"{path}: no feature column (numeric and not metadata-like); columns: {list(df.columns)[:8]}")
+        raise InputError(
+            f"{path}: no feature column (numeric and not metadata-like); columns: {list(df.columns)[:8]}"
+        )
     X = df[feat_cols].to_numpy(dtype=np.float64)
     return df[meta_cols].reset_index(drop=True), X, [str(c) for c in feat_cols]
 
@@ -73,7 +75,9 @@ def _chada_spec(path: Path) -> dict | None:
 
 def _read_parquet(path: Path, pool: str) -> tuple:
     spec = _chada_spec(path)
-    if spec is not None and "pool_columns" in spec:  # a chada embed file: one pool, as load_embeddings reads it
+    if (
+        spec is not None and "pool_columns" in spec
+    ):  # a chada embed file: one pool, as load_embeddings reads it
         return _read_embeddings(path, pool, spec["pool_columns"].get(pool))
     df = pd.read_parquet(path)
     if spec is not None:
@@ -108,7 +112,9 @@ def _read_embeddings(path: Path, pool: str, names: list[str] | None) -> tuple:
     return emb.meta.reset_index(drop=True), X.astype(np.float64), names
 
 
-def read_feature_table(path: str | os.PathLike, pool: str = "cls") -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def read_feature_table(
+    path: str | os.PathLike, pool: str = "cls"
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """``(meta [N rows], X float64 [N, F], F feature names)`` of a ``.parquet``/``.h5ad``/``.npz``/``.csv``."""
     path = Path(path)
     if not path.is_file():

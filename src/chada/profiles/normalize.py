@@ -66,7 +66,9 @@ def drop_bad_features(df: pd.DataFrame, names: Sequence[str], step: str) -> tupl
     return df.drop(columns=bad), keep
 
 
-def _flat_on_controls(df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str) -> list[str]:
+def _flat_on_controls(
+    df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str
+) -> list[str]:
     """Features whose negative controls have no spread (MAD or SD 0) on some plate, in ``names`` order."""
     flat = np.zeros(len(names), dtype=bool)
     for _, sub in df.groupby(plate_col, sort=False):
@@ -79,7 +81,9 @@ def _flat_on_controls(df: pd.DataFrame, names: list[str], plate_col: str, contro
     return [n for n, f in zip(names, flat) if f]
 
 
-def _per_plate(df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str) -> pd.DataFrame:
+def _per_plate(
+    df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str
+) -> pd.DataFrame:
     import pycytominer
 
     meta_cols = [c for c in df.columns if c not in set(names)]
@@ -88,7 +92,9 @@ def _per_plate(df: pd.DataFrame, names: list[str], plate_col: str, control_query
         sub = sub.reset_index(drop=True)
         n_ctrl = int(control_mask(sub, control_query).sum())
         if n_ctrl == 0:
-            raise InputError(f"plate {plate!r}: no negative-control well ({control_query}); every plate needs some")
+            raise InputError(
+                f"plate {plate!r}: no negative-control well ({control_query}); every plate needs some"
+            )
         with _quiet():
             parts.append(pycytominer.normalize(
                 sub, features=names, meta_features=meta_cols, samples=control_query, method=method, output_type=None,
@@ -131,7 +137,9 @@ def normalize_plates(
     return out, names
 
 
-def select_features(df: pd.DataFrame, names: Sequence[str], operations: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+def select_features(
+    df: pd.DataFrame, names: Sequence[str], operations: Sequence[str]
+) -> tuple[pd.DataFrame, list[str]]:
     """pycytominer ``feature_select`` (variance_threshold, correlation_threshold, drop_na_columns, ...)."""
     if not operations:
         return df, list(names)

@@ -44,7 +44,11 @@ def write_outputs(
         for name, df in (("wells", r.wells), ("treatments", r.treatments)):
             _parquet(df, d / f"{name}.parquet")
             written.append(d / f"{name}.parquet")
-        for name, df in (("activity", r.activity), ("consistency", r.consistency), ("per_treatment", r.per_treatment)):
+        for name, df in (
+            ("activity", r.activity),
+            ("consistency", r.consistency),
+            ("per_treatment", r.per_treatment),
+        ):
             _csv(df, d / f"{name}.csv")
             written.append(d / f"{name}.csv")
     table = readouts_table(results)
@@ -64,7 +68,10 @@ def _fmt(v: float) -> str:
 
 
 def markdown_section(
-    results: Mapping[str, ProfileResult], comparisons: pd.DataFrame, cfg: ProfileConfig, figures: Mapping[str, str]
+    results: Mapping[str, ProfileResult],
+    comparisons: pd.DataFrame,
+    cfg: ProfileConfig,
+    figures: Mapping[str, str],
 ) -> str:
     """The report's profiles section: readouts with 95 % intervals, paired differences, figures."""
     lines = ["## Profiles", "",
@@ -74,7 +81,10 @@ def markdown_section(
              f"{' x '.join(cfg.treatment_cols)}. Intervals: 95 %, bootstrap over treatments.", "",
              "| model | " + " | ".join(READOUTS) + " |", "|---" * (len(READOUTS) + 1) + "|"]  # fmt: skip
     for model, r in results.items():
-        cells = [f"{_fmt(v['value'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}] (n={v['n']})" for v in r.readouts.values()]
+        cells = [
+            f"{_fmt(v['value'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}] (n={v['n']})"
+            for v in r.readouts.values()
+        ]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "Readouts: " + "; ".join(f"`{k}`: {v}" for k, v in READOUTS.items()) + "."]
     if len(comparisons):

@@ -51,7 +51,9 @@ def _check_columns(df: pd.DataFrame, cfg: ProfileConfig) -> None:
                          "name them with the --*-col / --batch-col options")  # fmt: skip
 
 
-def well_profiles(cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig) -> tuple[pd.DataFrame, list[str]]:
+def well_profiles(
+    cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig
+) -> tuple[pd.DataFrame, list[str]]:
     """Cells -> wells -> normalised (+ selected, + corrected) well profiles ``[W rows]``."""
     _check_columns(cells, cfg)
     wells = aggregate_rows(cells, names, cfg.well_keys, cfg.aggregate, count_col="n_cells")
@@ -65,7 +67,10 @@ def well_profiles(cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig)
 def _batch_sets(wells: pd.DataFrame, treatments: pd.DataFrame, cfg: ProfileConfig) -> list[frozenset]:
     key = wells[cfg.batch_cols].astype(str).agg("|".join, axis=1)
     sets = key.groupby([wells[c] for c in cfg.treatment_cols], sort=False).agg(frozenset)
-    return [sets.loc[tuple(r) if len(r) > 1 else r[0]] for r in treatments[cfg.treatment_cols].itertuples(index=False)]
+    return [
+        sets.loc[tuple(r) if len(r) > 1 else r[0]]
+        for r in treatments[cfg.treatment_cols].itertuples(index=False)
+    ]
 
 
 def _nn_readouts(wells: pd.DataFrame, tr: pd.DataFrame, names: list[str], cfg: ProfileConfig) -> pd.DataFrame:
@@ -84,7 +89,9 @@ def _moa_readouts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Consistency AP and NSC/NSCB hits joined to ``per`` (one row per treatment); ``(per, per-MoA mAP)``."""
     if cfg.moa_col not in tr.columns:
-        raise InputError(f"MoA column {cfg.moa_col!r} takes several values within one treatment; one per compound x dose")
+        raise InputError(
+            f"MoA column {cfg.moa_col!r} takes several values within one treatment; one per compound x dose"
+        )
     known = tr[~tr[cfg.moa_col].isin(cfg.exclude_moa) & tr[cfg.moa_col].notna()].reset_index(drop=True)
     ap_c, cons = consistency_map(known, names, cfg.compound_col, cfg.moa_col, cfg.null_size, cfg.seed)
     per = per.merge(_nn_readouts(treated, known, names, cfg), on=cfg.treatment_cols, how="left")
@@ -104,10 +111,15 @@ def profile_table(cells: pd.DataFrame, names: Sequence[str], cfg: ProfileConfig)
     ctrl = control_mask(wells, cfg.control_query)
     _, act = activity_map(wells, names, cfg.treatment_cols, ctrl, cfg.null_size, cfg.seed)
     treated = wells.loc[~ctrl].reset_index(drop=True)
-    tr = aggregate_rows(treated, names, cfg.treatment_cols, cfg.aggregate, count_col="n_wells", weight_col="n_cells")
-    tr.insert(len(cfg.treatment_cols), "batches", ["+".join(sorted(b)) for b in _batch_sets(treated, tr, cfg)])
+    tr = aggregate_rows(
+        treated, names, cfg.treatment_cols, cfg.aggregate, count_col="n_wells", weight_col="n_cells"
+    )
+    tr.insert(
+        len(cfg.treatment_cols), "batches", ["+".join(sorted(b)) for b in _batch_sets(treated, tr, cfg)]
+    )
     per = act[cfg.treatment_cols + ["mean_average_precision", "corrected_p_value"]].rename(
-        columns={"mean_average_precision": "activity_map", "corrected_p_value": "activity_q"})
+        columns={"mean_average_precision": "activity_map", "corrected_p_value": "activity_q"}
+    )
     per["retrieved"] = (per["activity_q"] < Q_RETRIEVED).astype(float)
     cons = pd.DataFrame()
     if cfg.moa_col:

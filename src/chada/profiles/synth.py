@@ -18,7 +18,9 @@ import pandas as pd
 __all__ = ["synthetic_cells"]
 
 
-def _layout(n_moa: int, compounds_per_moa: int, n_inactive: int, n_batches: int) -> list[tuple[str, str, int]]:
+def _layout(
+    n_moa: int, compounds_per_moa: int, n_inactive: int, n_batches: int
+) -> list[tuple[str, str, int]]:
     """``[(compound, moa, batch index)]``: each MoA's compounds spread over the batches."""
     out = []
     for k in range(n_moa):
@@ -50,7 +52,9 @@ def synthetic_cells(
     n_plates = n_batches * plates_per_batch
     scale = rng.uniform(0.6, 1.6, size=(n_plates, F))
     batch_off = plate_shift * rng.normal(size=(n_batches, F))
-    offset = np.repeat(batch_off, plates_per_batch, axis=0) + 0.3 * plate_shift * rng.normal(size=(n_plates, F))
+    offset = np.repeat(batch_off, plates_per_batch, axis=0) + 0.3 * plate_shift * rng.normal(
+        size=(n_plates, F)
+    )
     rows, feats = [], []
     for p in range(n_plates):
         b = p // plates_per_batch

@@ -1,8 +1,8 @@
 """Self-supervised pretraining (DINO) of any registered backbone on heterogeneous-channel corpora.
 
-    from chada.ssl import pretrain, load_config
-    out = pretrain("configs/quickstart.yaml", overrides=["optim.epochs=5"])   # -> run folder
-    model = chada.load_model(out / "teacher")
+from chada.ssl import pretrain, load_config
+out = pretrain("configs/quickstart.yaml", overrides=["optim.epochs=5"])   # -> run folder
+model = chada.load_model(out / "teacher")
 """
 
 from chada.ssl.config import PretrainConfig, apply_overrides, config_from_dict, load_config

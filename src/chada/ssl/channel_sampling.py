@@ -75,7 +75,12 @@ class ChannelSampler:
     """
 
     def __init__(
-        self, scheme: str = "none", per: str = "sample", shuffle: bool = False, discard_p: float = 0.5, seed: int = 0
+        self,
+        scheme: str = "none",
+        per: str = "sample",
+        shuffle: bool = False,
+        discard_p: float = 0.5,
+        seed: int = 0,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"channel sampling scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -83,7 +88,13 @@ class ChannelSampler:
             raise ValueError(f"channel sampling 'per' must be one of {PER}, got {per!r}")
         if not 0.0 <= discard_p <= 1.0:
             raise ValueError(f"discard_p must be in [0, 1], got {discard_p}")
-        self.scheme, self.per, self.shuffle, self.discard_p, self.seed = scheme, per, bool(shuffle), discard_p, seed
+        self.scheme, self.per, self.shuffle, self.discard_p, self.seed = (
+            scheme,
+            per,
+            bool(shuffle),
+            discard_p,
+            seed,
+        )
 
     @property
     def active(self) -> bool:
@@ -124,7 +135,9 @@ class ChannelSampler:
             out.append(keep)
         return out
 
-    def _n_keep(self, counts: list[int], keys: Sequence[str], epoch: int, gens: list[torch.Generator]) -> list[int]:
+    def _n_keep(
+        self, counts: list[int], keys: Sequence[str], epoch: int, gens: list[torch.Generator]
+    ) -> list[int]:
         if self.scheme == "none":
             return list(counts)
         if self.per == "batch":
@@ -154,7 +167,9 @@ class ChannelSampler:
             views = s["image"] if isinstance(s["image"], (list, tuple)) else [s["image"]]
             sizes = {int(v.shape[0]) for v in views}
             if len(sizes) != 1:
-                raise ValueError(f"image {s.get('image_id')}: its views have different channel counts {sorted(sizes)}")
+                raise ValueError(
+                    f"image {s.get('image_id')}: its views have different channel counts {sorted(sizes)}"
+                )
             counts.append(sizes.pop())
         keys = [str(s.get("image_id", i)) for i, s in enumerate(samples)]
         out = []
@@ -183,7 +198,9 @@ class ChannelSamplingCollate:
     epoch's DataLoader: workers receive a copy of this object when the loader starts iterating.
     """
 
-    def __init__(self, collate: Callable[[Sequence[dict[str, Any]]], dict[str, Any]], sampler: ChannelSampler) -> None:
+    def __init__(
+        self, collate: Callable[[Sequence[dict[str, Any]]], dict[str, Any]], sampler: ChannelSampler
+    ) -> None:
         self.collate, self.sampler, self.epoch = collate, sampler, 0
 
     def set_epoch(self, epoch: int) -> None:

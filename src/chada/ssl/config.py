@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from chada.config_reader import choice, coerce, expected, fill, in_file, unknown_key_error
+from chada.config_reader import coerce, fill, in_file, unknown_key_error
 
 __all__ = [
     "ModelConfig",
@@ -47,7 +47,9 @@ class ModelConfig:
     """Backbone: a registered model name (``chada.list_models()``) plus config overrides."""
 
     name: str = "chada_vit_moyen"
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {img_size: 64}; wins over drop_path_rate below
+    overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. {img_size: 64}; wins over drop_path_rate below
     # Stochastic depth of the student (DINO's ViT-S recipe: 0.1). The teacher never drops: it runs in
     # eval mode, as DINO builds it without drop path. Applied to architectures that have the field.
     drop_path_rate: float = 0.1
@@ -166,7 +168,9 @@ class RunConfig:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast)
     compile: bool = False  # torch.compile the student and teacher
     threads: int | None = None  # torch intra-op threads per process (default: cores / processes)
-    max_steps: int | None = None  # stop (with a checkpoint) after this global step; schedules keep the full length
+    max_steps: int | None = (
+        None  # stop (with a checkpoint) after this global step; schedules keep the full length
+    )
     save_every_steps: int = 500
     log_every_steps: int = 10
     tensorboard: bool = True
@@ -187,93 +191,15 @@ class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, require_data: bool = True) -> PretrainConfig:
-        """Raise ValueError on values that cannot work, naming the key.
+        """Raise ValueError on values that cannot work, naming the key (:mod:`chada.ssl.config_checks`).
 
         ``require_data=False`` skips the data-source check (done when training starts, so that a config
         file may leave ``data.manifest`` to the command line).
         """
-        if require_data:
-            if self.data.manifest is None and self.data.shards is None:
-                raise ValueError("set data.manifest (a manifest CSV/Parquet) or data.shards (WebDataset shards)")
-            if self.data.manifest is not None and self.data.shards is not None:
-                raise ValueError("set only one of data.manifest and data.shards")
-            if self.data.shards is not None and not self.data.shard_samples_per_epoch:
-                raise ValueError("data.shards needs data.shard_samples_per_epoch (the schedules need an epoch length)")
-        _choice("run.precision", self.run.precision, ("fp32", "bf16"))
-        _choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
-        _choice("dino.teacher_temp_schedule", self.dino.teacher_temp_schedule, ("per_epoch", "per_step"))
-        _choice("optim.warmup_schedule", self.optim.warmup_schedule, ("linspace", "ramp"))
-        _choice("optim.no_weight_decay", self.optim.no_weight_decay, ("dino", "dino_and_embeddings"))
-        from chada.data.normalize import METHODS
+        from chada.ssl.config_checks import check_config
 
-        _choice("data.normalize", self.data.normalize, METHODS)
-        _choice("data.nan_policy", self.data.nan_policy, ("error", "replace"))
-        from chada.models.registry import model_spec
-
-        model_spec(self.model.name)  # unknown model: ValueError listing the registered names
-        if isinstance(self.data.channel_vocab, str) and self.data.channel_vocab != "auto":
-            raise ValueError("data.channel_vocab must be null, 'auto' or a list of channel names")
-        o, d, h, a = self.optim, self.dino, self.head, self.augment
-        for name, v in (
-            ("optim.epochs", o.epochs), ("optim.batch_size_per_gpu", o.batch_size_per_gpu),
-            ("head.out_dim", h.out_dim), ("head.hidden_dim", h.hidden_dim),
-            ("head.bottleneck_dim", h.bottleneck_dim), ("head.nlayers", h.nlayers),
-            ("augment.global_size", a.global_size), ("augment.local_size", a.local_size),
-            ("run.save_every_steps", self.run.save_every_steps), ("run.log_every_steps", self.run.log_every_steps),
-        ):  # fmt: skip
-            if v < 1:
-                raise expected(name, "an integer >= 1", v)
-        for name, v in (
-            ("optim.lr", o.lr), ("dino.student_temp", d.student_temp), ("dino.teacher_temp", d.teacher_temp),
-            ("dino.warmup_teacher_temp", d.warmup_teacher_temp),
-        ):  # fmt: skip
-            if not v > 0:  # also refuses NaN
-                raise expected(name, "a number > 0", v)
-        for name, v in (
-            ("optim.min_lr", o.min_lr), ("optim.weight_decay", o.weight_decay),
-            ("optim.weight_decay_end", o.weight_decay_end), ("optim.clip_grad", o.clip_grad),
-            ("optim.warmup_epochs", o.warmup_epochs), ("dino.warmup_teacher_temp_epochs", d.warmup_teacher_temp_epochs),
-            ("dino.freeze_last_layer_epochs", d.freeze_last_layer_epochs), ("augment.n_local", a.n_local),
-            ("data.num_workers", self.data.num_workers), ("data.shard_shuffle", self.data.shard_shuffle),
-        ):  # fmt: skip
-            if not v >= 0:
-                raise expected(name, "a number >= 0", v)
-        for name, v in (("optim.warmup_epochs", o.warmup_epochs), ("dino.warmup_teacher_temp_epochs", d.warmup_teacher_temp_epochs)):
-            if v > o.epochs:
-                raise ValueError(f"{name} ({v}) must be <= optim.epochs ({o.epochs})")
-        if d.teacher_temp_schedule == "per_epoch" and float(d.warmup_teacher_temp_epochs) != int(d.warmup_teacher_temp_epochs):
-            raise ValueError(
-                "dino.warmup_teacher_temp_epochs must be a whole number with dino.teacher_temp_schedule=per_epoch, "
-                f"got {d.warmup_teacher_temp_epochs}"
-            )
-        for name, v in (
-            ("dino.center_momentum", d.center_momentum), ("dino.momentum_teacher", d.momentum_teacher),
-            ("dino.momentum_teacher_final", d.momentum_teacher_final), ("optim.betas[0]", o.betas[0]),
-            ("optim.betas[1]", o.betas[1]), ("model.drop_path_rate", self.model.drop_path_rate),
-        ):  # fmt: skip
-            if not 0.0 <= v <= 1.0:
-                raise expected(name, "a number in [0, 1]", v)
-        for name, (lo, hi) in (("augment.global_scale", a.global_scale), ("augment.local_scale", a.local_scale)):
-            if not 0.0 < lo <= hi <= 1.0:
-                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
-        if a.n_global < 1 or a.n_global + a.n_local < 2:
-            raise ValueError("DINO needs augment.n_global >= 1 and at least 2 views in total")
-        cs = self.data.channel_sampling
-        _choice("data.channel_sampling.scheme", cs.scheme, ("none", "discard_one", "hierarchical"))
-        _choice("data.channel_sampling.per", cs.per, ("sample", "batch"))
-        if not 0.0 <= cs.discard_p <= 1.0:
-            raise expected("data.channel_sampling.discard_p", "a number in [0, 1]", cs.discard_p)
-        if self.data.cache and self.data.shards is not None:
-            raise ValueError("data.cache works with data.manifest only (shards are streamed)")
-        for name, v in (("data.size", self.data.size), ("run.threads", self.run.threads),
-                        ("run.max_steps", self.run.max_steps), ("data.shard_samples_per_epoch", self.data.shard_samples_per_epoch)):  # fmt: skip
-            if v is not None and v < 1:
-                raise expected(name, "an integer >= 1 or null", v)
+        check_config(self, require_data)
         return self
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    choice(value, name, allowed)
 
 
 def config_from_dict(values: dict[str, Any] | None) -> PretrainConfig:
@@ -328,7 +254,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise FileNotFoundError(f"config file {p} not found")
         if p.is_dir():
-            raise ValueError(f"{p} is a directory; --config needs a YAML file such as configs/quickstart.yaml")
+            raise ValueError(
+                f"{p} is a directory; --config needs a YAML file such as configs/quickstart.yaml"
+            )
         try:
             values = yaml.safe_load(p.read_text()) or {}
         except (OSError, UnicodeDecodeError) as exc:
@@ -377,7 +305,9 @@ def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
     return Path(path)
 
 
-def as_config(config: PretrainConfig | dict[str, Any] | str | Path, overrides: list[str] | None) -> PretrainConfig:
+def as_config(
+    config: PretrainConfig | dict[str, Any] | str | Path, overrides: list[str] | None
+) -> PretrainConfig:
     """A :class:`PretrainConfig` from a config (copied), a nested dict or a YAML path, with ``overrides``."""
     if isinstance(config, PretrainConfig):
         return apply_overrides(copy.deepcopy(config), overrides)

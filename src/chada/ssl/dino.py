@@ -81,7 +81,12 @@ class DINOHead(nn.Module):
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
-        for name, v in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim), ("bottleneck_dim", bottleneck_dim)):
+        for name, v in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+        ):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if nlayers == 1:
@@ -202,7 +207,9 @@ class DINOLoss(nn.Module):
 
     center: Tensor
 
-    def __init__(self, out_dim: int, n_global: int = 2, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(
+        self, out_dim: int, n_global: int = 2, student_temp: float = 0.1, center_momentum: float = 0.9
+    ) -> None:
         super().__init__()
         if n_global < 1:
             raise ValueError("n_global must be >= 1")
@@ -216,17 +223,23 @@ class DINOLoss(nn.Module):
         """``[G*B, K]`` centred, sharpened teacher distribution."""
         return F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
 
-    def forward(self, student_out: Tensor, teacher_out: Tensor, teacher_temp: float, update_center: bool = True) -> Tensor:
+    def forward(
+        self, student_out: Tensor, teacher_out: Tensor, teacher_temp: float, update_center: bool = True
+    ) -> Tensor:
         if student_out.ndim != 2 or teacher_out.ndim != 2 or student_out.shape[1] != self.out_dim:
             raise ValueError(
                 f"expected student [V*B, {self.out_dim}] and teacher [G*B, {self.out_dim}], got "
                 f"{tuple(student_out.shape)} and {tuple(teacher_out.shape)}"
             )
         if teacher_out.shape[0] % self.n_global:
-            raise ValueError(f"teacher rows ({teacher_out.shape[0]}) are not a multiple of n_global={self.n_global}")
+            raise ValueError(
+                f"teacher rows ({teacher_out.shape[0]}) are not a multiple of n_global={self.n_global}"
+            )
         batch = teacher_out.shape[0] // self.n_global
         if student_out.shape[0] % batch:
-            raise ValueError(f"student rows ({student_out.shape[0]}) are not a multiple of the batch size {batch}")
+            raise ValueError(
+                f"student rows ({student_out.shape[0]}) are not a multiple of the batch size {batch}"
+            )
         n_views = student_out.shape[0] // batch
         if n_views < 2:
             raise ValueError("DINO needs at least 2 views (each teacher view is compared with the others)")
@@ -281,7 +294,9 @@ class DINOLoss(nn.Module):
         }
 
 
-def collapse_kind(stats: dict[str, float], kl_eps: float = 1e-3, uniform_frac: float = 0.98, onehot_frac: float = 0.05) -> str | None:
+def collapse_kind(
+    stats: dict[str, float], kl_eps: float = 1e-3, uniform_frac: float = 0.98, onehot_frac: float = 0.05
+) -> str | None:
     """``"uniform"``, ``"one_prototype"`` or ``None`` from :meth:`DINOLoss.stats` values.
 
     Uniform collapse: per-sample teacher entropy above ``uniform_frac * log K`` with a vanishing KL.

@@ -93,7 +93,10 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
             extra["device_id"] = dev  # binds NCCL's communicator to this GPU at once (no guessing)
         if not dist.is_initialized():
             dist.init_process_group(
-                backend=backend or ("nccl" if dev.type == "cuda" else "gloo"), rank=rank, world_size=world, **extra
+                backend=backend or ("nccl" if dev.type == "cuda" else "gloo"),
+                rank=rank,
+                world_size=world,
+                **extra,
             )
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)

@@ -311,7 +311,9 @@ def embed_chammi(
 
     image, run = image or ImageOptions(size=224), run or RunOptions()
     if not isinstance(image.size, int):
-        raise ValueError(f"CHAMMI images are resized to one square size: image size must be an int, got {image.size!r}")
+        raise ValueError(
+            f"CHAMMI images are resized to one square size: image size must be an int, got {image.size!r}"
+        )
     encoder = resolve_encoder(model, seed=run.seed, dtype=run.dtype).to(run.device)
     name = name or model_label(model if not isinstance(model, torch.nn.Module) else type(model).__name__)
     # What the features depend on, kept beside each .npy: a file made another way is embedded again.

@@ -102,7 +102,9 @@ def normalize_config(
         raise (exc if isinstance(config, dict) else in_file(config, exc)) from None
 
 
-def _normalize(raw: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, ModelSpec], list[TaskSpec]]:
+def _normalize(
+    raw: dict[str, Any], base: Path
+) -> tuple[dict[str, Any], dict[str, ModelSpec], list[TaskSpec]]:
     settings = parse_settings(raw, base)
     settings["torch_threads"] = raw.get("torch_threads", DEFAULT_TORCH_THREADS)
     models = parse_models(raw, base)
@@ -116,7 +118,12 @@ def _normalize(raw: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[st
     settings["dense"] = parse_dense_tasks(raw.get("dense"), base, seeds=seed_list(settings["seeds"]))
     model_paths = {n: m.path for n, m in models.items() if m.path is not None}
     settings["profiles"] = parse_profiles_section(raw.get("profiles"), base, model_paths)
-    if not raw.get("tasks") and not settings["reconstruction"] and not settings["dense"] and not settings["profiles"]:
+    if (
+        not raw.get("tasks")
+        and not settings["reconstruction"]
+        and not settings["dense"]
+        and not settings["profiles"]
+    ):
         raise ValueError("the config names no tasks (neither tasks:, reconstruction:, dense: nor profiles:)")
     return settings, models, parse_tasks(raw, base, settings, models)
 
@@ -248,7 +255,9 @@ def _run(
     recon_info: list[dict[str, Any]] = []
     recon_examples = []
     for rtask in settings.get("reconstruction") or []:
-        with _step(log, f"reconstruction {rtask.name}: {len(rtask.models)} model(s) x {len(rtask.seeds)} seed(s)"):
+        with _step(
+            log, f"reconstruction {rtask.name}: {len(rtask.models)} model(s) x {len(rtask.seeds)} seed(s)"
+        ):
             outcome = run_reconstruction_task(rtask, progress=progress)
         rows.extend(outcome.rows)
         recon_info.extend(outcome.info)
@@ -267,7 +276,9 @@ def _run(
         comps = [comparison_table(items, results, models), *(d.comparisons for d in dense)]
         comps = [c for c in comps if len(c)] or comps[:1]
         # dense rows (metric dense_iou) form their own Holm tables; the feature-file tables are unchanged
-        results.attrs["comparisons"] = holm_by_table(pd.concat(comps, ignore_index=True)) if len(comps) > 1 else comps[0]
+        results.attrs["comparisons"] = (
+            holm_by_table(pd.concat(comps, ignore_index=True)) if len(comps) > 1 else comps[0]
+        )
     results.attrs["elapsed_s"] = time.perf_counter() - t0
     if dense:
         results.attrs["dense"] = dense

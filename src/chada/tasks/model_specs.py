@@ -87,6 +87,10 @@ def parse_task_models(
         if fam is not None:
             choice(fam, f"{where}.family", FAMILIES)
         out[str(name)] = TaskModelSpec(
-            str(name), resolve_model_ref(ref, base, handmade), fam, m.get("arch"), integer(m.get("seed", 0), f"{where}.seed", 0)
+            str(name),
+            resolve_model_ref(ref, base, handmade),
+            fam,
+            m.get("arch"),
+            integer(m.get("seed", 0), f"{where}.seed", 0),
         )
     return out

@@ -38,7 +38,9 @@ class ProfilingTask:
     pool: str = "cls"
 
 
-def parse_profiles_section(raw: Mapping[str, Any] | None, base: Path, model_paths: Mapping[str, Path]) -> ProfilingTask | None:
+def parse_profiles_section(
+    raw: Mapping[str, Any] | None, base: Path, model_paths: Mapping[str, Path]
+) -> ProfilingTask | None:
     """The ``profiles:`` section of an evaluation config (None when absent); paths resolve against ``base``."""
     if not raw:
         return None

@@ -122,7 +122,9 @@ def _draw_channels(fig: Any, gs: Any, image: Tensor, names: list[str]) -> None:
     add_colorbar(fig, im, img_axes, "intensity (normalised)", location="bottom")
 
 
-def _draw_model(fig: Any, gs: Any, image: Tensor, res: ModelAttention, cols: list[int | str], col: int, alpha: float) -> None:
+def _draw_model(
+    fig: Any, gs: Any, image: Tensor, res: ModelAttention, cols: list[int | str], col: int, alpha: float
+) -> None:
     """One model's columns from ``col`` on: its heads and mean over the channels, or its note."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -160,7 +162,9 @@ def _draw_model(fig: Any, gs: Any, image: Tensor, res: ModelAttention, cols: lis
                      location="bottom")  # fmt: skip
 
 
-def _draw_matrices(fig: Any, gs: Any, groups: list[tuple[ModelAttention, list[int | str]]], names: list[str]) -> None:
+def _draw_matrices(
+    fig: Any, gs: Any, groups: list[tuple[ModelAttention, list[int | str]]], names: list[str]
+) -> None:
     """The last row: a legend cell, then each model's inter-channel matrix (or why it has none)."""
     C = len(names)
     ax = fig.add_subplot(gs[C, 0])

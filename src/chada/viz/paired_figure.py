@@ -20,7 +20,9 @@ from chada.viz.style import model_styles, save_figure, use_agg
 __all__ = ["forest_rows", "plot_paired_forest"]
 
 
-def forest_rows(comparisons: pd.DataFrame, role: str = "untrained", feature: str | None = None) -> pd.DataFrame:
+def forest_rows(
+    comparisons: pd.DataFrame, role: str = "untrained", feature: str | None = None
+) -> pd.DataFrame:
     """The rows one forest plot draws: over seeds, reference ``role``, each task's largest fraction."""
     c = comparisons[(comparisons.seed.astype(str) == "all") & (comparisons.role == role)]
     if feature is not None:
@@ -56,7 +58,9 @@ def plot_paired_forest(
                         mfc=color if sig else "white", capsize=2, lw=1)  # fmt: skip
         ax.axvline(0, color="black", lw=0.8, ls="--")
         ax.set_yticks(y)
-        ax.set_yticklabels([f"{r.task} {r.metric}: {r.model} vs {r.reference}" for r in c.itertuples()], fontsize=7)
+        ax.set_yticklabels(
+            [f"{r.task} {r.metric}: {r.model} vs {r.reference}" for r in c.itertuples()], fontsize=7
+        )
         ax.set_xlabel("paired difference x 100 (accuracy points / R² x 100), 95 % bootstrap interval")
         ax.set_title(f"Learned minus {role} reference ({feat}); filled: Holm-adjusted p < 0.05", fontsize=9)
         fig.tight_layout()

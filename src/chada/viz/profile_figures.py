@@ -16,7 +16,9 @@ from chada.viz.style import categorical_colors, legend_outside, save_figure, use
 __all__ = ["embed_2d", "plot_map_scatter", "plot_treatment_map"]
 
 
-def plot_map_scatter(activity: Mapping[str, pd.DataFrame], out: str | os.PathLike, q: float = 0.05) -> list[Path]:
+def plot_map_scatter(
+    activity: Mapping[str, pd.DataFrame], out: str | os.PathLike, q: float = 0.05
+) -> list[Path]:
     """One panel per model: each treatment's activity mAP against ``-log10`` of its p-value, the
     treatments retrieved (corrected p < ``q``) filled, the others hollow."""
     use_agg()
@@ -29,7 +31,14 @@ def plot_map_scatter(activity: Mapping[str, pd.DataFrame], out: str | os.PathLik
         m = df["mean_average_precision"].to_numpy(float)
         hit = df["corrected_p_value"].to_numpy(float) < q
         ax.scatter(m[hit], p[hit], s=18, c="tab:blue", label=f"q < {q} ({hit.sum()})")
-        ax.scatter(m[~hit], p[~hit], s=18, facecolors="none", edgecolors="tab:gray", label=f"q >= {q} ({(~hit).sum()})")
+        ax.scatter(
+            m[~hit],
+            p[~hit],
+            s=18,
+            facecolors="none",
+            edgecolors="tab:gray",
+            label=f"q >= {q} ({(~hit).sum()})",
+        )
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("activity mAP")
         ax.set_title(model, fontsize=9)

@@ -122,7 +122,9 @@ def concat_embeddings(
     for name, e in zip(names, sets):
         m = e.meta.reset_index(drop=True).copy()
         # Manifests may carry their own columns with these names (e.g. the file a crop came from).
-        m = m.rename(columns={c: f"meta_{c}" for c in ("source", "source_row", "input_row") if c in m.columns})
+        m = m.rename(
+            columns={c: f"meta_{c}" for c in ("source", "source_row", "input_row") if c in m.columns}
+        )
         m.insert(0, "source_row", np.arange(len(m)))
         m.insert(0, "source", name)
         if "dataset" not in m.columns:
@@ -306,7 +308,9 @@ def project(
     return coords, stats
 
 
-def _umap(Xs: np.ndarray, coords: pd.DataFrame, stats: dict[str, Any], notes: list[str], n_neighbors: int, seed: int) -> None:
+def _umap(
+    Xs: np.ndarray, coords: pd.DataFrame, stats: dict[str, Any], notes: list[str], n_neighbors: int, seed: int
+) -> None:
     """Adds ``umap1, umap2`` to ``coords`` (and ``stats["umap"]``), or a note when N is too small."""
     N = len(Xs)
     if N < 4:

@@ -63,7 +63,9 @@ def _clip_marks(ax, xs, ys, floor: float, color, vertical: bool = False) -> None
     upwards from the edge, so that the values of neighbouring bars do not overlap)."""
     for x, y in zip(xs, ys):
         if np.isfinite(y) and y < floor:
-            ax.plot([x], [floor], marker="v", ms=7, color=color, mec="black", mew=0.5, clip_on=False, zorder=5)
+            ax.plot(
+                [x], [floor], marker="v", ms=7, color=color, mec="black", mew=0.5, clip_on=False, zorder=5
+            )
             if vertical:
                 ax.annotate(f"{y:.0f}", (x, floor), xytext=(0, 6), textcoords="offset points", fontsize=6,
                             rotation=90, ha="center", va="bottom", color="black", zorder=6)  # fmt: skip
@@ -139,7 +141,14 @@ def lowdata_figure(sf: pd.DataFrame, title: str):
         st_all = sf[sf.task == t]
         ch = st_all.groupby("fraction")["chance"].mean().sort_index() * 100
         floor = _floor(list(st_all["mean"] * 100), list(ch))
-        ax.plot(ch.index * 100, ch.to_numpy(), color="black", ls="--", lw=1, label="chance (best constant predictor)")
+        ax.plot(
+            ch.index * 100,
+            ch.to_numpy(),
+            color="black",
+            ls="--",
+            lw=1,
+            label="chance (best constant predictor)",
+        )
         for _, m in _models(st_all).iterrows():
             g = st_all[st_all.model == m.model].sort_values("fraction")
             style = styles[m.model]

@@ -141,7 +141,11 @@ def figure_paths(out: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def save_figure(
-    fig: Any, out: str | os.PathLike, dpi: int = 150, close: bool = True, formats: tuple[str, ...] = ("png", "svg")
+    fig: Any,
+    out: str | os.PathLike,
+    dpi: int = 150,
+    close: bool = True,
+    formats: tuple[str, ...] = ("png", "svg"),
 ) -> list[Path]:
     """Write ``fig`` as PNG and SVG (or only ``formats``) next to each other, atomically; returns the
     paths written.

@@ -72,7 +72,16 @@ def test_image_beyond_the_machine_memory_is_refused_with_how_to_resize(tmp_path,
     path = bad_manifest(tmp_path, "good0.tif")
     # one 16 x 16 two-channel image through chada_vit_test needs ~42 KiB per block: give the machine 16 KiB
     monkeypatch.setattr(budget, "machine_memory", lambda device=None: 16 * 1024)
-    argv = ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(tmp_path / "e.npz"), "--quiet"]
+    argv = [
+        "embed",
+        "--model",
+        "chada_vit_test",
+        "--manifest",
+        str(path),
+        "--out",
+        str(tmp_path / "e.npz"),
+        "--quiet",
+    ]
     assert main(argv) == 2
     err = _err(capfd)
     assert "good0" in err and "good0.tif" in err and "tokens" in err and "--image-size 224" in err, err
@@ -86,7 +95,16 @@ def test_long_sequences_get_one_warning(tmp_path, capfd, monkeypatch):
 
     monkeypatch.setattr(budget, "LONG_SEQUENCE", 8)  # 2 channels x 4 patches + CLS = 9 tokens per image
     path = bad_manifest(tmp_path, "good0.tif")
-    argv = ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(tmp_path / "e.npz"), "--quiet"]
+    argv = [
+        "embed",
+        "--model",
+        "chada_vit_test",
+        "--manifest",
+        str(path),
+        "--out",
+        str(tmp_path / "e.npz"),
+        "--quiet",
+    ]
     assert main(argv) == 0
     lines = [ln for ln in _err(capfd).splitlines() if "tokens per image" in ln]
     assert len(lines) == 1 and "--image-size 224" in lines[0], lines
@@ -128,7 +146,9 @@ def test_models_of_one_table_are_scored_on_the_images_they_share(tmp_path, capfd
     assert _evaluate([big, small], tmp_path / "ev") == 0
     err = _err(capfd)
     assert "big: 80, small: 16" in err and "the 16 images they share" in err, err
-    rows = pd.read_csv(tmp_path / "ev" / "results.csv") if (tmp_path / "ev" / "results.csv").exists() else None
+    rows = (
+        pd.read_csv(tmp_path / "ev" / "results.csv") if (tmp_path / "ev" / "results.csv").exists() else None
+    )
     summary = json.loads((tmp_path / "ev" / "results.json").read_text())["summary"]
     assert {r["model"] for r in summary} == {"big", "small"}
     assert {int(r["n_test"]) for r in summary} == {16}, summary

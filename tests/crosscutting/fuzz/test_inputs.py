@@ -53,10 +53,6 @@ from tests.helpers.fuzz import (
 # ------------------------------------------------------------------------------------------ inputs
 
 
-
-
-
-
 def _png_bytes() -> bytes:
     import io
 
@@ -67,8 +63,6 @@ def _png_bytes() -> bytes:
 
 def _pixels(n_channels: int = 2) -> np.ndarray:
     return (np.random.default_rng(2).random((n_channels, SIZE, SIZE)) * 4000).astype(np.uint16)
-
-
 
 
 def _tiff_truncated(target: Path) -> None:
@@ -128,8 +122,6 @@ def _npy(arr: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
-
-
 def _with_nonfinite(value: float) -> np.ndarray:
     arr = _pixels().astype(np.float32)
     arr[1, 3, 4] = value
@@ -165,7 +157,9 @@ def _manifest_garbage(tmp: Path) -> Path:
 def _manifest_ragged(tmp: Path) -> Path:
     path = tmp / "manifest.csv"
     good_images(tmp)
-    path.write_text("image_id,dataset,file,channel_names\ngood0,d,good0.tif,DAPI;Actin\ngood1,d,good1.tif,DAPI,x,y\n")
+    path.write_text(
+        "image_id,dataset,file,channel_names\ngood0,d,good0.tif,DAPI;Actin\ngood1,d,good1.tif,DAPI,x,y\n"
+    )
     return path
 
 
@@ -231,8 +225,6 @@ def _dup_column(tmp: Path) -> Path:
     return path
 
 
-
-
 # ---------------------------------------------------------------------------------------- commands
 def _tiny_pretrain(manifest: Path, out: Path) -> list[str]:
     return [
@@ -250,7 +242,16 @@ def argv_for(command: str, path: Path, out: Path) -> list[str]:
     if command == "check":
         return ["data", "check", str(path)]
     if command == "embed":
-        return ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out / "e.npz"), "--quiet"]
+        return [
+            "embed",
+            "--model",
+            "chada_vit_test",
+            "--manifest",
+            str(path),
+            "--out",
+            str(out / "e.npz"),
+            "--quiet",
+        ]
     if command == "embed-folder":  # the model folder a model_folder_case builder wrote beside the manifest
         return ["embed", "--model", str(path.parent / "model"), "--manifest", str(path), "--out", str(out / "e.npz"),
                 "--quiet"]  # fmt: skip
@@ -258,7 +259,16 @@ def argv_for(command: str, path: Path, out: Path) -> list[str]:
         return ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out / "e.npz"),
                 "--quiet", "--workers", "1", "--batch-size", "1"]  # fmt: skip
     if command == "features":
-        return ["features", "--manifest", str(path), "--kind", "shortcut", "--out", str(out / "f.npz"), "--quiet"]
+        return [
+            "features",
+            "--manifest",
+            str(path),
+            "--kind",
+            "shortcut",
+            "--out",
+            str(out / "f.npz"),
+            "--quiet",
+        ]
     if command == "pretrain":
         return ["pretrain", *_tiny_pretrain(path, out / "run")]
     if command == "pretrain-workers":
@@ -484,7 +494,9 @@ def _run_cli(args: list[str], debug_env: bool = False) -> subprocess.CompletedPr
     if debug_env:
         env["CHADA_DEBUG"] = "1"
     code = "import sys; from chada.cli import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_real_console_script_on_a_truncated_tiff_with_workers(tmp_path):
@@ -618,10 +630,6 @@ def test_read_only_output_location_is_refused(name, tmp_path, capfd, no_work, mo
     _refused(argv(tmp_path, str(out)), capfd, str(out), "read-only")
 
 
-
-
-
-
 def test_read_only_folder_for_real(tmp_path):
     manifest = bad_manifest(tmp_path, "good0.tif")
     ro = tmp_path / "ro"
@@ -631,9 +639,13 @@ def test_read_only_folder_for_real(tmp_path):
         proc = run_without_override(["embed", "--model", "chada_vit_test", "--manifest", str(manifest), "--out",
                                       str(ro / "e.npz"), "--quiet"], cwd=tmp_path)  # fmt: skip
         assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr and "read-only" in proc.stderr and str(ro / "e.npz") in proc.stderr
+        assert (
+            "Traceback" not in proc.stderr and "read-only" in proc.stderr and str(ro / "e.npz") in proc.stderr
+        )
         proc = run_without_override(["data", "synth", str(ro / "synth"), "--n-per-assay", "1"], cwd=tmp_path)
-        assert proc.returncode == 2 and "read-only" in proc.stderr and str(ro / "synth") in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "read-only" in proc.stderr and str(ro / "synth") in proc.stderr, (
+            proc.stderr
+        )
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)

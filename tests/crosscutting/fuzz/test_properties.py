@@ -39,6 +39,8 @@ FILES = {  # name -> (channel count, has NaN); None = missing on disk
     "absent.tif": None,
 }
 NAMES = ["DAPI", "dapi", "Actin", "Mito", "ER", ""]
+
+
 def fuzz(max_examples: int) -> settings:
     """Deterministic (derandomized, no example database) so CI runs the same examples every time."""
     return settings(
@@ -144,7 +146,9 @@ def test_embed_refuses_exactly_what_check_refuses(image_dir, tmp_path_factory, r
     path = _write(image_dir, rows, "e.csv")
     rc_check, _ = _cli(["data", "check", str(path)])
     out = tmp_path_factory.mktemp("emb") / "e.npz"
-    rc_embed, text = _cli(["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out), "--quiet"])
+    rc_embed, text = _cli(
+        ["embed", "--model", "chada_vit_test", "--manifest", str(path), "--out", str(out), "--quiet"]
+    )
     assert rc_embed == rc_check, text
     assert "Traceback" not in text
 
@@ -185,8 +189,11 @@ def test_reader_returns_chw_float32_or_a_named_error(tmp_path_factory, arr):
 
 @fuzz(60)
 @given(
-    base=hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(2, 6), st.integers(2, 6)),
-                    elements=st.floats(0, 1000, width=32)),  # fmt: skip
+    base=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 3), st.integers(2, 6), st.integers(2, 6)),
+        elements=st.floats(0, 1000, width=32),
+    ),  # fmt: skip
     data=st.data(),
     method=st.sampled_from(["percentile", "minmax"]),
 )
@@ -223,7 +230,9 @@ def _config_oracle(cfg: dict) -> bool:
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if not all(is_int(cfg[k]) and cfg[k] >= 1 for k in ("embed_dim", "num_heads", "patch_size", "img_size", "depth")):
+    if not all(
+        is_int(cfg[k]) and cfg[k] >= 1 for k in ("embed_dim", "num_heads", "patch_size", "img_size", "depth")
+    ):
         return False
     return cfg["embed_dim"] % cfg["num_heads"] == 0 and cfg["img_size"] % cfg["patch_size"] == 0
 
@@ -254,7 +263,9 @@ def test_forward_check_refuses_exactly_the_images_that_do_not_split_into_patches
     from chada.errors import InputError
     from chada.models.chada_vit import ChAdaViTConfig
 
-    module = type("M", (), {"config": ChAdaViTConfig(embed_dim=8, num_heads=2, depth=1, patch_size=p, img_size=p * 4)})()
+    module = type(
+        "M", (), {"config": ChAdaViTConfig(embed_dim=8, num_heads=2, depth=1, patch_size=p, img_size=p * 4)}
+    )()
     sample = {"image": torch.zeros(c, h, w), "image_id": "img-9"}
     fits = h >= p and w >= p and h % p == 0 and w % p == 0
     try:

@@ -79,7 +79,11 @@ BUSY: dict[str, tuple[str, Callable[[Path, Path], list[str]], str, bool]] = {
 
 def _env(tmp: Path, hold: str, then: str = "wait") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CHADA_DEBUG"}
-    return env | {"CHADA_TEST_HOLD": hold, "CHADA_TEST_STARTED": str(tmp / "started"), "CHADA_TEST_THEN": then}
+    return env | {
+        "CHADA_TEST_HOLD": hold,
+        "CHADA_TEST_STARTED": str(tmp / "started"),
+        "CHADA_TEST_THEN": then,
+    }
 
 
 def _start(tmp: Path, hold: str, argv: list[str], then: str = "wait") -> subprocess.Popen:
@@ -172,7 +176,9 @@ def test_the_lock_is_gone_after_success(tmp_path, capfd):
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     return int(proc.stdout)
 
 
@@ -213,7 +219,11 @@ def test_in_one_process_a_second_lock_on_the_same_output_is_refused(tmp_path):
     from chada.locks import OutputBusyError, output_lock
 
     busy = pytest.raises(OutputBusyError, match=rf"pid {os.getpid()} .*\(chada embed a, since")
-    with output_lock(tmp_path / "e.npz", "chada embed a"), busy, output_lock(tmp_path / "e.npz", "chada embed b"):
+    with (
+        output_lock(tmp_path / "e.npz", "chada embed a"),
+        busy,
+        output_lock(tmp_path / "e.npz", "chada embed b"),
+    ):
         pass
     assert os.listdir(tmp_path) == []
 
@@ -272,8 +282,14 @@ def test_a_full_disk_names_the_file_it_stopped(name, code, tmp_path, capfd, monk
     assert rc == 1, err
     assert "Traceback" not in err and "[Errno" not in err, err
     line = next(ln for ln in err.splitlines() if ": error: " in ln)
-    what = {"ENOSPC": "no space left on device", "EDQUOT": "disk quota exceeded", "EROFS": "read-only file system"}
-    assert line.startswith(f"chada {args[0]}") and f": error: {what[code]} writing {tmp_path / where}" in line, err
+    what = {
+        "ENOSPC": "no space left on device",
+        "EDQUOT": "disk quota exceeded",
+        "EROFS": "read-only file system",
+    }
+    assert (
+        line.startswith(f"chada {args[0]}") and f": error: {what[code]} writing {tmp_path / where}" in line
+    ), err
     assert "choose another --out" in line
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
 
@@ -294,7 +310,9 @@ def test_a_real_file_size_limit_names_the_file(tmp_path):
                           timeout=120)  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"chada features: error: file too large writing {tmp_path / 'o' / 'f.npz'}" in proc.stderr, proc.stderr
+    assert f"chada features: error: file too large writing {tmp_path / 'o' / 'f.npz'}" in proc.stderr, (
+        proc.stderr
+    )
     assert "ulimit -f" in proc.stderr
 
 
@@ -386,7 +404,9 @@ def test_the_readme_block_refuses_an_unfinished_quickstart_folder(tmp_path):
     from chada.pipeline.readme import results_block
 
     _fake_quickstart(tmp_path / "qs")
-    with pytest.raises(UnfinishedFolderError, match=r"qs: not a finished quickstart run folder .*chada quickstart --out"):
+    with pytest.raises(
+        UnfinishedFolderError, match=r"qs: not a finished quickstart run folder .*chada quickstart --out"
+    ):
         results_block(tmp_path / "qs")
 
 
@@ -406,6 +426,8 @@ def test_a_resumed_quickstart_redoes_an_evaluation_stage_whose_folder_is_unfinis
     (ev / "DONE.json").unlink()  # a later write into it was interrupted
     _redo_if_unfinished(stages, "evaluate", lambda m: None)
     assert stages.done("evaluate") is None  # run again
+
+
 # ------------------------------------------------------------------- item 9: workers' last messages
 def _log_then_die(queue, n: int) -> None:  # pragma: no cover - runs in a spawned process
     import logging
@@ -464,7 +486,9 @@ def test_matplotlib_warnings_of_an_unwritable_home_are_one_chada_line_each(tmp_p
     home = tmp_path / "home"
     home.write_text("a file, not a folder: matplotlib cannot make its config folder in it")
     manifest = _good_manifest(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+    }
     code = "import sys; from chada.cli import main; sys.exit(main())"
     proc = subprocess.run([sys.executable, "-c", code, "data", "summary", str(manifest), "--plot",
                            str(tmp_path / "p.png")], capture_output=True, text=True, env=env | {"HOME": str(home)},

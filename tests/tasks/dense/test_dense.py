@@ -196,10 +196,19 @@ def test_masked_manifest_task_scores_otsu_pixel_features_and_background(tmp_path
     "entry, message",
     [
         ({"name": "a", "models": {"h": "handmade"}}, "exactly one of source"),
-        ({"name": "a", "source": "dsb2018", "manifest": "m.csv", "models": {"h": "handmade"}}, "exactly one of source"),
+        (
+            {"name": "a", "source": "dsb2018", "manifest": "m.csv", "models": {"h": "handmade"}},
+            "exactly one of source",
+        ),
         ({"name": "a", "source": "dsb2018"}, r"dense\.a\.models: required"),
-        ({"name": "a", "source": "dsb2018", "models": {"h": "handmade"}, "heads": ["conv"]}, r"dense\.a\.heads: expected one of 'linear', 'mlp', got 'conv'"),
-        ({"name": "a", "source": "dsb2018", "models": {"h": "handmade"}, "tiles": 32}, r"dense\.a\.tiles: unknown key \(did you mean 'tile'\?\)"),
+        (
+            {"name": "a", "source": "dsb2018", "models": {"h": "handmade"}, "heads": ["conv"]},
+            r"dense\.a\.heads: expected one of 'linear', 'mlp', got 'conv'",
+        ),
+        (
+            {"name": "a", "source": "dsb2018", "models": {"h": "handmade"}, "tiles": 32},
+            r"dense\.a\.tiles: unknown key \(did you mean 'tile'\?\)",
+        ),
         ({"name": "a", "source": "dsb2018", "models": {"h": {"model": "handmade", "family": "x"}}}, "family"),
     ],
 )

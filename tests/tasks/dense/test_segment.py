@@ -61,7 +61,9 @@ def test_segment_reproduces_the_task_score(trained, model, capsys, monkeypatch) 
     from chada.models.precision import resolve_precision
 
     real, seen = dense_features.model_maps, []
-    monkeypatch.setattr(dense_features, "model_maps", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
+    monkeypatch.setattr(
+        dense_features, "model_maps", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k)
+    )
     root, image = trained
     out = root / f"mask_{model}.png"
     ref = str(root / "vit") if model == "vit" else "handmade"
@@ -94,7 +96,9 @@ def test_segment_bad_inputs_exit_2_with_one_line(trained, capsys) -> None:
     probe = str(root / "ev" / "probes" / "nuclei" / "vit_linear")
     out = str(root / "m.png")
     two = root / "two.tif"
-    tifffile.imwrite(two, np.stack([tifffile.imread(image)] * 2), photometric="minisblack", metadata={"axes": "CYX"})
+    tifffile.imwrite(
+        two, np.stack([tifffile.imread(image)] * 2), photometric="minisblack", metadata={"axes": "CYX"}
+    )
     (root / "bad.json").write_text("{not json")
     (root / "bad.safetensors").write_bytes(b"junk")
     cases = {
@@ -127,7 +131,14 @@ def test_synth_masks_are_written_and_the_relation_mask_needs_both_markers(tmp_pa
         rel = masks["MarkerB_in_MarkerA"]
         assert (rel == (masks["MarkerA"] & masks["MarkerB"])).all()
         assert rel.any() == (row.interchannel_label == 1)  # empty exactly when the markers are apart
-    plain = generate(tmp_path / "plain", n_per_assay=8, size=32, assays=["markers_2ch"], marker_pattern="domain", masks=False)
+    plain = generate(
+        tmp_path / "plain",
+        n_per_assay=8,
+        size=32,
+        assays=["markers_2ch"],
+        marker_pattern="domain",
+        masks=False,
+    )
     assert "mask_file" not in pd.read_csv(plain).columns
     img = lambda p, r: read_image(p / r.channel_files.split(";")[0])  # noqa: E731
     assert all((img(tmp_path, r) == img(tmp_path / "plain", r)).all() for _, r in df.iterrows())
@@ -142,7 +153,9 @@ def test_pixel_features_shape_names_and_blob_response() -> None:
     names = pixel_feature_names(["A", "B"])
     assert f.shape == (22, 32, 32) and len(names) == 22 and names[0] == "A:intensity"
     log2 = f[names.index("A:log_2")]
-    assert log2[16, 16] == log2.min() < 0  # a bright blob of sigma 2 is the LoG's strongest (negative) response
+    assert (
+        log2[16, 16] == log2.min() < 0
+    )  # a bright blob of sigma 2 is the LoG's strongest (negative) response
     assert np.allclose(f[11:], 0)  # an empty channel gives zeros everywhere
     with pytest.raises(ValueError, match="NaN"):
         pixel_features(np.full((1, 8, 8), np.nan, np.float32))
@@ -153,7 +166,11 @@ def test_a_dense_only_config_logs_only_its_own_steps(trained, capfd) -> None:
 
     root, _ = trained
     lines: list[str] = []
-    run_evaluation(str(root / "cfg.yaml"), root / "ev_log", progress=True, print_table=False, log=lines.append)
+    run_evaluation(
+        str(root / "cfg.yaml"), root / "ev_log", progress=True, print_table=False, log=lines.append
+    )
     assert "feature tasks" not in capfd.readouterr().err  # no empty progress bar for the absent steps
-    assert lines[0] == "dense nuclei: 2 model(s), heads linear ..." and lines[1].startswith("dense nuclei: 2 model(s), heads linear: done in")
+    assert lines[0] == "dense nuclei: 2 model(s), heads linear ..." and lines[1].startswith(
+        "dense nuclei: 2 model(s), heads linear: done in"
+    )
     assert not any("probes, kNN" in x or "diagnostics" in x or "Fig. 1" in x for x in lines), lines

@@ -116,13 +116,17 @@ def test_reconstruction_config_validation(tmp_path):
         [dict(base, target_params="5.2e6", seeds=2, num_threads=2)], tmp_path
     )
     assert task.target_params == 5_200_000 and task.seeds == [0, 1] and task.num_threads == 2
-    with pytest.raises(ValueError, match=r"reconstruction\.reconstruction_0\.epoch: unknown key \(did you mean 'epochs'\?\)"):
+    with pytest.raises(
+        ValueError, match=r"reconstruction\.reconstruction_0\.epoch: unknown key \(did you mean 'epochs'\?\)"
+    ):
         parse_reconstruction_tasks([dict(base, epoch=3)], tmp_path)
     with pytest.raises(ValueError, match="manifest"):
         parse_reconstruction_tasks([{"models": {"a": "x"}}], tmp_path)
     with pytest.raises(ValueError, match="models"):
         parse_reconstruction_tasks([{"manifest": "m.csv"}], tmp_path)
-    with pytest.raises(ValueError, match=r"reconstruction\.reconstruction_0\.lr: expected a number > 0, got 'fast'"):
+    with pytest.raises(
+        ValueError, match=r"reconstruction\.reconstruction_0\.lr: expected a number > 0, got 'fast'"
+    ):
         parse_reconstruction_tasks([dict(base, lr="fast")], tmp_path)
     # a reconstruction-only config is a valid config; the default seeds/threads come from the top level
     settings, _models, tasks = normalize_config({"seeds": 3, "torch_threads": 2, "reconstruction": [base]})

@@ -178,7 +178,12 @@ class FileLocator:
         return hits[0] if len(hits) == 1 else None
 
     def find_channels(
-        self, record: dict[str, Any], channels: Sequence[str], file_column: str, folder_column: str, missing: list[str]
+        self,
+        record: dict[str, Any],
+        channels: Sequence[str],
+        file_column: str,
+        folder_column: str,
+        missing: list[str],
     ) -> list[Path] | None:
         """One file per channel of a CellProfiler-style image table row, or ``None`` if any is missing.
 

@@ -73,7 +73,9 @@ def import_bray(
     locate = FileLocator(source)
     rows, missing = [], []
     for i, r in enumerate(df.to_dict("records")):
-        files = locate.find_channels(r, CHANNELS, "Image_FileName_Orig{ch}", "Image_PathName_Orig{ch}", missing)
+        files = locate.find_channels(
+            r, CHANNELS, "Image_FileName_Orig{ch}", "Image_PathName_Orig{ch}", missing
+        )
         if files is None:
             continue
         row = {

@@ -44,7 +44,6 @@ Modules: :mod:`.data` (subsets, images in memory, subset features), :mod:`.scori
 settings, probes and kNN, summary tables), :mod:`.plot` (the figure), :mod:`.run` (the driver).
 """
 
-
 from chada.tasks.channel_subsets.data import SubsetData, embed_subsets, enumerate_subsets, load_subset_data
 from chada.tasks.channel_subsets.plot import plot_channel_subsets
 from chada.tasks.channel_subsets.run import run_channel_subsets

@@ -20,7 +20,9 @@ from chada.models.batch import ChannelBatch
 __all__ = ["SubsetData", "embed_subsets", "enumerate_subsets", "load_subset_data"]
 
 
-def enumerate_subsets(n_channels: int, max_subsets: int = 20, seed: int = 0) -> dict[int, list[tuple[int, ...]]]:
+def enumerate_subsets(
+    n_channels: int, max_subsets: int = 20, seed: int = 0
+) -> dict[int, list[tuple[int, ...]]]:
     """Channel subsets per size: ``{k: [sorted index tuples]}`` for k = 1..n_channels.
 
     All ``comb(C, k)`` subsets (lexicographic order) when there are at most ``max_subsets``; else
@@ -72,7 +74,13 @@ class SubsetData:
     ) -> None:
         if not images:
             raise ValueError("no labelled image to evaluate")
-        self.images, self.names, self.labels, self.splits, self.image_ids = images, names, labels, splits, image_ids
+        self.images, self.names, self.labels, self.splits, self.image_ids = (
+            images,
+            names,
+            labels,
+            splits,
+            image_ids,
+        )
         keyer = ChannelPolicy(None, aliases=aliases)
         keys = [[keyer.canonical_name(n).lower() for n in nm] for nm in names]
         for i, k in enumerate(keys):
@@ -144,7 +152,9 @@ def load_subset_data(
     ds = ManifestDataset(manifest, root=root, datasets=datasets, size=image_size, normalize=normalize,
                          label_column=label_column, nan_policy=nan_policy, nan_fill=nan_fill)  # fmt: skip
     if label_column not in ds.frame.columns:
-        raise ValueError(f"label column {label_column!r} not in the manifest (columns: {list(ds.frame.columns)})")
+        raise ValueError(
+            f"label column {label_column!r} not in the manifest (columns: {list(ds.frame.columns)})"
+        )
     keep = np.flatnonzero(ds.frame[label_column].notna().to_numpy())
     if len(keep) == 0:
         raise ValueError(f"no row of the manifest has a {label_column!r} label")

@@ -14,7 +14,9 @@ from chada.viz.style import model_styles, save_figure, use_agg
 __all__ = ["plot_channel_subsets"]
 
 
-def plot_channel_subsets(summary: pd.DataFrame, out: str | os.PathLike, title: str | None = None) -> list[Path]:
+def plot_channel_subsets(
+    summary: pd.DataFrame, out: str | os.PathLike, title: str | None = None
+) -> list[Path]:
     """Score against k: one column per setting, one row per metric, one line per model (PNG + SVG).
 
     Error bars: std over seeds; shaded band: min-max over the subsets of each k; dashed: chance.
@@ -27,9 +29,15 @@ def plot_channel_subsets(summary: pd.DataFrame, out: str | os.PathLike, title: s
     if not metrics or not settings:
         raise ValueError("nothing to plot: the summary has no known metric/setting rows")
     models = list(dict.fromkeys(summary["model"]))
-    colors = {m: st["color"] for m, st in model_styles([(m, None) for m in models]).items()}  # as in every figure
+    colors = {
+        m: st["color"] for m, st in model_styles([(m, None) for m in models]).items()
+    }  # as in every figure
     fig, axes = plt.subplots(
-        len(metrics), len(settings), figsize=(4.6 * len(settings), 3.4 * len(metrics)), squeeze=False, sharey="row"
+        len(metrics),
+        len(settings),
+        figsize=(4.6 * len(settings), 3.4 * len(metrics)),
+        squeeze=False,
+        sharey="row",
     )
     for r, metric in enumerate(metrics):
         for c, setting in enumerate(settings):
@@ -41,7 +49,9 @@ def plot_channel_subsets(summary: pd.DataFrame, out: str | os.PathLike, title: s
                     continue
                 col = colors[model]
                 ax.fill_between(g["k"], g["subset_min"], g["subset_max"], color=col, alpha=0.12, linewidth=0)
-                ax.errorbar(g["k"], g["mean"], yerr=g["std"], color=col, marker="o", ms=4, capsize=3, label=model)
+                ax.errorbar(
+                    g["k"], g["mean"], yerr=g["std"], color=col, marker="o", ms=4, capsize=3, label=model
+                )
             if len(part) and np.isfinite(part["chance"].iloc[0]):
                 ax.axhline(part["chance"].iloc[0], color="0.5", ls="--", lw=1, label="chance")
             ax.set_xticks(sorted(summary["k"].unique()))

@@ -188,9 +188,15 @@ def run_channel_subsets(
     return results
 
 
-def _check(models: Mapping[str, Any], metrics: Sequence[str], settings: Sequence[str], image: ImageOptions) -> None:
-    if image.size == MODEL_SIZE:  # models of one run may record different sizes: every one reads the same pixels
-        raise ValueError("channel subsets read every image once for all models: give image size N or native (None)")
+def _check(
+    models: Mapping[str, Any], metrics: Sequence[str], settings: Sequence[str], image: ImageOptions
+) -> None:
+    if (
+        image.size == MODEL_SIZE
+    ):  # models of one run may record different sizes: every one reads the same pixels
+        raise ValueError(
+            "channel subsets read every image once for all models: give image size N or native (None)"
+        )
     if not models:
         raise ValueError("models is empty: give at least one {name: model}")
     bad = [m for m in metrics if m not in METRICS] + [s for s in settings if s not in SETTINGS]
@@ -209,7 +215,8 @@ def _info(
         "n_images": len(data),
         "n_train": {str(s): len(v[0]) for s, v in run.splits.items()},
         "n_test": {str(s): len(v[1]) for s, v in run.splits.items()},
-        "split": "split column" if run.fixed_split
+        "split": "split column"
+        if run.fixed_split
         else f"seeded stratified split (test_fraction={settings['test_fraction']})",
         "subsets": {str(k): ["+".join(data.channels[j] for j in s) for s in v] for k, v in per_k.items()},
         "subsets_total": {str(k): math.comb(data.n_channels, k) for k in per_k},
@@ -251,12 +258,16 @@ class _Run:
 
     def _embed(self, spec: Any, seed: int, meta_models: dict[str, Any], name: str, source: str, bar: Any):
         """Every subset's features for one model (weights from ``seed`` for a registered name)."""
-        encoder = resolve_encoder(spec, seed=seed, dtype=self.options.dtype).to(torch.device(self.options.device))
+        encoder = resolve_encoder(spec, seed=seed, dtype=self.options.dtype).to(
+            torch.device(self.options.device)
+        )
         info, ch = encoder.info, self.channels
         policy = ch.policy(encoder.module)
         if policy.positional:  # no order anywhere: the dataset's reference order is the canonical one
             aliases = dict(ch.aliases) if ch.aliases is not None else None
-            policy = ChannelPolicy(self.data.channels, unknown=ch.unknown, aliases=aliases, max_slots=policy.max_slots)
+            policy = ChannelPolicy(
+                self.data.channels, unknown=ch.unknown, aliases=aliases, max_slots=policy.max_slots
+            )
         slots = _slots_for(policy, self.data)
         used_pool = encoder.fixed_pool(self.pool)
         feats = embed_subsets(encoder, self.data, self.subsets, slots, used_pool, self.options.batch_size,

@@ -26,7 +26,11 @@ METRIC_TITLES = {"linear_probe": "linear probe accuracy", "knn": "kNN accuracy (
 
 
 def _split_indices(
-    data: SubsetData, train_split: str | Sequence[str], test_split: str | Sequence[str], test_fraction: float, seed: int
+    data: SubsetData,
+    train_split: str | Sequence[str],
+    test_split: str | Sequence[str],
+    test_fraction: float,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(train_idx, test_idx, fixed)``: the split column when it has both parts, else a seeded split."""
     tr_set = {train_split} if isinstance(train_split, str) else set(train_split)
@@ -70,7 +74,9 @@ def _fit_predictor(
         return lambda x: np.full(len(x), only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the iteration budget is part of the protocol
-        clf = LogisticRegression(C=float(c), max_iter=int(probe.get("max_iter", 300))).fit(prep.transform(x_tr), y_tr)
+        clf = LogisticRegression(C=float(c), max_iter=int(probe.get("max_iter", 300))).fit(
+            prep.transform(x_tr), y_tr
+        )
     return lambda x: clf.predict(prep.transform(x))
 
 
@@ -138,7 +144,9 @@ def subsets_markdown(summary: pd.DataFrame, channels: Sequence[str] | None = Non
         "",
     ]
     ks = sorted(summary["k"].unique())
-    for metric in [m for m in METRICS if m in set(summary["metric"])] + sorted(set(summary["metric"]) - set(METRICS)):
+    for metric in [m for m in METRICS if m in set(summary["metric"])] + sorted(
+        set(summary["metric"]) - set(METRICS)
+    ):
         part = summary[summary["metric"] == metric]
         chance = part["chance"].iloc[0] if "chance" in part and len(part) else float("nan")
         lines += [f"## {METRIC_TITLES.get(metric, metric)} (chance {chance:.3f})", ""]

@@ -107,7 +107,11 @@ def _parse_one(i: int, t: Any, base: Path, seeds: list[int]) -> DenseTask:
     if t.get("source") is not None and t["source"] != "dsb2018":
         raise expected(f"{w}.source", "'dsb2018' (or use manifest:)", t["source"])
     s = t.get("seeds", seeds)
-    s = list(range(integer(s, f"{w}.seeds", 1))) if isinstance(s, (int, float)) else [integer(v, f"{w}.seeds", 0) for v in s]
+    s = (
+        list(range(integer(s, f"{w}.seeds", 1)))
+        if isinstance(s, (int, float))
+        else [integer(v, f"{w}.seeds", 0) for v in s]
+    )
     if not s:
         raise expected(f"{w}.seeds", "at least one seed", s)
     heads = _choices(f"{w}.heads", t.get("heads", list(HEADS)), HEADS)

@@ -78,4 +78,6 @@ def plot_dense_examples(
         fontsize=8,
     )
     fig.tight_layout()
-    return save_figure(fig, Path(out_dir) / f"dense_{safe_filename(outcome.task)}.png", dpi=130, formats=("png",))[0]
+    return save_figure(
+        fig, Path(out_dir) / f"dense_{safe_filename(outcome.task)}.png", dpi=130, formats=("png",)
+    )[0]

@@ -73,6 +73,7 @@ def bootstrap_interval(
         c = c[None]
     if c.ndim != 3 or c.shape[-1] != 4 or c.shape[1] == 0:
         raise ValueError(f"counts must be [seeds, tiles, 4] with at least one tile, got {c.shape}")
+
     def statistic(idx: np.ndarray) -> np.ndarray:  # [chunk, N] tile indices -> [chunk, 2] (IoU, Dice)
         iou, dice = iou_dice(c[:, idx].sum(2))  # pooled counts [S, chunk, 4]
         return np.stack([iou.mean(0), dice.mean(0)], -1)

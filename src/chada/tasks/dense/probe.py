@@ -137,7 +137,11 @@ def order_channels(probe: DenseProbe, names: list[str] | None, n_channels: int) 
 
 
 def segment_image(
-    probe: DenseProbe, module: nn.Module | None, image: np.ndarray, *, model_label: str = "--model",
+    probe: DenseProbe,
+    module: nn.Module | None,
+    image: np.ndarray,
+    *,
+    model_label: str = "--model",
     dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Foreground probability ``[H, W]`` of a raw ``[C, H, W]`` image whose channels are already in the

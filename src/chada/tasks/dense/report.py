@@ -52,7 +52,9 @@ def _sizes_markdown(outcome: Any) -> str:
     rows = []
     for (model, hd), g in s.groupby(["model", "head"], sort=False):
         vals = {str(r["bin"]): r["iou"] for _, r in g.iterrows()}
-        rows.append([model, hd, *(f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins)])
+        rows.append(
+            [model, hd, *(f"{vals[b]:.3f}" if b in vals and pd.notna(vals[b]) else "-" for b in bins)]
+        )
     return markdown_table(head, rows).rstrip("\n")
 
 
@@ -63,7 +65,9 @@ def _paired_markdown(outcome: Any) -> str:
         return ""
     rows = [[r.model, r.reference, r.feature, f"{r.difference * 100:+.1f} [{r.low * 100:+.1f}, {r.high * 100:+.1f}]",
              f"{int(r.n_a_only)} / {int(r.n_b_only)}", f"{r.p:.2g}"] for r in c.itertuples()]  # fmt: skip
-    return markdown_table(["model", "reference", "head", "IoU difference [95 %]", "tiles + / -", "p"], rows).rstrip("\n")
+    return markdown_table(
+        ["model", "reference", "head", "IoU difference [95 %]", "tiles + / -", "p"], rows
+    ).rstrip("\n")
 
 
 def dense_markdown(outcome: Any) -> str:

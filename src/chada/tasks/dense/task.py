@@ -78,7 +78,9 @@ class DenseOutcome:
     channel_names: list[str]
     probes: dict[str, DenseProbe] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired IoU differences (dense/paired.py)
+    comparisons: pd.DataFrame = field(
+        default_factory=pd.DataFrame
+    )  # paired IoU differences (dense/paired.py)
 
     def __deepcopy__(self, memo: dict) -> DenseOutcome:
         # kept in DataFrame.attrs, which pandas deep-copies on every operation: share, do not copy
@@ -163,7 +165,9 @@ def _model_features(spec: Any, data: DenseData, task: DenseTask) -> tuple[np.nda
     module.eval()
     size = task.image_size or data.tile
     dtype, _ = resolve_precision(task.precision)
-    maps = model_maps(module, data.images, data.channel_names, image_size=size, channels=task.channels, dtype=dtype)
+    maps = model_maps(
+        module, data.images, data.channel_names, image_size=size, channels=task.channels, dtype=dtype
+    )
     meta = {
         "features": "vit", "model": str(spec.model), "model_seed": info.get("seed"), "arch": spec.arch or info.get("arch"),
         "model_name": info.get("model_name"), "fingerprint": fingerprint(module), "image_size": size,
@@ -286,7 +290,9 @@ def _outcome(task: DenseTask, data: DenseData, train: np.ndarray, test: np.ndarr
             "n_train_tiles": len(train), "n_test_tiles": len(test), "mask": data.mask_name, "channels": data.channel_names,
             "otsu": metas.get("otsu", {}).get("threshold"), "heads": task.heads, "seeds": task.seeds,
             "figure_head": task.figure_head}  # fmt: skip
-    paired = dense_comparisons(task.name, {k: np.stack(v) for k, v in scores.counts.items()}, metas, task.bootstrap)
+    paired = dense_comparisons(
+        task.name, {k: np.stack(v) for k, v in scores.counts.items()}, metas, task.bootstrap
+    )
     return DenseOutcome(task.name, rows, pd.DataFrame(table), pd.DataFrame(sizes), _examples(task, data, scores),
                         data.channel_names, probes, info, paired)  # fmt: skip
 

@@ -23,7 +23,6 @@ API :func:`run_channel_reconstruction`), :mod:`.config` (the config section and 
 :mod:`.task` (a config task end to end), :mod:`.figure` (the Fig. 16-style picture).
 """
 
-
 from chada.tasks.reconstruction.config import (
     ReconstructionExamples,
     ReconstructionModelSpec,

@@ -95,6 +95,8 @@ _TASK_KEYS = {
     "normalize", "datasets", "max_images", "n_examples", "num_threads", "torch_threads", "num_workers",
     "device", "root",
 }  # fmt: skip
+
+
 def parse_reconstruction_tasks(
     raw: Any,
     base: str | os.PathLike = ".",
@@ -160,7 +162,9 @@ def _parse_task(
     if not hasattr(manifest, "columns"):  # a path, not a DataFrame
         manifest = Path(os.path.expanduser(str(manifest)))
         manifest = manifest if manifest.is_absolute() else base / manifest
-    models = parse_task_models("reconstruction", label, t.get("models"), base, False, "folder or registered name")
+    models = parse_task_models(
+        "reconstruction", label, t.get("models"), base, False, "folder or registered name"
+    )
     tc = t.get("target_channel")
     if tc is not None and not isinstance(tc, (int, str)):
         raise ValueError(
@@ -172,7 +176,11 @@ def _parse_task(
         size = size[0] if size[0] == size[1] else size
     tp, bc = t.get("target_params", "auto"), t.get("base_channels", "auto")
     s = t.get("seeds", default_seeds)
-    s = list(range(integer(s, f"{where}.seeds", 1))) if isinstance(s, (int, str)) else [integer(v, f"{where}.seeds", 0) for v in s]
+    s = (
+        list(range(integer(s, f"{where}.seeds", 1)))
+        if isinstance(s, (int, str))
+        else [integer(v, f"{where}.seeds", 0) for v in s]
+    )
     if not s:
         raise ValueError(f"reconstruction task {label!r}: no seeds")
     tf = t.get("test_fraction")
@@ -196,7 +204,9 @@ def _parse_task(
         pool=str(t.get("pool", "cls")),
         normalize=t.get("normalize", "percentile"),
         datasets=list(t["datasets"]) if t.get("datasets") else None,
-        max_images=None if t.get("max_images") is None else integer(t["max_images"], f"{where}.max_images", 1),
+        max_images=None
+        if t.get("max_images") is None
+        else integer(t["max_images"], f"{where}.max_images", 1),
         n_examples=integer(t.get("n_examples", 4), f"{where}.n_examples", 0),
         num_threads=None if threads is None else integer(threads, f"{where}.num_threads", 1),
         num_workers=integer(t.get("num_workers", 0), f"{where}.num_workers", 0),

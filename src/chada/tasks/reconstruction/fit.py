@@ -166,7 +166,9 @@ class DecoderFit:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+            raise ValueError(
+                f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
+            )
 
 
 def fit_decoder(
@@ -207,7 +209,17 @@ def fit_decoder(
 
     torch.manual_seed(seed)
     decoder = build_decoder(z_tr.shape[1], hw, target_params, base_channels).to(device)
-    _train(decoder, z_tr, y_tr, epochs=epochs, batch_size=batch_size, lr=lr, gen=gen, device=device, progress=progress)
+    _train(
+        decoder,
+        z_tr,
+        y_tr,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        gen=gen,
+        device=device,
+        progress=progress,
+    )
     decoder.eval()
     with torch.no_grad():
         pred = torch.cat(

@@ -62,7 +62,9 @@ def _splits(
 
 
 @torch.inference_mode()
-def _embed(module: nn.Module, inputs: list[Tensor], pool: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _embed(
+    module: nn.Module, inputs: list[Tensor], pool: str, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     if hasattr(module, "forward_features") and hasattr(module, "forward_head"):
         return torch.from_numpy(embed_images(module, inputs, [pool], device=device, dtype=dtype)[pool])
     with autocast(dtype, device):
@@ -104,11 +106,21 @@ def run_reconstruction_task(task: ReconstructionTask, *, progress: bool = True) 
                 out_rows += rows_m
                 info_rows.append(
                     dict(
-                        task=task.name, model=name, family=family, arch=arch, target=examples.target_name,
-                        image_size=list(targets.shape[1:]), embed_dim=int(feats[name].shape[1]),
-                        decoder_params=int(res["decoder_params"]), target_params=int(target_params),
-                        base_channels=int(base_channels), epochs=task.epochs, n_images=len(rows),
-                        n_skipped=int(skipped), model_seed=minfo.get("seed"), source=minfo.get("source"),
+                        task=task.name,
+                        model=name,
+                        family=family,
+                        arch=arch,
+                        target=examples.target_name,
+                        image_size=list(targets.shape[1:]),
+                        embed_dim=int(feats[name].shape[1]),
+                        decoder_params=int(res["decoder_params"]),
+                        target_params=int(target_params),
+                        base_channels=int(base_channels),
+                        epochs=task.epochs,
+                        n_images=len(rows),
+                        n_skipped=int(skipped),
+                        model_seed=minfo.get("seed"),
+                        source=minfo.get("source"),
                     )  # fmt: skip
                 )
     sizes = [r["decoder_params"] for r in info_rows]
@@ -130,7 +142,9 @@ def _select_rows(task: ReconstructionTask) -> tuple[Any, np.ndarray, list[int | 
     ds = ManifestDataset(
         task.manifest, root=task.root, datasets=task.datasets, size=task.image_size, normalize=task.normalize
     )
-    target_idx: list[int | None] = [_target_index(task.target_channel, row_channel_names(r), r) for r in ds._rows]
+    target_idx: list[int | None] = [
+        _target_index(task.target_channel, row_channel_names(r), r) for r in ds._rows
+    ]
     rows = np.array([i for i, t in enumerate(target_idx) if t is not None], dtype=np.int64)
     skipped = len(ds) - len(rows)
     if not len(rows):
@@ -264,10 +278,22 @@ def _fit_model(
             key = metric.removeprefix("recon_")
             rows.append(
                 dict(
-                    task=task.name, kind="reconstruction", model=name, family=family, arch=arch,
-                    feature=task.pool, fraction=1.0, seed=seed, metric=metric, value=float(res[key]),
-                    chance=float(res["chance"][key]), n_train=int(res["n_train"]), n_test=int(res["n_test"]),
-                    ci_low=res["intervals"][key][0], ci_high=res["intervals"][key][1], design="split",
+                    task=task.name,
+                    kind="reconstruction",
+                    model=name,
+                    family=family,
+                    arch=arch,
+                    feature=task.pool,
+                    fraction=1.0,
+                    seed=seed,
+                    metric=metric,
+                    value=float(res[key]),
+                    chance=float(res["chance"][key]),
+                    n_train=int(res["n_train"]),
+                    n_test=int(res["n_test"]),
+                    ci_low=res["intervals"][key][0],
+                    ci_high=res["intervals"][key][1],
+                    design="split",
                 )  # fmt: skip
             )
         bar.advance(fit)
