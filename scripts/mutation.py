@@ -90,6 +90,9 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           37: "caught by type check", -11: "segfault", -9: "segfault", None: "not checked"}  # fmt: skip
 
 
+_TQDM_LOCK = "\n\nimport threading as _threading  # noqa: E402\nimport tqdm as _tqdm  # noqa: E402\n\n_tqdm.tqdm.set_lock(_threading.RLock())\n"
+
+
 def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -112,6 +115,13 @@ pytest_add_cli_args_test_selection = {_toml_list(tests)}
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
 use_git_change_detection = false
 """
+    # tqdm's default lock holds a multiprocessing semaphore, shared by every process mutmut forks: a mutant
+    # killed at its time limit while a progress bar held it left every later bar (so every later mutant
+    # of a function that shows one) waiting forever, and they all counted as timeouts. A thread lock is
+    # private to each process. Only the scratch copy of conftest.py gets this line.
+    conftest = work / "tests" / "conftest.py"
+    if conftest.exists() and _TQDM_LOCK not in conftest.read_text():
+        conftest.write_text(conftest.read_text() + _TQDM_LOCK)
     text = (ROOT / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(text + section)
     return work
