@@ -45,6 +45,13 @@ _DENSE_TESTS = [
     "tests/test_tasks_dense_segment.py",
     "tests/test_mutants_dense.py",
 ]
+_DENSE_UNITS = [
+    *(f"tests/test_tasks_dense.py::{t}" for t in (
+        "test_iou_dice_by_hand", "test_bootstrap_interval_brackets_the_score_and_collapses_on_identical_tiles",
+        "test_object_scores_by_hand", "test_otsu_on_a_two_level_image")),
+    "tests/test_dense_paired.py",
+    "tests/test_mutants_dense.py",
+]
 MODULES: dict[str, list[str]] = {
     "models/layers.py": _MODEL_CORE
     + ["tests/test_layers.py", "tests/test_precision.py", "tests/test_convert.py", "tests/test_baselines.py"],
@@ -81,8 +88,11 @@ MODULES: dict[str, list[str]] = {
     ],
     **{
         f"tasks/dense/{name}.py": _DENSE_TESTS
-        for name in ("config", "data", "features", "figure", "heads", "metrics", "paired", "probe", "report", "task")
+        for name in ("config", "data", "features", "figure", "heads", "probe", "report", "task")
     },
+    # the scores are pure functions: their unit tests only (the end-to-end runs call them too, for seconds)
+    "tasks/dense/metrics.py": _DENSE_UNITS,
+    "tasks/dense/paired.py": _DENSE_UNITS,
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
