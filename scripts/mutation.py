@@ -44,6 +44,7 @@ _DENSE_TESTS = [
     "tests/test_dense_paired.py",
     "tests/test_tasks_dense_segment.py",
     "tests/test_mutants_dense.py",
+    "tests/test_mutants_dense_config.py",
 ]
 _DENSE_UNITS = [
     *(f"tests/test_tasks_dense.py::{t}" for t in (
