@@ -45,6 +45,7 @@ _DENSE_TESTS = [
     "tests/test_tasks_dense_segment.py",
     "tests/test_mutants_dense.py",
     "tests/test_mutants_dense_config.py",
+    "tests/test_mutants_dense_report.py",
 ]
 _DENSE_UNITS = [
     *(f"tests/test_tasks_dense.py::{t}" for t in (
