@@ -46,6 +46,7 @@ _DENSE_TESTS = [
     "tests/test_mutants_dense.py",
     "tests/test_mutants_dense_config.py",
     "tests/test_mutants_dense_report.py",
+    "tests/test_mutants_dense_data.py",
 ]
 _DENSE_UNITS = [
     *(f"tests/test_tasks_dense.py::{t}" for t in (
