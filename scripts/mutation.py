@@ -49,6 +49,7 @@ _DENSE_TESTS = [
     "tests/test_mutants_dense_data.py",
     "tests/test_mutants_dense_heads.py",
     "tests/test_mutants_dense_probe.py",
+    "tests/test_mutants_dense_figure.py",
 ]
 _DENSE_UNITS = [
     *(f"tests/test_tasks_dense.py::{t}" for t in (
