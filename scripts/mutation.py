@@ -82,7 +82,7 @@ MODULES: dict[str, list[str]] = {
     "eval/diagnostics.py": ["tests/test_eval_diagnostics.py", "tests/test_eval_mutants.py"],
     # the end-to-end `chada evaluate` tests (tests/test_eval_protocol.py) call every function here:
     # left out, they made each mutant of run_feature_tasks run for minutes
-    "eval/protocol.py": ["tests/test_eval_protocol_units.py", "tests/test_eval_intervals.py"],
+    "eval/protocol.py": ["tests/test_eval_protocol_units.py", "tests/test_eval_intervals.py", "tests/test_mutants_protocol.py"],
     "ssl/config.py": ["tests/test_ssl_config.py", "tests/test_config_reader.py", "tests/test_mutants_ssl_config.py"],
     "ssl/resume_rules.py": ["tests/test_mutants_resume.py"],
     # test_eval_protocol.py's end-to-end test (19 s) is left out; the other three run (a node id is a selection too)
