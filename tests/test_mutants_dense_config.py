@@ -117,3 +117,8 @@ def test_manifest_path_resolves_against_the_base(tmp_path: Path) -> None:
     assert t.manifest == tmp_path / "x" / "man.csv"
     (t,) = parse_dense_tasks([{"name": "m", "manifest": "man.csv", "models": {"h": "handmade"}}])
     assert t.manifest == Path("man.csv")
+
+
+def test_models_are_required_and_the_message_says_what_they_may_be() -> None:
+    for models in (None, {}):
+        _refused("dense.a.models: required (name -> folder, registered name or handmade)", models=models)
