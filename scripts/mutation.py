@@ -50,6 +50,7 @@ _DENSE_TESTS = [
     "tests/test_mutants_dense_heads.py",
     "tests/test_mutants_dense_probe.py",
     "tests/test_mutants_dense_figure.py",
+    "tests/test_mutants_dense_task.py",
 ]
 _DENSE_UNITS = [
     *(f"tests/test_tasks_dense.py::{t}" for t in (
