@@ -39,10 +39,11 @@ _BASELINE_TESTS = [
     "tests/test_baselines_attention.py",
     "tests/test_model.py",
 ]
+# the dense modules' unit tests; the end-to-end `chada evaluate` / `chada segment` runs of
+# tests/test_tasks_dense_segment.py (a 6 s fixture per mutant) run for tasks/evaluation.py only
 _DENSE_TESTS = [
     "tests/test_tasks_dense.py",
     "tests/test_dense_paired.py",
-    "tests/test_tasks_dense_segment.py",
     "tests/test_mutants_dense.py",
     "tests/test_mutants_dense_config.py",
     "tests/test_mutants_dense_report.py",
