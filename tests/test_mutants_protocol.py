@@ -151,3 +151,10 @@ def test_run_feature_tasks_fills_items(tmp_path, monkeypatch: pytest.MonkeyPatch
     rows = P.run_feature_tasks(SETTINGS, {}, [_task(embeddings=paths)], P.Loader(), progress=False, items=items)
     assert {r["model"] for r in rows} == {"a", "b"}
     assert {k[1] for k in items} == {"a", "b"} and len(items) == 4
+
+
+def test_run_task_names_the_model_of_a_missing_label_column() -> None:
+    with pytest.raises(ValueError) as info:
+        P.run_task(_task(label_column="moa"), ModelSpec("m1", None), _emb(4), SETTINGS)
+    assert str(info.value) == ("task 't': column 'moa' not in the embeddings of 'm1' "
+                               "(columns: ['image_id', 'label'])")  # fmt: skip
