@@ -121,13 +121,14 @@ def prepare(module: str, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("src", "tests"):
-        if not (work / name).exists():
+    for name in ("src", "tests", "configs"):  # configs/: tests that load the provided YAML configs
+        if (ROOT / name).exists() and not (work / name).exists():
             shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     tests = [t for t in MODULES[module] if (ROOT / t.split("::")[0]).exists()]
     section = f"""
 [tool.mutmut]
 source_paths = ["src"]
+also_copy = ["configs"]
 only_mutate = ["src/chada/{module}"]
 pytest_add_cli_args_test_selection = {_toml_list(tests)}
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
