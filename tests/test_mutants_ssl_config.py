@@ -218,6 +218,11 @@ def test_overrides_walk_dataclasses_and_dicts() -> None:
     assert (cfg.data.channel_sampling.scheme, cfg.data.channel_sampling.per) == ("hierarchical", "batch")
     assert cfg.optim.lr == 2e-3 and isinstance(cfg.optim.lr, float)
     assert apply_overrides(cfg, None) is cfg
+    assert apply_overrides(PretrainConfig(), ["model.overrides.a.b.c=1"]).model.overrides == {"a": {"b": {"c": 1}}}
+    with pytest.raises(ValueError, match=r"^data\.channel_sampling\.pr: unknown key \(did you mean 'per'\?\)"):
+        apply_overrides(PretrainConfig(), ["data.channel_sampling={pr: batch}"])
+    with pytest.raises(ValueError, match=r"^data\.channel_sampling\.xx: unknown key; valid keys: scheme"):
+        apply_overrides(PretrainConfig(), ["data.channel_sampling.xx.yy=1"])
 
 
 @pytest.mark.parametrize("item,start", [
@@ -266,8 +271,12 @@ def test_config_files(tmp_path: Path) -> None:
     bad.write_text("optim:\n  lr: 1\n  epochs: [1\n")
     with pytest.raises(ValueError) as info:
         load_config(bad)
-    assert str(info.value).startswith(f"{bad}: not valid YAML at line 4, column 1 (")
-    assert str(info.value).endswith("); fix the file")
+    assert str(info.value) == (f"{bad}: not valid YAML at line 4, column 1 (expected ',' or ']', but got "
+                               "'<stream end>'); fix the file")  # fmt: skip
+    bad.write_text("a: \x07\n")  # a reader error: no position, no problem text
+    with pytest.raises(ValueError) as info:
+        load_config(bad)
+    assert str(info.value) == f"{bad}: not valid YAML (ReaderError); fix the file"
 
 
 def test_bad_values_in_a_file_name_the_file_unless_overridden(tmp_path: Path) -> None:
@@ -306,7 +315,8 @@ def test_as_config_copies_and_reads(tmp_path: Path) -> None:
     base = PretrainConfig()
     cfg = as_config(base, ["optim.lr=0.25", "model.overrides.x=1"])
     assert cfg.optim.lr == 0.25 and base.optim.lr == 5e-4 and base.model.overrides == {}
-    assert as_config({"optim": {"epochs": 3}}, ["optim.lr=0.5"]).optim.lr == 0.5
+    from_dict = as_config({"optim": {"epochs": 3}}, ["optim.lr=0.5"])
+    assert (from_dict.optim.epochs, from_dict.optim.lr) == (3, 0.5)
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  epochs: 40\n")
     assert as_config(str(f), None).optim.epochs == 40
