@@ -95,6 +95,9 @@ def test_section_without_patches_pairs_sizes_or_otsu() -> None:
     text = R.dense_markdown(_outcome(info=info, comparisons=None, sizes=pd.DataFrame()))
     assert "Paired" not in text and "Mean per-object" not in text and text.endswith(TABLE + "\n")
     assert "Mean per-object" not in R.dense_markdown(_outcome(sizes=None))
+    no_notes = _outcome().info
+    del no_notes["notes"]
+    assert "- tiles of 32 px" in R.dense_markdown(_outcome(info=no_notes))
     no_attr = _outcome()
     del no_attr.comparisons
     assert "Paired" not in R.dense_markdown(no_attr)
@@ -121,7 +124,8 @@ def test_files_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
             return st, js
 
-    def plot(outcome, out, best):
+    def plot(outcome_, out, best):
+        assert outcome_ is outcome
         plotted.append((out, best))
         return out / "dense_x.png"
 
@@ -134,12 +138,18 @@ def test_files_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     csv = pd.read_csv(out / f"dense_{name}.csv")
     assert csv.model.tolist() == ["beta", "vit", "vit", "vit_untrained", "handmade", "all_background", "otsu", "zz"]
     assert pd.read_csv(out / f"dense_{name}_sizes.csv").shape == (5, 5)
+    assert (out / f"dense_{name}.csv").read_text().splitlines()[0] == ",".join(_table().columns)
+    assert (out / f"dense_{name}_sizes.csv").read_text().splitlines()[0] == "model,head,bin,n_objects,iou"
+    assert files["dense_x.png"] == out / "dense_x.png"
     assert saved == [("a", out / "probes" / name / "vit_mlp"), ("b", out / "probes" / name / "hand_made_linear")]
     assert plotted == [(out, {"all_background": 0.0, "vit_untrained": 0.3, "vit": 0.81234, "otsu": 0.4})]
     assert set(files) == {f"dense_{name}.md", f"dense_{name}.csv", f"dense_{name}_sizes.csv", "vit_mlp.safetensors",
                           "hand_made_linear.safetensors", "dense_x.png"}  # fmt: skip
     assert files["vit_mlp.safetensors"] == out / "probes" / name / "vit_mlp.safetensors"
     assert files[f"dense_{name}.md"] == out / f"dense_{name}.md"
+    plotted.clear()
+    outcome = _outcome()
+    R.write_dense_outputs(outcome, out)  # the folder exists already: written again
     plotted.clear()
     files = R.write_dense_outputs(_outcome(), tmp_path / "np", plots=False)
     assert plotted == [] and "dense_x.png" not in files
