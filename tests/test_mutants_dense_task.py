@@ -16,7 +16,7 @@ from chada.tasks.dense.config import parse_dense_tasks
 from chada.tasks.dense.data import DenseData, Source
 
 
-def _data(n_tiles: int = 4) -> DenseData:
+def _data(n_tiles: int = 4, split=("train", "train", "test", "test")) -> DenseData:
     inst = np.zeros((8, 8), np.int32)
     inst[0:2, 0:2] = 3  # in the train half
     inst[5:7, 1:3] = 1  # test half: area 4
@@ -24,12 +24,13 @@ def _data(n_tiles: int = 4) -> DenseData:
     pred = np.zeros((8, 8), np.float32)
     pred[5:7, 1:3] = 1.0  # the stand-in probe finds object 1 ...
     pred[4:6, 4:8] = 1.0  # ... and the top half of object 2
+    pred[7, 7] = 0.5  # exactly 0.5 is not foreground
     image = np.stack([pred, (inst > 0).astype(np.float32)])  # channels: the probe's answer, DAPI
     origins = [(0, 0), (0, 4), (4, 0), (4, 4)][:n_tiles]
     return DenseData(
         name="toy", images=np.stack([image[:, y : y + 4, x : x + 4] for y, x in origins]),
         labels=np.stack([(inst > 0).astype(np.uint8)[y : y + 4, x : x + 4] for y, x in origins]),
-        split=np.array(["train", "train", "test", "test"][:n_tiles]), tile_ids=[f"t{i}" for i in range(n_tiles)],
+        split=np.array(list(split)[:n_tiles]), tile_ids=[f"t{i}" for i in range(n_tiles)],
         channel_names=["Other", "DAPI"], groups=np.zeros(n_tiles, np.int64), origins=np.array(origins, np.int64),
         sources=[Source("src", inst, np.zeros((8, 8), bool))], mask_name="m", notes=["a note"],
     )  # fmt: skip
@@ -49,7 +50,14 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch):
     metas = {"vit": {"features": "vit", "family": "learned", "arch": "v", "patch": 4, "model": "vit"},
              "hand": {"features": "handmade", "family": "handmade", "arch": "pixel_filters", "patch": None}}  # fmt: skip
     monkeypatch.setattr(T, "load_task_data", lambda task: _data())
-    monkeypatch.setattr(T, "_model_features", lambda spec, data, task: (data.images.copy(), dict(metas[spec.name])))
+    tasks = []
+
+    def features(spec, data, task):
+        assert task.name == "toy"  # the task itself reaches the features
+        tasks.append(task)
+        return data.images.copy(), dict(metas[spec.name])
+
+    monkeypatch.setattr(T, "_model_features", features)
 
     def fit(maps, labels, head, **kw):
         fits.append((len(maps), head, kw, torch.get_num_threads()))
@@ -92,11 +100,21 @@ def test_scores_rows_and_table(stand_ins) -> None:
     assert (t.loc["vit", "iou_lo"], t.loc["vit", "iou_hi"]) == ci["iou"]
     assert (t.loc["vit", "dice_lo"], t.loc["vit", "dice_hi"]) == ci["dice"]
     assert set(out.comparisons.reference) == {"hand"} and out.comparisons.n.tolist() == [2]
+    assert out.comparisons.task.tolist() == ["toy"]
+    assert out.table["head"].tolist() == ["linear", "linear", "threshold", "constant"]
+    assert out.table.family.tolist() == ["learned", "handmade", "chance", "chance"]
+    assert [r["arch"] for r in out.rows if r["seed"] == 5 and r["metric"] == "dense_iou"] == [
+        "v", "pixel_filters", "otsu", "constant"]
+    # one bootstrap draw: a point, not an interval (the task's count reaches both bootstraps)
+    one = T.run_dense_task(_task(bootstrap=1), progress=False)
+    t1 = one.table.set_index("model")
+    assert t1.loc["vit", "iou_lo"] == t1.loc["vit", "iou_hi"] and t1.loc["vit", "dice_lo"] == t1.loc["vit", "dice_hi"]
 
 
 def test_objects_bins_info_and_probes(stand_ins) -> None:
     out = T.run_dense_task(_task(), progress=False)
     s = out.sizes[out.sizes.model == "vit"]
+    assert set(s["head"]) == {"linear"}
     # diameters 2.26 and 4.51 px over 4 px per patch (patch 4, tile 4 = input): bins <1 and 1-2;
     # object IoU over seeds: object 1 (1 + 0) / 2, object 2 (8/16 + 0) / 2
     assert s.bin.astype(str).tolist() == ["<1", "1-2", "2-3", "3-4", ">=4"]
@@ -123,8 +141,8 @@ def test_objects_bins_info_and_probes(stand_ins) -> None:
 def test_baselines_and_examples(stand_ins) -> None:
     out = T.run_dense_task(_task(baselines=["otsu"], otsu_channel="other"), progress=False)
     assert "all_background" not in set(out.table.model)
-    # Otsu on channel 0 ("Other", by name): the stand-in probe's own answer
-    assert out.table.set_index("model").loc["otsu", "iou"] == pytest.approx(0.6)
+    # Otsu on channel 0 ("Other", by name): all-zero training pixels give threshold 0, so the 0.5 pixel counts
+    assert out.table.set_index("model").loc["otsu", "iou"] == pytest.approx(13 / 20)
     [ex] = out.examples
     assert ex.image_id == "src"
     inst = _data().sources[0].instances
@@ -187,7 +205,9 @@ def test_model_features(monkeypatch: pytest.MonkeyPatch) -> None:
 
     seen = []
     monkeypatch.setattr(T, "handmade_maps", lambda images: seen.append(("hand", images.shape)) or "H")
-    monkeypatch.setattr(T, "model_maps", lambda m, images, names, **kw: seen.append(("vit", names, kw)) or "V")
+    args = {}
+    monkeypatch.setattr(T, "model_maps", lambda m, images, names, **kw: args.update(m=m, images=images)
+                        or seen.append(("vit", names, kw)) or "V")  # fmt: skip
     task = _task(models={"vit": {"model": "chada_vit_test", "seed": 2, "arch": "my_arch"}, "hand": "handmade"},
                  image_size=8, channels="pooled")  # fmt: skip
     data = _data()
@@ -198,11 +218,13 @@ def test_model_features(monkeypatch: pytest.MonkeyPatch) -> None:
     assert maps == "V" and seen[-1] == ("vit", ["Other", "DAPI"], {"image_size": 8, "channels": "pooled",
                                                                     "dtype": torch.float32})  # fmt: skip
     module, info = enc.resolve_model("chada_vit_test", seed=2)
+    assert args["images"] is data.images and T.fingerprint(args["m"]) == T.fingerprint(module)
     assert meta == {"features": "vit", "model": "chada_vit_test", "model_seed": 2, "arch": "my_arch",
                     "model_name": info.get("model_name"), "fingerprint": T.fingerprint(module), "image_size": 8,
                     "channels": "pooled", "precision": "fp32", "patch": module.config.patch_size,
                     "family": "untrained"}  # fmt: skip
     task = _task(models={"vit": {"model": "chada_vit_test", "family": "learned"}})
+    assert T._model_features(task.models["vit"], data, task)[1]["arch"] == info["arch"]
     assert T._model_features(task.models["vit"], data, task)[1]["image_size"] == 4
     assert T._model_features(task.models["vit"], data, task)[1]["family"] == "learned"
     monkeypatch.setattr(enc, "resolve_model", lambda model, seed: (torch.nn.Linear(1, 1), {}))
@@ -220,3 +242,46 @@ def test_load_task_data_passes_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
     t = SimpleNamespace(source=None, manifest="m.csv", mask="cell", datasets=["d"], max_images=3, normalize="minmax")
     assert T.load_task_data(t) == "manifest"
     assert seen == [(16, "y", "none"), (("m.csv", "cell"), {"datasets": ["d"], "max_images": 3, "normalize": "minmax"})]
+
+
+def test_otsu_leaves_ignored_training_pixels_out(stand_ins, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _data()
+    d.labels[0, 3, 3] = 255  # an ignored training pixel ...
+    d.images[0, 1, 3, 3] = 100.0  # ... far brighter than any other: it would move the threshold
+    monkeypatch.setattr(T, "load_task_data", lambda task: d)
+    out = T.run_dense_task(_task(), progress=False)
+    assert out.info["otsu"] < 1.0 and out.table.set_index("model").loc["otsu", "iou"] == 1.0
+
+
+def test_pixel_units_without_patches_and_the_task_reaches_the_features(stand_ins) -> None:
+    out = T.run_dense_task(_task(models={"hand": "handmade"}), progress=False)
+    assert out.info["px_per_patch"] == 1.0 and out.info["patch"] is None
+    s = out.sizes[out.sizes.model == "hand"]
+    assert s.n_objects.tolist() == [0, 0, 1, 0, 1]  # diameters 2.26 and 4.51 px
+
+
+def test_examples_window_and_count(stand_ins, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _data(split=("train", "test", "train", "test"))  # test = the right half: 8 rows x 4 columns
+    monkeypatch.setattr(T, "load_task_data", lambda task: d)
+    [ex] = T.run_dense_task(_task(), progress=False).examples
+    assert ex.labels.shape == (4, 4) and ex.labels.dtype == np.uint8
+    np.testing.assert_array_equal(ex.image, T._source_image(d, 0)[:, 0:4, 4:8])
+    np.testing.assert_array_equal(ex.labels, (d.sources[0].instances[0:4, 4:8] > 0).astype(np.uint8))
+    empty = T._Scores(d, d.positions("test"))
+    assert T._examples(_task(), d, empty) == []
+    # five source images, one test tile each: three examples, and every source's objects are scored
+    many = DenseData(
+        name="m", images=np.concatenate([d.images] * 5)[:10], labels=np.concatenate([d.labels] * 5)[:10],
+        split=np.array(["train", "test"] * 5), tile_ids=[f"t{i}" for i in range(10)], channel_names=["a", "b"],
+        groups=np.repeat(np.arange(5), 2), origins=np.array([[0, 0], [0, 0]] * 5, np.int64),
+        sources=[Source(f"s{g}", np.pad(d.labels[3].astype(np.int32), ((0, 4), (0, 4))), np.zeros((8, 8), bool))
+                 for g in range(5)],
+    )  # fmt: skip
+    monkeypatch.setattr(T, "load_task_data", lambda task: many)
+    out = T.run_dense_task(_task(baselines=[]), progress=False)
+    assert [e.image_id for e in out.examples] == ["s0", "s1", "s2"]
+    assert out.sizes[out.sizes.model == "vit"].n_objects.sum() == 5
+
+
+def test_a_spec_that_looks_like_a_prefixed_number_is_a_name() -> None:
+    assert T.nuclear_channel(["a", "X1"], "X1") == 1
