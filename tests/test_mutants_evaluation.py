@@ -181,3 +181,65 @@ def test_figures_step_and_dense_section(tmp_path: Path) -> None:
     finally:
         E.write_dense_outputs, E.dense_markdown = orig_write, orig_md
     assert (fresh / "results.md").read_text() == "\n\n## Dense segmentation (IoU / Dice with 95 % intervals)\n\nt"
+
+
+def test_write_hands_everything_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import chada.eval.report as report
+
+    calls: list = []
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: calls.append(("report", a, k)))
+    monkeypatch.setattr(report, "summarize", lambda r: "S")
+    monkeypatch.setattr(E, "plot_results", lambda *a: calls.append(("results", a)))
+    monkeypatch.setattr(E, "plot_paired_forest", lambda *a: calls.append(("forest", a)))
+    monkeypatch.setattr(E, "plot_reconstruction_examples", lambda *a: calls.append(("recon", a)))
+    monkeypatch.setattr(E, "_write_dense", lambda *a: calls.append(("dense", a)))
+    monkeypatch.setattr(E, "_write_profiles", lambda *a: calls.append(("profiles", a)))
+    res = pd.DataFrame({"x": [1]})
+    res.attrs.update(elapsed_s=1.5, diagnostics="D", comparisons="C", reconstruction_info=["R"],
+                     reconstruction_examples=["e1", "e2"], dense=["d1"])  # fmt: skip
+    settings = {"reconstruction": [SimpleNamespace(precision="bf16")], "profiles": "P",
+                "dense": [SimpleNamespace(precision="fp32"), SimpleNamespace(precision="bf16")]}  # fmt: skip
+    lines: list = []
+    E._write(res, settings, [], tmp_path, True, lines.append)
+    assert calls == [
+        ("report", (res, "D", tmp_path), {"extra": {"elapsed_s": 1.5, "precision": ["bf16", "fp32"],
+                                                    "reconstruction": ["R"]}, "comparisons": "C"}),
+        ("results", ("S", tmp_path)), ("forest", ("C", tmp_path)), ("recon", ("e1", tmp_path)),
+        ("recon", ("e2", tmp_path)), ("dense", (["d1"], tmp_path, True)), ("profiles", ("P", tmp_path, lines.append)),
+    ]  # fmt: skip
+    assert [x.split(" ...")[0].split(":")[0] for x in lines] == ["figures (Fig. 1 bars, Fig. 4 low-data curves, "
+                                                                 "reconstruction examples)"] * 2  # fmt: skip
+    calls.clear()
+    lines.clear()
+    bare = pd.DataFrame({"x": [1]})
+    bare.attrs.update(elapsed_s=2.0, diagnostics="D")
+    E._write(bare, {}, [], tmp_path, True, lines.append)
+    assert calls[0] == ("report", (bare, "D", tmp_path), {"extra": {"elapsed_s": 2.0}, "comparisons": None})
+    assert lines == [] and ("dense", ([], tmp_path, True)) in calls and not any(c[0] == "profiles" for c in calls)
+
+
+def test_write_profiles_appends_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(E, "run_profiling", lambda task, where, log: seen.append((task, where, log))
+                        or (None, None, "## Profiles\n![m](figures/a.png)"))  # fmt: skip
+    (tmp_path / "results.md").write_text("# Results\n\n")
+    task = SimpleNamespace(tables={"a": 1, "b": 2})
+    lines: list = []
+    E._write_profiles(task, tmp_path, lines.append)
+    assert seen == [(task, tmp_path / "profiles", lines.append)]
+    assert (tmp_path / "results.md").read_text() == "# Results\n\n## Profiles\n![m](profiles/figures/a.png)"
+    assert lines[0] == "profiles: 2 model(s), mAP and NSC/NSCB ..."
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    E._write_profiles(task, fresh, lines.append)
+    assert (fresh / "results.md").read_text() == "\n\n## Profiles\n![m](profiles/figures/a.png)"
+
+
+def test_defaults_show_progress_and_draw_figures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    E.run_evaluation(_config(tmp_path), out, print_table=False)
+    assert "figures (Fig. 1 bars" in capsys.readouterr().err and list(out.glob("*.png"))
