@@ -198,3 +198,10 @@ def test_dense_comparisons_arch_defaults_to_the_model_name() -> None:
     table = dense_comparisons("t", {("m", "linear"): c, ("m_untrained", "linear"): c, ("other", "linear"): c}, metas,
                               n_boot=20)  # fmt: skip
     assert table.reference.tolist() == ["m_untrained"]
+
+
+def test_a_union_of_one_pixel_and_a_single_pixel_threshold() -> None:
+    iou, dice = iou_dice(np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]))
+    np.testing.assert_allclose(iou, [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(dice, [0.0, 0.0, 1.0])
+    assert otsu_threshold(np.array([2.0, np.nan])) == 2.0
