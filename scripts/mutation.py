@@ -39,16 +39,57 @@ _BASELINE_TESTS = [
     "tests/models/test_baselines_attention.py",
     "tests/models/test_model.py",
 ]
+# the dense modules' unit tests; the end-to-end `chada evaluate` / `chada segment` runs of
+# tests/tasks/dense/test_segment.py (a 6 s fixture per mutant) run for tasks/evaluation.py only
+_DENSE_TESTS = [
+    "tests/tasks/dense/test_dense.py",
+    "tests/tasks/dense/test_paired.py",
+    "tests/tasks/dense/test_mutants.py",
+    "tests/tasks/dense/test_mutants_config.py",
+    "tests/tasks/dense/test_mutants_report.py",
+    "tests/tasks/dense/test_mutants_data.py",
+    "tests/tasks/dense/test_mutants_heads.py",
+    "tests/tasks/dense/test_mutants_probe.py",
+    "tests/tasks/dense/test_mutants_figure.py",
+    "tests/tasks/dense/test_mutants_task.py",
+]
+_DENSE_UNITS = [
+    *(
+        f"tests/tasks/dense/test_dense.py::{t}"
+        for t in (
+            "test_iou_dice_by_hand",
+            "test_bootstrap_interval_brackets_the_score_and_collapses_on_identical_tiles",
+            "test_object_scores_by_hand",
+            "test_otsu_on_a_two_level_image",
+        )
+    ),
+    "tests/tasks/dense/test_paired.py",
+    "tests/tasks/dense/test_mutants.py",
+]
 MODULES: dict[str, list[str]] = {
     "models/layers.py": _MODEL_CORE
-    + ["tests/models/test_layers.py", "tests/models/test_precision.py", "tests/models/test_convert.py", "tests/models/test_baselines.py"],
+    + [
+        "tests/models/test_layers.py",
+        "tests/models/test_precision.py",
+        "tests/models/test_convert.py",
+        "tests/models/test_baselines.py",
+    ],
     "models/chada_vit.py": _MODEL_CORE + ["tests/models/test_precision.py", "tests/models/test_convert.py"],
     "models/chada_paths.py": _MODEL_CORE + ["tests/models/test_host_syncs.py"],
     "models/batch.py": _MODEL_CORE + ["tests/models/test_batch.py"],
     "models/dense.py": _MODEL_CORE + ["tests/models/test_dense.py", "tests/models/test_baselines.py"],
     "models/precision.py": ["tests/models/test_precision.py"],
-    "models/registry.py": ["tests/models/test_hub.py", "tests/models/test_model.py", "tests/models/test_baselines.py"],
-    "models/hub.py": ["tests/models/test_hub.py", "tests/models/test_model.py", "tests/models/test_baselines.py", "tests/data/test_channels.py"],
+    "models/registry.py": [
+        "tests/models/test_hub.py",
+        "tests/models/test_model.py",
+        "tests/models/test_baselines.py",
+    ],
+    "models/hub.py": [
+        "tests/models/test_hub.py",
+        "tests/models/test_model.py",
+        "tests/models/test_baselines.py",
+        "tests/data/test_channels.py",
+    ],
     "models/convert.py": ["tests/models/test_convert.py"],
     **{
         f"models/{name}.py": _BASELINE_TESTS
@@ -57,16 +98,60 @@ MODULES: dict[str, list[str]] = {
     "data/channels.py": ["tests/data/test_channels.py"],
     "data/channel_names.py": ["tests/data/test_channels.py", "tests/data/test_manifest.py"],
     "ssl/dino.py": ["tests/ssl/test_dino.py", "tests/ssl/test_dino_mutants.py", "tests/ssl/test_recipe.py"],
-    "ssl/schedules.py": ["tests/ssl/test_schedules.py", "tests/ssl/test_dino_mutants.py", "tests/ssl/test_recipe.py"],
+    "ssl/schedules.py": [
+        "tests/ssl/test_schedules.py",
+        "tests/ssl/test_dino_mutants.py",
+        "tests/ssl/test_recipe.py",
+    ],
     "eval/knn.py": ["tests/eval/test_metrics.py", "tests/eval/test_mutants.py"],
     "eval/probes.py": ["tests/eval/test_metrics.py", "tests/eval/test_mutants.py"],
     "eval/diagnostics.py": ["tests/eval/test_diagnostics.py", "tests/eval/test_mutants.py"],
-    "eval/protocol.py": ["tests/eval/test_protocol_units.py", "tests/eval/test_intervals.py", "tests/eval/test_protocol.py"],
+    # the end-to-end `chada evaluate` tests (tests/eval/test_protocol.py) call every function here:
+    # left out, they made each mutant of run_feature_tasks run for minutes
+    "eval/protocol.py": [
+        "tests/eval/test_protocol_units.py",
+        "tests/eval/test_intervals.py",
+        "tests/eval/test_mutants_protocol.py",
+    ],
+    "ssl/config.py": [
+        "tests/ssl/test_config.py",
+        "tests/core/test_config_reader.py",
+        "tests/ssl/test_mutants_config.py",
+    ],
+    "ssl/resume_rules.py": ["tests/ssl/test_mutants_resume.py"],
+    # split out of ssl/config.py (PretrainConfig.validate) and eval/protocol.py after ruff format: same tests
+    "ssl/config_checks.py": [
+        "tests/ssl/test_config.py",
+        "tests/core/test_config_reader.py",
+        "tests/ssl/test_mutants_config.py",
+    ],
+    "eval/feature_files.py": [
+        "tests/eval/test_protocol_units.py",
+        "tests/eval/test_intervals.py",
+        "tests/eval/test_mutants_protocol.py",
+    ],
+    # test_eval_protocol.py's end-to-end test (19 s) is left out; the other three run (a node id is a selection too)
+    "tasks/evaluation.py": [
+        "tests/eval/test_protocol.py::test_evaluate_quick_form",
+        "tests/eval/test_protocol.py::test_run_evaluation_api_and_errors",
+        "tests/tasks/dense/test_segment.py",
+        "tests/tasks/test_mutants_evaluation.py",
+    ],
+    **{
+        f"tasks/dense/{name}.py": _DENSE_TESTS
+        for name in ("config", "data", "features", "figure", "heads", "probe", "report", "task")
+    },
+    # the scores are pure functions: their unit tests only (the end-to-end runs call them too, for seconds)
+    "tasks/dense/metrics.py": _DENSE_UNITS,
+    "tasks/dense/paired.py": _DENSE_UNITS,
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
           37: "caught by type check", -11: "segfault", -9: "segfault", None: "not checked"}  # fmt: skip
+
+
+_TQDM_LOCK = "\n\nimport threading as _threading  # noqa: E402\nimport tqdm as _tqdm  # noqa: E402\n\n_tqdm.tqdm.set_lock(_threading.RLock())\n"
 
 
 def _toml_list(items: list[str]) -> str:
@@ -79,18 +164,28 @@ def prepare(module: str, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("src", "tests"):
-        if not (work / name).exists():
-            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    tests = [t for t in MODULES[module] if (ROOT / t).exists()]
+    for name in ("src", "tests", "configs"):  # configs/: tests that load the provided YAML configs
+        if (ROOT / name).exists() and not (work / name).exists():
+            shutil.copytree(
+                ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+    tests = [t for t in MODULES[module] if (ROOT / t.split("::")[0]).exists()]
     section = f"""
 [tool.mutmut]
 source_paths = ["src"]
+also_copy = ["configs"]
 only_mutate = ["src/chada/{module}"]
 pytest_add_cli_args_test_selection = {_toml_list(tests)}
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
 use_git_change_detection = false
 """
+    # tqdm's default lock holds a multiprocessing semaphore, shared by every process mutmut forks: a mutant
+    # killed at its time limit while a progress bar held it left every later bar (so every later mutant
+    # of a function that shows one) waiting forever, and they all counted as timeouts. A thread lock is
+    # private to each process. Only the scratch copy of conftest.py gets this line.
+    conftest = work / "tests" / "conftest.py"
+    if conftest.exists() and _TQDM_LOCK not in conftest.read_text():
+        conftest.write_text(conftest.read_text() + _TQDM_LOCK)
     text = (ROOT / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(text + section)
     return work
@@ -122,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
     p.add_argument("--resume", action="store_true", help="keep the scratch folder and mutmut's cache")
     p.add_argument("--survivors", action="store_true", help="show the diff of every surviving mutant")
-    p.add_argument("--table", action="store_true", help="markdown rows of every module's last summary.json (the columns of docs/testing.md)")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="markdown rows of every module's last summary.json (the columns of docs/testing.md)",
+    )
     args = p.parse_args(argv)
     if args.table:
         for m in MODULES:
@@ -133,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                 no_tests = s["other"].get("no tests", 0)
                 rest = ", ".join(f"{k} {v}" for k, v in s["other"].items() if k != "no tests")
                 extra = f" (+{s['timeout']} timeout)" if s["timeout"] else ""
-                print(f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']}{extra} | {no_tests} "
-                      f"| {s['killed_pct']:.1f} % | {s['wall_s']} | `flock /tmp/chada-cpu.lock python "
-                      f"scripts/mutation.py {m}` |" + (f" {rest} |" if rest else ""))
+                print(
+                    f"| `{m}` | {s['total']} | {s['killed']} | {s['survived']}{extra} | {no_tests} "
+                    f"| {s['killed_pct']:.1f} % | {s['wall_s']} | `flock /tmp/chada-cpu.lock python "
+                    f"scripts/mutation.py {m}` |" + (f" {rest} |" if rest else "")
+                )
         return 0
     if args.list or not args.module:
         for m, tests in MODULES.items():
