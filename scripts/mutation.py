@@ -113,6 +113,8 @@ def prepare(module: str, fresh: bool) -> Path:
         if not (work / name).exists():
             shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     tests = [t for t in MODULES[module] if (ROOT / t).exists()]
+    if not tests:  # an empty selection makes mutmut run the whole suite per mutant
+        raise SystemExit(f"{module}: none of its test files exists yet: {', '.join(MODULES[module])}")
     section = f"""
 [tool.mutmut]
 source_paths = ["src"]
