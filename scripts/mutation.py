@@ -77,7 +77,7 @@ MODULES: dict[str, list[str]] = {
     "pipeline/report.py": ["tests/test_report_browser.py", "tests/test_mutants_pipeline_report.py"],
     "pipeline/settings.py": ["tests/test_fuzz_runs.py", "tests/test_cli_precision.py",
                              "tests/test_mutants_pipeline_stages.py"],
-    "pipeline/stages.py": ["tests/test_cli_precision.py", "tests/test_mutants_pipeline_stages.py"],
+    "pipeline/stages.py": ["tests/test_cli_precision.py", "tests/test_mutants_pipeline_embed.py"],
     "pipeline/summary.py": ["tests/test_pipeline_paired.py", "tests/test_report_browser.py",
                             "tests/test_mutants_pipeline_report.py"],
     # encode/: the embed and feature tests (seconds each); embed.py, encoders.py and loop.py follow issue 27 item 4
