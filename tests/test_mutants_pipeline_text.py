@@ -58,6 +58,8 @@ def test_interval_verdicts():
     b_above = _row("b", 0.56, 0.505, 0.65)
     assert cv._interval_verdict(a, b_above) == base
     assert cv._interval_verdict(_row("a", 0.55, 0.5, 0.6), b) == base  # ci_low == chance: not above
+    # separated intervals but equal means (an interval that does not hold its mean): no claim
+    assert cv._interval_verdict(_row("a", 0.6, 0.7, 0.8), _row("b", 0.6, 0.51, 0.55)) == base
     assert not cv._above_chance(_row("a", 0.5, float("nan"), 0.6))
 
 
@@ -95,6 +97,7 @@ def test_interchannel_bullets_the_other_way_round_and_with_comparisons():
                     "per-channel statistics do not see the relation between the channels.")  # fmt: skip
     win = pd.DataFrame([_comp(role="one_channel", p_adj=0.01)])
     one = cv._interchannel(s, win)[0]
+    assert one.startswith("- The One-Channel ViT scores 60.0 % [55.0, 65.0] in kNN there: above chance")
     assert one.endswith(" Against it, " + ps.verdict(win.iloc[0], "ChAda-ViT", "the One-Channel ViT")
                         + ": ChAda-ViT is better by the paired test.")  # fmt: skip
     lose = pd.DataFrame([_comp(role="one_channel", p_adj=0.2)])
@@ -116,12 +119,12 @@ def test_paired_verdict_both_ways():
 def test_small_tasks_bullet_lists_each_cross_validated_task_once():
     s = _summary(_row("a", 0.5, 0.4, 0.6, task="real_nuclei_size", design="CV 5-fold", n_test=90),
                  _row("b", 0.5, 0.4, 0.6, task="real_nuclei_size", design="CV 5-fold", n_test=90),
-                 _row("a", 0.5, 0.4, 0.6, task="real_ihc_dab", design="CV 5-fold", n_test=40),
+                 _row("a", 0.5, 0.4, 0.6, task="real_ihc_dab", design="CV 5-fold", n_test=30),
                  _row("a", 0.5, 0.4, 0.6, task="real_big", design="CV 5-fold", n_test=7, fraction=0.1),
                  _row("a", 0.5, 0.4, 0.6, task="synth_size", design=None))  # fmt: skip
     assert cv._small_tasks(s) == (
         "- The real labels shipped here are weak (nucleus-area tercile, DAB level) and the datasets small: "
-        "`real_nuclei_size` (90 images: one image is 1.1 points), `real_ihc_dab` (40 images: one image is 2.5 points). "
+        "`real_nuclei_size` (90 images: one image is 1.1 points), `real_ihc_dab` (30 images: one image is 3.3 points). "
         "They are scored by stratified 5-fold cross-validation over all their images, repeated once per seed, so every "
         "image is tested; even so most differences there sit inside the intervals. Treat them as a check that real "
         "cells run through the pipeline, not as biology."
@@ -170,6 +173,11 @@ def test_caveats_sections_by_pretraining_seeds():
     assert cv.caveats(s, 3).split("\n")[-1] == (
         "- **3 pretraining seeds.** Each learned model was pretrained 3 times (`<encoder>_s<k>` rows); the table "
         '"Learned models over pretraining seeds" gives their mean and spread.'
+    )
+    assert (
+        cv.caveats(s, 2)
+        .split("\n")[-1]
+        .startswith("- **2 pretraining seeds.** Each learned model was pretrained 2 times")
     )
     small = _summary(_row("chada_vit", 0.8, 0.72, 0.88, design="CV", n_test=50))
     assert cv.caveats(small).split("\n")[3].startswith("- The real labels shipped here are weak")
