@@ -85,11 +85,11 @@ MODULES: dict[str, list[str]] = {
     "encode/budget.py": ["tests/test_fuzz_hostile.py", "tests/test_encode_embed.py", "tests/test_mutants_encode.py"],
     "encode/chunks.py": ["tests/test_io.py", "tests/test_embed_outputs.py", "tests/test_encode_embed.py",
                          "tests/test_mutants_encode.py"],
-    "encode/cp_measure.py": ["tests/test_cp_measure_kind.py", "tests/test_mutants_encode.py"],
+    "encode/cp_measure.py": ["tests/test_cp_measure_kind.py", "tests/test_mutants_encode_shards.py"],
     "encode/formats.py": ["tests/test_embed_outputs.py", "tests/test_io.py", "tests/test_mutants_encode_formats.py"],
     "encode/handmade.py": ["tests/test_encode_features.py", "tests/test_embed_outputs.py", "tests/test_mutants_encode.py"],
     "encode/inputs.py": ["tests/test_encode_embed.py", "tests/test_fuzz_hostile.py", "tests/test_mutants_encode.py"],
-    "encode/shards.py": ["tests/test_embed_outputs.py", "tests/test_data_shards.py", "tests/test_mutants_encode.py"],
+    "encode/shards.py": ["tests/test_embed_outputs.py", "tests/test_data_shards.py", "tests/test_mutants_encode_shards.py"],
     "encode/store.py": ["tests/test_embed_outputs.py", "tests/test_encode_embed.py", "tests/test_encode_features.py",
                         "tests/test_io.py", "tests/test_mutants_encode_formats.py"],
 }
