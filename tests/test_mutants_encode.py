@@ -369,3 +369,42 @@ def test_assemble_in_order_skips_empty_chunks_and_refuses_other_widths(tmp_path)
         s.assemble([np.array([0]), np.array([1, 2]), np.array([3, 4]), np.array([5])], ["cls"])
     assert str(e.value) == ("pool 'cls': chunks have different feature sizes (2 and 3); re-run with resume=False "
                             "(--no-resume)")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- handmade, assemble
+def test_features_for_manifest_is_embed_manifest_with_the_kinds_encoder(monkeypatch):
+    from chada.encode import handmade
+
+    seen = {}
+    monkeypatch.setattr(
+        handmade, "embed_manifest", lambda enc, m, out, **kw: seen.update(enc=enc, m=m, out=out, **kw) or "E"
+    )
+    assert handmade.features_for_manifest("m.csv", "shortcut", "o.npz") == "E"
+    enc = seen.pop("enc")
+    assert (enc.kind, enc.layout) == ("shortcut", "pooled")
+    assert seen == {"m": "m.csv", "out": "o.npz", "batch_size": 64, "pools": ("cls", "all"), "image_size": None,
+                    "normalize": "percentile", "chunk_batches": 4, "progress": True, "nan_policy": "error",
+                    "nan_fill": None, "resume": True, "verify_inputs": "stat"}  # fmt: skip
+    handmade.features_for_manifest("m.csv", "handmade", "o.npz", 48, layout="per_channel", normalize="none",
+                                   chunk_size=8, progress=False, nan_policy="fill", nan_fill=0.5, resume=False,
+                                   verify_inputs="hash")  # fmt: skip
+    enc = seen.pop("enc")
+    assert (enc.kind, enc.layout) == ("handmade", "per_channel")
+    assert seen == {"m": "m.csv", "out": "o.npz", "batch_size": 8, "pools": ("cls", "all"), "image_size": 48,
+                    "normalize": "none", "chunk_batches": 4, "progress": False, "nan_policy": "fill", "nan_fill": 0.5,
+                    "resume": False, "verify_inputs": "hash"}  # fmt: skip
+
+
+def test_arrow_schema_of_the_whole_manifest():
+    import pyarrow as pa
+
+    from chada.encode.assemble import _arrow_schema
+
+    frame = pd.DataFrame({"image_id": pd.array(["a", None], dtype="string"), "n": [1, 2],
+                          "empty": pd.array([None, None], dtype="string")})  # fmt: skip
+    schema = _arrow_schema(frame)
+    assert schema.names == ["image_id", "n", "empty"]
+    assert schema.field("image_id").type == pa.string() and schema.field("n").type == pa.int64()
+    assert schema.field("empty").type == pa.null()  # no value anywhere: null, as arrow infers it
+    assert frame["image_id"].dtype == "string"  # the manifest itself is untouched
+    assert _arrow_schema(pd.DataFrame({"mixed": [1, "a"]})) is None
