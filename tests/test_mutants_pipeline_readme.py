@@ -96,10 +96,19 @@ def test_results_block_parts(tmp_path):
         "3 s of data preparation, 0 s of embedding, 0 s of evaluation and 0 s of figures. The report (`report.md`, and "
         "`report.html` with the pictures inlined) lands in the output folder."
     )
-    assert lines[5].startswith(
-        "Headline table: 100 % of the training labels, CLS features, accuracy in % or R² x 100"
+    assert lines[5] == (
+        "Headline table: 100 % of the training labels, CLS features, accuracy in % or R² x 100, each as mean [95 % "
+        "interval over the test images]; kNN is DINO's weighted kNN (k=20, T=0.07). The last two rows give chance (the "
+        "best constant predictor) and the number of test images (CV: cross-validated over all images)."
     )
-    assert lines[5].endswith("(CV: cross-validated over all images).")
+    assert lines[lines.index("![attention grid](img/attention.png)") - 2] == (
+        "Last-layer CLS attention on a 5-channel synthetic image: ChAda-ViT (one softmax over every channel's patches) "
+        "beside the One-Channel ViT (one CLS per channel), with ChAda-ViT's inter-channel attention matrix underneath:"
+    )
+    assert lines[lines.index("![joint projection](img/projection.png)") - 2] == (
+        "The ChAda-ViT embedding of four synthetic assays (1, 2, 3 and 5 channels) and the two real datasets, in one "
+        "space:"
+    )
     text = "\n".join(lines)
     assert "| chada_vit | learned | 70.0 [65.0, 75.0] ▲u |" in text
     assert "\n\n**▲u**: beats its untrained copy" in text
