@@ -79,7 +79,7 @@ MODULES: dict[str, list[str]] = {
                              "tests/test_mutants_pipeline_stages.py"],
     "pipeline/stages.py": ["tests/test_cli_precision.py", "tests/test_mutants_pipeline_embed.py"],
     "pipeline/summary.py": ["tests/test_pipeline_paired.py", "tests/test_report_browser.py",
-                            "tests/test_mutants_pipeline_report.py"],
+                            "tests/test_mutants_pipeline_report.py", "tests/test_mutants_pipeline_summary.py"],
     # encode/: the embed and feature tests (seconds each); embed.py, encoders.py and loop.py follow issue 27 item 4
     "encode/assemble.py": ["tests/test_embed_outputs.py", "tests/test_encode_embed.py", "tests/test_mutants_encode.py"],
     "encode/budget.py": ["tests/test_fuzz_hostile.py", "tests/test_encode_embed.py", "tests/test_mutants_encode.py"],
