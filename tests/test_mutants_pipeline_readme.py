@@ -148,7 +148,10 @@ def test_load_refuses_an_unfinished_evaluation(tmp_path):
 
     run = _run(tmp_path)
     (run / "evaluation" / "DONE.json").unlink()
-    with pytest.raises(UnfinishedFolderError, match=r"evaluation.*run `chada quickstart --out .*qs` again"):
+    with pytest.raises(
+        UnfinishedFolderError,
+        match=r"evaluation: not a finished evaluation \(.*run `chada quickstart --out .*qs` again",
+    ):
         rd.results_block(run)
 
 
@@ -191,3 +194,51 @@ def test_update_readme_needs_one_pair_of_markers_in_order(tmp_path, body):
     with pytest.raises(InputError) as e:
         rd.update_readme(tmp_path, readme)
     assert str(e.value) == f"{readme}: needs exactly one {rd.BEGIN} line followed by one {rd.END} line"
+
+
+def test_results_block_layout_and_the_paired_caveats(tmp_path):
+    from chada.pipeline.caveats import reading_guide
+    from chada.pipeline.paired_section import MARK_NOTE
+
+    run = _run(tmp_path)
+    (run / "stages" / "pretrain_one_channel_vit.json").write_text(json.dumps({"seconds": 930.0}))
+    lines = rd.results_block(run, "img").split("\n")
+    assert [lines[i] for i in (2, 4, 6)] == ["", "", ""]
+    text = "\n".join(lines)
+    assert f"| test images |  | 100 |\n\n{MARK_NOTE}\n\n{reading_guide()}\n\n![Fig. 1-style bars]" in text
+    assert "](img/projection.png)\n\n### What these numbers" in text
+    assert (
+        "The paired test separates them" in text and ", 16 minutes in this run)" in text
+    )  # 930 s / 60 = 15.5
+    no_comp = rd.results_block(_run(tmp_path / "b", comparisons=False))
+    assert f"| test images |  | 100 |\n\n\n\n{reading_guide()}" in no_comp
+
+
+def test_results_block_defaults_of_older_run_files(tmp_path):
+    run = _run(tmp_path)
+    (run / "run.json").write_text(json.dumps({"total_s": 5}))
+    (run / "settings.json").write_text(json.dumps({"fast": False}))
+    (run / "machine.json").write_text(json.dumps({k: v for k, v in MACHINE.items() if k != "cpu_flags"}))
+    (run / "stages" / "pretrain_chada_vit.json").write_text("{}")  # no seconds recorded
+    mark_finished(run, [run / n for n in ("machine.json", "run.json", "settings.json")])
+    text = rd.results_block(run)
+    assert "(full mode, defaults), finished on ? on this machine: CPU X (), 2 cores" in text
+    assert "**One pretraining seed.**" in text and "minutes in this run" not in text
+    (run / "stages" / "pretrain_chada_vit.json").unlink()
+    assert "minutes in this run" not in rd.results_block(run)  # no pretraining stage at all
+
+
+def test_update_readme_default_and_nested_picture_folders(tmp_path):
+    run = _run(tmp_path)
+    (run / "evaluation" / "fig4_cls.png").write_bytes(b"4")
+    readme = tmp_path / "repo" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text(f"{rd.BEGIN}{rd.END}")
+    rd.update_readme(run, readme)
+    assert (tmp_path / "repo" / "docs" / "images" / "fig4_cls.png").read_bytes() == b"4"
+    assert "](docs/images/fig4_cls.png)" in readme.read_text()
+    rd.update_readme(run, readme, "a/b")
+    rd.update_readme(run, readme, "a/b")  # the folder exists now
+    assert (
+        tmp_path / "repo" / "a" / "b" / "fig4_cls.png"
+    ).exists() and "](a/b/fig4_cls.png)" in readme.read_text()
