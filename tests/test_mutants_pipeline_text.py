@@ -332,3 +332,18 @@ def test_marks_cover_both_roles(role):
     assert ps.headline_marks(pd.DataFrame([_comp(role=role)])) == {
         (TASK, "knn_top1", "chada_vit"): ps.MARKS[role]
     }
+
+
+def test_load_comparisons_keeps_numeric_seeds_as_text(tmp_path):
+    pd.DataFrame([_comp(seed=0), _comp(seed=1)]).to_csv(tmp_path / "comparisons.csv", index=False)
+    assert ps.load_comparisons(tmp_path).seed.tolist() == ["0", "1"]
+
+
+def test_seed_spread_of_exactly_two_seeds():
+    c = pd.DataFrame(
+        [_comp(model="chada_vit", diff=0.10, p_adj=0.01), _comp(model="chada_vit_s1", diff=0.30, p_adj=0.01)]
+    )
+    rows = ps.seed_spread(c, {"knn_top1": "kNN"}).split("\n\n")[1].strip().split("\n")
+    assert (
+        rows[2] == f"| chada_vit | {TASK} | kNN | untrained | s0: +10.0, s1: +30.0 | +20.0 ± 14.1 | 2 / 2 |"
+    )
