@@ -332,3 +332,23 @@ def test_pngs_are_sorted(tmp_path):
         (tmp_path / n).write_bytes(b"")
     assert sm._pngs(tmp_path, "fig1_*.png") == [tmp_path / "fig1_a.png", tmp_path / "fig1_b.png"]
     assert Path(sm._pngs(tmp_path, "*.png")[-1]).name == "x.png"
+
+
+def test_machine_with_cuda_and_a_table_wrapped_exactly(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert rp.machine_description()["cuda"] == "yes"
+    out = rp.markdown_to_html("| a |\n|---|\n| 1 |")
+    assert out.startswith('<div class="table-wrap"><table>\n<thead>') and out.endswith(
+        "</tbody>\n</table></div>\n"
+    )
+
+
+def test_a_missing_picture_does_not_hide_the_next_one(tmp_path):
+    png = tmp_path / "b.png"
+    png.write_bytes(b"B")
+    md, html_path = rp.write_report(
+        [rp.Section("S", "t", [("gone", tmp_path / "a.png"), ("b", png)])], tmp_path, "T"
+    )
+    assert "![b](b.png)" in md.read_text() and "<figcaption>b</figcaption>" in html_path.read_text()

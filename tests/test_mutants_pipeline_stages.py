@@ -491,3 +491,15 @@ def test_watch_returns_when_all_finish_or_one_fails_and_names_a_dead_worker(tmp_
         f"finished; logs in {tmp_path / 'pretrain'}. Run the same `chada quickstart` command again: it resumes "
         "from the checkpoints"
     )
+
+
+def test_epochs_of_an_unknown_run_and_a_stage_without_seconds(tmp_path):
+    s = QuickstartSettings.make("o", epochs=7, baseline_epochs=3)
+    assert s.epochs_of("some_other_vit") == 3
+    lines: list[str] = []
+    st = Stages(tmp_path, lines.append)
+    (st.dir / "old.json").write_text("{}")  # written before stages recorded their seconds
+    assert st.run("old", lambda: {"x": 1}) == {}
+    assert lines == ["[old] already done (0 s), reusing it"]
+    st.run("new", lambda: {"seconds": 1.5, "where": tmp_path})
+    assert (st.dir / "new.json").read_text() == '{\n  "seconds": 1.5,\n  "where": "' + str(tmp_path) + '"\n}'
