@@ -4,6 +4,7 @@ evaluation config they write (issue 26 item 10, mutation testing of ``chada.pipe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,7 +142,7 @@ def test_stage_embed_embeds_each_group_once_per_model(tmp_path, monkeypatch):
         "synth_all": _manifest(tmp_path / "m" / "s.csv", ["A", "A;B"]),
         "synth_markers_eval": _manifest(tmp_path / "m" / "e.csv", ["A;B"]),
         "real_nuclei": _manifest(tmp_path / "m" / "n.csv", ["H"]),
-        "real_ihc": _manifest(tmp_path / "m" / "i.csv", ["H;E;D"]),
+        "real_ihc": _manifest(tmp_path / "m" / "i.csv", ["H;E;D", "H"]),
     }
     manifests = {k: str(v) for k, v in groups.items()}
     embedded, feats, lines = [], [], []
@@ -152,11 +153,12 @@ def test_stage_embed_embeds_each_group_once_per_model(tmp_path, monkeypatch):
         Path(out).write_text("x")
 
     def fake_features(m, kind, out, **kw):
+        assert m == manifests[Path(out).parent.name]
         feats.append((kind, Path(out).name, kw))
 
     monkeypatch.setattr(embed_api, "embed_manifest", fake_embed)
     monkeypatch.setattr(handmade, "features_for_manifest", fake_features)
-    pools = {"t/one_channel_vit": {"cls": "mean"}}
+    pools = {"t/one_channel_vit": {"cls": "mean", "all": "mean_all"}}
     monkeypatch.setattr(chada, "load_model", lambda p: SimpleNamespace(variable_size_pools=pools.get(p)))
     teachers = {
         "chada_vit": "t/chada_vit",
@@ -166,11 +168,14 @@ def test_stage_embed_embeds_each_group_once_per_model(tmp_path, monkeypatch):
     untrained = {r: f"u/{r}" for r in teachers}
     s = QuickstartSettings.make(tmp_path, fast=True, embed_size=24, synth_size=40)
     r = stages.stage_embed(s, manifests, teachers, untrained, log=lines.append)
-    assert r["mixed_groups"] == {"synth_all": [1, 2]} and r["precision"] == "fp32"
-    assert r["mean_pooled"] == {"one_channel_vit": ["synth_all"], "one_channel_vit_s1": ["synth_all"]}
+    assert r["mixed_groups"] == {"synth_all": [1, 2], "real_ihc": [1, 3]} and r["precision"] == "fp32"
+    assert r["mean_pooled"] == {
+        "one_channel_vit": ["real_ihc", "synth_all"],
+        "one_channel_vit_s1": ["real_ihc", "synth_all"],
+    }
     assert lines[0] == "[embed] precision: fp32 (as asked)"
-    assert lines[1] == ("[embed] one_channel_vit: on synth_all ([1, 2] channels) the per-channel tokens are averaged "
-                        "('cls' -> 'mean'): one fixed-size vector per image is needed when the channel count varies; "
+    assert lines[1] == ("[embed] one_channel_vit: on synth_all ([1, 2] channels), real_ihc ([1, 3] channels) the "
+                        "per-channel tokens are averaged ('cls' -> 'mean', 'all' -> 'mean_all'): one fixed-size vector per image is needed when the channel count varies; "
                         "the other groups keep the concatenation")  # fmt: skip
     assert lines[2] == "[embed] synth_all: 6 encoders (trained + untrained) and the hand-made features"
     assert len(lines) == 2 + len(stages.EMBED_GROUPS)  # the note once per encoder, not per seed
@@ -219,8 +224,9 @@ def test_stage_data_writes_one_manifest_per_group_and_the_training_corpus(tmp_pa
                          split=["train", "test", "train"], interchannel_label=[1, "" if eval_ else None, None])  # fmt: skip
 
     monkeypatch.setattr(synth, "generate", fake_generate)
-    monkeypatch.setattr(bundled, "prepare", lambda out: _manifest(Path(out) / "manifest.csv", ["N", "H;E;D"],
-                                                                  split=["train", "test"]))  # fmt: skip
+    prepared = []
+    monkeypatch.setattr(bundled, "prepare", lambda out: prepared.append(out) or _manifest(
+        Path(out) / "manifest.csv", ["N", "H;E"], split=["train", "test"]))  # fmt: skip
     s = QuickstartSettings.make(tmp_path, n_per_assay=7, synth_size=40, eval_n_per_assay=9)
     r = stages.stage_data(s)
     assert calls == [("synth", {"n_per_assay": 7, "size": 40, "seed": 0, "marker_pattern": "domain"}),
@@ -230,7 +236,16 @@ def test_stage_data_writes_one_manifest_per_group_and_the_training_corpus(tmp_pa
                            "real_ihc": 1, "pretrain_corpus": 3}  # fmt: skip
     d = tmp_path / "data"
     assert r["manifests"] == {g: str(d / f"{g}.csv") for g in r["images"]}
+    assert prepared == [d / "real"]
     nuclei = pd.read_csv(d / "real_nuclei.csv")
+    assert list(nuclei.columns) == [
+        "image_id",
+        "dataset",
+        "channel_names",
+        "channel_files",
+        "split",
+    ]  # no index column
+    assert pd.read_csv(d / "real_ihc.csv")["channel_names"].tolist() == ["H;E"]  # every multi-channel image
     assert nuclei["channel_names"].tolist() == ["N"] and Path(nuclei["channel_files"][0]).is_absolute()
     corpus = pd.read_csv(d / "pretrain_corpus.csv")
     assert corpus["split"].tolist() == ["train"] * 3 and corpus["channel_names"].tolist() == ["A;B", "A", "N"]
@@ -266,15 +281,15 @@ def test_stage_figures_draws_both_figures_from_the_named_inputs(tmp_path, monkey
     import chada.viz.projection_figure as projection_figure
 
     seen = {}
-    monkeypatch.setattr(
-        stages, "_attention_image", lambda m: (np.ones((5, 8, 8), np.float32), list("ABCDE"), "img7")
-    )
+    manifests = {"synth_markers": "m.csv"}
+    monkeypatch.setattr(stages, "_attention_image",
+                        lambda m: (np.ones((5, 8, 8), np.float32), list("ABCDE"), "img7") if m is manifests else None)  # fmt: skip
     monkeypatch.setattr(chada, "load_model", lambda p: f"model:{p}")
     monkeypatch.setattr(
         attention, "compute_model_attention", lambda model, x, title: (model, tuple(x.shape), title)
     )
     monkeypatch.setattr(attention_figure, "plot_attention_grid",
-                        lambda x, results, names, path, title: seen.update(grid=(results, names, path, title)))  # fmt: skip
+                        lambda x, results, names, path, title: seen.update(grid=(results, names, path, title), x=x))  # fmt: skip
     monkeypatch.setattr(store, "load_embeddings", lambda f: f"set:{f}")
 
     def fake_project(sets, **kw):
@@ -284,12 +299,17 @@ def test_stage_figures_draws_both_figures_from_the_named_inputs(tmp_path, monkey
 
     monkeypatch.setattr(projection, "project", fake_project)
     monkeypatch.setattr(
-        projection_figure, "plot_projection", lambda c, st, path, color_by: seen.update(proj=(path, color_by))
+        projection_figure,
+        "plot_projection",
+        lambda c, st, path, color_by: seen.update(proj=(c.x.tolist(), st, path, color_by)),
     )
     files = {g: {"chada_vit": f"{g}.npz"} for g in ("synth_all", "real_nuclei", "real_ihc")}
     lines = []
     s = QuickstartSettings.make(tmp_path, embed_size=16, umap=umap)
-    r = stages.stage_figures(s, {}, {"chada_vit": "c", "one_channel_vit": "o"}, files, log=lines.append)
+    r = stages.stage_figures(
+        s, manifests, {"chada_vit": "c", "one_channel_vit": "o"}, files, log=lines.append
+    )
+    assert tuple(seen["x"].shape) == (5, 16, 16) and seen["x"].dtype == __import__("torch").float32
     fig = tmp_path / "figures"
     results, names, path, title = seen["grid"]
     assert results == [
@@ -305,11 +325,15 @@ def test_stage_figures_draws_both_figures_from_the_named_inputs(tmp_path, monkey
     assert sets == ["set:synth_all.npz", "set:real_nuclei.npz", "set:real_ihc.npz"]
     assert kw == {"feature": "cls", "color_by": "label", "methods": ("pca", "umap") if umap else ("pca",), "seed": 0,
                   "names": ["synthetic", "DSB2018 nuclei", "IHC"]}  # fmt: skip
-    assert seen["proj"] == (fig / "projection.png", "label")
+    assert seen["proj"] == ([1.0], {"n": 1}, fig / "projection.png", "label")
     assert (fig / "projection.csv").read_text() == "x\n1.0\n"
     assert r == {"attention": str(fig / "attention.png"), "projection": str(fig / "projection.png"),
                  "projection_stats": {"n": 1}, "image_id": "img7"}  # fmt: skip
     assert lines[0] == "[figures] attention grid: ChAda-ViT and the One-Channel ViT on a 5-channel test image"
-    assert lines[1] == "[figures] joint projection: pca" and lines[2].startswith(
-        "[figures] attention grid and projection drawn in "
-    )
+    assert lines[1] == "[figures] joint projection: pca"
+    assert re.fullmatch(
+        r"\[figures\] attention grid and projection drawn in \d s", lines[2]
+    )  # seconds, not a clock
+    stages.stage_figures(
+        s, manifests, {"chada_vit": "c", "one_channel_vit": "o"}, files, log=lines.append
+    )  # a rerun
