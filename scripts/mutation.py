@@ -72,7 +72,7 @@ MODULES: dict[str, list[str]] = {
     "pipeline/pretraining.py": ["tests/test_ssl_pool_watch.py", "tests/test_mutants_pipeline_stages.py"],
     "pipeline/profile_stage.py": ["tests/test_mutants_pipeline_stages.py"],
     "pipeline/quickstart.py": ["tests/test_fuzz_runs.py", "tests/test_cli_precision.py",
-                               "tests/test_mutants_pipeline_stages.py"],
+                               "tests/test_mutants_pipeline_stages.py", "tests/test_mutants_pipeline_quickstart.py"],
     "pipeline/readme.py": ["tests/test_fuzz_runs.py", "tests/test_mutants_pipeline_readme.py"],
     "pipeline/report.py": ["tests/test_report_browser.py", "tests/test_mutants_pipeline_report.py"],
     "pipeline/settings.py": ["tests/test_fuzz_runs.py", "tests/test_cli_precision.py",
