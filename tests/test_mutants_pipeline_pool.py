@@ -89,7 +89,7 @@ def test_runs_at_once_in_a_pool_with_the_parents_pid_and_queue(tmp_path, monkeyp
     assert res == {"chada_vit": stages.done("pretrain_chada_vit"), "one_channel_vit": stages.done("pretrain_one_channel_vit"),
                    "inter_channel_vit": stages.done("pretrain_inter_channel_vit")}  # fmt: skip
     assert res["one_channel_vit"]["teacher"] == "t/one_channel_vit"
-    assert lines[1] == (f"[pretrain] one_channel_vit, inter_channel_vit: 2 at once; logs in {tmp_path / 'pretrain'}"
+    assert lines[2] == (f"[pretrain] one_channel_vit, inter_channel_vit: 2 at once; logs in {tmp_path / 'pretrain'}"
                         "/<run>/log.csv")  # fmt: skip
 
 
