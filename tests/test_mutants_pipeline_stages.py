@@ -174,6 +174,7 @@ def test_stage_profiles_embeds_three_models_once_and_profiles_them(tmp_path, mon
     )
 
     def fake_embed(model, manifest, out, **kw):
+        assert manifest == tmp_path / "profiles" / "plate" / "manifest.csv"
         calls.append((model, Path(out).name, kw))
         Path(out).write_text("x")
 
@@ -503,3 +504,31 @@ def test_epochs_of_an_unknown_run_and_a_stage_without_seconds(tmp_path):
     assert lines == ["[old] already done (0 s), reusing it"]
     st.run("new", lambda: {"seconds": 1.5, "where": tmp_path})
     assert (st.dir / "new.json").read_text() == '{\n  "seconds": 1.5,\n  "where": "' + str(tmp_path) + '"\n}'
+
+
+def test_plate_is_drawn_scanned_and_written_with_its_own_seed(tmp_path):
+    import hashlib
+
+    m = profile_stage._plate(tmp_path / "a")
+    assert m == tmp_path / "a" / "manifest.csv"
+    df = pd.read_csv(m)
+    assert (
+        len(df) == 64 and set(df.plate) == {"P1", "P2"} and set(df.dataset) == {"synth_plate"}
+    )  # 2 plates x 32 wells
+    assert df.columns.tolist() == ["image_id", "dataset", "channel_files", "channel_names", "objects_file", "plate",
+                                   "well", "site", "compound", "dose", "moa", "control_type"]  # fmt: skip
+    row = df.iloc[0]
+    assert (row.image_id, row.channel_names, row.site) == ("P1_A01_1", "DAPI;Tubulin;Actin", 1)
+    assert row.channel_files.split(";")[0] == "images/P1/A01_s1_w1.tif"  # relative to the plate folder
+    assert (
+        row.objects_file == "images/P1/A01_s1_cp_masks.tif" and (tmp_path / "a" / row.objects_file).exists()
+    )
+    assert (df.control_type == "trt").any() and df.dose.isin([1.0, 10.0]).any()
+    again = profile_stage._plate(tmp_path / "b")  # seed 0 both times: the same plate, pixel for pixel
+
+    def digest(folder):
+        return hashlib.sha256(
+            b"".join((folder / f).read_bytes() for f in sorted(df.channel_files.str.split(";").sum()))
+        ).hexdigest()
+
+    assert pd.read_csv(again).equals(df) and digest(tmp_path / "a") == digest(tmp_path / "b")
