@@ -312,7 +312,7 @@ def test_build_report_without_comparisons_or_pretraining_times(tmp_path, monkeyp
     figs = {"attention": "a.png", "projection": "p.png"}
     text = sm.build_report(s, DATA, {}, {"out": str(ev)}, figs, {"data": 2.0}).read_text()
     assert "\n## Paired tests" not in text and "**▲u**" not in text
-    assert "| test images |  | 100 |\n\n## All results and diagnostics" in text  # nothing after the table
+    assert "| test images |  | 100 |\n\n## Learned models over" in text  # nothing after the table
     assert "| chada_vit | learned | 70.0 [65.0, 75.0] |" in text
     assert "synthetic 5-channel test image `None`" in text and "```\n{}\n```" in text
     assert "minutes in this run" not in text and "**2 pretraining seeds.**" in text
