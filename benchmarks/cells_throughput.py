@@ -58,10 +58,12 @@ def files_to_table(manifest: Path, out: Path, model: str, size: int, crop: int, 
                    device: str) -> tuple[float, int]:  # fmt: skip
     from chada.data.objects import ObjectOptions
     from chada.encode.embed import embed_manifest
+    from chada.encode.options import ImageOptions, OutputOptions, RunOptions
 
     t0 = time.perf_counter()
-    res = embed_manifest(model, manifest, out, batch_size=batch_size, image_size=size, num_workers=workers,
-                         objects=ObjectOptions(crop_size=crop), progress=False, resume=False, device=device)  # fmt: skip
+    run = RunOptions(batch_size=batch_size, num_workers=workers, progress=False, device=device)
+    res = embed_manifest(model, manifest, out, image=ImageOptions(size=size), run=run, output=OutputOptions(resume=False),
+                         objects=ObjectOptions(crop_size=crop))  # fmt: skip
     return time.perf_counter() - t0, len(res)
 
 

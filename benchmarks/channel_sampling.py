@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from chada.data import synth
+    from chada.encode.options import ImageOptions, RunOptions, Selection
     from chada.tasks.channel_subsets import run_channel_subsets
 
     out = Path(args.out)
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for label in labels:
         df = run_channel_subsets(
-            models, manifest, label_column=label, out_dir=out / f"subsets_{label}", seeds=args.seeds, image_size=32,
-            datasets=["coloc_5ch"], test_split=["val", "test"], progress=False,
+            models, manifest, label_column=label, out_dir=out / f"subsets_{label}", seeds=args.seeds,
+            image=ImageOptions(size=32), run=RunOptions(batch_size=128, progress=False),
+            select=Selection(datasets=["coloc_5ch"]), test_split=["val", "test"],
         )  # fmt: skip
         summary = df.attrs["summary"]
         summary = summary.assign(label=label)

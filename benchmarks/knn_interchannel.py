@@ -36,8 +36,10 @@ import pandas as pd
 def _embed(model, manifest: Path, out: Path, size: int, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """CLS features ``[N, D]`` and the meta DataFrame of one split."""
     from chada.encode.embed import embed_manifest
+    from chada.encode.options import ImageOptions, OutputOptions, RunOptions, Selection
 
-    es = embed_manifest(model, manifest, out, image_size=size, pools=("cls",), split=split, progress=False, resume=False)
+    es = embed_manifest(model, manifest, out, ("cls",), image=ImageOptions(size=size), run=RunOptions(progress=False),
+                        select=Selection(split=split), output=OutputOptions(resume=False))  # fmt: skip
     return np.asarray(es.features["cls"], dtype=np.float32), es.meta
 
 

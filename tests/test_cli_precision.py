@@ -161,7 +161,8 @@ def test_chammi_embeds_in_the_precision_asked(tmp_path, monkeypatch, capfd):
 
     _make_chammi(tmp_path / "CHAMMI", n_train=3, n_per_task=1)
     seen: list = []
-    _spy(monkeypatch, encoders, "embed_images", seen)
+    real = encoders.autocast  # every forward pass of a model encoder runs under it, in its dtype
+    monkeypatch.setattr(encoders, "autocast", lambda dtype, *a, **k: seen.append(dtype) or real(dtype, *a, **k))
     feats = {}
     for p in ("fp32", "bf16"):
         out = tmp_path / p
@@ -221,7 +222,7 @@ def test_quickstart_embedding_stage_runs_in_its_precision(data, tmp_path, monkey
 
     root, manifest = data
     seen: list = []
-    monkeypatch.setattr(embed_api, "embed_manifest", lambda *a, **k: seen.append(k["dtype"]))
+    monkeypatch.setattr(embed_api, "embed_manifest", lambda *a, **k: seen.append(k["run"].dtype))
     monkeypatch.setattr(handmade, "features_for_manifest", lambda *a, **k: None)
     lines: list[str] = []
     model = {"chada_vit": str(root / "packed")}

@@ -18,6 +18,7 @@ import chada.encode.embed as embed_mod
 from chada.cli import main
 from chada.data.objects import ObjectOptions
 from chada.encode.embed import embed_manifest
+from chada.encode.options import ImageOptions, OutputOptions, RunOptions
 from chada.encode.shards import shard_path
 from chada.encode.store import load_embeddings
 
@@ -44,12 +45,13 @@ def tiny_plate(folder: Path, n_fields: int = 8) -> Path:
     return path
 
 
-ARGS = dict(batch_size=2, chunk_batches=2, image_size=16, progress=False, seed=3)
 CELLS = ObjectOptions(crop_size=16)
 
 
-def embed(man, out, **kw):
-    return embed_manifest("chada_vit_test", man, out, **{**ARGS, "objects": CELLS, **kw})
+def embed(man, out, model="chada_vit_test", batch_size=2, num_workers=0, shard=None):
+    run = RunOptions(batch_size=batch_size, num_workers=num_workers, progress=False, seed=3)
+    return embed_manifest(model, man, out, image=ImageOptions(size=16), run=run,
+                          output=OutputOptions(chunk_batches=2, shard=shard), objects=CELLS)  # fmt: skip
 
 
 def assert_same(a, b):
@@ -228,7 +230,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 def test_every_encoder_embeds_cells(tmp_path, model):
     """Hand-made features and the baselines go through the same cell route as ChAda-ViT."""
     man = tiny_plate(tmp_path, 3)
-    emb = embed_manifest(model, man, tmp_path / "c.npz", **{**ARGS, "objects": CELLS})
+    emb = embed(man, tmp_path / "c.npz", model=model)
     assert len(emb) == 12 and emb.meta["object_id"].tolist() == [1, 2, 3, 4] * 3
     x = emb.features["cls"]
     assert np.isfinite(x).all() and len(np.unique(x.round(5), axis=0)) == 12  # every cell its own vector

@@ -15,6 +15,7 @@ from chada.cli import main
 from chada.data.dataset import ManifestDataset
 from chada.encode.embed import embed_manifest
 from chada.encode.encoders import embed_images
+from chada.encode.options import ImageOptions, OutputOptions, RunOptions, Selection
 from chada.encode.store import load_embeddings
 from chada.models import create_model
 
@@ -82,26 +83,26 @@ def test_saved_model_folder_and_seed_reproducible(mixed, tmp_path):
     torch.manual_seed(3)
     model = create_model("inter_channel_vit_test")
     model.save_pretrained(tmp_path / "m")
-    a = embed_manifest(tmp_path / "m", mixed, tmp_path / "a.npz", batch_size=5, progress=False)
-    b = embed_manifest(model, mixed, tmp_path / "b.npz", batch_size=3, progress=False)
+    a = embed_manifest(tmp_path / 'm', mixed, tmp_path / 'a.npz', run=RunOptions(batch_size=5, progress=False))
+    b = embed_manifest(model, mixed, tmp_path / 'b.npz', run=RunOptions(batch_size=3, progress=False))
     np.testing.assert_allclose(a.features["cls"], b.features["cls"], atol=1e-5)
     assert a.info["source"] == "pretrained" and a.info["seed"] is None and a.info["arch"] == "inter_channel_vit"
-    r1 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r1.npz", seed=1, progress=False)
-    r2 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r2.npz", seed=1, progress=False)
-    r3 = embed_manifest("one_channel_vit_test", mixed, tmp_path / "r3.npz", seed=2, progress=False)
+    r1 = embed_manifest('one_channel_vit_test', mixed, tmp_path / 'r1.npz', run=RunOptions(seed=1, progress=False))
+    r2 = embed_manifest('one_channel_vit_test', mixed, tmp_path / 'r2.npz', run=RunOptions(seed=1, progress=False))
+    r3 = embed_manifest('one_channel_vit_test', mixed, tmp_path / 'r3.npz', run=RunOptions(seed=2, progress=False))
     np.testing.assert_array_equal(r1.features["cls"], r2.features["cls"])
     assert not np.allclose(r1.features["cls"], r3.features["cls"])
 
 
 def test_one_channel_concat_per_dataset_and_fallback(mixed, tmp_path, caplog):
     # one dataset = one channel count: the paper's concatenation, C * D
-    one = embed_manifest("one_channel_vit_test", mixed, tmp_path / "c.npz", datasets=["C"], progress=False)
+    one = embed_manifest('one_channel_vit_test', mixed, tmp_path / 'c.npz', run=RunOptions(progress=False), select=Selection(datasets=['C']))
     assert one.features["cls"].shape == (4, 5 * 32)
     assert one.features["all"].shape == (4, 5 * 64)
     assert one.info["pool_fallback"] is None
     # mixed channel counts: mean over channels, logged and recorded
     with caplog.at_level("WARNING"):
-        emb = embed_manifest("one_channel_vit_test", mixed, tmp_path / "m.npz", progress=False)
+        emb = embed_manifest('one_channel_vit_test', mixed, tmp_path / 'm.npz', run=RunOptions(progress=False))
     assert emb.features["cls"].shape == (12, 32) and emb.features["all"].shape == (12, 64)
     assert emb.info["pool_fallback"] == {"cls": "mean", "all": "mean_all"}
     assert "mean over channels" in caplog.text
@@ -112,16 +113,16 @@ def test_one_channel_concat_per_dataset_and_fallback(mixed, tmp_path, caplog):
 
 def test_native_sizes_grouped_and_image_size(tmp_path):
     man = _write_manifest(tmp_path, [("A", 3, 32, 3), ("B", 3, 48, 3)])
-    emb = embed_manifest("chada_vit_test", man, tmp_path / "n.npz", batch_size=6, progress=False)
+    emb = embed_manifest('chada_vit_test', man, tmp_path / 'n.npz', run=RunOptions(batch_size=6, progress=False))
     assert emb.features["cls"].shape == (6, 32)
     model = create_model("fixed_channel_vit_test")
-    emb = embed_manifest(model, man, tmp_path / "f.npz", image_size=32, progress=False)
+    emb = embed_manifest(model, man, tmp_path / 'f.npz', image=ImageOptions(size=32), run=RunOptions(progress=False))
     assert emb.features["all"].shape == (6, 64) and emb.info["image_size"] == 32
 
 
 def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
     out = tmp_path / "r.npz"
-    full = embed_manifest("chada_vit_test", mixed, tmp_path / "full.npz", batch_size=2, progress=False)
+    full = embed_manifest('chada_vit_test', mixed, tmp_path / 'full.npz', run=RunOptions(batch_size=2, progress=False))
 
     real = embed_mod._embed_samples
     calls = {"n": 0}
@@ -134,7 +135,7 @@ def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
 
     monkeypatch.setattr(embed_mod, "_embed_samples", failing)
     with pytest.raises(KeyboardInterrupt):
-        embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+        embed_manifest('chada_vit_test', mixed, out, run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1))
     parts = sorted(p.name for p in (tmp_path / "r.npz.parts").glob("chunk_*.npz"))
     assert parts == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz"]
     assert not out.exists()
@@ -145,7 +146,7 @@ def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
 
     monkeypatch.setattr(embed_mod, "_embed_samples", counting)
     calls["n"] = 0
-    emb = embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+    emb = embed_manifest('chada_vit_test', mixed, out, run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1))
     assert calls["n"] == 3  # 6 batches of 2 in all, 3 were done before the interruption
     np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
     assert emb.meta["image_id"].tolist() == full.meta["image_id"].tolist()
@@ -155,10 +156,10 @@ def test_resume_after_interruption(mixed, tmp_path, monkeypatch):
     monkeypatch.setattr(embed_mod, "_embed_samples", failing)
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
-        embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, seed=5, progress=False)
+        embed_manifest('chada_vit_test', mixed, out, run=RunOptions(batch_size=2, seed=5, progress=False), output=OutputOptions(chunk_batches=1))
     monkeypatch.setattr(embed_mod, "_embed_samples", counting)
     calls["n"] = 0
-    emb = embed_manifest("chada_vit_test", mixed, out, batch_size=2, chunk_batches=1, progress=False)
+    emb = embed_manifest('chada_vit_test', mixed, out, run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1))
     assert calls["n"] == 6
     np.testing.assert_allclose(emb.features["all"], full.features["all"], atol=1e-6)
 
@@ -168,13 +169,13 @@ def test_errors(mixed, tmp_path, capsys):
     assert rc == 2
     assert "registered model name" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not supported"):
-        embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", pools=["mean"], progress=False)
+        embed_manifest('chada_vit_test', mixed, tmp_path / 'x.npz', ['mean'], run=RunOptions(progress=False))
     with pytest.raises(ValueError, match=".npz, .parquet, .h5ad"):
-        embed_manifest("chada_vit_test", mixed, tmp_path / "x.csv", progress=False)
+        embed_manifest('chada_vit_test', mixed, tmp_path / 'x.csv', run=RunOptions(progress=False))
     with pytest.raises(ValueError, match="exactly 3 channels"):
-        embed_manifest("fixed_channel_vit_test", mixed, tmp_path / "x.npz", progress=False)
+        embed_manifest('fixed_channel_vit_test', mixed, tmp_path / 'x.npz', run=RunOptions(progress=False))
     with pytest.raises(ValueError, match="empty"):
-        embed_manifest("chada_vit_test", mixed, tmp_path / "x.npz", datasets=["nope"], progress=False)
+        embed_manifest('chada_vit_test', mixed, tmp_path / 'x.npz', run=RunOptions(progress=False), select=Selection(datasets=['nope']))
     with pytest.raises(TypeError):
         embed_images("chada_vit_test", [torch.rand(2, 32, 32)])
 
@@ -199,17 +200,17 @@ def test_recorded_image_size_is_used_and_said(tmp_path, capsys, caplog):
     assert "the size the model was trained at" in caplog.text
     rec = load_embeddings(tmp_path / "r.npz")
     assert rec.info["image_size"] == 16 and rec.info["image_size_source"] == "model"
-    given = embed_manifest(run / "teacher", man, tmp_path / "g.npz", image_size=16, progress=False)
+    given = embed_manifest(run / 'teacher', man, tmp_path / 'g.npz', image=ImageOptions(size=16), run=RunOptions(progress=False))
     np.testing.assert_array_equal(rec.features["cls"], given.features["cls"])
     caplog.clear()
     with caplog.at_level("WARNING"):
-        native = embed_manifest(run / "teacher", man, tmp_path / "n.npz", image_size=None, progress=False)
+        native = embed_manifest(run / 'teacher', man, tmp_path / 'n.npz', image=ImageOptions(size=None), run=RunOptions(progress=False))
     assert native.info["image_size"] is None and "trained at 16 px" in caplog.text
     assert not np.allclose(native.features["cls"], rec.features["cls"])
     # a folder without the record (older exports, hand-saved models) keeps native sizes
     torch.manual_seed(0)
     create_model("chada_vit_test").save_pretrained(tmp_path / "plain")
-    plain = embed_manifest(tmp_path / "plain", man, tmp_path / "p.npz", progress=False)
+    plain = embed_manifest(tmp_path / 'plain', man, tmp_path / 'p.npz', run=RunOptions(progress=False))
     assert plain.info["image_size"] is None and plain.info["image_size_source"] == "native"
 
 
@@ -281,7 +282,7 @@ def test_verify_inputs_hash_recomputes_an_edit_that_keeps_size_and_mtime(tmp_pat
 
     monkeypatch.setattr(embed_mod, "_embed_samples", stop_after_all)
     with pytest.raises(KeyboardInterrupt):
-        embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False, verify_inputs="hash")
+        embed_manifest('chada_vit_test', man, out, run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1, verify_inputs='hash'))
     monkeypatch.setattr(embed_mod, "_embed_samples", real)
     f = tmp_path / "A_000.tif"
     st = f.stat()
@@ -290,8 +291,7 @@ def test_verify_inputs_hash_recomputes_an_edit_that_keeps_size_and_mtime(tmp_pat
     assert f.stat().st_size == st.st_size
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     with caplog.at_level("WARNING"):
-        emb = embed_manifest("chada_vit_test", man, out, batch_size=2, chunk_batches=1, progress=False,
-                             verify_inputs="hash")  # fmt: skip
+        emb = embed_manifest('chada_vit_test', man, out, run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1, verify_inputs='hash'))  # fmt: skip
     assert "'A_000'" in caplog.text
-    fresh = embed_manifest("chada_vit_test", man, tmp_path / "f.npz", batch_size=2, chunk_batches=1, progress=False)
+    fresh = embed_manifest('chada_vit_test', man, tmp_path / 'f.npz', run=RunOptions(batch_size=2, progress=False), output=OutputOptions(chunk_batches=1))
     np.testing.assert_array_equal(emb.features["cls"], fresh.features["cls"])

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
 
-from chada.encode.handmade import features_for_manifest
+from chada.encode.handmade import FEATURES_RUN, features_for_manifest
+from chada.encode.options import ImageOptions
 from chada.encode.store import load_embeddings
 from chada.features.extract import KINDS, extract_features
+
+QUIET = dataclasses.replace(FEATURES_RUN, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,7 @@ def manifest(tmp_path_factory):
 @pytest.mark.parametrize("kind", KINDS)
 def test_writes_embedding_set(manifest, tmp_path, kind):
     out = tmp_path / f"{kind}.npz"
-    emb = features_for_manifest(manifest, kind, out, progress=False)
+    emb = features_for_manifest(manifest, kind, out, run=QUIET)
     back = load_embeddings(out)
     n = len(back)
     assert n == 12  # 4 assays x 3 images, mixed 1/2/3/5 channels
@@ -46,10 +50,10 @@ def test_writes_embedding_set(manifest, tmp_path, kind):
 
 def test_image_size_and_per_channel_layout(manifest, tmp_path):
     with pytest.raises(ValueError, match="fixed channel set"):
-        features_for_manifest(manifest, "handmade", tmp_path / "x.npz", layout="per_channel", progress=False)
+        features_for_manifest(manifest, "handmade", tmp_path / "x.npz", layout="per_channel", run=QUIET)
     with pytest.raises(ValueError, match="unknown feature kind"):
-        features_for_manifest(manifest, "sift", tmp_path / "x.npz", progress=False)
-    emb = features_for_manifest(manifest, "shortcut", tmp_path / "s.npz", image_size=48, progress=False)
+        features_for_manifest(manifest, "sift", tmp_path / "x.npz", run=QUIET)
+    emb = features_for_manifest(manifest, "shortcut", tmp_path / "s.npz", image=ImageOptions(size=48), run=QUIET)
     assert emb.info["image_size"] == 48
 
 

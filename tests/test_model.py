@@ -456,8 +456,11 @@ def test_model_options_and_small_api() -> None:
     assert make(qkv_bias=False).blocks[1].attn.qkv.bias is None
     assert make(block_norm_eps=1e-3).blocks[0].norm2.eps == 1e-3 and make(norm_eps=1e-4).norm.eps == 1e-4
     out = model.forward_features(imgs(2))
-    with pytest.raises(ValueError, match=r"^pool must be 'cls' or 'all', got 'mean'$"):
+    with pytest.raises(ValueError, match=r"^pool must be one of \('cls', 'all'\), got 'mean'$"):
         model.forward_head(out, "mean")
+    with pytest.raises(ValueError, match=r"^pool must be one of"):
+        model.embedding_dim("mean")
+    assert model.embedding_dim("all") == 2 * model.embedding_dim("cls") == model(imgs(2), pool="all").shape[1]
 
 
 def test_input_check_messages() -> None:

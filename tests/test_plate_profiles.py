@@ -82,7 +82,7 @@ def test_plate_effects_lower_nscb_and_correction_raises_it(runs: dict) -> None:
     # (seed 0: consistency AP 0.705 vs 0.987, NSCB 0.833 vs 1.000) ...
     assert on_global["consistency_ap"] < off_global["consistency_ap"] - 0.2, (on_global, off_global)
     assert on_global["nscb"] < off_global["nscb"], (on_global, off_global)
-    # ... and per-plate normalisation against DMSO wins them back (0.897, 0.958)
+    # ... and per-plate normalisation against DMSO wins them back (0.930, 0.958; 0.897 before features flat on a plate's DMSO wells were dropped)
     assert on_plate["consistency_ap"] > on_global["consistency_ap"] + 0.15, (on_plate, on_global)
     assert on_plate["nscb"] > on_global["nscb"], (on_plate, on_global)
 

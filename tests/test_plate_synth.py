@@ -224,3 +224,30 @@ def test_split_design_puts_the_compounds_of_one_moa_on_different_plates(tmp_path
         plates = [t["plates"][0] for t in truth["compounds"].values() if t["moa"] == moa]
         assert sorted(plates) == ["P1", "P2"], moa
     assert (pm.groupby("plate")["control_type"].apply(lambda c: (c == "negcon").sum()) >= 2).all()
+
+
+def test_confounded_design_gives_each_moa_a_home_plate(tmp_path):
+    spec = PlateSpec(n_plates=3, n_wells=12, n_sites=1, size=64, cells=(2, 3), n_moas=3, compounds_per_moa=3,
+                     n_inactive=2, doses=(1.0, 10.0), replicates=1, design="confounded")  # fmt: skip
+    truth = json.loads(generate_plate(tmp_path, spec).read_text())
+    pm = pd.read_csv(tmp_path / "platemap.csv")
+    for name, t in truth["compounds"].items():
+        assert sorted(pm.loc[pm["compound"] == name, "plate"].unique()) == t["plates"] and len(t["plates"]) == 1
+    by_moa = {m: [t["plates"][0] for t in truth["compounds"].values() if t["moa"] == m] for m in truth["moas"]}
+    # MoA m: two compounds on its home plate P(m+1), its last on the next plate
+    assert by_moa == {"nuclear_swelling": ["P1", "P1", "P2"], "tubulin_gain": ["P2", "P2", "P3"],
+                      "actin_loss": ["P3", "P3", "P1"]}  # fmt: skip
+    assert (pm.groupby("plate")["control_type"].apply(lambda c: (c == "negcon").sum()) >= 2).all()
+
+
+@pytest.mark.parametrize(("kw", "words"), [
+    ({"n_plates": 1, "compounds_per_moa": 3}, "--plates >= 2"),
+    ({"n_plates": 2, "compounds_per_moa": 2}, "--compounds-per-moa >= 3"),
+    ({"n_plates": 3, "compounds_per_moa": 3, "n_wells": 9}, "the design needs 8 treatment wells"),
+])  # fmt: skip
+def test_confounded_design_that_cannot_be_drawn_is_one_line(kw, words):
+    from chada.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        PlateSpec(design="confounded", **kw).check()
+    assert words in str(err.value) and "\n" not in str(err.value)

@@ -97,6 +97,29 @@ def test_constant_and_nan_features_are_dropped_with_their_names():
     assert kept == ["a"] and list(out.columns) == ["a"]
 
 
+def test_feature_flat_on_a_plates_controls_is_dropped_not_blown_up(tables):
+    """A feature 0 in every control well of one plate (MAD 0) but not elsewhere: pycytominer would
+    divide it by 1e-18; it is dropped with its name, and the other features are normalised as before."""
+    (cells, names, _), _ = tables
+    cells = cells.copy()
+    ctrl_p1 = (cells.plate == "P1") & (cells.compound == "DMSO")
+    cells["sparse"] = np.where(ctrl_p1, 0.0, np.random.default_rng(0).exponential(size=len(cells)))
+    for method in ("mad_robustize", "standardize"):
+        with pytest.warns(UserWarning, match=rf"{method}: dropped 1 feature\(s\) without spread among a plate's negative controls \(scale 0\): sparse"):
+            wells, kept = well_profiles(cells, [*names, "sparse"], _cfg(normalize=method))
+        ref, ref_names = well_profiles(cells, names, _cfg(normalize=method))
+        assert kept == ref_names and np.abs(wells[kept].to_numpy()).max() < 1e3
+        np.testing.assert_allclose(wells[kept].to_numpy(), ref[kept].to_numpy())
+
+
+def test_no_feature_varies_on_the_controls_is_one_line_error(tables):
+    (cells, names, _), _ = tables
+    first = cells[cells.compound == "DMSO"].groupby("plate").well.min()  # one control well per plate
+    one_control = cells[(cells.compound != "DMSO") | (cells.well == cells.plate.map(first))]
+    with pytest.raises(InputError, match="mad_robustize: no feature varies among the negative controls"):
+        well_profiles(one_control, names, _cfg(normalize="mad_robustize"))
+
+
 def test_missing_batch_column_is_one_line_error(tables):
     (cells, names, _), _ = tables
     with pytest.raises(InputError, match=r"'day' \(batch 1\)"):

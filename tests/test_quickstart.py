@@ -30,9 +30,9 @@ def test_report_files_exist_and_are_not_empty(quickstart_dir) -> None:
     assert "## Dense: nuclei segmentation" in (quickstart_dir / "report.md").read_text()
 
 
-def test_profiling_stage_scores_the_pretrained_and_untrained_encoders(quickstart_dir) -> None:
+def test_profiling_stage_scores_the_encoders_and_cp_measure(quickstart_dir) -> None:
     readouts = pd.read_csv(quickstart_dir / "profiles" / "readouts.csv")
-    assert set(readouts.model) == {"chada_vit", "chada_vit_untrained", "handmade"}
+    assert set(readouts.model) == {"chada_vit", "chada_vit_untrained", "handmade", "cp_measure"}
     assert readouts["value"].notna().all()
     md = (quickstart_dir / "report.md").read_text()
     section = md.split("## Profiles: a synthetic plate")[1]

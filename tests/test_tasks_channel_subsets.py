@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from chada.encode.options import RunOptions
 from chada.tasks.channel_subsets import (
     embed_subsets,
     enumerate_subsets,
@@ -17,6 +18,7 @@ from chada.tasks.channel_subsets import (
 )
 
 CHANNELS = ["DAPI", "Actin", "Mito", "MarkerA", "MarkerB"]
+QUIET = RunOptions(batch_size=128, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_subset_keeps_channel_slots_not_positions(coloc):
 
 def test_run_rows_for_every_k_and_setting_and_full_set_agrees(coloc, tmp_path):
     models = {"chada": "chada_vit_test", "one_channel": "one_channel_vit_test"}
-    df = run_channel_subsets(models, coloc, "label", tmp_path / "out", seeds=2, max_subsets=3, progress=False,
+    df = run_channel_subsets(models, coloc, "label", tmp_path / "out", seeds=2, max_subsets=3, run=QUIET,
                              train_split=["train", "val"])  # fmt: skip
     assert set(df["setting"]) == {"train_all", "train_subset"}
     assert set(df["metric"]) == {"linear_probe", "knn"}
@@ -89,7 +91,7 @@ def test_run_rows_for_every_k_and_setting_and_full_set_agrees(coloc, tmp_path):
 def test_handmade_and_deterministic_models_repeat_over_seeds(coloc, tmp_path):
     pytest.importorskip("skimage")
     df = run_channel_subsets({"handmade": "handmade"}, coloc, "label", None, seeds=2, max_subsets=2,
-                             metrics=["knn"], progress=False, train_split=["train", "val"])  # fmt: skip
+                             metrics=["knn"], run=QUIET, train_split=["train", "val"])  # fmt: skip
     assert sorted(df.groupby("k").size().to_dict().items()) == [(1, 8), (2, 8), (3, 8), (4, 8), (5, 4)]
     by_seed = df.pivot_table(index=["subset", "setting"], columns="seed", values="score")
     np.testing.assert_array_equal(by_seed[0].to_numpy(), by_seed[1].to_numpy())
@@ -123,16 +125,16 @@ def test_cli_subsets(coloc, tmp_path, capsys, monkeypatch):
     import argparse
     import json
 
-    import chada.tasks.channel_subsets.data as subset_data
+    import chada.encode.encoders as encoders
     from chada.cli import subsets
 
-    real, seen = subset_data.embed_images, set()
+    real, seen = encoders.autocast, set()
 
-    def spy(*a, **k):  # the dtype --precision resolves to reaches every forward pass
-        seen.add(k.get("dtype"))
-        return real(*a, **k)
+    def spy(dtype, *a, **k):  # the dtype --precision resolves to reaches every forward pass
+        seen.add(dtype)
+        return real(dtype, *a, **k)
 
-    monkeypatch.setattr(subset_data, "embed_images", spy)
+    monkeypatch.setattr(encoders, "autocast", spy)
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()

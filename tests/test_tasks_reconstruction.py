@@ -8,6 +8,7 @@ from torch import nn
 
 from chada.tasks.reconstruction import (
     ChannelDecoder,
+    DecoderFit,
     build_decoder,
     decoder_budget,
     fit_decoder,
@@ -125,7 +126,7 @@ def test_fit_decoder_chance_is_train_mean():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(12, 6, generator=g)
     y = torch.rand(12, 8, 8, generator=g)
-    r = fit_decoder(z[:8], y[:8], z[8:], y[8:], epochs=1, batch_size=4, target_params=20_000, base_channels=16,
+    r = fit_decoder(z[:8], y[:8], z[8:], y[8:], DecoderFit(epochs=1, batch_size=4, target_params=20_000, base_channels=16),
                     keep=[0, 2])  # fmt: skip
     lo, hi = r["target_range"]
     yt = ((y[8:] - lo) / (hi - lo)).clamp(0, 1)
@@ -134,4 +135,4 @@ def test_fit_decoder_chance_is_train_mean():
     assert r["chance"] == pytest.approx(expected)
     assert r["examples"]["prediction"].shape == (2, 8, 8)
     with pytest.raises(ValueError, match="same number of rows"):
-        fit_decoder(z[:8], y[:7], z[8:], y[8:], epochs=1)
+        fit_decoder(z[:8], y[:7], z[8:], y[8:], DecoderFit(epochs=1))

@@ -54,12 +54,11 @@ def run_chammi(args: argparse.Namespace) -> int:
     out = check_writable_dir(args.out, what="--out")  # before any model runs
     hold_output(out, folder=True)
     if not args.score_only:
-        from chada.cli.options import precision_dtype
+        from chada.cli import options as o
 
         embed_chammi(
-            args.model, args.root, out, name=name, image_size=args.image_size, batch_size=args.batch_size,
-            pool=args.pool, normalize=args.normalize, device=args.device, datasets=args.datasets,
-            overwrite=args.overwrite, seed=args.seed, progress=not args.quiet, dtype=precision_dtype(args),
+            args.model, args.root, out, name=name, pool=args.pool, image=o.image_options(args),
+            run=o.run_options(args, dtype=o.precision_dtype(args)), datasets=args.datasets, overwrite=args.overwrite,
         )  # fmt: skip
     feature_file = args.feature_file or f"{name}.npy"
     table, reports = score_features(args.root, out / "features", feature_file, args.metric, args.datasets)

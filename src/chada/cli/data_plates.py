@@ -50,8 +50,10 @@ def add_synth_plate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inactive", type=int, default=2, help="inactive compounds (default 2)")
     p.add_argument("--doses", type=_floats, default=(1.0, 10.0), metavar="D1,D2,...", help="doses in uM (default 1,10)")
     p.add_argument("--replicates", type=int, default=1, help="wells per (compound, dose) on a plate that holds it (default 1)")
-    p.add_argument("--design", choices=("all", "split"), default="all",
-                   help="all: every compound on every plate (default); split: the i-th compound of each MoA on plate i mod PLATES")
+    p.add_argument("--design", choices=("all", "split", "confounded"), default="all",
+                   help="all: every compound on every plate (default); split: the i-th compound of each MoA on plate i mod "
+                        "PLATES; confounded: MoA m's compounds on plate m mod PLATES but its last on the next plate "
+                        "(MoA confounded with plate, as BBBC021's weeks; needs PLATES >= 2, --compounds-per-moa >= 3)")
     p.add_argument("--no-plate-effects", action="store_true", help="no plate gain, illumination gradient or stain shift")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_synth_plate)

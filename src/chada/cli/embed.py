@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from collections import Counter
 
-    from chada.cli.options import channel_kwargs, nan_kwargs, object_options, precision_dtype
+    from chada.cli import options as o
     from chada.encode import shards
     from chada.io import check_writable_file
     from chada.locks import hold_output
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"chada embed needs {', '.join(missing)} (or --merge OUT to merge shard files)")
     check_writable_file(args.out, what="--out")  # before any model is loaded
-    nan = nan_kwargs(args)
-    objects = object_options(args)
+    image = o.image_options(args)
+    objects = o.object_options(args)
     shard, device = shards.torchrun_shard(args.device)
     distributed = shard is not None
     if args.shard is not None:
@@ -107,33 +107,13 @@ def run(args: argparse.Namespace) -> int:
         shard = shards.parse_shard(args.shard)
     for path in lock_paths(args.out, shard, distributed):
         hold_output(path, folder=False)
-    dtype = precision_dtype(args, device) if args.model != "handmade" else None
+    dtype = o.precision_dtype(args, device) if args.model != "handmade" else None
     from chada.data.channels import describe_channels
     from chada.encode.embed import embed_manifest
 
-    emb = embed_manifest(
-        args.model,
-        args.manifest,
-        args.out,
-        batch_size=args.batch_size,
-        pools=args.pool,
-        image_size=args.image_size,
-        num_workers=args.workers,
-        resume=not args.no_resume,
-        seed=args.seed,
-        device=device,
-        datasets=args.dataset,
-        split=args.split,
-        normalize=args.normalize,
-        chunk_batches=args.chunk_batches,
-        progress=not args.quiet,
-        verify_inputs=args.verify_inputs,
-        objects=objects,
-        shard=shard,
-        **({} if dtype is None else {"dtype": dtype}),
-        **nan,
-        **channel_kwargs(args),
-    )
+    emb = embed_manifest(args.model, args.manifest, args.out, args.pool, image=image,
+                         channels=o.channel_options(args), run=o.run_options(args, device, dtype),
+                         select=o.selection(args), output=o.output_options(args, shard), objects=objects)  # fmt: skip
     what = "cells" if objects is not None else "images"
     dims = ", ".join(f"{k} [{len(emb)}, {d}]" for k, d in emb.info["feature_dims"].items())
     written = args.out if shard is None else shards.shard_path(args.out, shard)

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from chada.cli.options import nan_kwargs
+    from chada.cli import options as o
     from chada.io import check_writable_file
     from chada.locks import hold_output
 
@@ -73,21 +73,13 @@ def run(args: argparse.Namespace) -> int:
                                                progress=not args.quiet)  # fmt: skip
         print(f"wrote {args.out}: {len(table)} objects x {len(names)} cp_measure features")
         return 0
-    nan = nan_kwargs(args)
-    from chada.encode.handmade import features_for_manifest
+    from chada.encode import handmade
 
-    emb = features_for_manifest(
-        args.manifest,
-        args.kind,
-        args.out,
-        image_size=args.image_size,
-        layout=args.layout,
-        normalize=args.normalize,
-        progress=not args.quiet,
-        resume=not args.no_resume,
-        verify_inputs=args.verify_inputs,
-        **nan,
-    )
+    emb = handmade.features_for_manifest(
+        args.manifest, args.kind, args.out, layout=args.layout,
+        image=o.image_options(args, base=handmade.FEATURES_IMAGE), run=o.run_options(args, base=handmade.FEATURES_RUN),
+        output=o.output_options(args, base=handmade.FEATURES_OUTPUT),
+    )  # fmt: skip
     x = emb.get("cls")
     print(
         f"wrote {args.out}: {x.shape[0]} images x {x.shape[1]} {args.kind} features "

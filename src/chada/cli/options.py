@@ -12,7 +12,9 @@ Each ``add_*`` function adds one option (or one small group) to a sub-command's 
     add_quiet(p)
     add_debug(p)
 
-and the handler reads them back with the matching helpers (:func:`channel_kwargs`). A new shared
+and the handler reads them back with the matching helpers: one builder per option bundle of
+:mod:`chada.encode.options` (:func:`image_options`, :func:`channel_options`, :func:`run_options`,
+:func:`selection`, :func:`output_options`), which check the values once. A new shared
 option (``--precision``, say) is one more ``add_precision(p)`` here, called from each sub-command that
 runs a model, plus one reader if its value needs turning into arguments: ``--precision`` is
 :func:`add_precision` and :func:`precision_dtype`.
@@ -43,13 +45,18 @@ __all__ = [
     "add_workers",
     "add_verify_inputs",
     "channel_kwargs",
+    "channel_options",
+    "image_options",
     "nan_kwargs",
     "object_options",
+    "output_options",
     "parse_image_size",
     "precision_dtype",
+    "run_options",
+    "selection",
 ]
 
-NORMALIZE_CHOICES = ("percentile", "minmax", "none")
+NORMALIZE_CHOICES = ("percentile", "minmax", "none")  # chada.encode.options has the same (no torch import here)
 
 _Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -260,3 +267,65 @@ def add_quiet(p: _Parser) -> None:
 def add_debug(p: _Parser) -> None:
     """``--debug``: show the full traceback of an error."""
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+# The bundles of chada.encode.options, built once from a parsed command line. A sub-command without
+# one of the flags gets the value of ``base`` (the command's own defaults, e.g. chada features' 64
+# images per chunk), so every command builds them the same way.
+
+
+def image_options(args: argparse.Namespace, base: Any = None) -> Any:
+    """:class:`chada.encode.options.ImageOptions` of ``--image-size``, ``--normalize``, ``--nan-policy``,
+    ``--nan-fill`` (``--nan-fill`` without ``replace`` is refused, :func:`nan_kwargs`); a flag the
+    command lacks keeps ``base``'s value (default: the bundle's defaults)."""
+    from chada.encode.options import ImageOptions
+
+    base = base or ImageOptions()
+    nan = nan_kwargs(args) if hasattr(args, "nan_policy") else {"nan_policy": base.nan_policy, "nan_fill": base.nan_fill}
+    return ImageOptions(size=getattr(args, "image_size", base.size), normalize=getattr(args, "normalize", base.normalize),
+                        **nan)  # fmt: skip
+
+
+def channel_options(args: argparse.Namespace) -> Any:
+    """:class:`chada.encode.options.ChannelOptions` of ``--channel-order``, ``--strict-channels``,
+    ``--channel-alias`` (:func:`channel_kwargs`)."""
+    from chada.encode.options import ChannelOptions
+
+    kw = channel_kwargs(args)
+    return ChannelOptions(order=kw["channel_order"], unknown=kw["unknown_channels"], aliases=kw["channel_aliases"])
+
+
+def run_options(args: argparse.Namespace, device: str | None = None, dtype: Any = None, base: Any = None) -> Any:
+    """:class:`chada.encode.options.RunOptions` of ``--batch-size``, ``--workers``, ``--device`` (or
+    ``device``: a torchrun rank's), ``dtype`` (:func:`precision_dtype`; None: ``base``'s), ``--seed``,
+    ``--quiet``; a flag the command lacks keeps ``base``'s value (default: the bundle's defaults)."""
+    from chada.encode.options import RunOptions
+
+    base = base or RunOptions()
+    return RunOptions(
+        batch_size=getattr(args, "batch_size", base.batch_size),
+        num_workers=getattr(args, "workers", base.num_workers),
+        device=device or getattr(args, "device", base.device),
+        dtype=base.dtype if dtype is None else dtype,
+        seed=getattr(args, "seed", base.seed),
+        progress=not args.quiet if hasattr(args, "quiet") else base.progress,
+    )
+
+
+def selection(args: argparse.Namespace) -> Any:
+    """:class:`chada.encode.options.Selection` of ``--dataset`` and ``--split``."""
+    from chada.encode.options import Selection
+
+    return Selection(datasets=getattr(args, "dataset", None), split=getattr(args, "split", None))
+
+
+def output_options(args: argparse.Namespace, shard: tuple[int, int] | None = None, base: Any = None) -> Any:
+    """:class:`chada.encode.options.OutputOptions` of ``--no-resume``, ``--chunk-batches``,
+    ``--verify-inputs`` and the ``shard`` of ``--shard`` or torchrun; a flag the command lacks keeps
+    ``base``'s value (default: the bundle's defaults)."""
+    from chada.encode.options import OutputOptions
+
+    base = base or OutputOptions()
+    resume = not args.no_resume if hasattr(args, "no_resume") else base.resume
+    return OutputOptions(resume=resume, chunk_batches=getattr(args, "chunk_batches", base.chunk_batches),
+                         verify_inputs=getattr(args, "verify_inputs", base.verify_inputs), shard=shard)  # fmt: skip

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from chada.cli.options import channel_kwargs, precision_dtype
+    from chada.cli import options as o
     from chada.io import check_writable_dir
     from chada.locks import hold_output
     from chada.tasks.channel_subsets import run_channel_subsets
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     models = parse_models(args.models)
-    dtype = precision_dtype(args)
+    dtype = o.precision_dtype(args)
     results = run_channel_subsets(
         models,
         args.manifest,
@@ -93,21 +93,17 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         max_subsets=args.max_subsets,
         seeds=args.seeds,
-        image_size=args.image_size,
+        image=o.image_options(args),
+        channels=o.channel_options(args),
+        run=o.run_options(args, dtype=dtype),
+        select=o.selection(args),
         train_split=args.train_split,
         test_split=args.test_split,
         test_fraction=args.test_fraction,
-        datasets=args.dataset,
-        **channel_kwargs(args),
         pool=args.pool,
         metrics=args.metrics,
         subset_seed=args.subset_seed,
-        batch_size=args.batch_size,
-        normalize=args.normalize,
-        device=args.device,
-        dtype=dtype,
         plot=not args.no_plot,
-        progress=not args.quiet,
     )
     info = results.attrs["info"]
     print(f"{len(results)} result rows; {info['n_images']} images, channels {', '.join(info['channels'])}; "

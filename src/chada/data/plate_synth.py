@@ -18,7 +18,13 @@ compound's effect at dose ``d`` is ``max_effect * d^h / (d^h + ec50^h)`` (Hill, 
 ``max_effect`` and ``ec50`` drawn per compound; inactive compounds change nothing. Design ``all``
 (default): every plate holds each (compound, dose) ``replicates`` times, so plates are replicates;
 ``split``: the i-th compound of each MoA (and of the inactive ones) is on plate ``i mod n_plates``
-only, so compounds of one MoA sit on different plates (batches), as BBBC021's NSCB assumes. DMSO
+only, so compounds of one MoA sit on different plates (batches), as BBBC021's NSCB assumes;
+``confounded``: MoA m's compounds sit on its home plate m mod ``n_plates``, all but the last, which
+goes to plate m + 1 mod ``n_plates`` (inactive compounds as in ``split``; it needs 2 plates or more
+and 3 compounds per MoA or more). A plate then holds several compounds of one MoA, as BBBC021's
+weeks held the compounds of one MoA: with uncorrected plate effects a treatment's nearest other
+compound is often on its own plate, which NSC counts and NSCB does not (with at least as many plates
+as MoAs, each plate is one MoA's home; with fewer, MoAs share a home plate). DMSO
 (``control_type`` ``negcon``, dose 0) fills the other wells, at least two per plate; well positions
 are shuffled per plate.
 
@@ -50,7 +56,7 @@ CHANNELS = ("DAPI", "Tubulin", "Actin", "Mito", "ER")
 HILL = 1.5
 CELL_RADIUS = 9.0  # pixels: a fixed magnification, so a larger field holds more cells
 BACKGROUND, NOISE = 0.03, 0.015
-DESIGNS = ("all", "split")
+DESIGNS = ("all", "split", "confounded")
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class PlateSpec:
     compounds_per_moa: int = 2
     n_inactive: int = 2
     replicates: int = 1  # wells per (compound, dose) on each plate that holds the compound
-    design: str = "all"  # "all": every compound on every plate; "split": each compound on one plate
+    design: str = "all"  # "all": every compound on every plate; "split", "confounded": each compound on one plate
     doses: tuple[float, ...] = (1.0, 10.0)
     plate_effects: bool = True
     seed: int = 0
@@ -108,9 +114,11 @@ class PlateSpec:
             raise InputError(f"--doses must be distinct positive numbers, got {list(self.doses)}")
         if self.design not in DESIGNS or self.replicates < 1:
             raise InputError(f"--design must be one of {DESIGNS} and --replicates >= 1, got {self.design!r}, {self.replicates}")
-        per_plate = self.n_moas * self.compounds_per_moa + self.n_inactive
-        if self.design == "split":  # compound i of each group on plate i mod n_plates
-            per_plate = self.n_moas * -(-self.compounds_per_moa // self.n_plates) + -(-self.n_inactive // self.n_plates)
+        if self.design == "confounded" and (self.n_plates < 2 or self.compounds_per_moa < 3):
+            raise InputError(f"--design confounded needs --plates >= 2 and --compounds-per-moa >= 3 (two compounds of an "
+                             f"MoA on its home plate, one elsewhere), got {self.n_plates} and {self.compounds_per_moa}")
+        per_plate = max(np.bincount(plate_indices(self), minlength=self.n_plates)) if self.design != "all" else (
+            self.n_moas * self.compounds_per_moa + self.n_inactive)  # fmt: skip
         need = per_plate * len(self.doses) * self.replicates + 2
         if not need <= self.n_wells <= 1536:
             raise InputError(
@@ -168,12 +176,27 @@ def _plate_effects(spec: PlateSpec, plate: int) -> dict[str, Any]:
     }
 
 
+def plate_indices(spec: PlateSpec) -> list[int]:
+    """The plate (0-based) of each compound, in :func:`_compounds`' order (MoA by MoA, then the inactive
+    ones), for the one-plate designs: ``split`` puts the i-th compound of a group on plate i mod n;
+    ``confounded`` puts MoA m's compounds on its home plate m mod n, all but its last, which goes to
+    plate m + 1 mod n (inactive compounds as in ``split``)."""
+    n, k = spec.n_plates, spec.compounds_per_moa
+    out = []
+    for m in range(spec.n_moas):
+        if spec.design == "confounded":
+            out += [(m + (i == k - 1)) % n for i in range(k)]
+        else:
+            out += [i % n for i in range(k)]
+    return out + [i % n for i in range(spec.n_inactive)]
+
+
 def _assign_plates(spec: PlateSpec, compounds: dict[str, dict[str, Any]]) -> None:
-    """Record each compound's ``plates``: all of them, or (``split``) the i-th of its MoA on plate i mod n."""
-    seen: dict[str, int] = {}
-    for t in compounds.values():
-        i = seen[t["moa"]] = seen.get(t["moa"], -1) + 1
-        t["plates"] = [f"P{p + 1}" for p in range(spec.n_plates)] if spec.design == "all" else [f"P{i % spec.n_plates + 1}"]
+    """Record each compound's ``plates``: all of them (``all``), or the one of :func:`plate_indices`."""
+    every = [f"P{p + 1}" for p in range(spec.n_plates)]
+    one = plate_indices(spec) if spec.design != "all" else []
+    for j, t in enumerate(compounds.values()):
+        t["plates"] = every if spec.design == "all" else [f"P{one[j] + 1}"]
 
 
 def _layout(spec: PlateSpec, compounds: dict[str, dict[str, Any]], plate: int) -> list[tuple[str, float]]:

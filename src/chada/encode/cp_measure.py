@@ -66,12 +66,13 @@ def _write(df: pd.DataFrame, meta_cols: list[str], feat_cols: list[str], out: Pa
 
 def cp_measure_for_manifest(
     manifest: str | os.PathLike, out: str | os.PathLike, object_name: str = "Cells",
-    intensity_max: float = 65535.0, progress: bool = True,
+    intensity_max: float = 65535.0, progress: bool = True, groups: dict[str, bool] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
     """Measure every row's field on its ``objects_file``; returns ``(table [objects rows], feature names)``.
 
     Args:
         intensity_max: the pixel value that maps to 1 for every image (default: the 16-bit range).
+        groups: cp_measure feature groups switched on or off, e.g. ``{"texture": False}`` (default: all).
     """
     from chada.data.manifest import load_manifest, read_row_image, row_channel_names
     from chada.features.cp_measure_kind import cp_measure_objects
@@ -89,7 +90,7 @@ def cp_measure_for_manifest(
         image = read_row_image(row, manifest.parent)
         labels = read_labels((manifest.parent / str(row["objects_file"])).expanduser())
         ids, X, cols = cp_measure_objects(image, labels, row_channel_names(row) or None, object_name,
-                                          intensity_max, name=who)  # fmt: skip
+                                          intensity_max, name=who, **(groups or {}))  # fmt: skip
         if not len(ids):
             empty += 1
             continue

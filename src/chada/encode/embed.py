@@ -15,19 +15,19 @@ as ``chada features --kind handmade``), or any :class:`chada.encode.encoders.Enc
 Image size: a model folder written by pretraining records the size it was trained at (``image_size``
 in its ``config.json``); by default every image is resized to it, and the run says so. ``image_size=N``
 resizes to N instead (with a warning when N differs from the recorded size), ``image_size=None``
-keeps native sizes (also the default for models that record no size).
+keeps native sizes (``image=ImageOptions(size=...)``, :mod:`chada.encode.options`) (also the default for models that record no size).
 
 Channel-count-dependent embeddings (``one_channel_vit``'s ``"cls"``/``"all"`` concatenate one
 block per channel, ``C*D``): one array needs one size, so when the embedded rows do not all have the
 same channel count these pools fall back to their fixed-size form (``"mean"``/``"mean_all"``, the
 mean over channels) with a logged note and ``info["pool_fallback"]`` recording it. To get the paper's
-concatenated features on such a manifest, embed each dataset separately (``datasets=[name]``,
+concatenated features on such a manifest, embed each dataset separately (``select=Selection(datasets=[name])``,
 ``chada embed --dataset NAME``).
 
 Resuming: rows are cut into chunks of ``chunk_batches * batch_size``; every finished chunk is written
 atomically to ``<out>.parts/chunk_XXXXXX.npz`` (:class:`chada.encode.chunks.ChunkStore`). A re-run
 with the same settings reuses a finished chunk only when each of its rows still reads the same files
-(size + mtime, or a content hash with ``verify_inputs="hash"``; :mod:`chada.encode.inputs`); chunks
+(size + mtime, or a content hash with ``OutputOptions(verify_inputs="hash")``; :mod:`chada.encode.inputs`); chunks
 whose images changed, and damaged chunk files, are recomputed with a message; other settings discard
 every chunk. The final file is assembled one chunk at a time (memory: the output once, plus one
 chunk), written with :func:`chada.encode.store.save_embeddings`, and the parts removed.
@@ -54,19 +54,24 @@ from chada.encode.assemble import write_output
 from chada.encode.chunks import ChunkStore
 from chada.encode.encoders import DEFAULT_POOLS, Encoder, resolve_encoder
 from chada.encode.formats import output_format
-from chada.encode.inputs import VERIFY_CHOICES, refuse_duplicate_ids, row_signatures, weights_digest
+from chada.encode.inputs import refuse_duplicate_ids, row_signatures
 from chada.encode.loop import encode_chunks
+from chada.encode.options import (
+    MODEL_SIZE,
+    ChannelOptions,
+    ImageOptions,
+    OutputOptions,
+    RunOptions,
+    Selection,
+)
 from chada.encode.shards import shard_chunks, shard_path
 from chada.encode.store import EmbeddingSet, EmbeddingSummary
 from chada.errors import InputError
 from chada.io import check_writable_file
 
-__all__ = ["MODEL_SIZE", "embed_manifest"]
+__all__ = ["MODEL_SIZE", "embed_manifest", "run_settings"]
 
 log = logging.getLogger(__name__)
-
-#: ``image_size`` default: the size the model recorded, else native sizes.
-MODEL_SIZE = "model"
 
 
 def _embed_samples(
@@ -84,68 +89,49 @@ def embed_manifest(
     model: nn.Module | str | os.PathLike | Encoder,
     manifest: str | os.PathLike | pd.DataFrame,
     out: str | os.PathLike,
-    batch_size: int = 32,
     pools: Sequence[str] = DEFAULT_POOLS,
-    image_size: int | str | None = MODEL_SIZE,
-    num_workers: int = 0,
-    resume: bool = True,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    datasets: Sequence[str] | None = None,
-    split: str | Sequence[str] | None = None,
-    normalize: str = "percentile",
-    chunk_batches: int = 20,
-    root: str | os.PathLike | None = None,
-    progress: bool = True,
-    channel_order: Sequence[str] | None = None,
-    unknown_channels: str = "warn",
-    channel_aliases: dict[str, str] | None = None,
-    nan_policy: str = "error",
-    nan_fill: float | None = None,
-    verify_inputs: str = "stat",
-    dtype: torch.dtype = torch.float32,
+    *,
+    image: ImageOptions | None = None,
+    channels: ChannelOptions | None = None,
+    run: RunOptions | None = None,
+    select: Selection | None = None,
+    output: OutputOptions | None = None,
     objects: ObjectOptions | None = None,
-    shard: tuple[int, int] | None = None,
 ) -> EmbeddingSet | EmbeddingSummary:
     """Embed every image of ``manifest`` with a frozen ``model`` and write ``out`` (``.npz``).
 
     Args:
-        model: saved model folder, registered model name (random init from ``seed``), ``nn.Module``,
+        model: saved model folder, registered model name (random init from ``run.seed``), ``nn.Module``,
             ``"handmade"``, or an :class:`~chada.encode.encoders.Encoder`.
         manifest: manifest path (CSV/Parquet) or DataFrame (see :mod:`chada.data.manifest`).
         out: output ``.npz``, ``.parquet`` or ``.h5ad`` path (:mod:`chada.encode.store`,
             :mod:`chada.encode.formats`); checked writable first.
-        batch_size: images (with ``objects``: cells) per forward pass.
         pools: feature kinds to store, e.g. ``("cls", "all")``.
-        image_size: ``"model"`` (default): the size the model recorded at pretraining, else native
-            sizes; an int: resize every image to this square size; ``None``: native sizes (batches
-            are then split by size, and sizes must suit the model, e.g. multiples of the patch).
-        num_workers: DataLoader workers reading images.
-        resume: reuse finished chunks under ``<out>.parts/`` from an interrupted run with the same
-            settings and unchanged input files; ``False`` starts over.
-        seed: torch seed for building a registered name with random weights (recorded in ``info``).
-        device: ``"cpu"``, ``"cuda"``, ...
-        datasets, split: embed only these datasets / splits of the manifest.
-        normalize: per-channel intensity normalisation (``"percentile"``, ``"minmax"``, ``"none"``).
-        chunk_batches: batches per resumable chunk (with ``objects``: fields per chunk).
-        root: folder relative image paths are resolved against (default: the manifest's folder).
-        progress: show a tqdm bar.
-        channel_order: canonical channel order (name -> slot); default: the names the checkpoint
-            recorded, else slot = position (see :mod:`chada.data.channels`).
-        unknown_channels: ``"warn"`` (default), ``"error"`` (strict) or ``"append"`` for names outside it.
-        channel_aliases: ``{name in the manifest: canonical name}``.
-        nan_policy, nan_fill: NaN/inf pixels: ``"error"`` (default, naming the image and channel) or
-            ``"replace"`` by ``nan_fill`` (None: the channel's finite median), with a warning per image.
-        verify_inputs: how a resumed run checks that a finished chunk's files are unchanged:
-            ``"stat"`` (size + mtime, default) or ``"hash"`` (SHA-256 of the content).
-        dtype: precision of the model's forward pass (``torch.bfloat16``: autocast, see
-            :mod:`chada.models.precision`); features are stored as float32 either way, and the
-            precision is recorded in ``info`` and in the resume settings (fp32 and bf16 chunks never mix).
+        image, channels, run, select, output: the option bundles of :mod:`chada.encode.options` (None:
+            their defaults).
+        image: :class:`~chada.encode.options.ImageOptions`: ``size`` ``"model"`` (default: the size
+            the model recorded at pretraining, else native sizes), an int (resize every image to this
+            square size) or None (native sizes: batches are then split by size, and sizes must suit the
+            model); ``normalize``; ``nan_policy`` / ``nan_fill`` (NaN/inf pixels: ``"error"`` naming
+            the image and channel, or ``"replace"`` with a warning per image).
+        channels: :class:`~chada.encode.options.ChannelOptions`: canonical channel order (default: the
+            names the checkpoint recorded, else slot = position; :mod:`chada.data.channels`), names
+            outside it, aliases.
+        run: :class:`~chada.encode.options.RunOptions`: ``batch_size`` images (with ``objects``: cells)
+            per forward pass, ``num_workers``, ``device``, ``dtype`` of the forward pass
+            (``torch.bfloat16``: autocast; features are float32 either way, the precision is recorded
+            in ``info`` and in the resume settings, so fp32 and bf16 chunks never mix), ``seed`` of a
+            registered name's random weights (recorded in ``info``), ``progress`` bar.
+        select: :class:`~chada.encode.options.Selection`: only these ``datasets`` / ``split``; ``root``
+            of relative image paths (default: the manifest's folder).
+        output: :class:`~chada.encode.options.OutputOptions`: ``resume`` finished chunks under
+            ``<out>.parts/`` of an interrupted run with the same settings and unchanged input files
+            (``verify_inputs``: ``"stat"`` size + mtime, or ``"hash"``), ``chunk_batches`` per chunk
+            (with ``objects``: fields per chunk), ``shard`` ``(I, N)``: only the I-th of N contiguous
+            blocks of chunks into :func:`chada.encode.shards.shard_path`.
         objects: single cells (:class:`chada.data.objects.ObjectOptions`): one row per object of each
             row's label image (``objects_file``), a crop centred on its centroid resized to the image
             size; the meta gets the object columns (:data:`chada.data.objects.OBJECT_COLUMNS`, ``cell_id``).
-        shard: ``(I, N)``: encode only the I-th of N contiguous blocks of chunks into
-            :func:`chada.encode.shards.shard_path` (merged by :func:`chada.encode.shards.merge_shards`).
 
     Returns:
         for ``.parquet`` an :class:`EmbeddingSummary` (the table is never held whole), else
@@ -158,50 +144,43 @@ def embed_manifest(
             the image), bad pixels or files (naming the image and file); ``IsADirectoryError`` /
             ``NotADirectoryError`` / ``PermissionError`` for an unusable ``out``, before any work.
     """
-    from chada.data.channels import ChannelPolicy
     from chada.data.dataset import ManifestDataset
     from chada.data.manifest import row_channel_names
 
-    pools, out, image_size = _check_args(out, pools, batch_size, chunk_batches, image_size, verify_inputs)
+    image, channels, run = image or ImageOptions(), channels or ChannelOptions(), run or RunOptions()
+    select, output = select or Selection(), output or OutputOptions()
+    pools, out = _check_args(out, pools)
     check_writable_file(out, what="embeddings file")
     t0 = time.time()
-    encoder = resolve_encoder(model, seed=seed, dtype=dtype)
-    if encoder.module is not None:
-        encoder.dtype = dtype  # also for an encoder passed in
-    size, size_source = _image_size(encoder, image_size)
-    dev = torch.device(device)
-    if encoder.module is not None:
-        encoder.module = encoder.module.to(dev).eval()
-    policy = ChannelPolicy.from_model(
-        encoder.module, unknown=unknown_channels, aliases=channel_aliases, canonical=channel_order
-    )
-    ds = ManifestDataset(manifest, root=root, split=split, datasets=datasets, size=None if objects else size,
-                         normalize=normalize, nan_policy=nan_policy, nan_fill=nan_fill)  # fmt: skip
+    encoder = resolve_encoder(model, seed=run.seed, dtype=run.dtype)
+    encoder.set_dtype(run.dtype)  # also for an encoder passed in
+    size, size_source = _image_size(encoder, image.size)
+    dev = torch.device(run.device)
+    encoder.to(dev)
+    policy = channels.policy(encoder.module)
+    ds = ManifestDataset(manifest, size=None if objects else size, **select.dataset_kwargs(), **image.dataset_kwargs())
     n = len(ds)
     if n == 0:
         raise ValueError("no image to embed: the manifest (after the dataset/split filters) is empty")
     refuse_duplicate_ids(ds.frame, manifest)
     counts = {len(row_channel_names(r)) for r in ds._rows}
     pool_map = encoder.pool_map(pools, counts)
-    settings = _run_settings(encoder, seed, manifest, ds, pool_map, size, batch_size, chunk_batches,
-                             normalize, policy)  # fmt: skip
-    settings.update(nan_policy=nan_policy, nan_fill=nan_fill, verify_inputs=verify_inputs,
-                    precision=_precision(encoder))  # fmt: skip
-    inputs = row_signatures(ds._rows, ds.root, verify_inputs, progress=progress)
+    settings = run_settings(encoder, manifest, ds, pool_map, size, image, run, output, policy)
+    inputs = row_signatures(ds._rows, ds.root, output.verify_inputs, progress=run.progress)
     data: Any = ds
     if objects is not None:
-        data, objects, inputs = _cell_data(ds, objects, size, inputs, verify_inputs, manifest)
+        data, objects, inputs = _cell_data(ds, objects, size, inputs, output.verify_inputs, manifest)
         settings["objects"] = objects.to_dict()  # only then: chunks of whole-image runs stay valid
     # cells: a chunk is chunk_batches fields (a field holds tens to thousands of cells)
-    chunk_rows = chunk_batches if objects is not None else batch_size * chunk_batches
+    chunk_rows = output.chunk_batches if objects is not None else run.batch_size * output.chunk_batches
     chunks = [np.arange(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+    shard = output.shard
     target = out if shard is None else shard_path(out, shard)
     mine = shard_chunks(chunks, shard or (0, 1))
-    store = ChunkStore(target, settings, resume=resume)
-    encode_chunks(_seam, encoder, data, mine, store, inputs, pools, pool_map, dev, policy, batch_size,
-                  num_workers, progress, cells=objects is not None)  # fmt: skip
-    info = _info(encoder, pools, pool_map, size, size_source, normalize, nan_policy, nan_fill, batch_size, dev,
-                 settings, datasets, split, n, counts, policy)  # fmt: skip
+    store = ChunkStore(target, settings, resume=output.resume)
+    encode_chunks(_seam, encoder, data, mine, store, inputs, pools, pool_map, dev, policy, run.batch_size,
+                  run.num_workers, run.progress, cells=objects is not None)  # fmt: skip
+    info = _info(encoder, pools, pool_map, size_source, settings, image, run, select, n, counts, dev)
     if objects is not None:
         info["objects"] = objects.to_dict()
     if shard is not None:
@@ -244,43 +223,36 @@ def _cell_data(
 
 
 def _info(
-    encoder: Encoder, pools: list[str], pool_map: dict[str, str], size: int | None, size_source: str,
-    normalize: str, nan_policy: str, nan_fill: float | None, batch_size: int, dev: torch.device,
-    settings: dict[str, Any], datasets: Sequence[str] | None, split: Any, n: int, counts: set[int], policy: Any,
+    encoder: Encoder, pools: list[str], pool_map: dict[str, str], size_source: str, settings: dict[str, Any],
+    image: ImageOptions, run: RunOptions, select: Selection, n: int, counts: set[int], dev: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
-    """The run's description stored in the feature file (``feature_dims``, ``seconds`` come later)."""
+    """The run's description stored in the feature file (``feature_dims``, ``seconds`` come later): the
+    options as :func:`run_settings` recorded them, plus what only the file needs."""
     info = dict(encoder.info)
     info.update(
         {
             "pools": pools,
             "pool_fallback": {p: a for p, a in pool_map.items() if a != p} or None,
-            "image_size": size,
+            "image_size": settings["image_size"],
             "image_size_source": size_source,
-            "normalize": normalize,
-            "nan_policy": nan_policy,
-            "nan_fill": nan_fill,
-            "batch_size": batch_size,
+            "normalize": settings["normalize"],
+            "nan_policy": settings["nan_policy"],
+            "nan_fill": settings["nan_fill"],
+            "batch_size": settings["batch_size"],
             "device": str(dev),
             "precision": settings["precision"],
             "manifest": settings["manifest"],
-            "datasets": list(datasets) if datasets is not None else None,
-            "split": split,
+            "datasets": list(select.datasets) if select.datasets is not None else None,
+            "split": select.split,
             "n_images": n,
             "channel_counts": sorted(counts),
-            "channel_policy": policy.to_dict(),
+            "channel_policy": settings["channel_policy"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "torch": torch.__version__,
         }
     )
     _add_notes(info, encoder)
     return info
-
-
-def _precision(encoder: Encoder) -> str | None:
-    """``"fp32"`` / ``"bf16"`` of a model's forward pass; None for hand-made features (no model)."""
-    from chada.models.precision import precision_name
-
-    return precision_name(encoder.dtype) if encoder.module is not None else None
 
 
 def _image_size(encoder: Encoder, image_size: int | str | None) -> tuple[int | None, str]:
@@ -306,47 +278,40 @@ def _image_size(encoder: Encoder, image_size: int | str | None) -> tuple[int | N
     return int(image_size), "given"
 
 
-def _run_settings(
-    encoder: Encoder, seed: int, manifest: Any, ds: Any, pool_map: dict[str, str], image_size: int | None,
-    batch_size: int, chunk_batches: int, normalize: str, policy: Any,
+def run_settings(
+    encoder: Encoder, manifest: Any, ds: Any, pool_map: dict[str, str], image_size: int | None,
+    image: ImageOptions, run: RunOptions, output: OutputOptions, policy: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """Everything but the input files that changes the output: chunks are reused only when all of it is the same."""
+    """The one record of a run's options: everything but the input files that changes the output
+    (chunks are reused only when all of it is the same); the feature file's ``info`` copies its values."""
     settings = {
         "model": encoder.info.get("model"),
         "encoder": {k: v for k, v in encoder.info.items() if k in ("kind", "layout", "arch")},
-        "seed": seed if encoder.info.get("source") == "random_init" else None,
+        "seed": run.seed if encoder.random_init else None,
         "manifest": str(Path(manifest).resolve()) if not isinstance(manifest, pd.DataFrame) else "<DataFrame>",
         "image_ids": hashlib.sha256("\n".join(map(str, ds.frame["image_id"])).encode()).hexdigest(),
         "pools": pool_map,
         "image_size": image_size,
-        "batch_size": batch_size,
-        "chunk_batches": chunk_batches,
-        "normalize": normalize,
+        "batch_size": run.batch_size,
+        "chunk_batches": output.chunk_batches,
+        "normalize": image.normalize,
         "channel_policy": policy.to_dict(),
     }
-    if encoder.module is not None and encoder.info.get("source") != "random_init":
-        settings["weights"] = weights_digest(encoder.module)  # a folder re-saved with new weights
+    digest = encoder.weights_digest()  # a folder re-saved with new weights
+    if digest is not None:
+        settings["weights"] = digest
+    settings.update(nan_policy=image.nan_policy, nan_fill=image.nan_fill, verify_inputs=output.verify_inputs,
+                    precision=encoder.precision)  # fmt: skip
     return settings
 
 
-def _check_args(
-    out: str | os.PathLike, pools: Sequence[str], batch_size: int, chunk_batches: int, image_size: Any,
-    verify_inputs: str,
-) -> tuple[list[str], Path, int | str | None]:  # fmt: skip
-    if batch_size < 1 or chunk_batches < 1:
-        raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
+def _check_args(out: str | os.PathLike, pools: Sequence[str]) -> tuple[list[str], Path]:
     pools = list(dict.fromkeys(pools))
     if not pools:
         raise ValueError("pools is empty: ask for at least one of 'cls', 'all'")
-    if image_size == "native":
-        image_size = None
-    if image_size not in (None, MODEL_SIZE) and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int, 'model' or None (native), got {image_size!r}")
-    if verify_inputs not in VERIFY_CHOICES:
-        raise ValueError(f"verify_inputs must be one of {VERIFY_CHOICES}, got {verify_inputs!r}")
     out = Path(out)
     output_format(out)
-    return pools, out, image_size
+    return pools, out
 
 
 def _add_notes(info: dict[str, Any], encoder: Encoder) -> None:

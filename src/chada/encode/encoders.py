@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from chada.encode.interface import Encoder
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.precision import autocast
 
@@ -51,105 +51,6 @@ log = logging.getLogger(__name__)
 
 HANDMADE = "handmade"
 DEFAULT_POOLS = ("cls", "all")
-
-
-class Encoder(ABC):
-    """Images -> named feature vectors. ``info`` describes the encoder in the feature file."""
-
-    info: dict[str, Any]
-    module: nn.Module | None = None
-    #: Precision of the model's forward pass (:mod:`chada.models.precision`); features are float32 anyway.
-    dtype: torch.dtype = torch.float32
-
-    def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
-        """Requested pool -> pool actually computed (a model may fall back to a fixed-size pool)."""
-        return {p: p for p in pools}
-
-    @property
-    def max_channels(self) -> int | None:
-        """The largest channel count the encoder takes (None: no limit of its own)."""
-        return None
-
-    @property
-    def exact_channels(self) -> int | None:
-        """The one channel count the encoder takes, if it takes only one (a fixed-channel ViT)."""
-        return None
-
-    @property
-    def recorded_image_size(self) -> int | None:
-        """The square image size the encoder was trained and evaluated at, when it recorded one."""
-        return None
-
-    def finish(self, ds: Any, meta: Any, info: dict[str, Any], features: dict[str, np.ndarray]) -> None:
-        """Last changes to the feature file's ``meta`` / ``info`` before it is written (default: none)."""
-        return None
-
-    @abstractmethod
-    def encode_batch(
-        self, batch: ChannelBatch, pools: Sequence[str], device: str | torch.device | None = None
-    ) -> dict[str, np.ndarray]:
-        """``{pool: float32 [B, D_pool]}`` for one batch of images of one size."""
-
-    def encode_samples(
-        self,
-        samples: list[dict[str, Any]],
-        pool_map: dict[str, str],
-        device: str | torch.device | None = None,
-        policy: Any = None,
-    ) -> dict[str, np.ndarray]:
-        """Embed dataset samples of possibly different sizes: one batch per (H, W), rows kept in order.
-
-        ``policy`` (a :class:`chada.data.channels.ChannelPolicy`) gives each channel its slot from its
-        name; without it, slot = position.
-        """
-        from chada.data.dataset import collate_channels
-
-        self._check_channel_counts(samples)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, s in enumerate(samples):
-            groups.setdefault(tuple(s["image"].shape[-2:]), []).append(i)
-        actual = sorted(set(pool_map.values()))
-        result: dict[str, np.ndarray] = {}
-        for rows in groups.values():
-            group = [samples[i] for i in rows]
-            if policy is not None:
-                from chada.data.channels import collate_with_policy
-
-                batch = collate_with_policy(group, policy)["batch"]
-            else:
-                batch = collate_channels(group)["batch"]
-            feats = self.encode_batch(batch, actual, device=device)
-            for p, f in feats.items():
-                if p not in result:
-                    result[p] = np.zeros((len(samples), f.shape[1]), dtype=np.float32)
-                elif result[p].shape[1] != f.shape[1]:
-                    raise ValueError(f"pool {p!r} gave {f.shape[1]} and {result[p].shape[1]} features in one batch")
-                result[p][rows] = f
-        return {req: result[act] for req, act in pool_map.items()}
-
-    def _check_channel_counts(self, samples: Sequence[dict[str, Any]]) -> None:
-        """Name the images (not their batch positions) whose channel count the encoder cannot take."""
-        limit, exact = self.max_channels, self.exact_channels
-        if exact is not None:
-            bad = [s for s in samples if s["image"].shape[0] != exact]
-            rule = (
-                f"this model takes exactly {exact} channels per image; select {exact} channels (e.g. by name) "
-                "or use a channel-adaptive model"
-            )
-        elif limit is not None:
-            bad = [s for s in samples if s["image"].shape[0] > limit]
-            rule = (
-                f"more channels than this model's C_max={limit}; drop channels from the manifest row or use "
-                "a model with a larger max_channels"
-            )
-        else:
-            return
-        if bad:
-            from chada.errors import InputError
-
-            listed = ", ".join(f"{s.get('image_id')!r} ({s['image'].shape[0]} channels)" for s in bad[:5])
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise InputError(f"image {listed}{more}: {rule}")
 
 
 class ModelEncoder(Encoder):
@@ -182,6 +83,15 @@ class ModelEncoder(Encoder):
         if size is None:
             size = ((extra.get("pretrain_config") or {}).get("augment") or {}).get("global_size")
         return int(size) if isinstance(size, int) and size > 0 else None
+
+    def fixed_pool(self, pool: str) -> str:
+        variable = getattr(self.module, "variable_size_pools", {}) or {}
+        if pool in variable:
+            return variable[pool]
+        known = tuple(getattr(self.module, "pools", DEFAULT_POOLS))
+        if pool not in known:
+            raise ValueError(f"pool {pool!r} not supported by {type(self.module).__name__}; choose from {known}")
+        return pool
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         """Requested pool -> pool computed: a concatenating pool (One-Channel ViT's ``C*D``) becomes its
@@ -242,6 +152,10 @@ class FeatureKindEncoder(Encoder):
         self.columns: list[str] | None = None
         self.info = {"model": kind, "family": "handmade", "source": "handmade", "arch": HANDMADE, "kind": kind,
                      "layout": layout}  # fmt: skip
+
+    def fixed_pool(self, pool: str) -> str:
+        """Every pool name holds the same vector: the features are stored under the kind's name."""
+        return self.kind
 
     def pool_map(self, pools: Sequence[str], channel_counts: set[int]) -> dict[str, str]:
         if self.layout == "per_channel" and len(channel_counts) > 1:

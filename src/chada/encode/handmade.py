@@ -19,41 +19,41 @@ import os
 
 from chada.encode.embed import embed_manifest
 from chada.encode.encoders import FeatureKindEncoder
+from chada.encode.options import ImageOptions, OutputOptions, RunOptions
 from chada.encode.store import EmbeddingSet
 
 __all__ = ["FeatureKindEncoder", "features_for_manifest"]
+
+
+#: ``chada features``' defaults: native sizes, 64 images per pass, 4 passes per resumable chunk.
+FEATURES_IMAGE = ImageOptions(size=None)
+FEATURES_RUN = RunOptions(batch_size=64)
+FEATURES_OUTPUT = OutputOptions(chunk_batches=4)
 
 
 def features_for_manifest(
     manifest_path: str | os.PathLike,
     kind: str,
     out_path: str | os.PathLike,
-    image_size: int | None = None,
     *,
     layout: str = "pooled",
-    normalize: str = "percentile",
-    chunk_size: int = 64,
-    progress: bool = True,
-    nan_policy: str = "error",
-    nan_fill: float | None = None,
-    resume: bool = True,
-    verify_inputs: str = "stat",
+    image: ImageOptions = FEATURES_IMAGE,
+    run: RunOptions = FEATURES_RUN,
+    output: OutputOptions = FEATURES_OUTPUT,
 ) -> EmbeddingSet:
     """Compute ``kind`` features for every image of a manifest and write an embeddings ``.npz``.
 
-    Images are read through :class:`chada.data.ManifestDataset` (per-channel normalisation
-    ``normalize``, optional square resize to ``image_size``, NaN/inf pixels by ``nan_policy`` /
-    ``nan_fill``). The nuclear channel of each image is the first channel whose name marks a nuclear
-    stain (DAPI, Hoechst, DNA, ...), else the most bimodal channel; for ``kind="tissue"`` an image with
-    a named nuclear stain is treated as fluorescence (no H&E separation). Images are processed in
-    resumable chunks of ``chunk_size`` (``<out>.parts/``), so memory stays bounded on large manifests.
+    Images are read through :class:`chada.data.ManifestDataset` with ``image``
+    (:class:`chada.encode.options.ImageOptions`: per-channel normalisation, optional square resize,
+    NaN/inf pixels; default native sizes). The nuclear channel of each image is the first channel whose
+    name marks a nuclear stain (DAPI, Hoechst, DNA, ...), else the most bimodal channel; for
+    ``kind="tissue"`` an image with a named nuclear stain is treated as fluorescence (no H&E
+    separation). Images are processed ``run.batch_size`` at a time in resumable chunks of
+    ``output.chunk_batches`` batches (``<out>.parts/``), so memory stays bounded on large manifests.
 
     Returns:
         the written :class:`chada.encode.store.EmbeddingSet` (``features["cls"]`` ==
         ``features["all"]``, ``[N, F]`` float32).
     """
-    return embed_manifest(
-        FeatureKindEncoder(kind, layout), manifest_path, out_path, batch_size=chunk_size, pools=("cls", "all"),
-        image_size=image_size, normalize=normalize, chunk_batches=4, progress=progress, nan_policy=nan_policy,
-        nan_fill=nan_fill, resume=resume, verify_inputs=verify_inputs,
-    )  # fmt: skip
+    return embed_manifest(FeatureKindEncoder(kind, layout), manifest_path, out_path, ("cls", "all"), image=image,
+                          run=run, output=output)  # fmt: skip

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["VERIFY_CHOICES", "refuse_duplicate_ids", "row_signature", "row_signatures", "weights_digest"]
+__all__ = ["VERIFY_CHOICES", "refuse_duplicate_ids", "row_signature", "row_signatures", "weights_digest", "weights_sha1"]
 
 VERIFY_CHOICES = ("stat", "hash")
 _BLOCK = 1 << 20
@@ -129,4 +129,16 @@ def weights_digest(module: Any) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_sha1(module: Any) -> str:
+    """SHA-1 of the model's weights (names, dtypes, shapes, bytes): which exact model a probe was fit on."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chada.encode.budget import check_forward, files_of
+from chada.encode.budget import files_of
 from chada.encode.chunks import ChunkStore
 from chada.encode.encoders import Encoder
 
@@ -149,8 +149,7 @@ def encode_chunks(
     where, warned = files_of(ds), set[str]()
 
     def checked(enc: Encoder, samples: list[dict[str, Any]], *rest: Any) -> dict[str, np.ndarray]:
-        if enc.module is not None:  # token count and memory, before the forward pass allocates anything
-            check_forward(enc.module, samples, dev, where, warned)
+        enc.check_forward(samples, dev, where, warned)  # before the forward pass allocates anything
         return encode(enc, samples, *rest)
 
     for items in loader:

@@ -31,6 +31,7 @@ from chada.models import chada_paths
 from chada.models.batch import ChannelBatch, as_channel_batch
 from chada.models.chada_paths import TokenLayout
 from chada.models.dense import DenseOutput, dense_from_tokens
+from chada.models.heads import ClsAllHead
 from chada.models.hub import PretrainedMixin
 from chada.models.layers import (
     ACTIVATIONS,
@@ -135,7 +136,7 @@ class ChAdaOutput:
     cls_self_attention: Tensor | None = None
     hidden_states: list[Tensor] | None = None
 
-    def mean_patch_tokens(self) -> Tensor:
+    def mean_tokens(self) -> Tensor:
         """``[B, D]`` mean over real patch tokens only."""
         m = self.channel_mask[:, :, None, None].to(self.patch_tokens.dtype)
         n_tokens = m.sum(dim=(1, 2, 3)) * self.patch_tokens.shape[2]
@@ -143,7 +144,7 @@ class ChAdaOutput:
 
 
 @register_arch("chada_vit")
-class ChAdaViT(PretrainedMixin, nn.Module):
+class ChAdaViT(ClsAllHead, PretrainedMixin, nn.Module):
     """Channel-Adaptive ViT. See the module docstring for the token layout.
 
     ``model(images)`` takes a list of ``[C_i, H, W]`` tensors, a ``[B, C, H, W]`` tensor or a
@@ -316,22 +317,6 @@ class ChAdaViT(PretrainedMixin, nn.Module):
         batch = as_channel_batch(images)
         out = self.forward_features(batch)
         return dense_from_tokens(out.patch_tokens, out.channel_mask, out.grid, batch.image_size, channels, upsample)
-
-    def forward_head(self, features: ChAdaOutput, pool: str = "cls") -> Tensor:
-        """Image embedding from features: ``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean of
-        the real patch tokens concatenated, ``[B, 2D]`` (the paper's all-token evaluation)."""
-        if pool == "cls":
-            return features.cls
-        if pool == "all":
-            return torch.cat([features.cls, features.mean_patch_tokens()], dim=-1)
-        raise ValueError(f"pool must be 'cls' or 'all', got {pool!r}")
-
-    def forward(self, images: ChannelBatch | Tensor | list[Tensor], pool: str = "cls") -> Tensor:
-        """``[B, D]`` CLS embeddings (``[B, 2D]`` with ``pool="all"``)."""
-        return self.forward_head(self.forward_features(images), pool=pool)
-
-    def embedding_dim(self, pool: str = "cls", channels: int | None = None) -> int:
-        return self.embed_dim * (2 if pool == "all" else 1)
 
 
 register_model(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.heads import ClsAllHead
 from chada.models.layers import check_pixels
 from chada.models.registry import register_arch, register_model
 from chada.models.standard_vit import TEST_SIZE, StandardViT, StandardViTConfig
@@ -45,13 +46,16 @@ class FixedChannelOutput:
     patch_tokens: Tensor
     grid: tuple[int, int]
 
+    def mean_tokens(self) -> Tensor:
+        """``[B, D]`` mean patch token (every position is real: no padding at a fixed channel count)."""
+        return self.patch_tokens.mean(dim=1)
+
 
 @register_arch("fixed_channel_vit")
-class FixedChannelViT(StandardViT):
+class FixedChannelViT(ClsAllHead, StandardViT):
     """Standard ViT over images with exactly ``in_channels`` channels. ``model(images)`` -> ``[B, D]``."""
 
     config_class = FixedChannelViTConfig
-    pools = ("cls", "all")
     variable_size_pools: dict[str, str] = {}
 
     def __init__(self, config: FixedChannelViTConfig | None = None) -> None:
@@ -85,22 +89,6 @@ class FixedChannelViT(StandardViT):
         pixels = batch.pixels.to(self.pos_embed.dtype).reshape(batch.batch_size, C, H, W)
         cls, patch, grid = self._encode(pixels)
         return FixedChannelOutput(cls=cls, patch_tokens=patch, grid=grid)
-
-    def forward_head(self, features: FixedChannelOutput, pool: str = "cls") -> Tensor:
-        """``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean patch token, ``[B, 2D]``."""
-        if pool == "cls":
-            return features.cls
-        if pool == "all":
-            return torch.cat([features.cls, features.patch_tokens.mean(dim=1)], dim=-1)
-        raise ValueError(f"pool must be one of {self.pools}, got {pool!r}")
-
-    def forward(self, images: ChannelBatch | Tensor | list[Tensor], pool: str = "cls") -> Tensor:
-        return self.forward_head(self.forward_features(images), pool=pool)
-
-    def embedding_dim(self, pool: str = "cls", channels: int | None = None) -> int:
-        if pool not in self.pools:
-            raise ValueError(f"pool must be one of {self.pools}, got {pool!r}")
-        return self.embed_dim * (2 if pool == "all" else 1)
 
 
 register_model(

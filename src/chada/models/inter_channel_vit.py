@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from chada.models.batch import ChannelBatch, as_channel_batch
+from chada.models.heads import ClsAllHead
 from chada.models.hub import PretrainedMixin
 from chada.models.layers import ACTIVATIONS, check_choice, check_pixels, init_vit_weights, make_blocks
 from chada.models.registry import register_arch, register_model
@@ -91,14 +92,14 @@ class InterChannelOutput:
     channel_tokens: Tensor
     channel_mask: Tensor
 
-    def mean_channel_tokens(self) -> Tensor:
+    def mean_tokens(self) -> Tensor:
         """``[B, D]`` mean over real channel tokens only."""
         m = self.channel_mask[..., None].to(self.channel_tokens.dtype)
         return (self.channel_tokens * m).sum(1) / m.sum(1)
 
 
 @register_arch("inter_channel_vit")
-class InterChannelViT(PretrainedMixin, nn.Module):
+class InterChannelViT(ClsAllHead, PretrainedMixin, nn.Module):
     """Transformer over channel tokens only (no intra-channel attention). ``model(images)`` -> ``[B, D]``.
 
     Token layout per image: ``[CLS] [tok(ch0) + chan[slot0]] ... [tok(ch C-1) + chan[slot C-1]]``.
@@ -107,7 +108,6 @@ class InterChannelViT(PretrainedMixin, nn.Module):
     """
 
     config_class = InterChannelViTConfig
-    pools = ("cls", "all")
     variable_size_pools: dict[str, str] = {}
 
     def __init__(self, config: InterChannelViTConfig | None = None) -> None:
@@ -186,22 +186,6 @@ class InterChannelViT(PretrainedMixin, nn.Module):
         x = self.norm(x)
         chan = x[:, 1:] * channel_mask[..., None].to(x.dtype)
         return InterChannelOutput(cls=x[:, 0], channel_tokens=chan, channel_mask=channel_mask)
-
-    def forward_head(self, features: InterChannelOutput, pool: str = "cls") -> Tensor:
-        """``"cls"`` -> ``[B, D]``; ``"all"`` -> CLS and the mean of the real channel tokens, ``[B, 2D]``."""
-        if pool == "cls":
-            return features.cls
-        if pool == "all":
-            return torch.cat([features.cls, features.mean_channel_tokens()], dim=-1)
-        raise ValueError(f"pool must be one of {self.pools}, got {pool!r}")
-
-    def forward(self, images: ChannelBatch | Tensor | list[Tensor], pool: str = "cls") -> Tensor:
-        return self.forward_head(self.forward_features(images), pool=pool)
-
-    def embedding_dim(self, pool: str = "cls", channels: int | None = None) -> int:
-        if pool not in self.pools:
-            raise ValueError(f"pool must be one of {self.pools}, got {pool!r}")
-        return self.embed_dim * (2 if pool == "all" else 1)
 
 
 register_model(

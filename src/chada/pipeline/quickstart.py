@@ -17,7 +17,8 @@ long ones resume from their own checkpoints/chunks):
 6. ``dense``: nucleus segmentation probes on the frozen encoders' dense maps, on the real DSB2018
    image (:mod:`.dense_stage`).
 7. ``profiles``: treatment profiles of a small synthetic plate (single cells of the pretrained
-   ChAda-ViT, its untrained copy and the hand-made features), mAP and NSC/NSCB (:mod:`.profile_stage`).
+   ChAda-ViT, its untrained copy, the hand-made features and cp_measure's CellProfiler
+   measurements), mAP and NSC/NSCB (:mod:`.profile_stage`).
 8. ``report``: ``OUT/report.md`` and ``OUT/report.html``.
 
 Modules: :mod:`.settings` (encoders, tasks, settings, stage markers), :mod:`.stages` (data, embed,

@@ -98,6 +98,7 @@ def stage_embed(
     import chada
     from chada.encode.embed import embed_manifest
     from chada.encode.handmade import features_for_manifest
+    from chada.encode.options import ImageOptions, RunOptions
     from chada.models.precision import precision_name, resolve_precision
 
     emb_dir = s.out / "embeddings"
@@ -124,13 +125,14 @@ def stage_embed(
             for tag, model in ((run, teacher), (f"{run}_untrained", untrained[run])):
                 out = emb_dir / group / f"{tag}.npz"
                 if not out.exists():
-                    embed_manifest(model, m, out, image_size=s.embed_size, batch_size=64, progress=not s.fast,
-                                   dtype=dtype)  # fmt: skip
+                    embed_manifest(model, m, out, image=ImageOptions(size=s.embed_size),
+                                   run=RunOptions(batch_size=64, progress=not s.fast, dtype=dtype))  # fmt: skip
                 files[group][tag] = str(out)
         for kind in ("handmade", "shortcut"):
             out = emb_dir / group / f"{kind}.npz"
             if not out.exists():
-                features_for_manifest(m, kind, out, image_size=s.synth_size, progress=not s.fast)
+                features_for_manifest(m, kind, out, image=ImageOptions(size=s.synth_size),
+                                      run=RunOptions(batch_size=64, progress=not s.fast))
             files[group][kind] = str(out)
     return {"files": files, "mean_pooled": pooled, "mixed_groups": mixed, "precision": precision_name(dtype)}
 

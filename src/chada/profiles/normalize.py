@@ -8,7 +8,11 @@ Every step takes and returns a profile table (metadata + feature columns) and th
   the negative controls of all plates (pycytominer ``normalize(method="spherize")``).
 - ``harmony``: harmonypy's Harmony on the well profiles, the batch column(s) as covariates.
 
-A feature that is constant or not finite after a step is dropped with a warning that names it.
+A feature that is constant or not finite after a step is dropped with a warning that names it, and
+so is a feature without spread among one plate's negative controls (scale 0: MAD for
+``mad_robustize``, SD for ``standardize``). pycytominer divides by ``scale + 1e-18`` there, so a
+feature that is 0 in most control cells (CellProfiler's granularity at large scales, Zernike phases)
+came out near 1e18 in the other wells and drowned every other feature in the cosine similarities.
 """
 
 from __future__ import annotations
@@ -62,6 +66,19 @@ def drop_bad_features(df: pd.DataFrame, names: Sequence[str], step: str) -> tupl
     return df.drop(columns=bad), keep
 
 
+def _flat_on_controls(df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str) -> list[str]:
+    """Features whose negative controls have no spread (MAD or SD 0) on some plate, in ``names`` order."""
+    flat = np.zeros(len(names), dtype=bool)
+    for _, sub in df.groupby(plate_col, sort=False):
+        X = sub.loc[control_mask(sub, control_query), names].to_numpy(dtype=np.float64)
+        if len(X) == 0:
+            continue  # _per_plate names the plate
+        centre = np.median(X, axis=0)
+        scale = np.median(np.abs(X - centre), axis=0) if method == "mad_robustize" else X.std(axis=0)
+        flat |= scale <= 1e-12 * (1 + np.abs(centre))
+    return [n for n, f in zip(names, flat) if f]
+
+
 def _per_plate(df: pd.DataFrame, names: list[str], plate_col: str, control_query: str, method: str) -> pd.DataFrame:
     import pycytominer
 
@@ -89,7 +106,17 @@ def normalize_plates(
     if method == "none":
         return df.reset_index(drop=True), names
     df, names = drop_bad_features(df, names, "before normalisation")
-    out = _per_plate(df, names, plate_col, control_query, "standardize" if method == "standardize" else "mad_robustize")
+    how = "standardize" if method == "standardize" else "mad_robustize"
+    flat = _flat_on_controls(df, names, plate_col, control_query, how)
+    if flat:
+        shown = ", ".join(flat[:8]) + (f" and {len(flat) - 8} more" if len(flat) > 8 else "")
+        if len(flat) == len(names):
+            raise InputError(f"{how}: no feature varies among the negative controls of every plate ({control_query}); "
+                             "add control wells or use --normalize none")  # fmt: skip
+        warnings.warn(f"{how}: dropped {len(flat)} feature(s) without spread among a plate's negative controls "
+                      f"(scale 0): {shown}", stacklevel=2)  # fmt: skip
+        df, names = df.drop(columns=flat), [n for n in names if n not in set(flat)]
+    out = _per_plate(df, names, plate_col, control_query, how)
     out, names = drop_bad_features(out, names, f"after {method} per plate")
     if method == "spherize":
         import pycytominer

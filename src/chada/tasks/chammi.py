@@ -278,24 +278,24 @@ def embed_chammi(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
     name: str | None = None,
-    image_size: int = 224,
-    batch_size: int = 32,
     pool: str = "cls",
-    normalize: str = "percentile",
-    device: str = "cpu",
+    *,
+    image: Any = None,
+    run: Any = None,
     datasets: Iterable[str] = DATASETS,
     overwrite: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    dtype: Any = None,
 ) -> dict[str, Path]:
     """Embed every CHAMMI image; write ``OUT/features/<dataset>/<name>.npy`` (``[N, D]`` float32).
 
     Rows follow ``enriched_meta.csv``. Each side-by-side image is split into ``[C, H, W]``, normalised
     per channel, resized to ``image_size`` and fed with its true channel count (batches mix nothing:
     one sub-dataset at a time). A feature file whose row count already matches is kept unless
-    ``overwrite``. Uses :func:`chada.encode.encoders.embed_images`; ``dtype`` is the precision of the
-    forward pass (default float32; ``torch.bfloat16`` runs it under autocast, features stay float32).
+    ``overwrite``.
+
+    ``image``: :class:`chada.encode.options.ImageOptions` (``size``, default 224 here, and
+    ``normalize``); ``run``: :class:`chada.encode.options.RunOptions` (``batch_size``, ``device``,
+    ``dtype`` of the forward pass: ``torch.bfloat16`` runs it under autocast, features stay float32;
+    ``seed`` of a registered name's random weights; ``progress``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -303,19 +303,21 @@ def embed_chammi(
     from chada.data.dataset import resize_image
     from chada.data.importers.chammi import N_CHANNELS, chammi_image_path, load_meta, read_chammi_image
     from chada.data.normalize import normalize_channels
-    from chada.encode.encoders import embed_images, resolve_model
+    from chada.encode.encoders import resolve_encoder
+    from chada.encode.options import ImageOptions, RunOptions
     from chada.io import atomic_write_json, atomic_write_npy
+    from chada.models.batch import as_channel_batch
     from chada.models.precision import precision_name
-    from chada.tasks.dense.features import fingerprint
 
-    module, info = resolve_model(model, seed=seed) if not isinstance(model, torch.nn.Module) else (model, {})
+    image, run = image or ImageOptions(size=224), run or RunOptions()
+    if not isinstance(image.size, int):
+        raise ValueError(f"CHAMMI images are resized to one square size: image size must be an int, got {image.size!r}")
+    encoder = resolve_encoder(model, seed=run.seed, dtype=run.dtype).to(run.device)
     name = name or model_label(model if not isinstance(model, torch.nn.Module) else type(model).__name__)
-    if module is not None:
-        module = module.to(device).eval()
     # What the features depend on, kept beside each .npy: a file made another way is embedded again.
     settings = {
-        "weights_sha1": fingerprint(module) if module is not None else "handmade", "image_size": image_size,
-        "pool": pool, "normalize": normalize, "precision": precision_name(dtype or torch.float32),
+        "weights_sha1": encoder.fingerprint(), "image_size": image.size, "pool": pool, "normalize": image.normalize,
+        "precision": precision_name(run.dtype),
     }  # fmt: skip
     written = {}
     for ds in datasets:
@@ -326,20 +328,19 @@ def embed_chammi(
             if why is None:
                 written[ds] = dest
                 continue
-            if progress:
+            if run.progress:
                 print(f"CHAMMI {ds}: {dest} {why}; embedding again", file=sys.stderr, flush=True)
         feats: list[np.ndarray] = []
         batch: list[torch.Tensor] = []
-        encoder = module if module is not None else "handmade"
         rows = list(meta.itertuples(index=False))
-        for i, r in enumerate(tqdm(rows, desc=f"CHAMMI {ds}", disable=not progress)):
+        for i, r in enumerate(tqdm(rows, desc=f"CHAMMI {ds}", disable=not run.progress)):
             arr = read_chammi_image(
                 chammi_image_path(Path(root), ds, str(r.file_path)), int(r.channel_width), N_CHANNELS[ds]
             )
-            img = torch.from_numpy(normalize_channels(arr.astype(np.float32), normalize))
-            batch.append(resize_image(img, image_size))
-            if len(batch) == batch_size or i == len(rows) - 1:
-                feats.append(embed_images(encoder, batch, [pool], device=device, dtype=dtype or torch.float32)[pool])
+            img = torch.from_numpy(normalize_channels(arr.astype(np.float32), image.normalize))
+            batch.append(resize_image(img, image.size))
+            if len(batch) == run.batch_size or i == len(rows) - 1:
+                feats.append(encoder.encode_batch(as_channel_batch(batch), [pool], device=run.device)[pool])
                 batch = []
         atomic_write_npy(dest, np.concatenate(feats).astype(np.float32))
         atomic_write_json(dest.with_suffix(".json"), {"settings": settings, "rows": len(meta)}, indent=1)

@@ -5,7 +5,8 @@ For a labelled dataset whose images all carry the same C named channels::
     df = run_channel_subsets(
         {"chada": "runs/chada/teacher", "chada_untrained": "chada_vit_test",
          "one_channel": "one_channel_vit_test", "handmade": "handmade"},
-        "data/manifest.csv", label_column="label", out_dir="results/subsets", datasets=["coloc_5ch"],
+        "data/manifest.csv", label_column="label", out_dir="results/subsets",
+        select=Selection(datasets=["coloc_5ch"]),  # chada.encode.options
     )
 
 Protocol:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from chada.data.channels import ChannelPolicy
-from chada.encode.encoders import HANDMADE, embed_images
+from chada.encode.encoders import HANDMADE, Encoder, FeatureKindEncoder, ModelEncoder
 from chada.models.batch import ChannelBatch
 
 __all__ = ["SubsetData", "embed_subsets", "enumerate_subsets", "load_subset_data"]
@@ -132,14 +132,17 @@ def load_subset_data(
     aliases: Mapping[str, str] | None = None,
     split_column: str = "split",
     progress: bool = True,
+    nan_policy: str = "error",
+    nan_fill: float | None = None,
 ) -> SubsetData:
-    """Read every labelled image of ``manifest`` (rows with a missing label are skipped)."""
+    """Read every labelled image of ``manifest`` (rows with a missing label are skipped; NaN/inf pixels
+    by ``nan_policy`` / ``nan_fill``, :class:`chada.data.dataset.ManifestDataset`)."""
     from tqdm.auto import tqdm
 
     from chada.data.dataset import ManifestDataset
 
     ds = ManifestDataset(manifest, root=root, datasets=datasets, size=image_size, normalize=normalize,
-                         label_column=label_column)  # fmt: skip
+                         label_column=label_column, nan_policy=nan_policy, nan_fill=nan_fill)  # fmt: skip
     if label_column not in ds.frame.columns:
         raise ValueError(f"label column {label_column!r} not in the manifest (columns: {list(ds.frame.columns)})")
     keep = np.flatnonzero(ds.frame[label_column].notna().to_numpy())
@@ -159,20 +162,8 @@ def load_subset_data(
     return SubsetData(images, names, labels, splits, ids, reference=reference, aliases=aliases)
 
 
-def _pool_for(module: nn.Module | None, pool: str) -> str:
-    if module is None:
-        return "handmade"
-    variable = getattr(module, "variable_size_pools", {}) or {}
-    if pool in variable:  # the probe trained on C channels must read k-channel features: fixed size
-        return variable[pool]
-    known = tuple(getattr(module, "pools", ("cls", "all")))
-    if pool not in known:
-        raise ValueError(f"pool {pool!r} not supported by {type(module).__name__}; choose from {known}")
-    return pool
-
-
 def embed_subsets(
-    module: nn.Module | None,
+    encoder: Encoder | nn.Module | None,
     data: SubsetData,
     subsets: Sequence[tuple[int, ...]],
     slots: np.ndarray,
@@ -185,14 +176,16 @@ def embed_subsets(
     """Features ``{subset: [N, D]}`` of every image restricted to each subset's channels.
 
     Args:
-        module: encoder, or None for the hand-made features.
+        encoder: an :class:`~chada.encode.encoders.Encoder`, a model (run in ``dtype``), or None for the
+            hand-made features.
         subsets: tuples of reference-channel indices.
         slots: ``[N, C]`` channel-embedding slot of reference channel j in image i.
         pool: pool already mapped by the caller to a fixed-size one.
         progress: a tqdm bar to advance by one per subset (or None).
         dtype: precision of the forward pass (``torch.bfloat16``: autocast); features are float32.
     """
-    model: nn.Module | str = module if module is not None else HANDMADE
+    if not isinstance(encoder, Encoder):
+        encoder = FeatureKindEncoder(HANDMADE) if encoder is None else ModelEncoder(encoder, dtype=dtype)
     slots_t = torch.as_tensor(slots, dtype=torch.long)
     out: dict[tuple[int, ...], np.ndarray] = {}
     for subset in subsets:
@@ -212,10 +205,10 @@ def embed_subsets(
                     slots_t[torch.as_tensor(idx)][:, cols].reshape(-1),
                 )
                 try:
-                    f = embed_images(model, batch, [pool], device=device, dtype=dtype)[pool]
+                    f = encoder.encode_batch(batch, [pool], device=device)[pool]
                 except (ValueError, RuntimeError) as exc:
                     names = "+".join(data.channels[j] for j in subset)
-                    raise ValueError(f"{type(module).__name__ if module is not None else HANDMADE} failed on "
+                    raise ValueError(f"{encoder.name} failed on "
                                      f"channels {names}: {exc}") from exc  # fmt: skip
                 if feats is None:
                     feats = np.zeros((len(data), f.shape[1]), dtype=np.float32)

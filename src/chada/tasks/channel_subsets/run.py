@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from chada.data.channels import ChannelPolicy
-from chada.encode.encoders import HANDMADE, resolve_model
+from chada.encode.encoders import HANDMADE, resolve_encoder
+from chada.encode.options import MODEL_SIZE, ChannelOptions, ImageOptions, RunOptions, Selection
 from chada.io import atomic_write_text
 from chada.models.precision import precision_name
 from chada.tasks.channel_subsets.data import (
     SubsetData,
-    _pool_for,
     _slots_for,
     embed_subsets,
     enumerate_subsets,
@@ -56,6 +56,11 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
+#: The defaults of a subsets run: native image sizes, 128 images per forward pass.
+SUBSET_IMAGE = ImageOptions(size=None)
+SUBSET_RUN = RunOptions(batch_size=128)
+
+
 def _source_of(spec: Any) -> str:
     """``module`` / ``handmade`` / ``pretrained`` / ``random_init`` without loading any weights."""
     from chada.models.registry import list_models
@@ -81,30 +86,23 @@ def run_channel_subsets(
     out_dir: str | os.PathLike | None = "channel_subsets",
     max_subsets: int = 20,
     seeds: int | Sequence[int] = 3,
-    image_size: int | None = None,
     *,
+    image: ImageOptions = SUBSET_IMAGE,
+    channels: ChannelOptions | None = None,
+    run: RunOptions = SUBSET_RUN,
+    select: Selection | None = None,
     train_split: str | Sequence[str] = "train",
     test_split: str | Sequence[str] = "test",
     split_column: str = "split",
     test_fraction: float = 0.3,
-    datasets: Sequence[str] | None = None,
-    channel_order: Sequence[str] | None = None,
-    unknown_channels: str = "warn",
-    channel_aliases: Mapping[str, str] | None = None,
     pool: str = "cls",
     metrics: Sequence[str] = METRICS,
     settings: Sequence[str] = SETTINGS,
     subset_seed: int = 0,
-    batch_size: int = 128,
-    normalize: str = "percentile",
-    root: str | os.PathLike | None = None,
     probe: Mapping[str, Any] | None = None,
     knn: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
     blas_threads: int | None = 1,
     plot: bool = True,
-    progress: bool = True,
-    dtype: torch.dtype = torch.float32,
 ) -> pd.DataFrame:
     """Score every model on channel subsets (protocol in the module docstring).
 
@@ -115,21 +113,24 @@ def run_channel_subsets(
         out_dir: where the tables and the plot go (None: write nothing).
         max_subsets: subsets per k beyond which a seeded sample of this many is used.
         seeds: number of seeds (0..n-1) or the list of seeds.
-        image_size: resize every image to this square size (None: native sizes).
+        image: :class:`~chada.encode.options.ImageOptions`: ``size`` (an int: resize every image to
+            this square size; None, the default here: native sizes), ``normalize``, ``nan_policy``.
+        channels: :class:`~chada.encode.options.ChannelOptions`: ``order``, the canonical channel order
+            (slot of each name; default: each model's recorded names, else the first image's order, and
+            the order subsets are listed in), ``unknown`` (:mod:`chada.data.channels`), ``aliases``.
+        run: :class:`~chada.encode.options.RunOptions`: ``batch_size`` (default 128 here), ``device``,
+            ``dtype`` of the models' forward pass (recorded in the info), ``progress``. Registered names
+            get their weights from ``seeds``, not ``run.seed``.
+        select: :class:`~chada.encode.options.Selection`: only these ``datasets``; ``root`` of relative
+            paths (the train/test rows come from ``train_split`` / ``test_split``).
         train_split, test_split: values of ``split_column`` for fitting / testing; when either is
             empty, a seeded stratified split with ``test_fraction`` is used instead.
-        datasets: keep only these datasets of the manifest.
-        channel_order: canonical channel order (slot of each name); default: each model's recorded
-            names, else the first image's order. Also the order subsets are listed in.
-        unknown_channels: ``"warn"``, ``"error"`` or ``"append"`` (see :mod:`chada.data.channels`).
-        channel_aliases: ``{name in the manifest: canonical name}``.
         pool: ``"cls"`` or ``"all"`` (One-Channel ViT uses the mean-over-channels form).
         metrics, settings: subsets of :data:`METRICS` / :data:`SETTINGS`.
         subset_seed: seed of the subset sample when a k has more than ``max_subsets`` subsets.
         probe: keyword arguments of the linear probe (``C``, ``max_iter``, ``max_dim``).
         knn: keyword arguments of the kNN (``k``, ``temperature``).
         blas_threads: BLAS/OpenMP threads while fitting probes (None: library default).
-        dtype: precision of the models' forward pass (``torch.bfloat16``: autocast; recorded in the info).
 
     Returns:
         long DataFrame: ``model, source, setting, metric, k, subset, channels, slots, seed, score,
@@ -138,14 +139,15 @@ def run_channel_subsets(
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    _check(models, metrics, settings)
+    channels, select = channels or ChannelOptions(), select or Selection()
+    _check(models, metrics, settings, image)
     seed_list = _seed_list(seeds)
     probe_kw = {"C": 1.0, "max_iter": 300, "max_dim": 256} | dict(probe or {})
     knn_kw = {"k": 20, "temperature": 0.07} | dict(knn or {})
 
-    data = load_subset_data(manifest, label_column, datasets, image_size, normalize, root,
-                            reference=channel_order, aliases=channel_aliases, split_column=split_column,
-                            progress=progress)  # fmt: skip
+    data = load_subset_data(manifest, label_column, select.datasets, image.size, image.normalize, select.root,
+                            reference=channels.order, aliases=channels.aliases, split_column=split_column,
+                            progress=run.progress, nan_policy=image.nan_policy, nan_fill=image.nan_fill)  # fmt: skip
     C = data.n_channels
     per_k = enumerate_subsets(C, max_subsets, subset_seed)
     subsets = [s for k in sorted(per_k) for s in per_k[k]]
@@ -156,30 +158,29 @@ def run_channel_subsets(
     t_read = time.time() - t0
 
     splits = {s: _split_indices(data, train_split, test_split, test_fraction, s) for s in seed_list}
-    run = _Run(
+    job = _Run(
         data=data, subsets=subsets, full=full, seeds=seed_list, splits=splits,
         fixed_split=all(v[2] for v in splits.values()), settings=settings, metrics=metrics, probe=probe_kw,
-        knn=knn_kw, pool=pool, batch_size=batch_size, device=device, dtype=dtype, blas_threads=blas_threads,
-        channel_order=channel_order, unknown_channels=unknown_channels, channel_aliases=channel_aliases,
+        knn=knn_kw, pool=pool, options=run, channels=channels, blas_threads=blas_threads,
     )  # fmt: skip
     # resolve each model once per distinct weights: registered names get one init per seed
     plans = [(name, spec, _source_of(spec)) for name, spec in models.items()]
     n_embed = sum(len(seed_list) if src == "random_init" else 1 for _, _, src in plans) * len(subsets)
-    bar = tqdm(total=n_embed, desc="embed subsets", unit="subset", disable=not progress)
+    bar = tqdm(total=n_embed, desc="embed subsets", unit="subset", disable=not run.progress)
     rows: list[dict[str, Any]] = []
     meta_models: dict[str, Any] = {}
     timings: dict[str, float] = {}
     for name, spec, source in plans:
         t_model = time.time()
-        rows += run.score_model(name, spec, source, meta_models, bar)
+        rows += job.score_model(name, spec, source, meta_models, bar)
         timings[name] = round(time.time() - t_model, 3)
     bar.close()
 
     results = pd.DataFrame(rows)
     summary = summarize_subsets(results)
     results.attrs["summary"] = summary
-    info = _info(data, run, per_k, meta_models, timings, t_read, t0, test_fraction=test_fraction,
-                 max_subsets=max_subsets, subset_seed=subset_seed, image_size=image_size,
+    info = _info(data, job, per_k, meta_models, timings, t_read, t0, test_fraction=test_fraction,
+                 max_subsets=max_subsets, subset_seed=subset_seed, image_size=image.size,
                  label_column=label_column)  # fmt: skip
     results.attrs["info"] = info
     if out_dir is not None:
@@ -187,7 +188,9 @@ def run_channel_subsets(
     return results
 
 
-def _check(models: Mapping[str, Any], metrics: Sequence[str], settings: Sequence[str]) -> None:
+def _check(models: Mapping[str, Any], metrics: Sequence[str], settings: Sequence[str], image: ImageOptions) -> None:
+    if image.size == MODEL_SIZE:  # models of one run may record different sizes: every one reads the same pixels
+        raise ValueError("channel subsets read every image once for all models: give image size N or native (None)")
     if not models:
         raise ValueError("models is empty: give at least one {name: model}")
     bad = [m for m in metrics if m not in METRICS] + [s for s in settings if s not in SETTINGS]
@@ -217,7 +220,7 @@ def _info(
         "probe": run.probe,
         "knn": run.knn,
         "image_size": settings["image_size"],
-        "precision": precision_name(run.dtype),
+        "precision": precision_name(run.options.dtype),
         "label_column": settings["label_column"],
         "seconds": {"read": round(t_read, 3), **timings, "total": round(time.time() - t0, 3)},
     }
@@ -238,13 +241,9 @@ class _Run:
     probe: dict[str, Any]
     knn: dict[str, Any]
     pool: str
-    batch_size: int
-    device: str | torch.device
-    dtype: torch.dtype
+    options: RunOptions
+    channels: ChannelOptions
     blas_threads: int | None
-    channel_order: Sequence[str] | None
-    unknown_channels: str
-    channel_aliases: Mapping[str, str] | None
 
     def __post_init__(self) -> None:
         self.classes, self.y = np.unique(np.asarray([str(v) for v in self.data.labels]), return_inverse=True)
@@ -252,18 +251,16 @@ class _Run:
 
     def _embed(self, spec: Any, seed: int, meta_models: dict[str, Any], name: str, source: str, bar: Any):
         """Every subset's features for one model (weights from ``seed`` for a registered name)."""
-        module, info = resolve_model(spec, seed=seed)
-        if module is not None:
-            module = module.to(torch.device(self.device)).eval()
-        policy = ChannelPolicy.from_model(module, unknown=self.unknown_channels, aliases=self.channel_aliases,
-                                          canonical=self.channel_order)  # fmt: skip
+        encoder = resolve_encoder(spec, seed=seed, dtype=self.options.dtype).to(torch.device(self.options.device))
+        info, ch = encoder.info, self.channels
+        policy = ch.policy(encoder.module)
         if policy.positional:  # no order anywhere: the dataset's reference order is the canonical one
-            policy = ChannelPolicy(self.data.channels, unknown=self.unknown_channels, aliases=self.channel_aliases,
-                                   max_slots=policy.max_slots)  # fmt: skip
+            aliases = dict(ch.aliases) if ch.aliases is not None else None
+            policy = ChannelPolicy(self.data.channels, unknown=ch.unknown, aliases=aliases, max_slots=policy.max_slots)
         slots = _slots_for(policy, self.data)
-        used_pool = _pool_for(module, self.pool)
-        feats = embed_subsets(module, self.data, self.subsets, slots, used_pool, self.batch_size, self.device, bar,
-                              dtype=self.dtype)  # fmt: skip
+        used_pool = encoder.fixed_pool(self.pool)
+        feats = embed_subsets(encoder, self.data, self.subsets, slots, used_pool, self.options.batch_size,
+                              self.options.device, bar)  # fmt: skip
         meta_models[name] = {
             "source": source, "pool": used_pool, "policy": policy.to_dict(),
             "slots": dict(zip(self.data.channels, slots[0].tolist())), "model": info.get("model"),

@@ -11,7 +11,6 @@ needs); ``"pooled"`` takes their mean over channels (``F = D``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chada.encode.inputs import weights_sha1 as fingerprint  # where every digest of weights lives
 from chada.models.precision import autocast
 
 __all__ = ["fingerprint", "handmade_maps", "model_maps", "patch_size"]
@@ -30,16 +30,6 @@ def patch_size(module: nn.Module) -> int:
     if not isinstance(p, int):
         raise ValueError(f"{type(module).__name__} has no config.patch_size; a dense task needs a ViT")
     return p
-
-
-def fingerprint(module: nn.Module) -> str:
-    """SHA-1 of the model's weights (names, dtypes, shapes, bytes): which exact model a probe was fit on."""
-    h = hashlib.sha1()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -40,6 +40,7 @@ from chada.tasks.reconstruction.decoder import (
 )
 from chada.tasks.reconstruction.figure import plot_reconstruction_examples
 from chada.tasks.reconstruction.fit import (
+    DecoderFit,
     encode_without_channel,
     fit_decoder,
     reconstruction_metrics,
@@ -57,6 +58,7 @@ __all__ = [
     "build_decoder",
     "decoder_budget",
     "encode_without_channel",
+    "DecoderFit",
     "fit_decoder",
     "parse_reconstruction_tasks",
     "plot_reconstruction_examples",

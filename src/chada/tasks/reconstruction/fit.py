@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from chada.tasks.reconstruction.decoder import PAPER_DECODER_PARAMS, build_decoder
 
 __all__ = [
+    "DecoderFit",
     "encode_without_channel", "fit_decoder", "reconstruction_intervals", "reconstruction_metrics",
     "run_channel_reconstruction",
 ]  # fmt: skip
@@ -147,20 +149,33 @@ def _target_range(y: Tensor) -> tuple[float, float]:
     return lo, hi
 
 
+@dataclass(frozen=True)
+class DecoderFit:
+    """How one decoder is trained: ``epochs``, ``batch_size``, ``lr`` (AdamW), its size
+    (``target_params``, ``base_channels``: :func:`chada.tasks.reconstruction.decoder.build_decoder`),
+    ``seed`` (initialisation, batch order without a generator, bootstrap), ``device``, ``progress``."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    target_params: int = PAPER_DECODER_PARAMS
+    base_channels: int = 256
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+
+
 def fit_decoder(
     z_train: Tensor,
     y_train: Tensor,
     z_test: Tensor,
     y_test: Tensor,
+    fit: DecoderFit | None = None,
     *,
-    epochs: int = 20,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    target_params: int = PAPER_DECODER_PARAMS,
-    base_channels: int = 256,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
     generator: torch.Generator | None = None,
     keep: Sequence[int] | None = None,
 ) -> dict[str, Any]:
@@ -170,14 +185,18 @@ def fit_decoder(
         z_train, z_test: embeddings ``[N, D]``.
         y_train, y_test: target channels ``[N, H, W]`` (raw intensities; mapped to [0, 1] with the
             training percentiles, see the module docstring).
-        seed: decoder initialisation (``torch.manual_seed``) and, without ``generator``, batch order.
+        fit: the training options (:class:`DecoderFit`; None: its defaults).
+        generator: batch order (default: one seeded with ``fit.seed``).
         keep: test positions whose ``[H, W]`` target and prediction are returned under ``"examples"``.
 
     Returns ``{"mse", "mae", "r2", "intervals": {mse, mae, r2: 95 % bootstrap interval over the test
     images}, "chance": {mse, mae, r2 of the train-mean prediction}, "decoder_params", "embed_dim",
     "n_train", "n_test", "target_range"[, "examples"]}``.
     """
-    _check_fit_args(z_train, y_train, z_test, y_test, epochs, batch_size, lr)
+    fit = fit or DecoderFit()
+    epochs, batch_size, lr, seed, device = fit.epochs, fit.batch_size, fit.lr, fit.seed, fit.device
+    target_params, base_channels, progress = fit.target_params, fit.base_channels, fit.progress
+    _check_fit_args(z_train, y_train, z_test, y_test)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     hw = tuple(y_train.shape[-2:])
     lo, hi = _target_range(y_train)
@@ -213,9 +232,7 @@ def fit_decoder(
     return out
 
 
-def _check_fit_args(
-    z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, epochs: int, batch_size: int, lr: float
-) -> None:
+def _check_fit_args(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor) -> None:
     if z_train.ndim != 2 or z_test.ndim != 2 or z_train.shape[1] != z_test.shape[1]:
         raise ValueError(
             f"embeddings must be [N, D] with one D, got {tuple(z_train.shape)}, {tuple(z_test.shape)}"
@@ -226,8 +243,6 @@ def _check_fit_args(
         )
     if len(z_train) != len(y_train) or len(z_test) != len(y_test) or len(z_train) == 0 or len(z_test) == 0:
         raise ValueError("embeddings and targets must be non-empty and have the same number of rows")
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
 
 
 def _train(
@@ -350,7 +365,6 @@ def _reconstruct(
     z_te, y_te = encode_without_channel(
         model, test_images, target_channel, batch_size=batch_size, device=device
     )
-    return fit_decoder(
-        z_tr, y_tr, z_te, y_te, epochs=epochs, batch_size=batch_size, lr=lr, target_params=target_params,
-        base_channels=base_channels, seed=seed, device=device, progress=progress, generator=gen,
-    )  # fmt: skip
+    fit = DecoderFit(epochs=epochs, batch_size=batch_size, lr=lr, target_params=target_params,
+                     base_channels=base_channels, seed=seed, device=device, progress=progress)  # fmt: skip
+    return fit_decoder(z_tr, y_tr, z_te, y_te, fit, generator=gen)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from chada.encode.encoders import embed_images, resolve_model
+from chada.encode.encoders import embed_images, resolve_encoder
 from chada.eval.config import infer_family
 from chada.models.precision import autocast, resolve_precision
 from chada.tasks.reconstruction.config import (
@@ -19,7 +19,7 @@ from chada.tasks.reconstruction.config import (
     ReconstructionTask,
 )
 from chada.tasks.reconstruction.decoder import METRICS, decoder_budget
-from chada.tasks.reconstruction.fit import _torch_threads, fit_decoder
+from chada.tasks.reconstruction.fit import DecoderFit, _torch_threads, fit_decoder
 
 __all__ = ["run_reconstruction_task"]
 
@@ -150,13 +150,13 @@ def _load_encoders(task: ReconstructionTask) -> dict[str, tuple[nn.Module, dict[
     modules: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     dev = torch.device(task.device)
     for name, spec in task.models.items():
-        module, info = resolve_model(spec.model, seed=spec.seed)
-        if module is None:
+        encoder = resolve_encoder(spec.model, seed=spec.seed)
+        if not encoder.is_model:
             raise ValueError(
                 f"reconstruction task {task.name!r}, model {name!r}: hand-made features are not an encoder "
                 "the decoder can be put on; use a saved model folder or a registered name"
             )
-        modules[name] = (module.to(dev).eval(), info)
+        modules[name] = (encoder.to(dev).module, encoder.info)
     return modules
 
 
@@ -252,10 +252,9 @@ def _fit_model(
         bar.update(fit, description=f"{task.name}: decoder {name} seed {seed}")
         tr, te = splits[seed]
         keep = list(range(len(example_pos))) if seed == task.seeds[0] and len(example_pos) else None
-        res = fit_decoder(
-            z[tr], targets[tr], z[te], targets[te], epochs=task.epochs, batch_size=task.batch_size, lr=task.lr,
-            target_params=target_params, base_channels=base_channels, seed=seed, device=dev, keep=keep,
-        )  # fmt: skip
+        fit_options = DecoderFit(epochs=task.epochs, batch_size=task.batch_size, lr=task.lr, target_params=target_params,
+                                 base_channels=base_channels, seed=seed, device=dev)  # fmt: skip
+        res = fit_decoder(z[tr], targets[tr], z[te], targets[te], fit_options, keep=keep)
         if keep is not None:
             examples.predictions[name] = res["examples"]["prediction"]
             if examples.targets is None:
