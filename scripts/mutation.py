@@ -81,7 +81,7 @@ MODULES: dict[str, list[str]] = {
     "pipeline/stages.py": ["tests/test_cli_precision.py", "tests/test_mutants_pipeline_embed.py"],
     "pipeline/summary.py": ["tests/test_pipeline_paired.py", "tests/test_report_browser.py",
                             "tests/test_mutants_pipeline_report.py", "tests/test_mutants_pipeline_summary.py"],
-    # encode/: the embed and feature tests (seconds each); embed.py, encoders.py and loop.py follow issue 27 item 4
+    # encode/: the embed and feature tests (seconds each)
     "encode/assemble.py": ["tests/test_embed_outputs.py", "tests/test_encode_embed.py", "tests/test_mutants_encode.py"],
     "encode/budget.py": ["tests/test_fuzz_hostile.py", "tests/test_encode_embed.py", "tests/test_mutants_encode.py"],
     "encode/chunks.py": ["tests/test_io.py", "tests/test_embed_outputs.py", "tests/test_encode_embed.py",
@@ -91,6 +91,11 @@ MODULES: dict[str, list[str]] = {
     "encode/handmade.py": ["tests/test_encode_features.py", "tests/test_embed_outputs.py", "tests/test_mutants_encode.py"],
     "encode/inputs.py": ["tests/test_encode_embed.py", "tests/test_fuzz_hostile.py", "tests/test_mutants_encode.py"],
     "encode/shards.py": ["tests/test_embed_outputs.py", "tests/test_data_shards.py", "tests/test_mutants_encode_shards.py"],
+    "encode/options.py": ["tests/test_encode_options.py", "tests/test_encode_embed.py"],
+    "encode/interface.py": ["tests/test_encode_options.py", "tests/test_encode_embed.py", "tests/test_embed_outputs.py"],
+    "encode/embed.py": ["tests/test_encode_embed.py", "tests/test_embed_outputs.py", "tests/test_encode_options.py"],
+    "encode/encoders.py": ["tests/test_encode_embed.py", "tests/test_encode_features.py", "tests/test_embed_outputs.py"],
+    "encode/loop.py": ["tests/test_encode_embed.py", "tests/test_embed_outputs.py"],
     "encode/store.py": ["tests/test_embed_outputs.py", "tests/test_encode_embed.py", "tests/test_encode_features.py",
                         "tests/test_io.py", "tests/test_mutants_encode_formats.py"],
 }

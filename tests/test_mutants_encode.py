@@ -374,25 +374,30 @@ def test_assemble_in_order_skips_empty_chunks_and_refuses_other_widths(tmp_path)
 # ------------------------------------------------------------------------------- handmade, assemble
 def test_features_for_manifest_is_embed_manifest_with_the_kinds_encoder(monkeypatch):
     from chada.encode import handmade
+    from chada.encode.options import ImageOptions, OutputOptions, RunOptions
 
     seen = {}
     monkeypatch.setattr(
-        handmade, "embed_manifest", lambda enc, m, out, **kw: seen.update(enc=enc, m=m, out=out, **kw) or "E"
+        handmade,
+        "embed_manifest",
+        lambda enc, m, out, pools, **kw: seen.update(enc=enc, m=m, out=out, pools=pools, **kw) or "E",
     )
     assert handmade.features_for_manifest("m.csv", "shortcut", "o.npz") == "E"
     enc = seen.pop("enc")
     assert (enc.kind, enc.layout) == ("shortcut", "pooled")
-    assert seen == {"m": "m.csv", "out": "o.npz", "batch_size": 64, "pools": ("cls", "all"), "image_size": None,
-                    "normalize": "percentile", "chunk_batches": 4, "progress": True, "nan_policy": "error",
-                    "nan_fill": None, "resume": True, "verify_inputs": "stat"}  # fmt: skip
-    handmade.features_for_manifest("m.csv", "handmade", "o.npz", 48, layout="per_channel", normalize="none",
-                                   chunk_size=8, progress=False, nan_policy="fill", nan_fill=0.5, resume=False,
-                                   verify_inputs="hash")  # fmt: skip
-    enc = seen.pop("enc")
-    assert (enc.kind, enc.layout) == ("handmade", "per_channel")
-    assert seen == {"m": "m.csv", "out": "o.npz", "batch_size": 8, "pools": ("cls", "all"), "image_size": 48,
-                    "normalize": "none", "chunk_batches": 4, "progress": False, "nan_policy": "fill", "nan_fill": 0.5,
-                    "resume": False, "verify_inputs": "hash"}  # fmt: skip
+    assert {k: seen[k] for k in ("m", "out", "pools")} == {
+        "m": "m.csv",
+        "out": "o.npz",
+        "pools": ("cls", "all"),
+    }
+    # chada features' defaults: native sizes, 64 images per pass, 4 passes per resumable chunk
+    assert seen["image"].size is None and seen["run"].batch_size == 64 and seen["output"].chunk_batches == 4
+    image, run, output = ImageOptions(size=48), RunOptions(batch_size=8), OutputOptions(chunk_batches=2)
+    handmade.features_for_manifest(
+        "m.csv", "handmade", "o.npz", layout="per_channel", image=image, run=run, output=output
+    )
+    assert (seen["enc"].kind, seen["enc"].layout) == ("handmade", "per_channel")
+    assert seen["image"] is image and seen["run"] is run and seen["output"] is output
 
 
 def test_arrow_schema_of_the_whole_manifest():

@@ -187,14 +187,16 @@ def test_stage_embed_embeds_each_group_once_per_model(tmp_path, monkeypatch):
         "synth_all"
     ]
     assert len(embedded) == 6 * len(stages.EMBED_GROUPS)
-    assert embedded[0][3] == {
-        "image_size": 24,
-        "batch_size": 64,
-        "progress": False,
-        "dtype": __import__("torch").float32,
-    }
+    kw = embedded[0][3]
+    assert set(kw) == {"image", "run"} and kw["image"].size == 24
+    assert (kw["run"].batch_size, kw["run"].progress, kw["run"].dtype) == (
+        64,
+        False,
+        __import__("torch").float32,
+    )
     assert [f[:2] for f in feats[:2]] == [("handmade", "handmade.npz"), ("shortcut", "shortcut.npz")]
-    assert feats[0][2] == {"image_size": 40, "progress": False}
+    assert set(feats[0][2]) == {"image", "run"} and feats[0][2]["image"].size == 40
+    assert (feats[0][2]["run"].batch_size, feats[0][2]["run"].progress) == (64, False)
     out = tmp_path / "embeddings"
     assert r["files"]["real_ihc"] == {
         **{tag: str(out / "real_ihc" / f"{tag}.npz") for tag in ("chada_vit", "chada_vit_untrained", "one_channel_vit",
@@ -209,7 +211,7 @@ def test_stage_embed_embeds_each_group_once_per_model(tmp_path, monkeypatch):
     assert embedded == [] and ("handmade", "handmade.npz") not in [
         f[:2] for f in feats[:1]
     ]  # files there: reused
-    assert len(feats) == 2 * len(stages.EMBED_GROUPS) - 1 and feats[0][2]["progress"] is True
+    assert len(feats) == 2 * len(stages.EMBED_GROUPS) - 1 and feats[0][2]["run"].progress is True
 
 
 def test_stage_data_writes_one_manifest_per_group_and_the_training_corpus(tmp_path, monkeypatch):

@@ -173,8 +173,8 @@ def test_stage_profiles_embeds_three_models_once_and_profiles_them(tmp_path, mon
         profile_stage, "_plate", lambda out: calls.append(("plate", out)) or out / "manifest.csv"
     )
 
-    def fake_embed(model, manifest, out, **kw):
-        assert manifest == tmp_path / "profiles" / "plate" / "manifest.csv"
+    def fake_embed(model, manifest, out, pools, **kw):
+        assert manifest == tmp_path / "profiles" / "plate" / "manifest.csv" and pools == ("cls",)
         calls.append((model, Path(out).name, kw))
         Path(out).write_text("x")
 
@@ -185,6 +185,11 @@ def test_stage_profiles_embeds_three_models_once_and_profiles_them(tmp_path, mon
 
     monkeypatch.setattr(embed, "embed_manifest", fake_embed)
     monkeypatch.setattr(profiling, "run_profiling", fake_profiling)
+    import chada.encode.cp_measure as cpm
+
+    measured = []
+    monkeypatch.setattr(cpm, "cp_measure_for_manifest",
+                        lambda m, out, **kw: measured.append((m, out, kw)) or Path(out).write_text("x"))  # fmt: skip
     s = QuickstartSettings.make(tmp_path, embed_size=24)
     r = profile_stage.stage_profiles(s, *_paths())
     out = tmp_path / "profiles"
@@ -192,13 +197,11 @@ def test_stage_profiles_embeds_three_models_once_and_profiles_them(tmp_path, mon
     assert [(c[0], c[1]) for c in calls[1:]] == [("t/c", "chada_vit.parquet"), ("u/c", "chada_vit_untrained.parquet"),
                                                 ("handmade", "handmade.parquet")]  # fmt: skip
     kw = calls[1][2]
-    assert (
-        kw["image_size"] == 24
-        and kw["batch_size"] == 256
-        and kw["pools"] == ("cls",)
-        and kw["progress"] is False
-    )
-    assert [c[2]["normalize"] for c in calls[1:]] == ["percentile", "percentile", "none"]
+    assert kw["image"].size == 24 and (kw["run"].batch_size, kw["run"].progress) == (256, False)
+    assert [c[2]["image"].normalize for c in calls[1:]] == ["percentile", "percentile", "none"]
+    cells = tmp_path / "profiles" / "cells"
+    assert measured == [(tmp_path / "profiles" / "plate" / "manifest.csv", cells / "cp_measure.parquet",
+                         {"progress": False, "groups": {"texture": False, "correlation_costes": False}})]  # fmt: skip
     o = kw["objects"]
     assert (o.crop_size, o.mask_neighbours, o.skip_border) == (24, True, True)
     assert r == {
