@@ -88,3 +88,23 @@ def test_an_unfinished_dense_folder_is_run_again(tmp_path):
     quickstart._redo_if_unfinished(stages, "dense", lines.append)
     assert stages.done("dense") is None
     assert lines[-1].startswith(f"[dense] {tmp_path / 'dense'}: not a finished evaluation (")
+
+
+def test_the_output_folder_is_made_with_its_parents(tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(s):
+        raise Stop
+
+    monkeypatch.setattr(quickstart, "_refuse_changed_settings", stop)
+    out = tmp_path / "x" / "y" / "out"
+    try:
+        quickstart.run_quickstart(QuickstartSettings.make(out), log=lambda m: None)
+    except Stop:
+        pass
+    assert out.is_dir()
+    try:  # again, into the existing folder
+        quickstart.run_quickstart(QuickstartSettings.make(out), log=lambda m: None)
+    except Stop:
+        pass
