@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from chada.pipeline import quickstart
 from chada.pipeline.settings import ENCODERS, QuickstartSettings, Stages
 
@@ -99,12 +101,7 @@ def test_the_output_folder_is_made_with_its_parents(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quickstart, "_refuse_changed_settings", stop)
     out = tmp_path / "x" / "y" / "out"
-    try:
-        quickstart.run_quickstart(QuickstartSettings.make(out), log=lambda m: None)
-    except Stop:
-        pass
-    assert out.is_dir()
-    try:  # again, into the existing folder
-        quickstart.run_quickstart(QuickstartSettings.make(out), log=lambda m: None)
-    except Stop:
-        pass
+    for _ in range(2):  # a missing parent, then the existing folder
+        with pytest.raises(Stop):
+            quickstart.run_quickstart(QuickstartSettings.make(out), log=lambda m: None)
+        assert out.is_dir()
