@@ -169,3 +169,32 @@ def test_worker_init_routes_logs_and_watches_the_parent(monkeypatch):
     pt._worker_init(123, "Q")
     pt._worker_init(7, None)
     assert got == [("log", "Q"), ("watch", 123), ("watch", 7)]
+
+
+def test_stage_pretrain_reads_the_quickstart_recipe_and_names_the_run_in_warnings(
+    tmp_path, monkeypatch, caplog
+):
+    import logging
+    import warnings
+
+    import chada.ssl as ssl
+
+    seen = {}
+
+    def fake(config, overrides, resume):
+        seen["o"] = overrides
+        warnings.warn("the teacher looks collapsed", UserWarning, stacklevel=1)
+        folder = tmp_path / "pretrain" / "chada_vit"
+        for sub in ("teacher", "init"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub / "config.json").write_text("{}")
+        return folder
+
+    monkeypatch.setattr(ssl, "pretrain", fake)
+    s = QuickstartSettings.make(tmp_path, epochs=5, baseline_epochs=2)
+    with caplog.at_level(logging.WARNING, logger="chada.pipeline"):
+        r = pt.stage_pretrain(s, {"pretrain_corpus": "c"}, "chada_vit", "chada_vit_test")
+    assert r["epochs"] == 5 and "optim.epochs=5" in seen["o"]  # ChAda-ViT's budget, not the baselines'
+    # the recipe's lr warm-up (3 epochs) fits in 5; DINO's teacher-temperature warm-up (30) does not
+    assert [o for o in seen["o"] if "warmup" in o] == ["dino.warmup_teacher_temp_epochs=5"]
+    assert [r.getMessage() for r in caplog.records] == ["pretrain chada_vit: the teacher looks collapsed"]
