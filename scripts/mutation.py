@@ -144,6 +144,104 @@ MODULES: dict[str, list[str]] = {
     # the scores are pure functions: their unit tests only (the end-to-end runs call them too, for seconds)
     "tasks/dense/metrics.py": _DENSE_UNITS,
     "tasks/dense/paired.py": _DENSE_UNITS,
+    # pipeline/: unit tests only; tests/pipeline/test_quickstart.py (a whole quickstart) and
+    # tests/pipeline/test_profile_stage.py (a 40 s module fixture) would rerun per mutant
+    "pipeline/caveats.py": ["tests/pipeline/test_paired_section.py", "tests/pipeline/test_mutants_text.py"],
+    "pipeline/console.py": ["tests/pipeline/test_console.py", "tests/pipeline/test_mutants_console.py"],
+    "pipeline/dense_stage.py": ["tests/pipeline/test_mutants_stages.py"],
+    "pipeline/paired_section.py": [
+        "tests/pipeline/test_paired_section.py",
+        "tests/pipeline/test_report_browser.py",
+        "tests/pipeline/test_mutants_text.py",
+    ],
+    "pipeline/pretraining.py": [
+        "tests/pipeline/test_pool_watch.py",
+        "tests/pipeline/test_mutants_stages.py",
+        "tests/pipeline/test_mutants_pool.py",
+    ],
+    "pipeline/profile_stage.py": ["tests/pipeline/test_mutants_stages.py"],
+    "pipeline/quickstart.py": [
+        "tests/crosscutting/fuzz/test_runs.py",
+        "tests/cli/test_precision.py",
+        "tests/pipeline/test_mutants_stages.py",
+        "tests/pipeline/test_mutants_quickstart.py",
+    ],
+    "pipeline/readme.py": ["tests/crosscutting/fuzz/test_runs.py", "tests/pipeline/test_mutants_readme.py"],
+    "pipeline/report.py": ["tests/pipeline/test_report_browser.py", "tests/pipeline/test_mutants_report.py"],
+    "pipeline/settings.py": [
+        "tests/crosscutting/fuzz/test_runs.py",
+        "tests/cli/test_precision.py",
+        "tests/pipeline/test_mutants_stages.py",
+    ],
+    "pipeline/stages.py": ["tests/cli/test_precision.py", "tests/pipeline/test_mutants_embed.py"],
+    "pipeline/summary.py": [
+        "tests/pipeline/test_paired_section.py",
+        "tests/pipeline/test_report_browser.py",
+        "tests/pipeline/test_mutants_report.py",
+        "tests/pipeline/test_mutants_summary.py",
+    ],
+    # encode/: the embed and feature tests (seconds each)
+    "encode/assemble.py": [
+        "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_mutants.py",
+    ],
+    "encode/budget.py": [
+        "tests/crosscutting/fuzz/test_hostile.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_mutants.py",
+    ],
+    "encode/chunks.py": [
+        "tests/core/test_io.py",
+        "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_mutants.py",
+    ],
+    "encode/cp_measure.py": ["tests/features/test_cp_measure_kind.py", "tests/encode/test_mutants_shards.py"],
+    "encode/formats.py": [
+        "tests/encode/test_embed_outputs.py",
+        "tests/core/test_io.py",
+        "tests/encode/test_mutants_formats.py",
+    ],
+    "encode/handmade.py": [
+        "tests/encode/test_handmade.py",
+        "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_mutants.py",
+    ],
+    "encode/inputs.py": [
+        "tests/encode/test_embed.py",
+        "tests/crosscutting/fuzz/test_hostile.py",
+        "tests/encode/test_mutants.py",
+    ],
+    "encode/shards.py": [
+        "tests/encode/test_embed_outputs.py",
+        "tests/data/test_shards.py",
+        "tests/encode/test_mutants_shards.py",
+    ],
+    "encode/options.py": ["tests/encode/test_options.py", "tests/encode/test_embed.py"],
+    "encode/interface.py": [
+        "tests/encode/test_options.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_embed_outputs.py",
+    ],
+    "encode/embed.py": [
+        "tests/encode/test_embed.py",
+        "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_options.py",
+    ],
+    "encode/encoders.py": [
+        "tests/encode/test_embed.py",
+        "tests/encode/test_handmade.py",
+        "tests/encode/test_embed_outputs.py",
+    ],
+    "encode/loop.py": ["tests/encode/test_embed.py", "tests/encode/test_embed_outputs.py"],
+    "encode/store.py": [
+        "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_handmade.py",
+        "tests/core/test_io.py",
+        "tests/encode/test_mutants_formats.py",
+    ],
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -170,6 +268,8 @@ def prepare(module: str, fresh: bool) -> Path:
                 ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
             )
     tests = [t for t in MODULES[module] if (ROOT / t.split("::")[0]).exists()]
+    if not tests:  # an empty selection makes mutmut run the whole suite per mutant
+        raise SystemExit(f"{module}: none of its test files exists yet: {', '.join(MODULES[module])}")
     section = f"""
 [tool.mutmut]
 source_paths = ["src"]
