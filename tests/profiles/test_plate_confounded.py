@@ -14,13 +14,9 @@ treatments of known MoA, so one treatment is 0.056 of NSC or NSCB.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pandas as pd
 import pytest
 
-from chada.cli import main
+from tests.helpers.plates import GLOBAL, plate_cells, profile_readouts
 
 pytestmark = (
     pytest.mark.slow
@@ -28,14 +24,6 @@ pytestmark = (
 
 PLATE = ["--design", "confounded", "--plates", "3", "--compounds-per-moa", "3", "--replicates", "3", "--wells", "40",
          "--sites", "1"]  # fmt: skip
-GLOBAL = ["--plate-col", "dataset", "--well-col", "image_id"]
-
-
-def _profile(table: Path, out: Path, extra: list[str]) -> dict[str, float]:
-    argv = ["profile", str(table), "--names", "hm", "--out", str(out), "--batch-col", "plate",
-            "--projection", "none", "--null-size", "1000", "--n-boot", "100", *extra]  # fmt: skip
-    assert main(argv) == 0
-    return pd.read_csv(out / "readouts.csv").set_index("readout")["value"].to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +31,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]
     root = tmp_path_factory.mktemp("plate_confounded")
     out: dict[str, dict[str, float]] = {}
     for fx in ("on", "off"):
-        d = root / fx
-        assert (
-            main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])])
-            == 0
-        )
-        scan = json.loads((d / "ground_truth.json").read_text())["scan"]
-        assert main(["data", "scan", str(d / "images"), "--pattern", scan["pattern"], "--channel-names", scan["channel_names"],
-                     "--objects-pattern", scan["objects_pattern"], "--platemap", str(d / "platemap.csv"),
-                     "--dataset", "synth_plate", "--out", str(d / "manifest.csv")]) == 0  # fmt: skip
-        assert main(["embed", "--model", "handmade", "--manifest", str(d / "manifest.csv"), "--objects", "--crop-size", "32",
-                     "--mask-neighbours", "--skip-border", "--normalize", "none", "--quiet",
-                     "--out", str(d / "cells.parquet")]) == 0  # fmt: skip
-        out[f"{fx}_plate"] = _profile(d / "cells.parquet", root / f"prof_{fx}_plate", [])
-        out[f"{fx}_global"] = _profile(d / "cells.parquet", root / f"prof_{fx}_global", GLOBAL)
+        cells = plate_cells(root / fx, PLATE, effects=fx == "on")
+        out[f"{fx}_plate"] = profile_readouts(cells, root / f"prof_{fx}_plate", [])[0]
+        out[f"{fx}_global"] = profile_readouts(cells, root / f"prof_{fx}_global", GLOBAL)[0]
     return out
 
 

@@ -16,12 +16,10 @@ features but leaves the plate effects in; "with correction" is the default per-p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from chada.cli import main
+from tests.helpers.plates import GLOBAL, plate_cells, profile_readouts
 
 pytestmark = pytest.mark.slow  # ~40 s on 2 shared cores: two plates drawn, embedded, profiled 4 times
 
@@ -37,15 +35,6 @@ PLATE = [
     "--sites",
     "1",
 ]
-GLOBAL = ["--plate-col", "dataset", "--well-col", "image_id"]
-
-
-def _profile(table: Path, out: Path, extra: list[str]) -> tuple[dict[str, float], pd.DataFrame]:
-    argv = ["profile", str(table), "--names", "hm", "--out", str(out), "--batch-col", "plate",
-            "--projection", "none", "--null-size", "1000", "--n-boot", "100", *extra]  # fmt: skip
-    assert main(argv) == 0
-    readouts = pd.read_csv(out / "readouts.csv").set_index("readout")["value"].to_dict()
-    return readouts, pd.read_csv(out / "hm" / "per_treatment.csv")
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +43,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out: dict[str, object] = {}
     for fx in ("on", "off"):
         d = root / fx
-        assert (
-            main(["data", "synth-plate", str(d), *PLATE, *([] if fx == "on" else ["--no-plate-effects"])])
-            == 0
-        )
-        scan = json.loads((d / "ground_truth.json").read_text())["scan"]
-        assert main(["data", "scan", str(d / "images"), "--pattern", scan["pattern"], "--channel-names", scan["channel_names"],
-                     "--objects-pattern", scan["objects_pattern"], "--platemap", str(d / "platemap.csv"),
-                     "--dataset", "synth_plate", "--out", str(d / "manifest.csv")]) == 0  # fmt: skip
-        assert main(["embed", "--model", "handmade", "--manifest", str(d / "manifest.csv"), "--objects", "--crop-size", "32",
-                     "--mask-neighbours", "--skip-border", "--normalize", "none", "--quiet",
-                     "--out", str(d / "cells.parquet")]) == 0  # fmt: skip
+        cells = plate_cells(d, PLATE, effects=fx == "on")
         out[f"truth_{fx}"] = json.loads((d / "ground_truth.json").read_text())
-        out[f"{fx}_plate"] = _profile(d / "cells.parquet", root / f"prof_{fx}_plate", [])
-        out[f"{fx}_global"] = _profile(d / "cells.parquet", root / f"prof_{fx}_global", GLOBAL)
+        out[f"{fx}_plate"] = profile_readouts(cells, root / f"prof_{fx}_plate", [])
+        out[f"{fx}_global"] = profile_readouts(cells, root / f"prof_{fx}_global", GLOBAL)
     return out
 
 
