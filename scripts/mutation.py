@@ -65,6 +65,8 @@ _DENSE_UNITS = [
     ),
     "tests/tasks/dense/test_paired.py",
     "tests/tasks/dense/test_mutants.py",
+    "tests/tasks/dense/test_mutants_paired.py",
+    "tests/tasks/dense/test_mutants_metrics.py",
 ]
 MODULES: dict[str, list[str]] = {
     "models/layers.py": _MODEL_CORE
