@@ -35,7 +35,9 @@ def test_a_model_without_an_arch_is_known_by_its_name() -> None:
     c = _counts(1)
     counts = {("chada_s0", "linear"): c, ("one_channel_vit_s0", "linear"): c}
     table = dense_comparisons("t", counts, metas, n_boot=20)
-    assert list(zip(table.model, table.reference, table.role)) == [("chada_s0", "one_channel_vit_s0", "one_channel")]
+    assert list(zip(table.model, table.reference, table.role)) == [
+        ("chada_s0", "one_channel_vit_s0", "one_channel")
+    ]
 
 
 def test_no_pair_gives_an_empty_table_with_the_comparison_columns() -> None:
@@ -43,14 +45,26 @@ def test_no_pair_gives_an_empty_table_with_the_comparison_columns() -> None:
     metas = {"enc": {"family": "learned", "arch": "vit"}}
     table = dense_comparisons("t", {("enc", "linear"): _counts(2)}, metas)
     assert len(table) == 0
-    assert {"task", "feature", "model", "reference", "role", "difference", "low", "high", "p", "p_adj"} <= set(
-        table.columns
-    )
+    assert {
+        "task",
+        "feature",
+        "model",
+        "reference",
+        "role",
+        "difference",
+        "low",
+        "high",
+        "p",
+        "p_adj",
+    } <= set(table.columns)
 
 
 def test_the_default_draws_2000_resamples() -> None:
     ca, cb = _counts(3), _counts(4)
-    metas = {"enc": {"family": "learned", "arch": "vit"}, "enc_untrained": {"family": "untrained", "arch": "vit"}}
+    metas = {
+        "enc": {"family": "learned", "arch": "vit"},
+        "enc_untrained": {"family": "untrained", "arch": "vit"},
+    }
     row = dense_comparisons("t", {("enc", "h"): ca, ("enc_untrained", "h"): cb}, metas).iloc[0]
     idx = np.random.default_rng(0).integers(0, 9, (2000, 9))  # [B, N]
 
