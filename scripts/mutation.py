@@ -132,11 +132,11 @@ MODULES: dict[str, list[str]] = {
         "tests/eval/test_intervals.py",
         "tests/eval/test_mutants_protocol.py",
     ],
-    # test_eval_protocol.py's end-to-end test (19 s) is left out; the other three run (a node id is a selection too)
+    # test_protocol.py's end-to-end test (19 s) and tests/tasks/dense/test_segment.py (a 6 s `chada segment`
+    # fixture per mutant: 739 s a run) are left out; the rest runs in 23 s (a node id is a selection too)
     "tasks/evaluation.py": [
         "tests/eval/test_protocol.py::test_evaluate_quick_form",
         "tests/eval/test_protocol.py::test_run_evaluation_api_and_errors",
-        "tests/tasks/dense/test_segment.py",
         "tests/tasks/test_mutants_evaluation.py",
     ],
     **{
