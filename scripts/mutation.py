@@ -138,6 +138,7 @@ MODULES: dict[str, list[str]] = {
         "tests/eval/test_protocol.py::test_evaluate_quick_form",
         "tests/eval/test_protocol.py::test_run_evaluation_api_and_errors",
         "tests/tasks/test_mutants_evaluation.py",
+        "tests/tasks/test_mutants_evaluation_run.py",
     ],
     **{
         f"tasks/dense/{name}.py": _DENSE_TESTS
