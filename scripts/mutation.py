@@ -40,7 +40,7 @@ _BASELINE_TESTS = [
     "tests/models/test_model.py",
 ]
 # the dense modules' unit tests; the end-to-end `chada evaluate` / `chada segment` runs of
-# tests/tasks/dense/test_segment.py (a 6 s fixture per mutant) run for tasks/evaluation.py only
+# tests/tasks/dense/test_segment.py (a 6 s fixture per mutant) are in no selection
 _DENSE_TESTS = [
     "tests/tasks/dense/test_dense.py",
     "tests/tasks/dense/test_paired.py",
