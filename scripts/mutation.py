@@ -52,6 +52,7 @@ _DENSE_TESTS = [
     "tests/tasks/dense/test_mutants_probe.py",
     "tests/tasks/dense/test_mutants_figure.py",
     "tests/tasks/dense/test_mutants_task.py",
+    "tests/tasks/dense/test_mutants_features.py",
 ]
 _DENSE_UNITS = [
     *(
