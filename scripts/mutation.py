@@ -40,7 +40,7 @@ _BASELINE_TESTS = [
     "tests/models/test_model.py",
 ]
 # the dense modules' unit tests; the end-to-end `chada evaluate` / `chada segment` runs of
-# tests/tasks/dense/test_segment.py (a 6 s fixture per mutant) run for tasks/evaluation.py only
+# tests/tasks/dense/test_segment.py (a 6 s fixture per mutant) are in no selection
 _DENSE_TESTS = [
     "tests/tasks/dense/test_dense.py",
     "tests/tasks/dense/test_paired.py",
@@ -52,6 +52,7 @@ _DENSE_TESTS = [
     "tests/tasks/dense/test_mutants_probe.py",
     "tests/tasks/dense/test_mutants_figure.py",
     "tests/tasks/dense/test_mutants_task.py",
+    "tests/tasks/dense/test_mutants_features.py",
 ]
 _DENSE_UNITS = [
     *(
@@ -65,6 +66,8 @@ _DENSE_UNITS = [
     ),
     "tests/tasks/dense/test_paired.py",
     "tests/tasks/dense/test_mutants.py",
+    "tests/tasks/dense/test_mutants_paired.py",
+    "tests/tasks/dense/test_mutants_metrics.py",
 ]
 MODULES: dict[str, list[str]] = {
     "models/layers.py": _MODEL_CORE
@@ -130,12 +133,13 @@ MODULES: dict[str, list[str]] = {
         "tests/eval/test_intervals.py",
         "tests/eval/test_mutants_protocol.py",
     ],
-    # test_eval_protocol.py's end-to-end test (19 s) is left out; the other three run (a node id is a selection too)
+    # test_protocol.py's end-to-end test (19 s) and tests/tasks/dense/test_segment.py (a 6 s `chada segment`
+    # fixture per mutant: 739 s a run) are left out; the rest runs in 23 s (a node id is a selection too)
     "tasks/evaluation.py": [
         "tests/eval/test_protocol.py::test_evaluate_quick_form",
         "tests/eval/test_protocol.py::test_run_evaluation_api_and_errors",
-        "tests/tasks/dense/test_segment.py",
         "tests/tasks/test_mutants_evaluation.py",
+        "tests/tasks/test_mutants_evaluation_run.py",
     ],
     **{
         f"tasks/dense/{name}.py": _DENSE_TESTS

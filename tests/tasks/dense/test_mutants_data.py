@@ -197,3 +197,11 @@ def test_single_plane_mask_and_absolute_path(tmp_path: Path) -> None:
     write_manifest(df, m)
     d = load_masked_manifest(m, None)
     assert d.mask_name == "mask" and int(d.labels[0].sum()) == 4
+
+
+def test_masked_manifest_sources_keep_their_image_ids(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    d = load_masked_manifest(m, "cell")
+    assert [s.image_id for s in d.sources] == [f"im{i}" for i in range(5)]  # the examples' figure names them
+    d = load_masked_manifest(m, "cell", datasets=["a", "b"])
+    assert d.notes == ["manifest.csv: 5 images (a, b), mask 'cell'"]

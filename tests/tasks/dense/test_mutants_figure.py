@@ -65,6 +65,8 @@ def test_figure_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(list(a.get_xticks()) == [] and list(a.get_yticks()) == [] for a in axes)
     truth = axes[1].images[0]
     np.testing.assert_allclose(truth.get_array(), [[1.0, 0.0], [0.45, 0.0]], rtol=1e-6)
+    # matplotlib masks NaN, and assert_allclose skips masked cells: every cell must hold a value
+    np.testing.assert_allclose(np.ma.filled(truth.get_array(), -1.0), [[1.0, 0.0], [0.45, 0.0]], rtol=1e-6)
     assert truth.get_cmap().name == "gray" and truth.get_clim() == (0, 1)
     np.testing.assert_allclose(axes[2].images[0].get_array(), FG.error_map(
         np.array([[True, True], [False, False]]), np.array([[1, 0], [255, 0]])))  # fmt: skip

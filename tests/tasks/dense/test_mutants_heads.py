@@ -172,3 +172,9 @@ def test_predict_probabilities() -> None:
     head.train()
     empty = H.predict_probabilities(head, maps[:0], (4, 3))
     assert empty.shape == (0, 4, 3) and empty.dtype == np.float32 and not head.training
+
+
+def test_the_smallest_head_is_allowed() -> None:
+    # the bounds are inclusive: one input feature and one hidden unit make a valid (tiny) MLP
+    head = H.DenseHead(1, "mlp", 1)
+    assert [p.shape for p in head.net.parameters()] == [(1, 1), (1,), (1, 1), (1,)]

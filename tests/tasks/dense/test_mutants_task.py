@@ -312,3 +312,19 @@ def test_examples_window_and_count(stand_ins, monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_spec_that_looks_like_a_prefixed_number_is_a_name() -> None:
     assert T.nuclear_channel(["a", "X1"], "X1") == 1
+
+
+def test_otsu_threshold_and_comparisons_follow_the_task(stand_ins, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _data()
+    d.labels[0] = 255  # the first training tile wholly ignored ...
+    d.images[0, 1] = 100.0  # ... and bright: counted, it would lift the threshold above every nucleus
+    monkeypatch.setattr(T, "load_task_data", lambda task: d)
+    seen = []
+    real = T.dense_comparisons
+    monkeypatch.setattr(
+        T, "dense_comparisons", lambda *a, **kw: seen.append(a[3:] + tuple(kw.values())) or real(*a, **kw)
+    )
+    out = T.run_dense_task(_task(bootstrap=40), progress=False)
+    # the other training tile holds no nucleus: its DAPI pixels are all 0, so the threshold is 0
+    assert out.info["otsu"] == 0.0 and out.table.set_index("model").loc["otsu", "iou"] == 1.0
+    assert seen == [(40,)]  # the task's bootstrap count, not the comparisons' default
