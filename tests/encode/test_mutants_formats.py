@@ -229,7 +229,8 @@ def test_parquet_sink_info_paths_shuffled_index_and_long_clash_list(tmp_path):
     m = _meta(3).iloc[[2, 0, 1]]  # index 2, 0, 1
     sink.write(m, {"cls": np.array([[1.0], [2.0], [3.0]])})
     sink.close()
-    assert pq.ParquetFile(path).schema_arrow.names == ["image_id", "label", "channel_names", "note", "chada_cls_0000"]
+    names = pq.ParquetFile(path).schema_arrow.names
+    assert names == ["image_id", "label", "channel_names", "note", "chada_cls_0000"]
     feats, meta, info = fm.read_parquet(path)
     assert info["weights"] == str(tmp_path / "w.pt")
     assert meta["image_id"].tolist() == ["i2", "i0", "i1"] and feats["cls"].ravel().tolist() == [1, 2, 3]
