@@ -117,6 +117,10 @@ def test_default_jobs_follow_the_cores_and_an_error_still_ends_the_pool(tmp_path
     assert (
         got == ["chada_vit", "one_channel_vit", "inter_channel_vit"] and len(_Pool.made) == 1
     )  # one core: in turn
+    monkeypatch.setattr(pt.os, "cpu_count", lambda: None)  # unknown: taken as one core
+    got.clear()
+    pt.pretrain_all(QuickstartSettings.make(tmp_path / "c"), Stages(tmp_path / "c", lambda m: None), {})
+    assert len(got) == 3 and len(_Pool.made) == 1
 
 
 class _Bar:
