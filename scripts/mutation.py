@@ -222,7 +222,11 @@ MODULES: dict[str, list[str]] = {
         "tests/data/test_shards.py",
         "tests/encode/test_mutants_shards.py",
     ],
-    "encode/options.py": ["tests/encode/test_options.py", "tests/encode/test_embed.py"],
+    "encode/options.py": [
+        "tests/encode/test_options.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_mutants.py",
+    ],
     "encode/interface.py": [
         "tests/encode/test_options.py",
         "tests/encode/test_embed.py",

@@ -413,3 +413,16 @@ def test_arrow_schema_of_the_whole_manifest():
     assert schema.field("empty").type == pa.null()  # no value anywhere: null, as arrow infers it
     assert frame["image_id"].dtype == "string"  # the manifest itself is untouched
     assert _arrow_schema(pd.DataFrame({"mixed": [1, "a"]})) is None
+
+
+def test_options_accept_their_smallest_values_and_the_policy_reads_the_model():
+    """1-px images and batches of one are valid (the bounds are ``>= 1``); the channel policy takes the
+    slot limit from the model it is given (``max_channels``) and the names from ``order``."""
+    from chada.encode.options import ChannelOptions, ImageOptions, RunOptions
+
+    assert ImageOptions(size=1).size == 1 and RunOptions(batch_size=1).batch_size == 1
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        RunOptions(batch_size=0)
+    model = SimpleNamespace(max_channels=5, pretrained_extra={})
+    policy = ChannelOptions(order=["DAPI", "Actin"]).policy(model)
+    assert policy.max_slots == 5 and ChannelOptions(order=["DAPI"]).policy(None).max_slots is None

@@ -217,3 +217,37 @@ def test_load_refusals(tmp_path):
     (tmp_path / "y.h5ad").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match=r"y.h5ad is not a chada embeddings file: "):
         load_embeddings(tmp_path / "y.h5ad")
+
+
+def test_parquet_sink_info_paths_shuffled_index_and_long_clash_list(tmp_path):
+    """A Path in the info is written as its text; a chunk whose index is not 0..n-1 (a shuffled cut of
+    the manifest) adds no index column; a clash names its first three columns only."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.parquet"
+    sink = fm.ParquetSink(path, info={"weights": tmp_path / "w.pt"})
+    m = _meta(3).iloc[[2, 0, 1]]  # index 2, 0, 1
+    sink.write(m, {"cls": np.array([[1.0], [2.0], [3.0]])})
+    sink.close()
+    names = pq.ParquetFile(path).schema_arrow.names
+    assert names == ["image_id", "label", "channel_names", "note", "chada_cls_0000"]
+    feats, meta, info = fm.read_parquet(path)
+    assert info["weights"] == str(tmp_path / "w.pt")
+    assert meta["image_id"].tolist() == ["i2", "i0", "i1"] and feats["cls"].ravel().tolist() == [1, 2, 3]
+    clash = _meta(1).assign(**{f"chada_cls_000{j}": 1.0 for j in range(4)})
+    with pytest.raises(ValueError) as e:
+        fm.ParquetSink(tmp_path / "c.parquet").write(clash, {"cls": np.ones((1, 4))})
+    assert str(e.value) == (
+        "metadata columns ['chada_cls_0000', 'chada_cls_0001', 'chada_cls_0002'] clash with the feature "
+        "columns; rename them"
+    )
+
+
+def test_h5ad_keeps_number_columns_as_numbers_and_paths_in_its_info(tmp_path):
+    """Only text columns come back as Python objects: an int or float column keeps its dtype."""
+    meta = pd.DataFrame({"image_id": ["a", "b"], "n": [1, 2], "x": [0.5, float("nan")]})
+    path = fm.write_h5ad(tmp_path / "e.h5ad", {"cls": np.ones((2, 1))}, meta, {"weights": tmp_path / "w.pt"})
+    _, m, info = fm.read_h5ad(path)
+    assert info == {"weights": str(tmp_path / "w.pt")}
+    assert m["n"].dtype == np.int64 and m["x"].dtype == np.float64 and m["image_id"].dtype == object
+    assert m["n"].tolist() == [1, 2] and m["image_id"].tolist() == ["a", "b"]

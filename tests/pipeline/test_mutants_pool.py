@@ -99,12 +99,15 @@ def test_default_jobs_follow_the_cores_and_an_error_still_ends_the_pool(tmp_path
     _Pool.made.clear()
     monkeypatch.setattr(mp, "get_context", lambda kind: type("C", (), {"Pool": _Pool}))
 
+    class Stop(Exception):  # not KeyboardInterrupt: one escaping the one-core case below must fail the test,
+        pass  # not interrupt pytest
+
     def boom(s, jobs, pool):
-        raise KeyboardInterrupt
+        raise Stop
 
     monkeypatch.setattr(pt, "_watch_pretraining", boom)
     monkeypatch.setattr(pt.os, "cpu_count", lambda: 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stop):
         pt.pretrain_all(QuickstartSettings.make(tmp_path), Stages(tmp_path, lambda m: None), {})
     assert _Pool.made[0].n == 3 and _Pool.made[0].events == ["terminate", "join"]  # all three, no close
     monkeypatch.setattr(pt.os, "cpu_count", lambda: 1)
@@ -114,6 +117,10 @@ def test_default_jobs_follow_the_cores_and_an_error_still_ends_the_pool(tmp_path
     assert (
         got == ["chada_vit", "one_channel_vit", "inter_channel_vit"] and len(_Pool.made) == 1
     )  # one core: in turn
+    monkeypatch.setattr(pt.os, "cpu_count", lambda: None)  # unknown: taken as one core
+    got.clear()
+    pt.pretrain_all(QuickstartSettings.make(tmp_path / "c"), Stages(tmp_path / "c", lambda m: None), {})
+    assert len(got) == 3 and len(_Pool.made) == 1
 
 
 class _Bar:
@@ -198,3 +205,25 @@ def test_stage_pretrain_reads_the_quickstart_recipe_and_names_the_run_in_warning
     # the recipe's lr warm-up (3 epochs) fits in 5; DINO's teacher-temperature warm-up (30) does not
     assert [o for o in seen["o"] if "warmup" in o] == ["dino.warmup_teacher_temp_epochs=5"]
     assert [r.getMessage() for r in caplog.records] == ["pretrain chada_vit: the teacher looks collapsed"]
+
+
+def test_watch_reads_the_epochs_of_a_running_job_from_its_log(tmp_path, monkeypatch):
+    """While a run is not finished its bar follows the last row of ``pretrain/<run>/log.csv``, which
+    grows between polls (a row per epoch here: 1.5, then 3.0, then the job is done at 4)."""
+    import tqdm.auto
+
+    _Bar.made.clear()
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    log = tmp_path / "pretrain" / "chada_vit" / "log.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("step,epoch\n1,1.5\n")
+    monkeypatch.setattr(pt.time, "sleep", lambda t: log.write_text("step,epoch\n1,1.5\n2,3.0\n"))
+    s = QuickstartSettings.make(tmp_path, epochs=4)
+    pt._watch_pretraining(s, {"chada_vit": _Result(None, ready_after=4)})
+    assert _Bar.made[0].updates == [0.0, 1.5, 1.0] and _Bar.made[0].n == 4
+
+
+def test_last_epoch_reads_past_a_byte_that_is_not_utf8(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"step,epoch,note\n1,0.5,caf\xe9\n2,1.0,ok\n")
+    assert pt._last_epoch(log) == 1.0

@@ -527,6 +527,8 @@ def test_plate_is_drawn_scanned_and_written_with_its_own_seed(tmp_path):
         row.objects_file == "images/P1/A01_s1_cp_masks.tif" and (tmp_path / "a" / row.objects_file).exists()
     )
     assert (df.control_type == "trt").any() and df.dose.isin([1.0, 10.0]).any()
+    treated = df[df.control_type == "trt"].groupby(["compound", "dose"]).size()
+    assert treated.tolist() == [3] * 16  # 3 replicate wells of each (compound, dose)
     again = profile_stage._plate(tmp_path / "b")  # seed 0 both times: the same plate, pixel for pixel
 
     def digest(folder):
