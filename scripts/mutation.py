@@ -228,6 +228,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_mutants.py",
     ],
     "encode/interface.py": [
+        "tests/encode/test_mutants_interface.py",
         "tests/encode/test_options.py",
         "tests/encode/test_embed.py",
         "tests/encode/test_embed_outputs.py",
