@@ -133,3 +133,16 @@ def test_what_a_model_and_no_model_answer(monkeypatch: pytest.MonkeyPatch) -> No
     assert seen == []  # nothing to check without a model
     model.check_forward([{}], torch.device("cpu"), "file.csv", warned)
     assert seen == [(lin, [{}], torch.device("cpu"), "file.csv", warned)]
+
+
+def test_groups_use_height_and_width_and_six_refusals_count_one_more() -> None:
+    # same width, other height: two groups (one batch needs one H x W)
+    tall = {**sample("t", 1, 8, 1.0), "image": torch.full((1, 8, 4), 1.0)}
+    flat = {**sample("f", 1, 8, 2.0), "image": torch.full((1, 4, 4), 2.0)}
+    enc = Stub()
+    out = enc.encode_samples([tall, flat], {"s": "shape"})
+    assert [c[0] for c in enc.calls] == [[1], [1]]
+    np.testing.assert_array_equal(out["s"], [[1, 8], [1, 4]])
+    six = [sample(f"i{k}", 3, 4, 0.0) for k in range(6)]
+    with pytest.raises(InputError, match=r"'i4' \(3 channels\) and 1 more: more channels"):
+        Stub(max_channels=2).encode_samples(six, {"mean": "mean"})
