@@ -216,6 +216,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed.py",
         "tests/crosscutting/fuzz/test_hostile.py",
         "tests/encode/test_mutants.py",
+        "tests/encode/test_mutants_interface.py",
     ],
     "encode/shards.py": [
         "tests/encode/test_embed_outputs.py",

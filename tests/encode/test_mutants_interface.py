@@ -146,3 +146,23 @@ def test_groups_use_height_and_width_and_six_refusals_count_one_more() -> None:
     six = [sample(f"i{k}", 3, 4, 0.0) for k in range(6)]
     with pytest.raises(InputError, match=r"'i4' \(3 channels\) and 1 more: more channels"):
         Stub(max_channels=2).encode_samples(six, {"mean": "mean"})
+
+
+def test_weights_sha1_by_hand() -> None:
+    # the SHA-1 of each tensor's name, dtype, shape and raw bytes, in name order (written out here)
+    import hashlib
+
+    from chada.encode.inputs import weights_sha1
+
+    m = nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        m.bias.copy_(torch.tensor([0.5]))
+    h = hashlib.sha1()
+    h.update(b"bias|torch.float32|(1,)|" + np.array([0.5], dtype=np.float32).tobytes())
+    h.update(b"weight|torch.float32|(1, 2)|" + np.array([1.0, -2.0], dtype=np.float32).tobytes())
+    assert weights_sha1(m) == h.hexdigest()
+    empty = nn.Module()
+    empty.register_buffer("e", torch.zeros(0))
+    assert weights_sha1(empty) == hashlib.sha1(b"e|torch.float32|(0,)|").hexdigest()
+    assert Stub(module=m).fingerprint() == h.hexdigest()
