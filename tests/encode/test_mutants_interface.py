@@ -166,3 +166,16 @@ def test_weights_sha1_by_hand() -> None:
     empty.register_buffer("e", torch.zeros(0))
     assert weights_sha1(empty) == hashlib.sha1(b"e|torch.float32|(0,)|").hexdigest()
     assert Stub(module=m).fingerprint() == h.hexdigest()
+
+
+def test_a_row_signature_covers_every_channel_file(tmp_path) -> None:  # noqa: ANN001
+    # a per-channel row's resume key must change when ANY of its files changes, not only the last
+    from chada.encode.inputs import row_signature
+
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(b"0123")
+    row = {"channel_files": "a.tif;b.tif"}
+    before = {v: row_signature(row, tmp_path, verify=v) for v in ("stat", "hash")}
+    (tmp_path / "a.tif").write_bytes(b"01234567")  # the first file only: new size and content
+    after = {v: row_signature(row, tmp_path, verify=v) for v in ("stat", "hash")}
+    assert before["stat"] != after["stat"] and before["hash"] != after["hash"]
