@@ -244,7 +244,11 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_handmade.py",
         "tests/encode/test_embed_outputs.py",
     ],
-    "encode/loop.py": ["tests/encode/test_embed.py", "tests/encode/test_embed_outputs.py"],
+    "encode/loop.py": [
+        "tests/encode/test_mutants_loop.py",
+        "tests/encode/test_embed.py",
+        "tests/encode/test_embed_outputs.py",
+    ],
     "encode/store.py": [
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_embed.py",
