@@ -28,10 +28,13 @@ class Stub(Encoder):
         self.module = None
         self.info = {"model": "stubby"}
         self.checked: list[list[str]] = []
+        self.warned_sets: set[int] = set()
 
     def check_forward(self, samples, device, where, warned) -> None:  # noqa: ANN001
         self.checked.append([s["image_id"] for s in samples])
         assert where("missing") == "file unknown"
+        assert device == torch.device("cpu") and isinstance(warned, set)
+        self.warned_sets.add(id(warned))  # one set for the whole run: each warning is said once
 
     def encode_batch(self, batch, pools, device=None):  # noqa: ANN001
         raise AssertionError("the loop calls its encode function, not encode_batch")
@@ -40,7 +43,9 @@ class Stub(Encoder):
 def mean_encode(encoder, samples, pool_map, dev, policy):  # noqa: ANN001
     """``{"cls": [n, 1]}``: each sample's mean pixel; records each call's image ids on the encoder."""
     encoder.calls = getattr(encoder, "calls", []) + [[s["image_id"] for s in samples]]
-    assert pool_map == {"cls": "cls"} and policy == "policy"
+    assert pool_map == {"cls": "cls"} and policy == "policy" and dev == torch.device("cpu")
+    if hasattr(encoder, "events"):
+        encoder.events.append(("encode", [s["image_id"] for s in samples]))
     return {"cls": np.array([[float(s["image"].mean())] for s in samples], dtype=np.float32)}
 
 
@@ -52,19 +57,29 @@ class Images:
         self._rows: list[dict[str, Any]] = []
         self.root = "."
         self.reads: list[int] = []
+        self.events: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         self.reads.append(i)
+        if self.events is not None:
+            self.events.append(("read", i))
         return {"image": torch.full((1, 2, 2), float(i)), "image_id": f"img{i}", "channel_names": [f"s{i}"]}
 
 
-def run(ds, chunks, store, inputs, batch_size=2, cells=False, encode=mean_encode):  # noqa: ANN001
+def run(ds, chunks, store, inputs, batch_size=2, cells=False, workers=0, events=None):  # noqa: ANN001
     enc = Stub()
-    loop.encode_chunks(encode, enc, ds, chunks, store, inputs, POOLS, {"cls": "cls"}, torch.device("cpu"),
-                       "policy", batch_size, 0, False, cells=cells)  # fmt: skip
+    if events is not None:
+        enc.events = events
+    args = (mean_encode, enc, ds, chunks, store, inputs, POOLS, {"cls": "cls"}, torch.device("cpu"), "policy",
+            batch_size, workers, False)  # fmt: skip
+    if cells:
+        loop.encode_chunks(*args, cells=True)
+    else:
+        loop.encode_chunks(*args)  # whole images by default
+    assert len(enc.warned_sets) <= 1
     return enc
 
 
@@ -116,6 +131,19 @@ def test_a_changed_input_recomputes_its_chunk_and_names_the_image(tmp_path, capl
     ]
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     assert store.check(1, np.arange(2, 4), POOLS, new[2:]) == ([["s2"], ["s3"]], None)
+
+
+def test_six_changed_images_name_five_and_count_one(tmp_path, caplog):
+    ds = Images(6)
+    store = ChunkStore(tmp_path / "out.npz", {"s": 1})
+    run(ds, {0: np.arange(6)}, store, [f"a{i}" for i in range(6)], batch_size=6)
+    with caplog.at_level(logging.WARNING, logger="chada.encode.loop"):
+        loop.reusable_chunks(store, {0: np.arange(6)}, [f"b{i}" for i in range(6)], POOLS, ds.frame)
+    shown = ", ".join(f"'img{i}'" for i in range(5))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"6 image(s) read other or changed files since the interrupted run ({shown} and 1 more): "
+        "recomputing 1 chunk(s)"
+    ]
 
 
 def test_more_than_five_changed_images_are_counted(tmp_path, caplog):
@@ -187,6 +215,9 @@ def test_the_progress_bar_counts_batches_or_fields(tmp_path, monkeypatch):
     assert made == [{"total": 3, "desc": "embed stubby", "unit": "batch", "disable": True, "updates": 3,
                      "closed": True}]  # fmt: skip
     made.clear()
+    run(Images(4), chunks_of(4, 4), ChunkStore(tmp_path / "c.npz", {"s": 1}), list("abcd"), batch_size=3)
+    assert made[0]["total"] == 2 and type(made[0]["total"]) is int
+    made.clear()
     run(Fields([2, 1]), {0: np.arange(2)}, ChunkStore(tmp_path / "b.npz", {"s": 1}), ["a", "b"], cells=True)
     assert made == [{"total": 2, "desc": "embed stubby", "unit": "field", "disable": True, "updates": 2,
                      "closed": True}]  # fmt: skip
@@ -198,6 +229,7 @@ class Fields:
 
     def __init__(self, counts: list[int]) -> None:
         self.counts = counts
+        self.events: list[Any] | None = None
         self.frame = pd.DataFrame({"image_id": [f"f{i}" for i in range(len(counts))]})
         self._rows: list[dict[str, Any]] = []
         self.root = "."
@@ -206,6 +238,8 @@ class Fields:
         return len(self.counts)
 
     def __getitem__(self, f: int) -> dict[str, Any]:
+        if self.events is not None:
+            self.events.append(("read", f))
         n = self.counts[f]
         image = {"image_id": f"f{f}", "dataset": "d", "split": "", "label": None, "meta": {}}
         objects = {
@@ -304,7 +338,8 @@ def test_chunk_meta_of_whole_images_and_of_cells():
     for c in OBJECT_COLUMNS:
         np.testing.assert_array_equal(cells[c], objects[c])
     assert list(cells.index) == [0, 1, 2]
-    assert "field" not in cells.columns
+    assert list(cells.columns) == ["image_id", "well", "channel_names", "n_channels", "channel_slots",
+                                   *OBJECT_COLUMNS, "cell_id"]  # fmt: skip
 
 
 def test_list_collate_keeps_the_samples_as_they_are():
@@ -319,3 +354,54 @@ def test_one_chunk_of_the_whole_manifest(tmp_path, n):
     enc = run(ds, {0: np.arange(n)}, store, ["x"] * n, batch_size=4)
     assert enc.calls == [[f"img{i}" for i in range(n)]]
     np.testing.assert_array_equal(store.assemble([np.arange(n)], POOLS)["cls"], np.arange(n)[:, None])
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
+def test_the_loader_reads_in_order_with_the_requested_workers_and_pins_memory_for_cuda_only(
+    tmp_path, monkeypatch
+):
+    import torch.utils.data as tud
+
+    seen: list[dict[str, Any]] = []
+
+    class Recorder(tud.DataLoader):
+        def __init__(self, dataset: Any, **kw: Any) -> None:
+            seen.append(kw)
+            super().__init__(dataset, **kw)
+
+    monkeypatch.setattr(tud, "DataLoader", Recorder)
+    ds = Images(3)
+    for dev in ("cpu", "cuda"):
+        loop.encode_chunks(
+            mean_encode if dev == "cpu" else lambda e, s, *_: {"cls": np.zeros((len(s), 1), np.float32)},
+            Stub() if dev == "cpu" else NoCheck(), ds, {0: np.arange(3)},
+            ChunkStore(tmp_path / f"{dev}.npz", {"s": 1}), ["a", "b", "c"], POOLS, {"cls": "cls"},
+            torch.device(dev), "policy", 2, 0, False,
+        )  # fmt: skip
+    assert [{k: v for k, v in kw.items() if k != "collate_fn"} for kw in seen] == [
+        {"batch_size": 2, "shuffle": False, "num_workers": 0, "pin_memory": False},
+        {"batch_size": 2, "shuffle": False, "num_workers": 0, "pin_memory": True},
+    ]
+    assert all(kw["collate_fn"] is loop._list_collate for kw in seen)
+
+
+class NoCheck(Stub):
+    def check_forward(self, samples, device, where, warned) -> None:  # noqa: ANN001
+        pass
+
+
+def test_worker_processes_read_the_images(tmp_path):
+    ds = Images(3)
+    store = ChunkStore(tmp_path / "out.npz", {"s": 1})
+    run(ds, {0: np.arange(3)}, store, ["a", "b", "c"], workers=1)
+    assert ds.reads == []  # read in the worker, not here
+    np.testing.assert_array_equal(store.read(0, POOLS)["cls"], [[0.0], [1.0], [2.0]])
+
+
+def test_a_full_batch_of_cells_is_encoded_before_the_next_field_is_read(tmp_path):
+    ds = Fields([2, 2, 1])
+    ds.events = events = []
+    run(ds, {0: np.arange(3)}, ChunkStore(tmp_path / "out.npz", {"s": 1}), ["a", "b", "c"], cells=True,
+        events=events)  # fmt: skip
+    assert events == [("read", 0), ("encode", ["f0", "f0"]), ("read", 1), ("encode", ["f1", "f1"]),
+                      ("read", 2), ("encode", ["f2"])]  # fmt: skip
