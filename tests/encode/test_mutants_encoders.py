@@ -54,6 +54,23 @@ class Tiny(nn.Module):
         return torch.mm(out, w * self.factor[pool])
 
 
+class DeviceProbe(nn.Module):
+    """Records the device of the pixels it is given; its features are the channel counts (read on the
+    host, so that it runs on the ``meta`` device, which holds no values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))  # on the cpu
+        self.devices: list[torch.device] = []
+
+    def forward_features(self, batch):  # noqa: ANN001, ANN201
+        self.devices.append(batch.pixels.device)
+        return torch.tensor([[float(c)] for c in batch.host_counts])
+
+    def forward_head(self, out, pool):  # noqa: ANN001, ANN201
+        return out
+
+
 def _batch() -> Any:
     return as_channel_batch([torch.full((2, 4, 4), 0.5), torch.full((1, 4, 4), 0.25)])  # sums 16 and 4
 
@@ -140,6 +157,7 @@ def test_fixed_pools_and_the_pool_map(caplog: pytest.LogCaptureFixture) -> None:
         enc.fixed_pool("max")
     assert str(err.value) == "pool 'max' not supported by Tiny; choose from ('cls', 'all', 'mean')"
     # a module that names no pools takes the default ones, and None for no variable pools
+    assert E.ModelEncoder(_module()).fixed_pool("cls") == "cls"  # no variable_size_pools at all
     bare = E.ModelEncoder(_module(variable_size_pools=None))
     assert bare.fixed_pool("all") == "all" and bare.pool_map(["cls"], {1, 2}) == {"cls": "cls"}
     with pytest.raises(ValueError) as err:
@@ -153,6 +171,7 @@ def test_fixed_pools_and_the_pool_map(caplog: pytest.LogCaptureFixture) -> None:
         assert enc.pool_map(["cls", "all"], {3}) == {"cls": "cls", "all": "all"}
         assert not caplog.records
         assert enc.pool_map(["cls", "all"], {3, 1}) == {"cls": "mean", "all": "all"}
+        assert enc.pool_map(["mean"], {3, 1}) == {"mean": "mean"}  # a pool only the module names
     assert [r.getMessage() for r in caplog.records] == [
         "pool 'cls' of Tiny concatenates one block per channel, but the images have [1, 3] channels: "
         "storing 'mean' (mean over channels) under 'cls' instead. Embed one dataset at a time "
@@ -231,6 +250,8 @@ def test_every_pool_gets_the_same_float32_features(recorded: list[dict[str, Any]
     assert (call["kind"], call["layout"]) == ("shortcut", "pooled")
     np.testing.assert_array_equal(call["images"][0], np.full((2, 4, 4), 0.5, np.float32))
     assert [im.shape for im in call["images"]] == [(2, 4, 4), (1, 4, 4)]
+    E.FeatureKindEncoder("cellprofiler", "per_channel").encode_batch(_batch(), ["cls"])
+    assert (recorded[-1]["kind"], recorded[-1]["layout"]) == ("cellprofiler", "per_channel")
 
 
 class _Rows:
@@ -240,6 +261,8 @@ class _Rows:
         self.reads = 0
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if i != 0:
+            raise IndexError(i)
         self.reads += 1
         return {"image": np.zeros((2, 2, 2)), "image_id": f"r{i}"}
 
@@ -294,6 +317,11 @@ def test_resolve_a_module() -> None:
 
 def test_resolve_names_folders_and_handmade(tmp_path: Any) -> None:
     assert E.resolve_model("handmade") == (None, E.FeatureKindEncoder().info)
+    # by default a registered name's random weights come from seed 0
+    assert (
+        E.resolve_model("chada_vit_test")[1]["seed"] == 0
+        and E.resolve_encoder("chada_vit_test").info["seed"] == 0
+    )
     torch.manual_seed(1)
     a, info = E.resolve_model("chada_vit_test", seed=5)
     assert {k: info[k] for k in ("model", "source", "untrained", "seed", "arch")} == {
@@ -345,6 +373,9 @@ def test_embed_images(recorded: list[dict[str, Any]]) -> None:
     out = E.embed_images("handmade", [torch.ones(2, 4, 4)], ["cls", "all"])
     np.testing.assert_array_equal(out["cls"], [[0.5, 2]])
     assert recorded[-1]["kind"] == "handmade" and list(out) == ["cls", "all"]
+    probe = DeviceProbe()
+    assert E.embed_images(probe, [torch.ones(2, 4, 4)], ["cls"], device="meta")["cls"].tolist() == [[2.0]]
+    assert probe.devices == [torch.device("meta")]  # the device asked for, not the module's (cpu)
     with pytest.raises(ValueError) as err:
         E.embed_images(model, torch.ones(1, 3, 2, 2), [])
     assert str(err.value) == "pools is empty: ask for at least one of 'cls', 'all'"
