@@ -34,6 +34,7 @@ class Stub(Encoder):
         self.info = {"model": "stub", "kind": "stub", "arch": "stubnet", "layout": "x", "other": 1}
         self.size, self.fallback = size, fallback or {}
         self.batches: list[list[int]] = []
+        self.sizes: list[tuple[int, int]] = []
         self.moved: list[torch.device] = []
 
     @property
@@ -50,6 +51,7 @@ class Stub(Encoder):
     def encode_batch(self, batch, pools, device=None):  # noqa: ANN001, ANN201
         images = batch.split()
         self.batches.append([int(x.shape[0]) for x in images])
+        self.sizes.append(tuple(batch.pixels.shape[-2:]))
         cols = {
             "cls": [[x.shape[0]] for x in images],
             "all": [[x.shape[0], float(x.mean())] for x in images],
@@ -80,7 +82,7 @@ def test_info_and_settings_of_a_run(tmp_path: Path, settings_seen: list[dict[str
     enc = Stub()
     t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     emb = embed_mod.embed_manifest(enc, man, tmp_path / "e.npz", ["all", "cls", "all"], run=QUIET,
-                                   image=ImageOptions(size=None, normalize="minmax"))  # fmt: skip
+                                   image=ImageOptions(size=None, normalize="minmax", nan_policy="replace", nan_fill=0.5))  # fmt: skip
     assert list(emb.features) == ["all", "cls"]
     np.testing.assert_array_equal(emb.features["cls"][:, 0], [3, 3, 3, 1, 1])
     assert enc.moved == [torch.device("cpu")]
@@ -92,7 +94,7 @@ def test_info_and_settings_of_a_run(tmp_path: Path, settings_seen: list[dict[str
     assert info == {
         "model": "stub", "kind": "stub", "arch": "stubnet", "layout": "x", "other": 1,
         "pools": ["all", "cls"], "pool_fallback": None, "image_size": None, "image_size_source": "native",
-        "normalize": "minmax", "nan_policy": "error", "nan_fill": None, "batch_size": 2, "device": "cpu",
+        "normalize": "minmax", "nan_policy": "replace", "nan_fill": 0.5, "batch_size": 2, "device": "cpu",
         "precision": None, "manifest": str(man.resolve()), "datasets": None, "split": None, "n_images": 5,
         "channel_counts": [1, 3], "channel_policy": settings_seen[0]["settings"]["channel_policy"],
         "torch": torch.__version__,
@@ -107,7 +109,7 @@ def test_info_and_settings_of_a_run(tmp_path: Path, settings_seen: list[dict[str
         "model": "stub", "encoder": {"kind": "stub", "layout": "x", "arch": "stubnet"}, "seed": None,
         "manifest": str(man.resolve()), "image_ids": ids, "pools": {"all": "all", "cls": "cls"},
         "image_size": None, "batch_size": 2, "chunk_batches": 20, "normalize": "minmax",
-        "channel_policy": settings["channel_policy"], "nan_policy": "error", "nan_fill": None,
+        "channel_policy": settings["channel_policy"], "nan_policy": "replace", "nan_fill": 0.5,
         "verify_inputs": "stat", "precision": None,
     }  # fmt: skip
     assert settings["channel_policy"] == ChannelOptions().policy(None).to_dict()
@@ -285,6 +287,17 @@ def test_cells_take_the_models_size_and_chunk_by_fields(tmp_path: Path, settings
     assert "objects" not in whole.info and "objects" not in settings_seen[1]["settings"]
 
 
+def test_cells_are_resized_to_the_models_size(tmp_path: Path) -> None:
+    enc = Stub(16)
+    embed_mod.embed_manifest(enc, _plate(tmp_path), tmp_path / "c.npz", ["cls"], objects=ObjectOptions(crop_size=8),
+                             run=QUIET)  # fmt: skip
+    assert enc.sizes == [(16, 16), (16, 16)]  # 8 x 8 crops, one field a batch
+    native = Stub(None)
+    embed_mod.embed_manifest(native, _plate(tmp_path), tmp_path / "n.npz", ["cls"], objects=ObjectOptions(crop_size=8),
+                             run=QUIET)  # fmt: skip
+    assert native.sizes == [(8, 8), (8, 8)]
+
+
 def test_cells_chunk_by_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     man = _plate(tmp_path)
     chunked: list[list[list[int]]] = []
@@ -339,9 +352,58 @@ def test_cell_chunks_are_keyed_by_their_label_image_too(
     monkeypatch.setattr(embed_mod, "encode_chunks", spy)
     from chada.encode.inputs import row_signature
 
-    embed_mod.embed_manifest(
-        Stub(), man, tmp_path / "c.npz", ["cls"], objects=ObjectOptions(crop_size=8), run=QUIET
+    for verify in ("stat", "hash"):
+        embed_mod.embed_manifest(Stub(), man, tmp_path / "c.npz", ["cls"], objects=ObjectOptions(crop_size=8),
+                                 run=QUIET, output=OutputOptions(verify_inputs=verify))  # fmt: skip
+        sig = [row_signature({"file": str(tmp_path / f"f{i}.tif")}, tmp_path, verify) +
+               row_signature({"file": str(tmp_path / f"f{i}_lab.tif")}, tmp_path, verify) for i in range(2)]  # fmt: skip
+        assert keys[-1] == sig
+    assert keys[0] != keys[1]
+
+
+# -- before any work, and what the run shows ------------------------------------------------------------------
+
+
+def test_an_unusable_output_and_repeated_ids_are_refused_by_name(tmp_path: Path) -> None:
+    man = write_manifest(tmp_path, [("A", 2, 8, 2)])
+    (tmp_path / "out.npz").mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        embed_mod.embed_manifest(Stub(), man, tmp_path / "out.npz", run=QUIET)
+    assert str(err.value).startswith(f"embeddings file {tmp_path / 'out.npz'} is a folder; give a file path")
+    frame = pd.read_csv(man)
+    frame.loc[1, "image_id"] = "A_000"
+    frame.to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(InputError) as err:
+        embed_mod.embed_manifest(Stub(), tmp_path / "dup.csv", tmp_path / "e.npz", run=QUIET)
+    assert str(err.value) == (
+        f"duplicate image ids in {tmp_path / 'dup.csv'}: 'A_000' on rows 1, 2. Every image needs its own "
+        "image_id (`chada data check` lists every problem)"
     )
-    sig = [row_signature({"file": str(tmp_path / f"f{i}.tif")}, tmp_path, "stat") +
-           row_signature({"file": str(tmp_path / f"f{i}_lab.tif")}, tmp_path, "stat") for i in range(2)]  # fmt: skip
-    assert keys == [sig]
+
+
+def test_the_models_channel_order_keys_the_run(tmp_path: Path, settings_seen: list[dict[str, Any]]) -> None:
+    """A model that recorded its channel vocabulary slots the channels by it, and the run records it."""
+
+    class WithModule(Stub):
+        def check_forward(self, *a: Any) -> None:  # no patch grid to check: the stub reads no tokens
+            return None
+
+    enc = WithModule()
+    enc.module = torch.nn.Module()
+    enc.module.pretrained_extra = {"channel_vocab": ["A_ch1", "A_ch0"]}
+    man = write_manifest(tmp_path, [("A", 2, 8, 1)])
+    emb = embed_mod.embed_manifest(enc, man, tmp_path / "v.npz", ["cls"], run=QUIET)
+    assert settings_seen[0]["settings"]["channel_policy"]["canonical"] == ["A_ch1", "A_ch0"]
+    assert emb.info["channel_policy"]["canonical"] == ["A_ch1", "A_ch0"]
+
+
+def test_progress_bars_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    man = write_manifest(tmp_path, [("A", 2, 8, 2)])
+    hashed = OutputOptions(verify_inputs="hash")
+    embed_mod.embed_manifest(Stub(), man, tmp_path / "q.npz", ["cls"], run=QUIET, output=hashed)
+    assert capsys.readouterr().err == ""
+    embed_mod.embed_manifest(
+        Stub(), man, tmp_path / "p.npz", ["cls"], run=RunOptions(batch_size=2), output=hashed
+    )
+    err = capsys.readouterr().err
+    assert "hashing input files" in err and "embed stub" in err
