@@ -238,11 +238,14 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed.py",
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_options.py",
+        "tests/encode/test_mutants_embed.py",
     ],
     "encode/encoders.py": [
         "tests/encode/test_embed.py",
         "tests/encode/test_handmade.py",
         "tests/encode/test_embed_outputs.py",
+        "tests/encode/test_options.py",
+        "tests/encode/test_mutants_encoders.py",
     ],
     "encode/loop.py": [
         "tests/encode/test_mutants_loop.py",

@@ -89,3 +89,42 @@ def test_the_file_is_written(tmp_path: Path) -> None:
     )
     path = FG.plot_dense_examples(outcome, tmp_path)
     assert path == tmp_path / "dense_t_1.png" and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, examples: list[SimpleNamespace]):
+    """The matplotlib figure ``plot_dense_examples`` hands to ``save_figure`` (not rendered)."""
+    saved = []
+    monkeypatch.setattr(FG, "save_figure", lambda fig, path, dpi, formats: saved.append(fig) or [path])
+    outcome = SimpleNamespace(
+        task="t", channel_names=["DNA", "RNA"], info={"mask": "nucleus"}, examples=examples
+    )
+    FG.plot_dense_examples(outcome, tmp_path, {"vit": 0.5})
+    return saved[0]
+
+
+def test_every_panel_spans_0_to_1_whatever_its_region_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A region wholly nucleus (truth 1 and ignored 0.45) and one with no nucleus (0 and 0.45): grey
+    keeps one meaning on every row (black = background, white = nucleus) only when the colour range is
+    fixed at [0, 1]; matplotlib's autoscale would stretch 0.45..1 or 0..0.45 to black..white."""
+    full, empty = _example("full", ["vit"]), _example("empty", ["vit"])
+    full.labels = np.array([[1, 1], [255, 1]], np.uint8)
+    empty.labels = np.array([[0, 0], [255, 0]], np.uint8)
+    fig = _drawn(monkeypatch, tmp_path, [full, empty])
+    truths = [fig.axes[1].images[0], fig.axes[4].images[0]]
+    np.testing.assert_allclose(np.ma.filled(truths[0].get_array(), -1.0), [[1, 1], [0.45, 1]], rtol=1e-6)
+    np.testing.assert_allclose(np.ma.filled(truths[1].get_array(), -1.0), [[0, 0], [0.45, 0]], rtol=1e-6)
+    assert [t.get_clim() for t in truths] == [(0, 1), (0, 1)]
+    # pixels stay square blocks: one label per image pixel, never smoothed into its neighbours
+    assert [a.images[0].get_interpolation() for a in fig.axes] == ["nearest"] * 6
+
+
+def test_the_small_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Titles 7 pt, the image ids on the left 6 pt, the legend line on top 8 pt (the sizes the
+    figure is laid out for: 1.9 inches a panel)."""
+    fig = _drawn(monkeypatch, tmp_path, [_example("im0", ["vit"]), _example("im1", ["vit"])])
+    assert [a.title.get_fontsize() for a in fig.axes[:3]] == [7, 7, 7]
+    assert [fig.axes[i].yaxis.label.get_fontsize() for i in (0, 3)] == [6, 6]
+    assert [fig.axes[i].get_ylabel() for i in (0, 3)] == ["im0", "im1"]
+    assert fig._suptitle.get_fontsize() == 8
