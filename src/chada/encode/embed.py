@@ -182,7 +182,7 @@ def embed_manifest(
     store = ChunkStore(target, settings, resume=output.resume)
     encode_chunks(_seam, encoder, data, mine, store, inputs, pools, pool_map, dev, policy, run.batch_size,
                   run.num_workers, run.progress, cells=objects is not None)  # fmt: skip
-    info = _info(encoder, pools, pool_map, size_source, settings, image, run, select, n, counts, dev)
+    info = _info(encoder, pools, pool_map, size_source, settings, select, n, counts, dev)
     if objects is not None:
         info["objects"] = objects.to_dict()
     if shard is not None:
@@ -237,7 +237,7 @@ def _cell_data(
 
 def _info(
     encoder: Encoder, pools: list[str], pool_map: dict[str, str], size_source: str, settings: dict[str, Any],
-    image: ImageOptions, run: RunOptions, select: Selection, n: int, counts: set[int], dev: torch.device,
+    select: Selection, n: int, counts: set[int], dev: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
     """The run's description stored in the feature file (``feature_dims``, ``seconds`` come later): the
     options as :func:`run_settings` recorded them, plus what only the file needs."""
@@ -264,7 +264,7 @@ def _info(
             "torch": torch.__version__,
         }
     )
-    _add_notes(info, encoder)
+    _add_notes(info)
     return info
 
 
@@ -332,7 +332,7 @@ def _check_args(out: str | os.PathLike, pools: Sequence[str]) -> tuple[list[str]
     return pools, out
 
 
-def _add_notes(info: dict[str, Any], encoder: Encoder) -> None:
+def _add_notes(info: dict[str, Any]) -> None:
     if info["pool_fallback"]:
         info["note"] = (
             "images have different channel counts: concatenating pools were replaced by their "
