@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--channel-ids",
         nargs="+",
-        type=int,
+        type=o.at_least(0),
         default=None,
         metavar="SLOT",
         help="channel-embedding slot of each channel (default 0..C-1)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from chada.cli.options import add_debug
+from chada.cli.options import add_debug, at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--num-heads",
-        type=int,
+        type=at_least(1),
         default=None,
         help="attention heads; not stored in the weights (default: the model's, 12, as the authors' factory "
         "when the weights were trained, their hub config and notebook; 2 is the later factory's value). "

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chada.cli.data_plates import add_scan, add_synth_plate
-from chada.cli.options import add_normalize
+from chada.cli.options import add_normalize, at_least
 from chada.data.importers.cli import add_build_corpus, add_import
 
 __all__ = ["register", "SUBCOMMANDS", "summarize_manifest"]
@@ -33,11 +33,13 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("manifest", help="manifest file (.csv/.tsv/.parquet)")
-    p.add_argument("--c-max", type=int, default=10, help="largest accepted channel count (default 10)")
+    p.add_argument(
+        "--c-max", type=at_least(1), default=10, help="largest accepted channel count (default 10)"
+    )
     p.add_argument("--root", default=None, help="folder for relative paths (default: manifest's folder)")
     p.add_argument("--no-read", action="store_true", help="only check that files exist (fast)")
     p.add_argument(
-        "--patch-size", type=int, default=16, metavar="P",
+        "--patch-size", type=at_least(0), default=16, metavar="P",
         help="the ViT patch size: an image smaller than P px is an error, one not a multiple of P a warning "
         "(embedding at native size refuses it); 0: no such check (default 16, ChAda-ViT's)",
     )  # fmt: skip
@@ -191,8 +193,8 @@ def _plot_summary(s: dict, out: Path) -> None:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic heterogeneous multi-channel cell images + manifest")
     p.add_argument("outdir")
-    p.add_argument("--n-per-assay", type=int, default=64)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-per-assay", type=at_least(1), default=64)
+    p.add_argument("--size", type=at_least(1), default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--assays", nargs="+", default=None, help="subset of nuclei_1ch markers_2ch cellpaint_3ch coloc_5ch"
@@ -224,7 +226,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shard", help="convert a manifest into WebDataset tar shards")
     p.add_argument("manifest")
     p.add_argument("out")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--shard-size", type=at_least(1), default=1000, help="samples per shard")
     p.add_argument(
         "--dtype",
         choices=("uint16", "float16"),
@@ -232,7 +234,7 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
         help="pixel storage (default: uint16, exact to 1/65535)",
     )
     add_normalize(p)
-    p.add_argument("--size", type=int, default=None, help="resize every image to SIZE x SIZE")
+    p.add_argument("--size", type=at_least(1), default=None, help="resize every image to SIZE x SIZE")
     p.add_argument("--split", default=None, help="only this split")
     p.set_defaults(func=_run_shard)
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from chada.cli.options import at_least
+
 
 # ----------------------------------------------------------------------------------- synth-plate
 def _pair(text: str) -> tuple[int, int]:
@@ -39,9 +41,9 @@ def add_synth_plate(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--plates", type=int, default=2)
+    p.add_argument("--plates", type=at_least(1), default=2)
     p.add_argument("--wells", type=int, default=24, help="wells per plate (A01, A02, ...; default 24)")
-    p.add_argument("--sites", type=int, default=2, help="fields per well (default 2)")
+    p.add_argument("--sites", type=at_least(1), default=2, help="fields per well (default 2)")
     p.add_argument(
         "--channels", type=int, default=3, help="1..5 of DAPI, Tubulin, Actin, Mito, ER (default 3)"
     )
@@ -53,15 +55,15 @@ def add_synth_plate(sub: argparse._SubParsersAction) -> None:
         metavar="LO,HI",
         help="cells per field (default 10,20 per 128x128 px)",
     )
-    p.add_argument("--moas", type=int, default=3, help="MoA classes (default 3)")
-    p.add_argument("--compounds-per-moa", type=int, default=2)
-    p.add_argument("--inactive", type=int, default=2, help="inactive compounds (default 2)")
+    p.add_argument("--moas", type=at_least(0), default=3, help="MoA classes (default 3)")
+    p.add_argument("--compounds-per-moa", type=at_least(1), default=2)
+    p.add_argument("--inactive", type=at_least(0), default=2, help="inactive compounds (default 2)")
     p.add_argument(
         "--doses", type=_floats, default=(1.0, 10.0), metavar="D1,D2,...", help="doses in uM (default 1,10)"
     )
     p.add_argument(
         "--replicates",
-        type=int,
+        type=at_least(1),
         default=1,
         help="wells per (compound, dose) on a plate that holds it (default 1)",
     )

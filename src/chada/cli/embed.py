@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", default=None, help="embed only these splits (train/val/test)")
     o.add_normalize(p)
     o.add_nan_policy(p)
-    p.add_argument("--chunk-batches", type=int, default=20,
+    p.add_argument("--chunk-batches", type=o.at_least(1), default=20,
                    help="batches per resumable chunk (with --objects: fields per chunk)")  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="discard partial results of an earlier run")
     o.add_verify_inputs(p)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chada.cli.options import add_debug, add_precision, add_quiet
+from chada.cli.options import add_debug, add_precision, add_quiet, at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--test-fraction", type=float, default=None,
         help="seeded stratified test split instead of the split column (used anyway when it is missing)",
     )  # fmt: skip
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
+    p.add_argument("--seeds", type=at_least(1), default=None, help="number of seeds (default 5)")
     p.add_argument(
         "--fractions", type=float, nargs="+", default=None, help="training fractions (default 0.01 0.1 1)"
     )
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shortcut-features", default=None, help="shortcut-feature EmbeddingSet for the diagnostics"
     )
     p.add_argument(
-        "--torch-threads", type=int, default=None,
+        "--torch-threads", type=at_least(1), default=None,
         help="torch CPU threads for the reconstruction decoders (default: config's torch_threads, else 1)",
     )  # fmt: skip
     p.add_argument("--no-reconstruction", action="store_true", help="skip the config's reconstruction tasks")

@@ -28,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "NORMALIZE_CHOICES",
+    "at_least",
     "add_batch_size",
     "add_channel_args",
     "add_dataset_filter",
@@ -91,6 +92,24 @@ def add_dataset_filter(p: _Parser) -> None:
     p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
 
 
+def at_least(lo: int) -> Any:
+    """argparse ``type=`` of an integer flag whose values below ``lo`` make no sense: refused while
+    parsing, so the one-line error names the flag (``argument --batch-size: expected an integer >= 1,
+    got '0'``) instead of a setting's inner name, and before any work starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
 def add_image_size(
     p: _Parser, *, default: int | None = None, help: str | None = None, metavar: str | None = None
 ) -> None:
@@ -100,7 +119,7 @@ def add_image_size(
         if default is None
         else f"resize every image to this square size (default {default})"
     )
-    p.add_argument("--image-size", type=int, default=default, metavar=metavar, help=text)
+    p.add_argument("--image-size", type=at_least(1), default=default, metavar=metavar, help=text)
 
 
 def parse_image_size(text: str) -> int | str | None:
@@ -155,14 +174,18 @@ def add_objects(p: _Parser) -> None:
     g.add_argument("--objects", action="store_true",
                    help="one row per object of each manifest row's label image (column objects_file; 0 = "
                    "background): a crop centred on the object's centroid")  # fmt: skip
-    g.add_argument("--crop-size", type=int, default=None, metavar="N",
+    g.add_argument("--crop-size", type=at_least(1), default=None, metavar="N",
                    help="crop side in field pixels (default: the model's image size); crops are resized to "
                    "the model's size")  # fmt: skip
     g.add_argument(
         "--mask-neighbours", action="store_true", help="zero the pixels of other objects in a crop"
     )
-    g.add_argument("--min-area", type=int, default=None, metavar="PX", help="skip objects under PX pixels")
-    g.add_argument("--max-area", type=int, default=None, metavar="PX", help="skip objects over PX pixels")
+    g.add_argument(
+        "--min-area", type=at_least(0), default=None, metavar="PX", help="skip objects under PX pixels"
+    )
+    g.add_argument(
+        "--max-area", type=at_least(1), default=None, metavar="PX", help="skip objects over PX pixels"
+    )
     g.add_argument("--skip-border", action="store_true", help="skip objects touching the field's edge")
     g.add_argument("--objects-column", default="objects_file", help="manifest column of the label images")
 
@@ -264,13 +287,15 @@ def precision_dtype(args: argparse.Namespace, device: str | None = None) -> Any:
 def add_batch_size(p: _Parser, *, default: int = 32) -> None:
     """``--batch-size``: images per forward pass."""
     p.add_argument(
-        "--batch-size", type=int, default=default, help=f"images per forward pass (default {default})"
+        "--batch-size", type=at_least(1), default=default, help=f"images per forward pass (default {default})"
     )
 
 
 def add_workers(p: _Parser) -> None:
     """``--workers``: DataLoader processes reading images."""
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images (default 0)")
+    p.add_argument(
+        "--workers", type=at_least(0), default=0, help="DataLoader workers reading images (default 0)"
+    )
 
 
 def add_quiet(p: _Parser) -> None:

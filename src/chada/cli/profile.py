@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chada.cli.options import add_debug
+from chada.cli.options import add_debug, at_least
 
 # Options that map one to one onto ProfileConfig fields (None: not given, keep the config's value).
 _FIELDS = ("plate_col", "well_col", "compound_col", "dose_col", "moa_col", "control_query", "batch_cols",
@@ -80,10 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--exclude-moa", nargs="+", default=None, help="MoA labels left out of consistency and NSC/NSCB"
     )
     p.add_argument(
-        "--null-size", type=int, default=None, help="copairs permutations per p-value (default 2000)"
+        "--null-size", type=at_least(1), default=None, help="copairs permutations per p-value (default 2000)"
     )
     p.add_argument(
-        "--n-boot", type=int, default=None, help="bootstrap resamples for intervals (default 1000)"
+        "--n-boot", type=at_least(1), default=None, help="bootstrap resamples for intervals (default 1000)"
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chada.cli.options import add_debug
+from chada.cli.options import add_debug, at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--names", nargs="+", default=None, help="display names of the files (default: file stems)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP neighbours (lowered for small N)")
+    p.add_argument(
+        "--n-neighbors", type=at_least(2), default=15, help="UMAP neighbours (lowered for small N)"
+    )
     p.add_argument(
         "--allow-mixed-models",
         action="store_true",

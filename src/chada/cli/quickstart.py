@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chada.cli.options import add_debug, add_precision
+from chada.cli.options import add_debug, add_precision, at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,20 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fast", action="store_true", help="a ~1-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)"
     )
-    p.add_argument("--epochs", type=int, help="DINO epochs for every encoder")
-    p.add_argument("--n-per-assay", type=int, help="synthetic images per assay")
-    p.add_argument("--seeds", type=int, help="evaluation seeds")
+    p.add_argument("--epochs", type=at_least(1), help="DINO epochs for every encoder")
+    p.add_argument("--n-per-assay", type=at_least(1), help="synthetic images per assay")
+    p.add_argument("--seeds", type=at_least(1), help="evaluation seeds")
     p.add_argument(
-        "--pretrain-seeds", type=int, metavar="N",
+        "--pretrain-seeds", type=at_least(1), metavar="N",
         help="DINO runs per encoder, seeds 0..N-1 (default 1: each more seed adds a whole pretraining stage, "
         "the bulk of the run time; the report gives the learned scores' mean and std over the seeds)",
     )  # fmt: skip
     p.add_argument(
-        "--threads", type=int, help="torch threads (default: all cores; 1 per parallel pretraining)"
+        "--threads", type=at_least(1), help="torch threads (default: all cores; 1 per parallel pretraining)"
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=at_least(1),
         help="encoders pretrained at once, in separate processes (default: all 3 on a multi-core machine)",
     )
     p.add_argument(

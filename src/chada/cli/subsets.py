@@ -49,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     o.add_dataset_filter(p)
-    p.add_argument("--max-subsets", type=int, default=20, help="subsets per k before sampling (default 20)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument(
+        "--max-subsets", type=o.at_least(1), default=20, help="subsets per k before sampling (default 20)"
+    )
+    p.add_argument("--seeds", type=o.at_least(1), default=3, help="number of seeds (default 3)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset sample (default 0)")
     o.add_image_size(p)
     p.add_argument("--pool", default="cls", choices=["cls", "all"], help="feature kind (default cls)")
