@@ -200,7 +200,6 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_embed.py",
         "tests/encode/test_mutants.py",
-
         "tests/encode/test_mutants_chunks.py",
     ],
     "encode/cp_measure.py": ["tests/features/test_cp_measure_kind.py", "tests/encode/test_mutants_shards.py"],
