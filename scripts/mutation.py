@@ -223,6 +223,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/data/test_shards.py",
         "tests/encode/test_mutants_shards.py",
+        "tests/encode/test_mutants_shards2.py",
     ],
     "encode/options.py": [
         "tests/encode/test_options.py",
