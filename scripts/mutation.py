@@ -189,6 +189,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_embed.py",
         "tests/encode/test_mutants.py",
+        "tests/encode/test_mutants_assemble.py",
     ],
     "encode/budget.py": [
         "tests/crosscutting/fuzz/test_hostile.py",
