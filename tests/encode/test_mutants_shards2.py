@@ -94,3 +94,45 @@ def test_parquet_merge_streams_row_groups_casts_to_the_first_shards_types_and_lo
     assert emb.meta["well"].tolist() == ["A1", "A2", None, None, "B1", None]
     assert emb.get()[:, 1].tolist() == [0, 0, 1, 1, 2, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet"]  # no temp file, no shard left
+
+
+def _npz_shards(tmp_path, n, name="emb"):
+    out = tmp_path / f"{name}.npz"
+    for i in range(n):
+        meta = pd.DataFrame({"image_id": [f"n{n}s{i}"]})
+        EmbeddingSet({"cls": np.full((1, 2), i, np.float32), "all": np.full((1, 1), i, np.float32)}, meta,
+                     {"n_images": 1, "shard": [i, n]}).save(sh.shard_path(out, (i, n)))  # fmt: skip
+    return out
+
+
+def test_one_shard_merges_alone_and_every_missing_shard_is_named(tmp_path):
+    out = _npz_shards(tmp_path, 1)  # --shard 0/1: a merge of one file
+    assert sh.merge_shards(out) == out
+    emb = load_embeddings(out)
+    assert sorted(emb.features) == ["all", "cls"] and emb.meta["image_id"].tolist() == ["n1s0"]
+    out = _npz_shards(tmp_path, 3, name="three")
+    sh.shard_path(out, (0, 3)).unlink()
+    sh.shard_path(out, (2, 3)).unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        sh.merge_shards(out, 3)
+    assert str(e.value) == (f"cannot merge {out}: shard file(s) three.shard-0000-of-0003.npz, "
+                            "three.shard-0002-of-0003.npz not written yet")  # fmt: skip
+
+
+def test_the_last_shard_merges_its_own_set_beside_a_leftover_one(tmp_path):
+    """A folder that still holds the 2 shard files of an earlier ``--shard I/2`` run: the last shard of
+    a ``--shard I/3`` run merges its 3 files (it knows its N), not "no single set"."""
+    out = _npz_shards(tmp_path, 2)
+    _npz_shards(tmp_path, 3)
+    assert sh.merge_if_complete(out, (2, 3)) == out
+    assert load_embeddings(out).meta["image_id"].tolist() == ["n3s0", "n3s1", "n3s2"]
+    assert sorted(p.name for p in tmp_path.glob("*.shard-*")) == [
+        "emb.shard-0000-of-0002.npz",
+        "emb.shard-0001-of-0002.npz",
+    ]
+
+
+def test_two_torchrun_processes_are_two_shards(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert sh.torchrun_shard("cpu") == ((1, 2), "cpu")
