@@ -203,7 +203,11 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_mutants.py",
         "tests/encode/test_mutants_chunks.py",
     ],
-    "encode/cp_measure.py": ["tests/features/test_cp_measure_kind.py", "tests/encode/test_mutants_shards.py"],
+    "encode/cp_measure.py": [
+        "tests/features/test_cp_measure_kind.py",
+        "tests/encode/test_mutants_shards.py",
+        "tests/encode/test_mutants_cp_measure.py",
+    ],
     "encode/formats.py": [
         "tests/encode/test_embed_outputs.py",
         "tests/core/test_io.py",
