@@ -9,13 +9,24 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import tifffile
 
 from chada.encode import cp_measure as cpm
 from chada.errors import InputError
-from tests.encode.test_mutants_shards import _cp_manifest
+
+
+def _cp_manifest(tmp_path, n):
+    """``n`` one-channel 4x4 images; image k's label image is filled with k (image 0: no object)."""
+    for k in range(n):
+        tifffile.imwrite(tmp_path / f"i{k}.tif", np.full((4, 4), k, np.uint16))
+        np.save(tmp_path / f"m{k}.npy", np.full((4, 4), k, np.int32))
+    pd.DataFrame({"image_id": [f"img{k}" for k in range(n)], "dataset": "d", "channel_names": "DNA",
+                  "file": [f"i{k}.tif" for k in range(n)],
+                  "objects_file": [f"m{k}.npy" for k in range(n)]}).to_csv(tmp_path / "m.csv", index=False)  # fmt: skip
+    return tmp_path / "m.csv"
 
 
 @pytest.mark.parametrize("name", ["l.tif", "l.TIFF"])
