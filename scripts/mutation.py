@@ -189,6 +189,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_embed.py",
         "tests/encode/test_mutants.py",
+        "tests/encode/test_mutants_assemble.py",
     ],
     "encode/budget.py": [
         "tests/crosscutting/fuzz/test_hostile.py",
@@ -200,8 +201,13 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/encode/test_embed.py",
         "tests/encode/test_mutants.py",
+        "tests/encode/test_mutants_chunks.py",
     ],
-    "encode/cp_measure.py": ["tests/features/test_cp_measure_kind.py", "tests/encode/test_mutants_shards.py"],
+    "encode/cp_measure.py": [
+        "tests/features/test_cp_measure_kind.py",
+        "tests/encode/test_mutants_shards.py",
+        "tests/encode/test_mutants_cp_measure.py",
+    ],
     "encode/formats.py": [
         "tests/encode/test_embed_outputs.py",
         "tests/core/test_io.py",
@@ -222,6 +228,7 @@ MODULES: dict[str, list[str]] = {
         "tests/encode/test_embed_outputs.py",
         "tests/data/test_shards.py",
         "tests/encode/test_mutants_shards.py",
+        "tests/encode/test_mutants_shards2.py",
     ],
     "encode/options.py": [
         "tests/encode/test_options.py",
