@@ -133,42 +133,18 @@ def test_a_changed_input_recomputes_its_chunk_and_names_the_image(tmp_path, capl
     assert store.check(1, np.arange(2, 4), POOLS, new[2:]) == ([["s2"], ["s3"]], None)
 
 
-def test_six_changed_images_name_five_and_count_one(tmp_path, caplog):
-    ds = Images(6)
+@pytest.mark.parametrize(("n", "chunk", "listed"), [(5, 5, ""), (6, 6, " and 1 more"), (8, 4, " and 3 more")])
+def test_changed_images_are_named_five_at_most_then_counted(tmp_path, caplog, n, chunk, listed):
+    ds = Images(n)
     store = ChunkStore(tmp_path / "out.npz", {"s": 1})
-    run(ds, {0: np.arange(6)}, store, [f"a{i}" for i in range(6)], batch_size=6)
+    run(ds, chunks_of(n, chunk), store, [f"a{i}" for i in range(n)], batch_size=chunk)
     with caplog.at_level(logging.WARNING, logger="chada.encode.loop"):
-        loop.reusable_chunks(store, {0: np.arange(6)}, [f"b{i}" for i in range(6)], POOLS, ds.frame)
-    shown = ", ".join(f"'img{i}'" for i in range(5))
-    assert [r.getMessage() for r in caplog.records] == [
-        f"6 image(s) read other or changed files since the interrupted run ({shown} and 1 more): "
-        "recomputing 1 chunk(s)"
-    ]
-
-
-def test_more_than_five_changed_images_are_counted(tmp_path, caplog):
-    ds = Images(8)
-    store = ChunkStore(tmp_path / "out.npz", {"s": 1})
-    run(ds, chunks_of(8, 4), store, [f"a{i}" for i in range(8)])
-    with caplog.at_level(logging.WARNING, logger="chada.encode.loop"):
-        done = loop.reusable_chunks(store, chunks_of(8, 4), [f"b{i}" for i in range(8)], POOLS, ds.frame)
+        done = loop.reusable_chunks(store, chunks_of(n, chunk), [f"b{i}" for i in range(n)], POOLS, ds.frame)
     assert done == {}
     shown = ", ".join(f"'img{i}'" for i in range(5))
     assert [r.getMessage() for r in caplog.records] == [
-        f"8 image(s) read other or changed files since the interrupted run ({shown} and 3 more): "
-        "recomputing 2 chunk(s)"
-    ]
-
-
-def test_five_changed_images_are_all_named(tmp_path, caplog):
-    ds = Images(5)
-    store = ChunkStore(tmp_path / "out.npz", {"s": 1})
-    run(ds, {0: np.arange(5)}, store, [f"a{i}" for i in range(5)], batch_size=5)
-    with caplog.at_level(logging.WARNING, logger="chada.encode.loop"):
-        loop.reusable_chunks(store, {0: np.arange(5)}, [f"b{i}" for i in range(5)], POOLS, ds.frame)
-    shown = ", ".join(f"'img{i}'" for i in range(5))
-    assert [r.getMessage() for r in caplog.records] == [
-        f"5 image(s) read other or changed files since the interrupted run ({shown}): recomputing 1 chunk(s)"
+        f"{n} image(s) read other or changed files since the interrupted run ({shown}{listed}): "
+        f"recomputing {n // chunk} chunk(s)"
     ]
 
 
