@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -92,7 +93,7 @@ def add_dataset_filter(p: _Parser) -> None:
     p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
 
 
-def at_least(lo: int) -> Any:
+def at_least(lo: int) -> Callable[[str], int]:
     """argparse ``type=`` of an integer flag whose values below ``lo`` make no sense: refused while
     parsing, so the one-line error names the flag (``argument --batch-size: expected an integer >= 1,
     got '0'``) instead of a setting's inner name, and before any work starts."""
