@@ -88,8 +88,11 @@ def _env(tmp: Path, hold: str, then: str = "wait") -> dict[str, str]:
 
 def _start(tmp: Path, hold: str, argv: list[str], then: str = "wait") -> subprocess.Popen:
     """The holder, once it is inside its work (it holds the output by then)."""
+    # SIGINT back to its default in the child: a suite started in the background by a non-interactive
+    # shell (`bash .ci/run &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-c", _HOLDER, *argv], env=_env(tmp, hold, then), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 90
     while not (tmp / "started").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
