@@ -19,11 +19,15 @@ torch_version=$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' "$lock")
 python -m pip install -q "torch==$torch_version"
 python -m pip install -q -c "$lock" -e ".[test]"
 python -m pip check
+# Two pytest-xdist workers, each test file on one worker (a module's fixtures are built once), in the
+# order tests/conftest.py collects them (longest files first). One process leaves half of 2 cores
+# idle while tests wait on subprocesses; timings in docs/testing.md.
+parallel=(-n 2 --dist loadfile --no-loadscope-reorder)
 if [[ $lowest == 1 ]]; then
     # old releases warn about their own dependencies' deprecations (hundreds of lines): not ours to fix
-    python -m pytest -q -m "not slow" -W ignore::DeprecationWarning
+    python -m pytest -q "${parallel[@]}" -m "not slow" -W ignore::DeprecationWarning
 else
     ruff check src tests benchmarks
     ruff format --check src tests benchmarks scripts
-    python -m pytest -q
+    python -m pytest -q "${parallel[@]}"
 fi
