@@ -24,7 +24,7 @@ FLAGS = [
     (["subsets"], "--seeds", 1),
     (["attention"], "--channel-ids", 0),
     (["quickstart"], "--epochs", 1),
-    (["quickstart"], "--n-per-assay", 1),
+    (["quickstart"], "--n-per-assay", 2),
     (["quickstart"], "--seeds", 1),
     (["quickstart"], "--pretrain-seeds", 1),
     (["quickstart"], "--threads", 1),

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fast", action="store_true", help="a ~1-minute smoke run (tiny data, 1 epoch, 2 seeds, no UMAP)"
     )
     p.add_argument("--epochs", type=at_least(1), help="DINO epochs for every encoder")
-    p.add_argument("--n-per-assay", type=at_least(1), help="synthetic images per assay")
+    # one image per assay leaves each class a single row: the evaluation, after the pretraining, could
+    # not make a test split
+    p.add_argument("--n-per-assay", type=at_least(2), help="synthetic images per assay (at least 2)")
     p.add_argument("--seeds", type=at_least(1), help="evaluation seeds")
     p.add_argument(
         "--pretrain-seeds", type=at_least(1), metavar="N",
