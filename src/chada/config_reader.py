@@ -16,12 +16,13 @@ dataclass field); the command line turns both into one line and exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "unknown_key_error",
     "check_keys",
     "integer",
+    "at_least",
     "number",
     "choice",
     "coerce",
@@ -82,6 +84,21 @@ def integer(value: Any, where: str, low: int | None = None) -> int:
     if not f.is_integer() or (low is not None and f < low):
         raise expected(where, what, value)
     return int(f)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse ``type=`` of an integer flag: :func:`integer` ``>= low``, refused while the command line
+    is parsed, so argparse's one-line error names the flag (``argument --batch-size: expected an
+    integer >= 1, got '0'``) instead of a setting's inner name, and before any work starts."""
+
+    def parse(text: str) -> int:
+        try:
+            return integer(text, "", low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def number(value: Any, where: str, low: float | None = None, *, strict_low: bool = False) -> float:

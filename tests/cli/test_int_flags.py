@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from chada.cli import build_parser, main
-from chada.cli.options import at_least
+from chada.config_reader import at_least
 from chada.data.synth import generate
 
 # (sub-command words and required positionals, flag, smallest accepted value)
@@ -47,6 +47,10 @@ FLAGS = [
     (["data", "synth-plate", "out"], "--compounds-per-moa", 1),
     (["data", "synth-plate", "out"], "--inactive", 0),
     (["data", "synth-plate", "out"], "--replicates", 1),
+    (["data", "import", "bray", "src", "out"], "--limit", 1),
+    (["data", "build-corpus"], "--per-source", 1),
+    (["data", "build-corpus"], "--size", 1),
+    (["data", "build-corpus"], "--shard-size", 1),
 ]
 
 
@@ -81,6 +85,7 @@ def test_the_bound_itself_is_accepted(words, flag, lo, monkeypatch):
 
 def test_at_least_returns_the_integer():
     assert at_least(1)("7") == 7 and at_least(0)("0") == 0 and at_least(-3)("-3") == -3
+    assert at_least(1)("1e3") == 1000 and at_least(1)("4.0") == 4  # as config_reader.integer reads them
     assert at_least(2).__name__ == "integer >= 2"
     with pytest.raises(argparse.ArgumentTypeError, match=r"^expected an integer >= 2, got '1'$"):
         at_least(2)("1")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from typing import Any
+
+from chada.config_reader import at_least
 
 __all__ = [
     "NORMALIZE_CHOICES",
@@ -91,24 +92,6 @@ def add_manifest(p: _Parser, *, required: bool = True, help: str | None = None) 
 def add_dataset_filter(p: _Parser) -> None:
     """``--dataset``: keep only these datasets of the manifest."""
     p.add_argument("--dataset", nargs="+", default=None, help="keep only these datasets of the manifest")
-
-
-def at_least(lo: int) -> Callable[[str], int]:
-    """argparse ``type=`` of an integer flag whose values below ``lo`` make no sense: refused while
-    parsing, so the one-line error names the flag (``argument --batch-size: expected an integer >= 1,
-    got '0'``) instead of a setting's inner name, and before any work starts."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {lo}"
-    return parse
 
 
 def add_image_size(

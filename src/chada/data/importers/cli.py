@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chada.config_reader import at_least
+
 __all__ = ["add_import", "add_build_corpus", "add_import_arguments", "run_import", "run_build_corpus"]
 
 _DATASETS = "bloodmnist, cyclops, bbbc048, bbbc021, nfkb, bray, chammi"
@@ -17,7 +19,9 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("out", help="output folder for manifest.csv (and converted images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits made when the source has none")
-    p.add_argument("--limit", type=int, default=None, help="import only the first N images (per split/table)")
+    p.add_argument(
+        "--limit", type=at_least(1), default=None, help="import only the first N images (per split/table)"
+    )
     p.add_argument(
         "--channel-names", nargs="+", default=None,
         help="name the channels: nfkb NAME NAME NAME; chammi DATASET=a;b;c (e.g. HPA=mt;protein;nucleus;er)",
@@ -84,8 +88,10 @@ def add_build_corpus(sub: argparse._SubParsersAction) -> None:
         "write files + manifest (+ WebDataset shards) and a summary plot. Re-running skips finished images.",
     )
     p.add_argument("--sources", nargs="*", default=[], metavar="MANIFEST", help="source manifests")
-    p.add_argument("--per-source", type=int, required=True, help="images per source (IDRCell100k: 1300)")
-    p.add_argument("--size", type=int, default=224, help="output size (square)")
+    p.add_argument(
+        "--per-source", type=at_least(1), required=True, help="images per source (IDRCell100k: 1300)"
+    )
+    p.add_argument("--size", type=at_least(1), default=224, help="output size (square)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -96,7 +102,7 @@ def add_build_corpus(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"])
     p.add_argument("--shards", action="store_true", help="also write WebDataset shards (OUT/shards)")
-    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--shard-size", type=at_least(1), default=1000)
     p.add_argument(
         "--idr", nargs="*", default=None, metavar="project:ID|screen:ID",
         help="also download images of these IDR studies (needs network)",
