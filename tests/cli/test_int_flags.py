@@ -91,10 +91,10 @@ def test_at_least_returns_the_integer():
         at_least(2)("1")
 
 
-@pytest.mark.parametrize(("kw", "message"), [({"n_per_assay": 0}, "n_per_assay must be an integer >= 1, got 0"),
-                                             ({"size": 0}, "size must be an integer >= 1, got 0"),
-                                             ({"size": 2.5}, "size must be an integer >= 1, got 2.5"),
-                                             ({"n_per_assay": True}, "n_per_assay must be an integer >= 1, got True")])  # fmt: skip
+@pytest.mark.parametrize(("kw", "message"), [({"n_per_assay": 0}, "n_per_assay: expected an integer >= 1, got 0"),
+                                             ({"size": 0}, "size: expected an integer >= 1, got 0"),
+                                             ({"size": 2.5}, "size: expected an integer >= 1, got 2.5"),
+                                             ({"n_per_assay": True}, "n_per_assay: expected an integer >= 1, got True")])  # fmt: skip
 def test_the_synthetic_generator_refuses_empty_assays_and_images(tmp_path, kw, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         generate(tmp_path / "s", **kw)

@@ -275,11 +275,10 @@ def generate(
     """
     import pandas as pd
 
+    from chada.config_reader import integer
     from chada.data.manifest import write_manifest
 
-    for name, value in (("n_per_assay", n_per_assay), ("size", size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    n_per_assay, size = integer(n_per_assay, "n_per_assay", 1), integer(size, "size", 1)
     pattern = MARKER_PATTERN if marker_pattern is None else marker_pattern
     if pattern not in MARKER_PATTERNS:
         raise ValueError(f"marker_pattern must be one of {MARKER_PATTERNS}, got {pattern!r}")
